@@ -1,0 +1,17 @@
+"""Flax Linen models: backbones of the robust-model zoo composed with swappable heads.
+
+    from hpm_jax.models import get_model
+    model = get_model("wide_resnet", num_classes=10, depth=28, width=10)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    logits = model.apply(variables, x)                             # eval mode
+    logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    feats = model.apply(variables, x, method="features")           # penultimate features
+
+This package is the only place Flax modules live; everything else sees `apply`.
+"""
+
+from hpm_jax.models.classifier import Classifier
+from hpm_jax.models.heads import FCHead
+from hpm_jax.models.registry import BACKBONES, get_backbone, get_model
+
+__all__ = ["BACKBONES", "Classifier", "FCHead", "get_backbone", "get_model"]

@@ -1,0 +1,64 @@
+"""A classifier = a backbone that maps images to penultimate features + a swappable head.
+
+    model = Classifier(backbone=ResNet18(), head=FCHead(10))
+    logits = model.apply(variables, x)                        # x: float32 NHWC in [0, 1]
+    features = model.apply(variables, x, method="features")
+
+Parameters live under `params/backbone/...` and `params/head/...`, so a head can be
+replaced while the backbone's (converted, pretrained) weights stay where they are.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def check_images(x: jax.Array, in_channels: int, name: str) -> None:
+    """Static checks on an image batch: NHWC, floating point, `in_channels` channels.
+
+    Values are not checked here (that needs concrete arrays); data pipelines and attacks
+    check the [0, 1] range at their boundaries.
+    """
+    if x.ndim != 4:
+        raise ValueError(
+            f"{name} expects a batch of NHWC images (4 dimensions), got shape {x.shape}. "
+            "Add a batch axis with x[None] for a single image, and put channels last."
+        )
+    if x.shape[-1] != in_channels:
+        raise ValueError(
+            f"{name} expects {in_channels} channel(s) last (NHWC), got shape {x.shape}. "
+            "Convert NCHW PyTorch batches with x.transpose(0, 2, 3, 1)."
+        )
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(
+            f"{name} expects floating-point images in [0, 1], got dtype {x.dtype}. "
+            "Convert uint8 images with x.astype(jnp.float32) / 255."
+        )
+
+
+class Classifier(nn.Module):
+    """Backbone (images -> features of size D) followed by a head (features -> logits).
+
+    The backbone must take `(x, train=...)` and expose `in_channels`; the head takes
+    `(features, labels, train=..., mode=...)` so that dynamic heads (HPM) can use labels
+    in training and choose a surrogate `mode` at apply time.
+    """
+
+    backbone: nn.Module
+    head: nn.Module
+
+    def features(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        check_images(x, self.backbone.in_channels, type(self.backbone).__name__)
+        return self.backbone(x, train=train)
+
+    def __call__(
+        self,
+        x: jax.Array,
+        labels: jax.Array | None = None,
+        *,
+        train: bool = False,
+        mode: str = "hpm",
+    ) -> jax.Array:
+        return self.head(self.features(x, train=train), labels, train=train, mode=mode)

@@ -1,0 +1,46 @@
+"""Device meshes and shardings: one `data` axis over every device of every host.
+
+    mesh = make_mesh()                          # all devices, axis "data"
+    x = jax.device_put(batch, data_sharding(mesh))
+    params = jax.device_put(params, replicated(mesh))
+
+Batches are split along their leading axis; parameters and model state are replicated.
+Under `jax.jit` the compiler then inserts the cross-device reductions, so batch
+statistics are over the global batch whatever the number of devices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+DATA_AXIS = "data"
+
+
+def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A 1-D mesh with axis `data` over `devices` (default: every device of every host)."""
+    devices = jax.devices() if devices is None else list(devices)
+    return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def data_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) axis split over the `data` axis; other axes whole."""
+    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """Every device holds the whole array."""
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def check_batch_divisible(batch_size: int, mesh: Mesh) -> None:
+    """Raise a clear error when a global batch cannot be split evenly over the mesh."""
+    n = mesh.devices.size
+    if batch_size % n:
+        raise ValueError(
+            f"The global batch size {batch_size} is not divisible by the {n} devices of the "
+            f"mesh; use a multiple of {n} (e.g. {max(n, batch_size // n * n)})."
+        )
