@@ -53,7 +53,8 @@ class CheckpointMismatchError(ValueError):
             if not items:
                 return ""
             shown = "\n    ".join(items[:_MAX_LISTED])
-            more = f"\n    ... and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else ""
+            extra = len(items) - _MAX_LISTED
+            more = f"\n    ... and {extra} more" if extra > 0 else ""
             return f"\n  {title} ({len(items)}):\n    {shown}{more}"
 
         shapes = [f"{k}: checkpoint {a}, model {b}" for k, (a, b) in misshaped.items()]
@@ -161,7 +162,10 @@ def torch_to_flax(
         num_classes = _infer_num_classes(state_dict, rename)
         if num_classes is None:
             raise CheckpointMismatchError(
-                arch, ["params/head/fc/kernel"], [], {},
+                arch,
+                ["params/head/fc/kernel"],
+                [],
+                {},
                 hint="No final linear layer found; is this the right architecture?",
             )
         arch_kwargs["num_classes"] = num_classes
@@ -170,8 +174,7 @@ def torch_to_flax(
     dummy = jnp.zeros((1, backbone.image_size, backbone.image_size, backbone.in_channels))
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), dummy))
     targets = {
-        "/".join(path): leaf
-        for path, leaf in traverse_util.flatten_dict(dict(shapes)).items()
+        "/".join(path): leaf for path, leaf in traverse_util.flatten_dict(dict(shapes)).items()
     }
 
     converted: dict[str, np.ndarray] = {}
@@ -202,7 +205,10 @@ def torch_to_flax(
     missing = sorted(p for p in targets if p not in reached)
     if missing or unexpected or misshaped:
         raise CheckpointMismatchError(
-            arch, missing, sorted(unexpected), misshaped,
+            arch,
+            missing,
+            sorted(unexpected),
+            misshaped,
             hint=f"Check the architecture options ({arch_kwargs}).",
         )
     nested = traverse_util.unflatten_dict({tuple(p.split("/")): v for p, v in converted.items()})
