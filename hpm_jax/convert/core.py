@@ -57,7 +57,10 @@ class CheckpointMismatchError(ValueError):
             more = f"\n    ... and {extra} more" if extra > 0 else ""
             return f"\n  {title} ({len(items)}):\n    {shown}{more}"
 
-        shapes = [f"{k}: checkpoint {a}, model {b}" for k, (a, b) in misshaped.items()]
+        shapes = [
+            f"{k}: checkpoint {a} (torch layout), model {b} (Flax layout)"
+            for k, (a, b) in misshaped.items()
+        ]
         super().__init__(
             f"The checkpoint does not match architecture {arch!r}."
             + listing("missing from the checkpoint (Flax variables)", self.missing)
@@ -196,11 +199,11 @@ def torch_to_flax(
             unexpected.append(key)
             continue
         reached.add(path)
-        value = _to_flax_layout(value, path)
-        if value.shape != tuple(targets[path].shape):
+        flax_value = _to_flax_layout(value, path)
+        if flax_value.shape != tuple(targets[path].shape):
             misshaped[key] = (tuple(value.shape), tuple(targets[path].shape))
             continue
-        converted[path] = value.astype(targets[path].dtype)
+        converted[path] = flax_value.astype(targets[path].dtype)
 
     missing = sorted(p for p in targets if p not in reached)
     if missing or unexpected or misshaped:
