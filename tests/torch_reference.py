@@ -21,7 +21,7 @@ def _package_dir(name: str) -> str:
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
         pytest.skip(f"{name} is not installed; launch/test.sh installs it (pip --no-deps {name})")
-    return list(spec.submodule_search_locations)[0]
+    return next(iter(spec.submodule_search_locations))
 
 
 def _load_file(path: str, module_name: str) -> ModuleType:
