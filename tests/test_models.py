@@ -1,0 +1,80 @@
+"""Registry, classifier contract and input validation; ResNet-18 and the small CNN
+forward and backward under jit on 1 and 4 devices (other backbones have their own files)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from model_checks import grads_on_devices
+
+from hpm_jax.models import BACKBONES, get_model
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "shape", "features"),
+    [
+        ("small_cnn", {"in_channels": 1, "image_size": 28}, (8, 28, 28, 1), 256),
+        ("small_cnn", {"in_channels": 3, "image_size": 32}, (8, 32, 32, 3), 256),
+        ("resnet18", {}, (8, 32, 32, 3), 512),
+    ],
+)
+def test_forward_backward_same_on_1_and_4_devices(name, kwargs, shape, features):
+    model = get_model(name, num_classes=10, **kwargs)
+    x = jax.random.uniform(jax.random.key(0), shape)
+    y = jnp.arange(shape[0]) % 10
+    variables = model.init(jax.random.key(1), x[:1])
+    assert model.apply(variables, x, method="features").shape == (shape[0], features)
+    assert model.apply(variables, x).shape == (shape[0], 10)
+
+    loss1, grads1, stats1 = grads_on_devices(model, variables, x, y, num_devices=1)
+    loss4, grads4, stats4 = grads_on_devices(model, variables, x, y, num_devices=4)
+    assert np.isfinite(loss1)
+    np.testing.assert_allclose(loss1, loss4, rtol=1e-5)
+    # Only the reduction order differs (checked in float64: 2e-8 for ResNet-18); train-mode
+    # batch norm on 8 images amplifies float32 rounding, so compare to the gradients' scale.
+    scale = max(float(np.abs(g).max()) for g in jax.tree.leaves(grads1))
+    close = lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=5e-3 * scale)
+    jax.tree.map(close, grads1, grads4)
+    same_stats = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    jax.tree.map(same_stats, stats1, stats4)  # batch statistics are over the global batch
+
+
+def test_train_mode_uses_batch_statistics_and_eval_mode_running_ones():
+    model = get_model("small_cnn", num_classes=10)
+    x = jax.random.uniform(jax.random.key(0), (8, 28, 28, 1))
+    variables = model.init(jax.random.key(1), x)
+    eval_logits = model.apply(variables, x)
+    train_logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    assert not np.allclose(eval_logits, train_logits)
+    before = jax.tree.leaves(variables["batch_stats"])
+    after = jax.tree.leaves(updates["batch_stats"])
+    assert any(not np.allclose(a, b) for a, b in zip(before, after, strict=True))
+
+
+def test_registry_errors_name_the_choices():
+    with pytest.raises(ValueError, match="resnet18"):
+        get_model("resnet19", num_classes=10)
+    with pytest.raises(ValueError, match="head"):
+        get_model("resnet18", num_classes=10, head="svm")
+    with pytest.raises(ValueError, match="num_classes"):
+        get_model("resnet18", num_classes=1)
+    with pytest.raises(TypeError, match="options are"):
+        get_model("resnet18", num_classes=10, widen_factor=3)
+    assert set(BACKBONES) == {
+        "small_cnn", "resnet18", "preact_resnet18", "wide_resnet", "dm_wide_resnet", "resnet50"
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("x", "error", "fix"),
+    [
+        (np.zeros((28, 28, 1), np.float32), ValueError, "x\\[None\\]"),
+        (np.zeros((2, 1, 28, 28), np.float32), ValueError, "transpose"),
+        (np.zeros((2, 28, 28, 1), np.uint8), TypeError, "/ 255"),
+    ],
+)
+def test_bad_images_get_errors_that_say_the_fix(x, error, fix):
+    model = get_model("small_cnn", num_classes=10)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    with pytest.raises(error, match=fix):
+        model.apply(variables, x)
