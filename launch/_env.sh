@@ -1,0 +1,40 @@
+# Sourced by the launch scripts: create or reuse .venv and install what hpm-jax needs.
+#   HPM_EXTRAS="test,torch" . launch/_env.sh
+# Reinstalls only when pyproject.toml or the extras change (a stamp file records them).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${HPM_VENV:-$ROOT/.venv}"
+EXTRAS="${HPM_EXTRAS:-}"
+
+# Fashion-MNIST offline: Debian's dataset-fashion-mnist (best effort; needs root and apt).
+if [ ! -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] && command -v apt-get >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "[env] installing Debian package dataset-fashion-mnist"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) >/dev/null \
+      || echo "[env] could not install dataset-fashion-mnist; Fashion-MNIST will need TFDS" >&2
+  else
+    echo "[env] run 'sudo apt-get install dataset-fashion-mnist' for offline Fashion-MNIST" >&2
+  fi
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[env] creating $VENV"
+  python3 -m venv "$VENV"
+fi
+PY="$VENV/bin/python"
+STAMP="$VENV/.hpm-installed"
+WANT="$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16) extras=$EXTRAS"
+if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
+  echo "[env] installing hpm-jax${EXTRAS:+[$EXTRAS]} into $VENV"
+  "$PY" -m pip install -q --upgrade pip
+  if [[ ",$EXTRAS," == *",torch,"* ]]; then
+    # The CPU build first: a bare 'torch' requirement would pull several GB of CUDA wheels.
+    "$PY" -m pip install -q "torch==2.13.0"
+    # RobustBench's architecture files (loaded by path in the parity tests); its declared
+    # dependencies (torchvision, timm) have no CPU wheels here and are not needed.
+    "$PY" -m pip install -q --no-deps "robustbench==1.1.1"
+  fi
+  "$PY" -m pip install -q -e "$ROOT${EXTRAS:+[$EXTRAS]}"
+  echo "$WANT" > "$STAMP"
+fi
+export PATH="$VENV/bin:$PATH"
