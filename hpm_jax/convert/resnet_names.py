@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 
+from hpm_jax.convert.core import NORMALIZATION
+
 _BLOCK = re.compile(r"^layer(\d+)\.(\d+)\.(.+)$")
 _SHORTCUT = {"shortcut.0": "shortcut_conv", "shortcut.1": "shortcut_bn"}
 
@@ -29,3 +31,11 @@ def rename_resnet18(module: str) -> str | None:
 def rename_small_cnn(module: str) -> str | None:
     """The PyTorch twin of `SmallCNN`: `conv1..3`, `bn1..3`, `fc1`, then `linear` (or `fc`)."""
     return "head/fc" if module in ("linear", "fc") else f"backbone/{module}"
+
+
+def rename_preact_resnet18(module: str) -> str | None:
+    """RobustBench's `PreActResNet` (`conv1`, `layerS.B.{bn1,conv1,bn2,conv2,shortcut.0}`,
+    `bn`, `linear`); model-level `mu`/`sigma` buffers are checked against `mean`/`std`."""
+    if module == "":
+        return NORMALIZATION
+    return _rename_cifar_resnet(module)
