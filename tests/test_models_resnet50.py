@@ -183,10 +183,9 @@ def test_eval_logits_and_gradients_match_torch(torch_net, data, one_device):
 def test_train_mode_matches_torch(torch_net, data, one_device):
     net, loss = torch_train_step(torch_net, *data)
     assert rel_err(one_device["train_loss"], loss) < 1e-5
-    # Float32 train-mode gradients are ~1e-3 off torch's here: Flax's batch norm computes
-    # the batch variance as E[x^2] - E[x]^2 (use_fast_variance), which cancels in float32.
-    # The float64 test below shows the semantics are the same.
-    assert global_err(one_device["train_grads"], torch_grads(net)) < 5e-3
+    # Tight only because layers.batch_norm computes the variance in two passes like torch;
+    # Flax's default E[x^2] - E[x]^2 put these gradients ~1e-3 off.
+    assert global_err(one_device["train_grads"], torch_grads(net)) < 1e-4
     # Running means follow torch's momentum. (Running variances differ by n / (n - 1):
     # Flax updates them with the biased batch variance, torch with the unbiased one.)
     stats = torch_to_flax("resnet50", net.state_dict())["batch_stats"]
