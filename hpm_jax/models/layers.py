@@ -6,7 +6,9 @@
 
 PyTorch pads symmetrically (`padding=k // 2`); Flax's "SAME" pads asymmetrically when the
 stride is 2, so convolutions here always take explicit padding. Batch norm uses torch's
-epsilon (1e-5), momentum (0.1, i.e. Flax momentum 0.9) and two-pass variance.
+epsilon (1e-5), momentum (0.1, i.e. Flax momentum 0.9) and two-pass variance. One difference
+remains: Flax updates the running variance with the biased batch variance, torch with the
+unbiased one (a factor n / (n - 1), n = batch x height x width: negligible in practice).
 """
 
 from __future__ import annotations
