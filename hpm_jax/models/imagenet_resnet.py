@@ -28,31 +28,7 @@ from hpm_jax.models.layers import (
     conv,
     global_avg_pool,
 )
-
-
-def _downsample(x: jax.Array, features: int, stride: int, train: bool, dtype: Any) -> jax.Array:
-    """The projection shortcut (torchvision's `downsample.0` conv, `downsample.1` BN)."""
-    x = conv(features, 1, stride=stride, dtype=dtype, name="downsample_conv")(x)
-    return batch_norm(train, dtype=dtype, name="downsample_bn")(x)
-
-
-class BasicBlock(nn.Module):
-    """Two 3x3 convolutions (ResNet-18/34); the block's output has `planes` channels."""
-
-    planes: int
-    stride: int = 1
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        out = conv(self.planes, 3, stride=self.stride, dtype=self.dtype, name="conv1")(x)
-        out = nn.relu(batch_norm(train, dtype=self.dtype, name="bn1")(out))
-        out = conv(self.planes, 3, dtype=self.dtype, name="conv2")(out)
-        out = batch_norm(train, dtype=self.dtype, name="bn2")(out)
-        shortcut = x
-        if self.stride != 1 or x.shape[-1] != self.planes:
-            shortcut = _downsample(x, self.planes, self.stride, train, self.dtype)
-        return nn.relu(out + shortcut)
+from hpm_jax.models.resnet import BasicBlock, projection
 
 
 class Bottleneck(nn.Module):
@@ -74,7 +50,7 @@ class Bottleneck(nn.Module):
         out = batch_norm(train, dtype=self.dtype, name="bn3")(out)
         shortcut = x
         if self.stride != 1 or x.shape[-1] != out_features:
-            shortcut = _downsample(x, out_features, self.stride, train, self.dtype)
+            shortcut = projection(x, out_features, self.stride, train, self.dtype, "downsample")
         return nn.relu(out + shortcut)
 
 
@@ -122,6 +98,6 @@ class ResNet50(nn.Module):
                     width = planes * self.width_per_group // 64
                     layer = Bottleneck(planes, stride, width, self.dtype, name=name)
                 else:
-                    layer = BasicBlock(planes, stride, self.dtype, name=name)
+                    layer = BasicBlock(planes, stride, self.dtype, "downsample", name=name)
                 x = layer(x, train=train)
         return global_avg_pool(x).astype(jnp.float32)

@@ -19,12 +19,24 @@ import jax.numpy as jnp
 from hpm_jax.models.layers import Normalize, batch_norm, conv, global_avg_pool
 
 
+def projection(
+    x: jax.Array, features: int, stride: int, train: bool, dtype: Any, prefix: str
+) -> jax.Array:
+    """The 1x1 conv + BN shortcut, named `{prefix}_conv`/`{prefix}_bn` after the torch model."""
+    x = conv(features, 1, stride=stride, dtype=dtype, name=f"{prefix}_conv")(x)
+    return batch_norm(train, dtype=dtype, name=f"{prefix}_bn")(x)
+
+
 class BasicBlock(nn.Module):
-    """Two 3x3 convolutions with a (projected when needed) identity shortcut."""
+    """Two 3x3 convolutions with a (projected when needed) identity shortcut.
+
+    `shortcut_name` follows the torch model: "shortcut" (CIFAR), "downsample" (torchvision).
+    """
 
     planes: int
     stride: int = 1
     dtype: Any = jnp.float32
+    shortcut_name: str = "shortcut"
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -34,10 +46,9 @@ class BasicBlock(nn.Module):
         out = batch_norm(train, dtype=self.dtype, name="bn2")(out)
         shortcut = x
         if self.stride != 1 or x.shape[-1] != self.planes:
-            shortcut = conv(
-                self.planes, 1, stride=self.stride, dtype=self.dtype, name="shortcut_conv"
-            )(x)
-            shortcut = batch_norm(train, dtype=self.dtype, name="shortcut_bn")(shortcut)
+            shortcut = projection(
+                x, self.planes, self.stride, train, self.dtype, self.shortcut_name
+            )
         return nn.relu(out + shortcut)
 
 
