@@ -30,11 +30,13 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   if [[ ",$EXTRAS," == *",torch,"* ]]; then
     # The CPU build first: a bare 'torch' requirement would pull several GB of CUDA wheels.
     "$PY" -m pip install -q "torch==2.13.0"
-    # RobustBench's architecture files (loaded by path in the parity tests); its declared
-    # dependencies (torchvision, timm) have no CPU wheels here and are not needed.
-    "$PY" -m pip install -q --no-deps "robustbench==1.1.1"
   fi
   "$PY" -m pip install -q -e "$ROOT${EXTRAS:+[$EXTRAS]}"
+  if [[ ",$EXTRAS," == *",torch,"* ]]; then
+    # RobustBench's architecture files, loaded by path in the parity tests. Last and without
+    # its declared dependencies (torchvision, timm: no CPU wheels here, and not needed).
+    "$PY" -m pip install -q --no-deps "robustbench==1.1.1"
+  fi
   echo "$WANT" > "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"
