@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -23,6 +24,38 @@ from hpm_jax.models import Classifier, get_model
 
 MODEL_SPEC = "model.json"
 VARIABLES = "variables"
+_MAX_LISTED = 25
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint does not fit the architecture; lists missing, unexpected, mis-shaped keys."""
+
+    def __init__(
+        self,
+        arch: str,
+        missing: Sequence[str],
+        unexpected: Sequence[str],
+        misshaped: Mapping[str, tuple[tuple[int, ...], tuple[int, ...]]],
+        hint: str = "",
+    ):
+        self.missing, self.unexpected, self.misshaped = list(missing), list(unexpected), misshaped
+
+        def listing(title: str, items: list[str]) -> str:
+            if not items:
+                return ""
+            shown = "\n    ".join(items[:_MAX_LISTED])
+            extra = len(items) - _MAX_LISTED
+            more = f"\n    ... and {extra} more" if extra > 0 else ""
+            return f"\n  {title} ({len(items)}):\n    {shown}{more}"
+
+        shapes = [f"{k}: checkpoint {a}, model {b}" for k, (a, b) in misshaped.items()]
+        super().__init__(
+            f"The checkpoint does not match architecture {arch!r}."
+            + listing("missing from the checkpoint", self.missing)
+            + listing("unexpected in the checkpoint", self.unexpected)
+            + listing("mis-shaped", shapes)
+            + (f"\n  {hint}" if hint else "")
+        )
 
 
 def save_model(directory: str, variables: Any, *, arch: str, **model_kwargs: Any) -> str:
@@ -56,15 +89,35 @@ def model_from_spec(directory: str) -> tuple[Classifier, dict[str, Any]]:
 def load_model(directory: str) -> tuple[Classifier, dict[str, Any]]:
     """The model described in DIR/model.json and its variables restored from DIR/variables."""
     directory = os.path.abspath(directory)
-    model, _ = model_from_spec(directory)
+    model, spec = model_from_spec(directory)
     backbone = model.backbone
     dummy = jnp.zeros((1, backbone.image_size, backbone.image_size, backbone.in_channels))
     target = jax.eval_shape(lambda: model.init(jax.random.key(0), dummy))
-    try:
-        variables = ocp.StandardCheckpointer().restore(os.path.join(directory, VARIABLES), target)
-    except (ValueError, KeyError) as e:
-        raise ValueError(
-            f"The variables in {directory} do not match the architecture in its {MODEL_SPEC}: "
-            f"{str(e).splitlines()[0]}"
-        ) from None
-    return model, variables
+    checkpointer = ocp.StandardCheckpointer()
+    path = os.path.join(directory, VARIABLES)
+    stored = checkpointer.metadata(path).item_metadata
+    _check_fits(spec["arch"], _shapes(stored), _shapes(target), directory)
+    return model, checkpointer.restore(path, target)
+
+
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    return {
+        "/".join(str(getattr(k, "key", k)) for k in path): tuple(leaf.shape)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+    }
+
+
+def _check_fits(arch: str, stored: Mapping, wanted: Mapping, directory: str) -> None:
+    missing = sorted(set(wanted) - set(stored))
+    unexpected = sorted(set(stored) - set(wanted))
+    misshaped = {
+        k: (stored[k], wanted[k]) for k in sorted(wanted) if stored.get(k, wanted[k]) != wanted[k]
+    }
+    if missing or unexpected or misshaped:
+        raise CheckpointMismatchError(
+            arch,
+            missing,
+            unexpected,
+            misshaped,
+            hint=f"{directory}/{MODEL_SPEC} describes another model than the one saved there.",
+        )

@@ -1,7 +1,10 @@
 """Checkpoint import: AutoAttack's pretrained ResNet-18 against PyTorch, RobustBench
 conventions, mismatch reports, safe loading, and the Orbax round trip of the command line."""
 
+import json
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -108,3 +111,28 @@ def test_parse_kwargs():
     assert parse_kwargs("") == {}
     with pytest.raises(ValueError, match="depth=28"):
         parse_kwargs("depth 28")
+
+
+def test_a_checkpoint_of_another_architecture_is_reported_not_crashed(tmp_path, pretrained):
+    _, path = pretrained
+    out = os.fspath(tmp_path / "rn18")
+    convert_main(["--arch", "resnet18", "--checkpoint", path, "--out", out])
+    spec = {"arch": "small_cnn", "kwargs": {"num_classes": 10, "in_channels": 3, "image_size": 32}}
+    with open(os.path.join(out, "model.json"), "w") as f:
+        json.dump(spec, f)
+    with pytest.raises(CheckpointMismatchError) as info:
+        load_model(out)
+    assert "params/backbone/fc1/kernel" in info.value.missing
+    assert "params/backbone/layer1_0/conv1/kernel" in info.value.unexpected
+    assert "params/backbone/conv1/kernel" in info.value.misshaped
+    assert "model.json describes another model" in str(info.value)
+
+
+def test_command_line_errors_are_one_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "hpm_jax.convert", "--arch", "resnet18",
+         "--checkpoint", os.fspath(tmp_path / "nope.pt"), "--out", os.fspath(tmp_path / "o")],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"error: No checkpoint file at {str(tmp_path / 'nope.pt')!r}."

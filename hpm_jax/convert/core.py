@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from hpm_jax.checkpointing import CheckpointMismatchError
 from hpm_jax.models import get_model
 
 NORMALIZATION = "<normalization>"
@@ -40,34 +41,6 @@ RENAMES: dict[str, str] = {
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "params")
 _STRIPPED_PREFIXES = ("module.", "model.")
 _IGNORED_SUFFIXES = ("num_batches_tracked",)
-_MAX_LISTED = 25
-
-
-class CheckpointMismatchError(ValueError):
-    """A checkpoint does not fit the architecture; lists missing, unexpected, mis-shaped keys."""
-
-    def __init__(self, arch: str, missing, unexpected, misshaped, hint: str = ""):
-        self.missing, self.unexpected, self.misshaped = list(missing), list(unexpected), misshaped
-
-        def listing(title: str, items: list[str]) -> str:
-            if not items:
-                return ""
-            shown = "\n    ".join(items[:_MAX_LISTED])
-            extra = len(items) - _MAX_LISTED
-            more = f"\n    ... and {extra} more" if extra > 0 else ""
-            return f"\n  {title} ({len(items)}):\n    {shown}{more}"
-
-        shapes = [
-            f"{k}: checkpoint {a} (torch layout), model {b} (Flax layout)"
-            for k, (a, b) in misshaped.items()
-        ]
-        super().__init__(
-            f"The checkpoint does not match architecture {arch!r}."
-            + listing("missing from the checkpoint (Flax variables)", self.missing)
-            + listing("unexpected in the checkpoint (torch keys)", self.unexpected)
-            + listing("mis-shaped", shapes)
-            + (f"\n  {hint}" if hint else "")
-        )
 
 
 def unwrap_state_dict(obj: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -212,7 +185,7 @@ def torch_to_flax(
             missing,
             sorted(unexpected),
             misshaped,
-            hint=f"Check the architecture options ({arch_kwargs}).",
+            hint=f"Checkpoint shapes are in torch layout. Check the options ({arch_kwargs}).",
         )
     nested = traverse_util.unflatten_dict({tuple(p.split("/")): v for p, v in converted.items()})
     return {col: nested.get(col, {}) for col in ("params", "batch_stats")}
