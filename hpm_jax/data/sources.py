@@ -13,6 +13,7 @@ comes at once, saying how to prepare it, instead of a blind download that hangs 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import logging
@@ -137,6 +138,18 @@ def tensorflow_available() -> bool:
     return importlib.util.find_spec("tensorflow") is not None
 
 
+@contextlib.contextmanager
+def _quiet_tfds_probe():
+    """Silence TFDS's warnings about unprepared folders while we only look for a dataset."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def get_source(name: str, split: str, *, data_dir: str | os.PathLike | None = None) -> Source:
     """A random-access source of `{"image": uint8 HWC, "label": int}` records.
 
@@ -155,11 +168,14 @@ def get_source(name: str, split: str, *, data_dir: str | os.PathLike | None = No
     dataset_info(name)  # validates the name
     data_dir = os.path.expanduser(os.fspath(data_dir)) if data_dir is not None else None
     try:
-        tfds_source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+        with _quiet_tfds_probe():
+            tfds_source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
         return TfdsSource(name, split, tfds_source)
     except Exception as error:  # TFDS's errors for "not there" are misleading: decide below
-        builder = tfds.builder(name, data_dir=data_dir)
-        if builder.is_prepared():
+        with _quiet_tfds_probe():
+            builder = tfds.builder(name, data_dir=data_dir)
+            prepared = builder.is_prepared()
+        if prepared:
             if isinstance(error, NotImplementedError):  # prepared, but not as array_record
                 raise DatasetNotFoundError(_convert_message(name, builder.data_dir)) from error
             raise  # e.g. a bad split string: the TFDS message says what is wrong
