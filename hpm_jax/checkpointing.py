@@ -17,10 +17,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from hpm_jax.models import Classifier, get_model
+from hpm_jax.models import Classifier, abstract_variables, get_model
 
 MODEL_SPEC = "model.json"
 VARIABLES = "variables"
@@ -90,9 +89,7 @@ def load_model(directory: str) -> tuple[Classifier, dict[str, Any]]:
     """The model described in DIR/model.json and its variables restored from DIR/variables."""
     directory = os.path.abspath(directory)
     model, spec = model_from_spec(directory)
-    backbone = model.backbone
-    dummy = jnp.zeros((1, backbone.image_size, backbone.image_size, backbone.in_channels))
-    target = jax.eval_shape(lambda: model.init(jax.random.key(0), dummy))
+    target = abstract_variables(model)
     checkpointer = ocp.StandardCheckpointer()
     path = os.path.join(directory, VARIABLES)
     stored = checkpointer.metadata(path).item_metadata

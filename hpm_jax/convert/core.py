@@ -17,13 +17,11 @@ import importlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
 from hpm_jax.checkpointing import CheckpointMismatchError
-from hpm_jax.models import get_model
+from hpm_jax.models import abstract_variables, get_model
 
 NORMALIZATION = "<normalization>"
 Rename = Callable[[str], str | None]
@@ -147,8 +145,7 @@ def torch_to_flax(
         arch_kwargs["num_classes"] = num_classes
     model = get_model(arch, **arch_kwargs)
     backbone = model.backbone
-    dummy = jnp.zeros((1, backbone.image_size, backbone.image_size, backbone.in_channels))
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), dummy))
+    shapes = abstract_variables(model)
     targets = {
         "/".join(path): leaf for path, leaf in traverse_util.flatten_dict(dict(shapes)).items()
     }

@@ -10,8 +10,8 @@
 This package is the only place Flax modules live; everything else sees `apply`.
 """
 
-from hpm_jax.models.classifier import Classifier
+from hpm_jax.models.classifier import Classifier, abstract_variables
 from hpm_jax.models.heads import FCHead
 from hpm_jax.models.registry import BACKBONES, get_backbone, get_model
 
-__all__ = ["BACKBONES", "Classifier", "FCHead", "get_backbone", "get_model"]
+__all__ = ["BACKBONES", "Classifier", "FCHead", "abstract_variables", "get_backbone", "get_model"]

@@ -10,6 +10,8 @@ replaced while the backbone's (converted, pretrained) weights stay where they ar
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -62,3 +64,11 @@ class Classifier(nn.Module):
         mode: str = "hpm",
     ) -> jax.Array:
         return self.head(self.features(x, train=train), labels, train=train, mode=mode)
+
+
+def abstract_variables(model: Classifier) -> Any:
+    """The shapes and dtypes of `model`'s variables, computing nothing (restore targets)."""
+    backbone = model.backbone
+    size, channels = backbone.image_size, backbone.in_channels
+    images = jax.ShapeDtypeStruct((1, size, size, channels), jnp.float32)
+    return jax.eval_shape(lambda x: model.init(jax.random.key(0), x), images)
