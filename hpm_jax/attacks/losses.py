@@ -1,0 +1,46 @@
+"""Per-example attack losses. Sign: every loss here is one the attacker MAXIMISES.
+
+    loss = cross_entropy(logits, y)                       # (B,)
+    loss = dlr(logits, y)                                 # Croce & Hein's DLR, scale-free
+    loss = targeted_dlr(logits, y, target)                # APGD-T's loss
+    m = margin(logits, y)                                 # z_y - max_{c != y} z_c (> 0 correct)
+
+All take logits (B, C) and integer labels (B,) and return (B,) float arrays.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+_DLR_EPS = 1e-12  # keeps DLR finite when the top logits tie, as in the reference
+
+
+def _take(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    return jnp.take_along_axis(logits, labels[:, None], axis=1)[:, 0]
+
+
+def cross_entropy(logits: jax.Array, y: jax.Array) -> jax.Array:
+    """Softmax cross-entropy of the true class (higher = further from being correct)."""
+    return jax.nn.logsumexp(logits, axis=1) - _take(logits, y)
+
+
+def margin(logits: jax.Array, y: jax.Array) -> jax.Array:
+    """z_y - max_{c != y} z_c: positive where the prediction is y. NOT a maximised loss;
+    attacks maximise `-margin`."""
+    others = jnp.where(jax.nn.one_hot(y, logits.shape[1], dtype=bool), -jnp.inf, logits)
+    return _take(logits, y) - jnp.max(others, axis=1)
+
+
+def dlr(logits: jax.Array, y: jax.Array) -> jax.Array:
+    """Difference of logits ratio: -(z_y - max_{c != y} z_c) / (z_pi1 - z_pi3), with z_pi the
+    logits sorted in decreasing order. Invariant to shifting and scaling the logits."""
+    top = jax.lax.top_k(logits, 3)[0]
+    return -margin(logits, y) / (top[:, 0] - top[:, 2] + _DLR_EPS)
+
+
+def targeted_dlr(logits: jax.Array, y: jax.Array, target: jax.Array) -> jax.Array:
+    """APGD-T's loss: -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2). Needs >= 4 classes."""
+    top = jax.lax.top_k(logits, 4)[0]
+    scale = top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + _DLR_EPS
+    return -(_take(logits, y) - _take(logits, target)) / scale
