@@ -6,12 +6,26 @@
     logits = model.apply(variables, x)                             # eval mode
     logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
     feats = model.apply(variables, x, method="features")           # penultimate features
+    hpm = get_model("small_cnn", num_classes=10, head="hpm", mixing="count")  # HPM head
 
 This package is the only place Flax modules live; everything else sees `apply`.
 """
 
 from hpm_jax.models.classifier import Classifier, abstract_variables
-from hpm_jax.models.heads import FCHead
-from hpm_jax.models.registry import BACKBONES, get_backbone, get_model
+from hpm_jax.models.heads import MIXINGS, MODES, PROTOTYPES, FCHead, HPMHead, L2Head
+from hpm_jax.models.registry import BACKBONES, HEADS, get_backbone, get_model
 
-__all__ = ["BACKBONES", "Classifier", "FCHead", "abstract_variables", "get_backbone", "get_model"]
+__all__ = [
+    "BACKBONES",
+    "HEADS",
+    "MIXINGS",
+    "MODES",
+    "PROTOTYPES",
+    "Classifier",
+    "FCHead",
+    "HPMHead",
+    "L2Head",
+    "abstract_variables",
+    "get_backbone",
+    "get_model",
+]

@@ -1,8 +1,10 @@
 """A classifier = a backbone that maps images to penultimate features + a swappable head.
 
-    model = Classifier(backbone=ResNet18(), head=FCHead(10))
+    model = Classifier(backbone=ResNet18(), head=HPMHead(10))
     logits = model.apply(variables, x)                        # x: float32 NHWC in [0, 1]
     features = model.apply(variables, x, method="features")
+    out, updates = model.apply(variables, x, y, train=True, mode=("hpm", "fc"),
+                               mutable=["batch_stats", "prototypes"])   # {"hpm": .., "fc": ..}
 
 Parameters live under `params/backbone/...` and `params/head/...`, so a head can be
 replaced while the backbone's (converted, pretrained) weights stay where they are.
@@ -15,6 +17,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from hpm_jax.models.heads import Logits, Mode
 
 
 def check_images(x: jax.Array, in_channels: int, name: str) -> None:
@@ -45,7 +49,8 @@ class Classifier(nn.Module):
 
     The backbone must take `(x, train=...)` and expose `in_channels`; the head takes
     `(features, labels, train=..., mode=...)` so that dynamic heads (HPM) can use labels
-    in training and choose a surrogate `mode` at apply time.
+    in training and choose a surrogate `mode` at apply time: a mode name gives logits
+    (B, C), a tuple of names a dict {mode: logits} from one backbone pass.
     """
 
     backbone: nn.Module
@@ -61,8 +66,8 @@ class Classifier(nn.Module):
         labels: jax.Array | None = None,
         *,
         train: bool = False,
-        mode: str = "hpm",
-    ) -> jax.Array:
+        mode: Mode = "hpm",
+    ) -> Logits:
         return self.head(self.features(x, train=train), labels, train=train, mode=mode)
 
 
