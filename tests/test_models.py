@@ -94,3 +94,39 @@ def test_bad_images_get_errors_that_say_the_fix(x, error, fix):
     variables = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
     with pytest.raises(error, match=fix):
         model.apply(variables, x)
+
+
+def test_get_model_routes_options_to_the_head_or_the_backbone():
+    from hpm_jax.models import FCHead, HPMHead, L2Head
+
+    model = get_model(
+        "small_cnn", num_classes=10, head="hpm", mixing="convex", lam=0.2, in_channels=3
+    )
+    assert isinstance(model.head, HPMHead) and model.head.num_classes == 10
+    assert (model.head.mixing, model.head.lam, model.backbone.in_channels) == ("convex", 0.2, 3)
+    l2 = get_model("small_cnn", num_classes=5, head="l2", squared=True, num_features=32)
+    assert isinstance(l2.head, L2Head) and l2.head.squared and l2.backbone.num_features == 32
+    assert isinstance(get_model("small_cnn", num_classes=10).head, FCHead)
+    # An option that fits neither lists both sets; a head option on the FC head fits neither.
+    with pytest.raises(TypeError, match=r"options are .*in_channels.*\(backbone\).*mixing"):
+        get_model("small_cnn", num_classes=10, head="hpm", mixin="count")
+    with pytest.raises(TypeError, match=r"unknown option.*'mixing'"):
+        get_model("small_cnn", num_classes=10, head="fc", mixing="count")
+    with pytest.raises(ValueError, match="choose one of"):
+        get_model("small_cnn", num_classes=10, head="hpm", mixing="mean")
+
+
+def test_classifier_passes_labels_and_modes_to_the_head():
+    model = get_model("small_cnn", num_classes=10, head="hpm", channels=(8, 8, 8))
+    x = jax.random.uniform(jax.random.key(0), (6, 28, 28, 1))
+    variables = model.init(jax.random.key(1), x[:1])
+    feats = model.apply(variables, x, method="features")
+    head_vars = {k: v["head"] for k, v in variables.items() if "head" in v}
+    out = model.apply(variables, x, mode=("fc", "ema_l2"))
+    for mode, logits in out.items():
+        np.testing.assert_allclose(
+            logits, model.head.apply(head_vars, feats, mode=mode), rtol=1e-6, atol=1e-6
+        )
+    y = jnp.arange(6)
+    _, updates = model.apply(variables, x, y, train=True, mutable=["batch_stats", "prototypes"])
+    np.testing.assert_array_equal(updates["prototypes"]["head"]["seen"], [1] * 6 + [0] * 4)
