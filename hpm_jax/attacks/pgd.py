@@ -1,0 +1,169 @@
+"""Projected gradient descent (Madry et al.), the attack inside adversarial training.
+
+    from hpm_jax.attacks import pgd
+    x_adv = pgd.perturb(logits_fn, x, y, key=key, norm="Linf", eps=8 / 255,
+                        step_size=2 / 255, num_steps=10)                 # PGD-AT's inner max
+    x_adv = pgd.perturb(logits_fn, x, y, key=key, norm="Linf", eps=8 / 255, step_size=2 / 255,
+                        num_steps=10, loss="kl", reference_logits=clean_logits,
+                        random_start="normal")                           # TRADES' inner max
+    result = pgd.pgd(logits_fn, x, y, key=key, eps=0.1, step_size=0.025, num_steps=10)
+    result.x_adv, result.robust                                          # the attack contract
+
+`perturb` is jittable (a `lax.fori_loop`; `norm`, `loss`, `num_steps` and `random_start` are
+static) and returns the last iterate, as PGD-AT and TRADES use it. Each step ascends the
+summed per-example loss (so each example's step is its own gradient's, whatever the batch
+size): Linf steps by `step_size * sign(g)`, L2 by `step_size * g / ||g||_2`; then it projects
+back into the eps-ball around x intersected with [0, 1]^d.
+
+Losses (both MAXIMISED by the attack): "ce", the cross-entropy of the true label (PGD-AT);
+"kl", KL(softmax(reference_logits) || softmax(logits_fn(x_adv))) (TRADES), where
+`reference_logits` are the clean logits, held fixed.
+
+Random starts: "uniform" (uniform in the Linf box, Madry et al.; for L2 a uniform direction
+and radius), "sphere" (on the eps-sphere, as AutoAttack), "normal" (0.001 * N(0, 1), as the
+TRADES reference code), "none".
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from hpm_jax.attacks import common
+from hpm_jax.attacks.losses import cross_entropy
+
+LOSSES = ("ce", "kl")
+RANDOM_STARTS = ("uniform", "sphere", "normal", "none")
+NORMS = ("Linf", "L2")
+
+
+def kl_divergence(logits: jax.Array, reference_logits: jax.Array) -> jax.Array:
+    """(B,) KL(softmax(reference) || softmax(logits)), >= 0; the attacker maximises it."""
+    log_p = jax.nn.log_softmax(reference_logits, axis=-1)
+    log_q = jax.nn.log_softmax(logits, axis=-1)
+    return jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
+
+
+def start_point(key: jax.Array, x: jax.Array, eps: float, norm: str, kind: str) -> jax.Array:
+    """The first iterate: x moved by a random start of `kind`, inside the ball and [0, 1]."""
+    if kind == "none":
+        return x
+    if kind == "sphere":
+        return common.random_start(key, x, eps, norm)
+    if kind == "normal":
+        # TRADES starts a hair away from x: KL(p || p) has a zero gradient at x itself.
+        return common.project(x + 0.001 * jax.random.normal(key, x.shape, x.dtype), x, eps, norm)
+    if kind == "uniform":
+        if norm == "Linf":
+            delta = jax.random.uniform(key, x.shape, x.dtype, -eps, eps)
+        else:  # uniform in the L2 ball: a uniform direction, radius eps * U^(1/d)
+            direction_key, radius_key = jax.random.split(key)
+            direction = common.normalize(jax.random.normal(direction_key, x.shape, x.dtype), "L2")
+            dims = x[0].size
+            radius = eps * jax.random.uniform(radius_key, x.shape[:1], x.dtype) ** (1.0 / dims)
+            delta = direction * common.expand(radius, x)
+        return common.project(x + delta, x, eps, norm)
+    raise ValueError(f"random_start must be one of {RANDOM_STARTS}, got {kind!r}.")
+
+
+def _check_static(norm: str, loss: str, random_start: str, num_steps: int, reference) -> None:
+    common.check_norm(norm, NORMS)
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}.")
+    if random_start not in RANDOM_STARTS:
+        raise ValueError(f"random_start must be one of {RANDOM_STARTS}, got {random_start!r}.")
+    if not isinstance(num_steps, int) or num_steps < 0:
+        raise ValueError(f"num_steps must be an int >= 0, got {num_steps!r}.")
+    if (loss == "kl") != (reference is not None):
+        raise ValueError(
+            'loss="kl" needs reference_logits (the clean logits, e.g. TRADES) and loss="ce" '
+            f"takes none; got loss={loss!r} with reference_logits "
+            f"{'given' if reference is not None else 'missing'}."
+        )
+
+
+@functools.partial(
+    jax.jit, static_argnames=("logits_fn", "norm", "num_steps", "loss", "random_start")
+)
+def _perturb_jit(logits_fn, x, y, key, eps, step_size, reference_logits, **static):
+    return perturb(
+        logits_fn, x, y, key=key, eps=eps, step_size=step_size,
+        reference_logits=reference_logits, **static,
+    )  # fmt: skip
+
+
+def perturb(
+    logits_fn: common.LogitsFn,
+    x: jax.Array,
+    y: jax.Array,
+    *,
+    key: jax.Array,
+    eps: float | jax.Array,
+    step_size: float | jax.Array,
+    num_steps: int,
+    norm: str = "Linf",
+    loss: str = "ce",
+    reference_logits: jax.Array | None = None,
+    random_start: str = "uniform",
+) -> jax.Array:
+    """The PGD iterate after `num_steps` steps: (B, H, W, C) within eps of x, in [0, 1].
+
+    Traceable (use it inside a jitted training step). The returned array carries no
+    gradient back to the model or to x (it is a stopped constant, as adversarial training
+    wants); `logits_fn` is only differentiated with respect to its input.
+    """
+    _check_static(norm, loss, random_start, num_steps, reference_logits)
+    x = jax.lax.stop_gradient(x)
+    if reference_logits is not None:
+        reference_logits = jax.lax.stop_gradient(reference_logits)
+
+    def objective(x_adv):
+        logits = logits_fn(x_adv)
+        if loss == "ce":
+            return jnp.sum(cross_entropy(logits, y))
+        return jnp.sum(kl_divergence(logits, reference_logits))
+
+    grad_fn = jax.grad(objective)
+
+    def step(_, x_adv):
+        g = grad_fn(x_adv)
+        direction = jnp.sign(g) if norm == "Linf" else common.normalize(g, "L2")
+        return common.project(x_adv + step_size * direction, x, eps, norm)
+
+    x_adv = start_point(key, x, eps, norm, random_start)
+    x_adv = jax.lax.fori_loop(0, num_steps, step, x_adv)
+    return jax.lax.stop_gradient(x_adv)
+
+
+def pgd(
+    logits_fn: common.LogitsFn,
+    x: jax.Array,
+    y: jax.Array,
+    *,
+    key: jax.Array,
+    eps: float,
+    step_size: float,
+    num_steps: int,
+    norm: str = "Linf",
+    loss: str = "ce",
+    reference_logits: jax.Array | None = None,
+    random_start: str = "uniform",
+    judge_fn: common.LogitsFn | None = None,
+) -> common.AttackResult:
+    """PGD under the shared attack contract: checks the inputs, runs jitted, judges the result.
+
+    `judge_fn` (default `logits_fn`) decides `robust` on the final iterate, on the whole batch
+    at once; a point misclassified already on x counts as not robust. Pass the same
+    `logits_fn` object on every call so the jitted attack compiles once.
+    """
+    common.check_inputs(x, y, norm=norm, eps=eps, allowed_norms=NORMS)
+    _check_static(norm, loss, random_start, num_steps, reference_logits)
+    x_adv = _perturb_jit(
+        logits_fn, x, y, key, eps, step_size, reference_logits,
+        norm=norm, num_steps=num_steps, loss=loss, random_start=random_start,
+    )  # fmt: skip
+    judge = logits_fn if judge_fn is None else judge_fn
+    robust = common.correct(judge(x), y) & common.correct(judge(x_adv), y)
+    return common.AttackResult(x_adv, robust)

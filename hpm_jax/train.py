@@ -1,0 +1,406 @@
+"""Adversarial training and HPM fine-tuning: PGD-AT or TRADES, sharded, resumable.
+
+    python -m hpm_jax.train --config=configs/fashion_mnist.py --workdir=/tmp/fmnist_at
+    hpm-train --config=configs/cifar10_wrn.py --workdir=/tmp/wrn \\
+        --config.init.checkpoint=/tmp/carmon2019 --config.train.num_steps=2000
+    # several hosts: the same command on each, plus
+    #   --coordinator_address=HOST0:1234 --num_processes=N --process_id=I   (or --multihost)
+
+    summary = run(load_config("configs/fashion_mnist.py:local"), "/tmp/run")   # in Python
+
+The model trains data-parallel over every device of every host (`jax.jit` with the batch
+sharded over the mesh's `data` axis, global-batch semantics). WORKDIR receives:
+`checkpoints/` (Orbax, every `checkpoint.every_steps`, the last `checkpoint.keep`; a run
+started again in the same WORKDIR resumes from the newest complete one and ends where an
+uninterrupted run would), `metrics.jsonl` and `tensorboard/` (loss terms, training and
+held-out clean / PGD accuracy, images/s), `model/` (the final weights, averaged when
+`train.ema_decay` > 0, loadable with `hpm_jax.checkpointing.load_model`) and `summary.json`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import shutil
+import sys
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+
+from hpm_jax import config_lib, data
+from hpm_jax.checkpointing import CheckpointMismatchError, save_model
+from hpm_jax.models import abstract_variables
+from hpm_jax.sharding import check_batch_divisible, data_sharding, make_mesh, replicated
+from hpm_jax.training import checkpoints as checkpoints_lib
+from hpm_jax.training import metrics as metrics_lib
+from hpm_jax.training import model_init, objectives, steps
+from hpm_jax.training import state as state_lib
+
+MODEL_DIR = "model"
+SUMMARY = "summary.json"
+# Streams of randomness drawn from the seed: fold_in(fold_in(key(seed), stream), step).
+_TRAIN_STREAM, _EVAL_STREAM = 1, 2
+_CONSOLE_KEYS = ("loss", "train_adv_accuracy_hpm", "train_adv_accuracy_fc", "learning_rate")
+
+# Errors about the setup (config, data, workdir, init checkpoint): printed as one message.
+SETUP_ERRORS = (
+    data.DatasetNotFoundError,
+    checkpoints_lib.RunMismatchError,
+    model_init.InitCheckpointError,
+    CheckpointMismatchError,
+)
+
+
+def identity(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """What makes two configs the same run: a checkpoint resumes only under the same one."""
+    model = config.model.to_dict()
+    model.get("kwargs", {}).pop("dtype", None)  # compute precision may change on resume
+    return json.loads(
+        json.dumps(
+            {
+                "model": model,
+                "dataset": config.dataset.name,
+                "train_split": config.dataset.train_split,
+                "objective": config.objective.name,
+                "seed": config.seed,
+                "init_checkpoint": config.init.checkpoint,
+            }
+        )
+    )
+
+
+def _host(tree: Any) -> Any:
+    """Replicated device values -> NumPy on this host (works across processes too)."""
+    return jax.tree.map(lambda a: np.asarray(a.addressable_data(0)), tree)
+
+
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
+def _print(*args: Any) -> None:
+    if jax.process_index() == 0:
+        print(*args, flush=True)
+
+
+def evaluate(
+    eval_fn, variables: Any, source: data.Source, config: ml_collections.ConfigDict, mesh: Mesh
+) -> dict[str, float]:
+    """Clean and PGD accuracy of `variables` on `source` (the configured eval attack)."""
+    key = jax.random.fold_in(jax.random.key(config.seed), _EVAL_STREAM)
+    totals = {"clean_correct": 0, "adv_correct": 0, "count": 0}
+    batches = data.eval_iterator(source, batch_size=config.eval.batch_size, mesh=mesh)
+    for i, batch in enumerate(batches):
+        counts = _host(eval_fn(variables, batch, jax.random.fold_in(key, i)))
+        for name in totals:
+            totals[name] += int(counts[name])
+    n = max(totals["count"], 1)
+    return {
+        "eval_clean_accuracy": totals["clean_correct"] / n,
+        "eval_pgd_accuracy": totals["adv_correct"] / n,
+        "eval_examples": totals["count"],
+    }
+
+
+def _eval_attack(config: ml_collections.ConfigDict) -> objectives.AttackSpec:
+    """The held-out attack: PGD with the training eps in eval mode, on `eval.attack`."""
+    attack = config.attack.copy_and_resolve_references()
+    with attack.unlocked():
+        for key, value in config.eval.attack.items():
+            attack[key] = value
+    spec = objectives.AttackSpec.from_config(attack, head=config.model.head, objective="pgd_at")
+    return dataclasses.replace(spec, bn_train=False)
+
+
+def _judge_mode(head: str) -> str:
+    return {"fc": "fc", "hpm": "hpm", "l2": "ema_l2"}[head]
+
+
+def _eval_source(config: ml_collections.ConfigDict) -> data.Source:
+    source = data.get_source(
+        config.dataset.name, config.dataset.eval_split, data_dir=config.dataset.data_dir or None
+    )
+    if config.eval.num_examples:
+        source = model_init._First(source, int(config.eval.num_examples))
+    return source
+
+
+def _save_final_model(
+    workdir: str, variables: Any, kwargs: dict[str, Any], arch: str, step: int
+) -> str:
+    """save_model into a temporary directory, then swap it in for WORKDIR/model."""
+    final = os.path.join(workdir, MODEL_DIR)
+    tmp = os.path.join(workdir, f".{MODEL_DIR}-tmp-step{step}")
+    if jax.process_index() == 0 and os.path.exists(tmp):
+        shutil.rmtree(tmp)  # left by a run killed while writing it
+    _sync("hpm_train_model_tmp_clean")
+    save_model(tmp, variables, arch=arch, **kwargs)
+    _sync("hpm_train_model_saved")
+    if jax.process_index() == 0:
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+    _sync("hpm_train_model_renamed")
+    return final
+
+
+class _Throughput:
+    """Images per second over the training steps since the last report (evaluation and the
+    first, compiling step excluded), and the total training time."""
+
+    def __init__(self, batch_size: int):
+        self.batch_size, self.total_seconds = batch_size, 0.0
+        self._seconds, self._steps, self._since = 0.0, 0, None
+
+    def start(self) -> None:
+        self._since = time.perf_counter()
+
+    def stop(self) -> None:
+        if self._since is not None:
+            elapsed = time.perf_counter() - self._since
+            self._seconds += elapsed
+            self.total_seconds += elapsed
+            self._since = None
+
+    def tick(self) -> None:
+        self._steps += 1
+
+    def rate(self) -> float | None:
+        """Images per second since the last call (None when no step was timed)."""
+        rate = self._steps * self.batch_size / self._seconds if self._steps else None
+        self._seconds, self._steps = 0.0, 0
+        return rate
+
+
+def _check_config(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
+    check_batch_divisible(config.train.batch_size, mesh)
+    check_batch_divisible(config.eval.batch_size, mesh)
+    if config.train.num_steps < 1:
+        raise ValueError(f"train.num_steps must be >= 1, got {config.train.num_steps}.")
+    if not 0 <= config.train.ema_decay < 1:
+        raise ValueError(
+            f"train.ema_decay must be in [0, 1) (0: off), got {config.train.ema_decay}."
+        )
+
+
+def run(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    devices: list[jax.Device] | None = None,
+) -> dict[str, Any]:
+    """Train as `config` says in `workdir` (resuming what is there); returns the summary."""
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    mesh = make_mesh(devices)
+    _check_config(config, mesh)
+    model, model_kwargs = model_init.build_model(config)
+    objective = objectives.Objective.from_config(config)
+    optimizer = state_lib.make_optimizer(config.train)
+    schedule = state_lib.make_schedule(config.train)
+    use_ema = config.train.ema_decay > 0
+    run_info = {"identity": identity(config), "config": json.loads(config.to_json())}
+
+    data_dir = config.dataset.data_dir or None
+    train_source = data.get_source(
+        config.dataset.name, config.dataset.train_split, data_dir=data_dir
+    )
+    eval_source = _eval_source(config)
+
+    checkpoints = checkpoints_lib.TrainCheckpoints(
+        workdir,
+        every_steps=config.checkpoint.every_steps,
+        keep=config.checkpoint.keep,
+        async_save=config.checkpoint.get("async_save", True),
+    )
+    rep = replicated(mesh)
+    start = checkpoints.latest_step()
+    if start is not None:
+        changed = checkpoints_lib.differences(
+            checkpoints.run_info(start)["config"], run_info["config"]
+        )
+        abstract = jax.eval_shape(
+            lambda v: state_lib.create_state(v, optimizer, ema=use_ema),
+            abstract_variables(model),
+        )
+        abstract = jax.tree.map(
+            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), abstract
+        )
+        state = checkpoints.restore(start, abstract, run_info)
+        _print(f"Resuming from {checkpoints.directory} at step {start}.")
+        if changed:
+            _print("  config changes since that checkpoint:\n    " + "\n    ".join(changed))
+    else:
+        start = 0
+        variables = model_init.initial_variables(
+            model, config, train_source=train_source, mesh=mesh
+        )
+        state = jax.device_put(state_lib.create_state(variables, optimizer, ema=use_ema), rep)
+
+    base_key = jax.random.key(config.seed)
+    train_key = jax.device_put(jax.random.fold_in(base_key, _TRAIN_STREAM), rep)
+    batch_sharding = data_sharding(mesh)
+    step_fn = jax.jit(
+        functools.partial(
+            steps.train_step, model, optimizer, objective, float(config.train.ema_decay)
+        ),
+        in_shardings=(rep, batch_sharding, rep),
+        out_shardings=(rep, rep),
+        donate_argnums=0,
+    )
+    eval_fn = jax.jit(
+        functools.partial(
+            steps.eval_step, model, _eval_attack(config), _judge_mode(config.model.head)
+        ),
+        in_shardings=(rep, batch_sharding, rep),
+        out_shardings=rep,
+    )
+
+    num_steps = int(config.train.num_steps)
+    writer = metrics_lib.MetricWriter(workdir, start_step=start)
+    batches = data.train_iterator(
+        train_source,
+        batch_size=config.train.batch_size,
+        mesh=mesh,
+        seed=config.seed,
+        augment=config.dataset.augment,
+        start_step=start,
+    )
+    _print(
+        f"{config.model.name} ({config.model.head} head) on {config.dataset.name}: "
+        f"{objective.name}, {num_steps} steps of {config.train.batch_size}, "
+        f"{jax.device_count()} devices, {jax.process_count()} process(es)"
+    )
+    log_every, eval_every = config.train.log_every_steps, config.eval.every_steps
+    meter = _Throughput(config.train.batch_size)
+    last_eval: dict[str, float] = {}
+    step = start
+    for step in range(start + 1, num_steps + 1):
+        state, step_metrics = step_fn(state, next(batches), train_key)
+        if step == start + 1:  # the first step compiles: time from its end
+            jax.block_until_ready(step_metrics)
+            meter.start()
+        else:
+            meter.tick()
+        is_last = step == num_steps
+        if step % log_every == 0 or is_last:
+            scalars = _host(step_metrics)  # waits for the step
+            meter.stop()
+            rate = meter.rate()
+            if rate is not None:
+                scalars["images_per_second"] = rate
+            scalars["learning_rate"] = float(schedule(step - 1))
+            writer.write(step, scalars)
+            _print(
+                metrics_lib.format_progress(step, num_steps, scalars, _CONSOLE_KEYS)
+                + (f"  {rate:.0f} images/s" if rate is not None else "")
+            )
+            meter.start()
+        checkpoints.save(step, state, run_info, force=is_last)
+        if (eval_every and step % eval_every == 0) or is_last:
+            jax.block_until_ready(state)
+            meter.stop()
+            last_eval = evaluate(
+                eval_fn, state_lib.eval_variables(state), eval_source, config, mesh
+            )
+            writer.write(step, last_eval)
+            _print(
+                f"  eval at step {step}: clean {last_eval['eval_clean_accuracy']:.4f}  "
+                f"PGD {last_eval['eval_pgd_accuracy']:.4f}  ({last_eval['eval_examples']} examples)"
+            )
+            meter.start()
+
+    if start == num_steps:  # nothing left to train: evaluate what the checkpoint holds
+        last_eval = evaluate(eval_fn, state_lib.eval_variables(state), eval_source, config, mesh)
+        writer.write(step, last_eval)
+    checkpoints.close()
+    writer.close()
+    model_dir = _save_final_model(
+        workdir, state_lib.eval_variables(state), model_kwargs, config.model.name, step
+    )
+    summary = {
+        "dataset": config.dataset.name,
+        "model": config.model.name,
+        "head": config.model.head,
+        "objective": objective.name,
+        "devices": jax.device_count(),
+        "processes": jax.process_count(),
+        "steps": num_steps,
+        "resumed_from": start,
+        "train_seconds": round(meter.total_seconds, 1),
+        **last_eval,
+        "model_dir": model_dir,
+    }
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, SUMMARY), "w") as f:
+            json.dump(summary, f, indent=2)
+    return summary
+
+
+# ---- the command line ------------------------------------------------------------------------
+
+_CONFIG = config_lib.define_config_flag()
+_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and the final model go here.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0, for multi-host runs."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-host run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0..N-1.")
+_MULTIHOST = flags.DEFINE_bool(
+    "multihost", False, "jax.distributed.initialize() with settings detected from the "
+    "environment (Cloud TPU pods, SLURM); instead of the three flags above."
+)  # fmt: skip
+_CPU_COLLECTIVES = flags.DEFINE_string(
+    "cpu_collectives", "gloo", "Collectives of the CPU backend in multi-process runs."
+)
+
+
+def initialize_distributed() -> None:
+    """Join the processes of a multi-host run (before anything touches a device)."""
+    explicit = [_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value]
+    if any(v is not None for v in explicit):
+        if any(v is None for v in explicit):
+            raise app.UsageError(
+                "Give all of --coordinator_address, --num_processes and --process_id, or none."
+            )
+        jax.config.update("jax_cpu_collectives_implementation", _CPU_COLLECTIVES.value)
+        jax.distributed.initialize(
+            coordinator_address=_COORDINATOR.value,
+            num_processes=_NUM_PROCESSES.value,
+            process_id=_PROCESS_ID.value,
+        )
+    elif _MULTIHOST.value:
+        jax.distributed.initialize()
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if _CONFIG.value is None or _WORKDIR.value is None:
+        raise app.UsageError("--config and --workdir are required.")
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every read and write at INFO.
+    initialize_distributed()
+    try:
+        summary = run(_CONFIG.value, _WORKDIR.value)
+    except SETUP_ERRORS as error:
+        print(f"hpm-train: error: {error}", file=sys.stderr)
+        sys.exit(1)
+    _print(json.dumps(summary, indent=2))
+
+
+def console_main() -> None:
+    """The `hpm-train` console script."""
+    app.run(main)
+
+
+if __name__ == "__main__":
+    console_main()

@@ -1,0 +1,148 @@
+"""Periodic, asynchronous Orbax checkpoints of the training state, resumable after a kill.
+
+    checkpoints = TrainCheckpoints(workdir, every_steps=500, keep=3)
+    step = checkpoints.latest_step()                   # None in a fresh workdir
+    state = checkpoints.restore(step, abstract_state, run_info)   # checks it is this run's
+    checkpoints.save(step, state, run_info)            # only every `every_steps` (or force)
+    checkpoints.close()                                # waits for the last write
+
+Each checkpoint WORKDIR/checkpoints/<step>/ holds two items: `state` (the training state)
+and `run` (JSON: the config and the identity of the run). Orbax writes a checkpoint into a
+temporary directory and renames it when every array is written (on GCS it marks it with a
+commit file), so a checkpoint that a SIGKILL interrupts is never listed as the latest:
+`latest_step` only sees finalized ones, and the next run deletes the leftovers.
+
+Resuming from a workdir written by another run (a different model, dataset, objective or
+seed) fails with `RunMismatchError` naming the differing keys; other config changes (more
+steps, another evaluation schedule) are allowed and listed on the console.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+CHECKPOINTS = "checkpoints"
+
+
+class RunMismatchError(ValueError):
+    """The workdir's checkpoints belong to a different run than this config describes."""
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, Mapping):
+        out = {}
+        for key, value in tree.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: list(tree) if isinstance(tree, tuple) else tree}
+
+
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    return {
+        "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): tuple(leaf.shape)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+    }
+
+
+def differences(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """'key: stored -> current' for every flattened key whose value differs."""
+    a, b = _flatten(stored), _flatten(current)
+    return [
+        f"{key}: {a.get(key, '<absent>')!r} -> {b.get(key, '<absent>')!r}"
+        for key in sorted(set(a) | set(b))
+        if a.get(key, "<absent>") != b.get(key, "<absent>")
+    ]
+
+
+class TrainCheckpoints:
+    """An Orbax `CheckpointManager` for one run's training state (keep-last-N, async)."""
+
+    def __init__(self, workdir: str, *, every_steps: int, keep: int, async_save: bool = True):
+        if every_steps < 1 or keep < 1:
+            raise ValueError(
+                f"checkpoint.every_steps ({every_steps}) and checkpoint.keep ({keep}) must be >= 1."
+            )
+        self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINTS)
+        options = ocp.CheckpointManagerOptions(
+            save_interval_steps=every_steps,
+            max_to_keep=keep,
+            enable_async_checkpointing=async_save,
+            cleanup_tmp_directories=True,  # what a killed run left half-written
+        )
+        self._manager = ocp.CheckpointManager(
+            self.directory, options=options, item_names=("state", "run")
+        )
+
+    def latest_step(self) -> int | None:
+        """The step of the newest finalized checkpoint, or None."""
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self._manager.all_steps())
+
+    def save(
+        self, step: int, state: Any, run_info: Mapping[str, Any], *, force: bool = False
+    ) -> bool:
+        """Start writing `state` at `step` if it is a checkpoint step (or `force`); returns
+        whether it did. The write continues in the background; `state` may then be donated."""
+        return self._manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), run=ocp.args.JsonSave(dict(run_info))
+            ),
+            force=force,
+        )
+
+    def run_info(self, step: int) -> dict[str, Any]:
+        restored = self._manager.restore(step, args=ocp.args.Composite(run=ocp.args.JsonRestore()))
+        return restored["run"]
+
+    def restore(self, step: int, abstract_state: Any, run_info: Mapping[str, Any]) -> Any:
+        """The state saved at `step`, placed as `abstract_state`'s shardings say.
+
+        Raises:
+          RunMismatchError: the checkpoint was written by another run (its identity differs)
+            or holds a differently shaped state; the message lists the differences.
+        """
+        stored = self.run_info(step)
+        changed = differences(stored["identity"], run_info["identity"])
+        fix = (
+            f"Use a new --workdir for a different run, or delete {self.directory} to start "
+            "this one over."
+        )
+        if changed:
+            raise RunMismatchError(
+                f"{self.directory} holds checkpoints of a different run (step {step}):\n  "
+                + "\n  ".join(changed)
+                + f"\n{fix}"
+            )
+        stored_shapes = _shapes(self._manager.item_metadata(step)["state"])
+        wanted = _shapes(abstract_state)
+        mismatched = [
+            f"{k}: checkpoint {stored_shapes.get(k)}, now {wanted.get(k)}"
+            for k in sorted(set(stored_shapes) | set(wanted))
+            if stored_shapes.get(k) != wanted.get(k)
+        ]
+        if mismatched:
+            shown = "\n  ".join(mismatched[:20])
+            raise RunMismatchError(
+                f"The training state in {self.directory} (step {step}) does not fit this "
+                f"config ({len(mismatched)} differences, e.g. weight averaging switched on or "
+                f"off):\n  {shown}\n{fix}"
+            )
+        restored = self._manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+        )
+        return restored["state"]
+
+    def wait_until_finished(self) -> None:
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()

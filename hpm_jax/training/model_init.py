@@ -1,0 +1,156 @@
+"""The model a config describes, and its starting variables: from scratch or a checkpoint.
+
+    model, kwargs = build_model(config)                  # get_model(name, **kwargs)
+    variables = initial_variables(model, config, train_source=source, mesh=mesh)
+
+From scratch: `model.init` with `config.seed`. From `config.init.checkpoint` (a directory
+written by `python -m hpm_jax.convert` or `checkpointing.save_model`): the stored model
+must be the configured backbone with the same options. An FC checkpoint fine-tuned with an
+HPM (or l2) head keeps its backbone, batch-norm statistics and FC weights (the HPM head's
+`fc` sits at the FC head's path), and its prototypes start at the class means of the
+training features (`init.prototype_examples` of them, without augmentation).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from jax.sharding import Mesh
+
+from hpm_jax import data
+from hpm_jax.checkpointing import MODEL_SPEC, load_model
+from hpm_jax.models import Classifier, get_model
+
+# Backbone options that change how a model computes, not what it is: a checkpoint trained
+# in float32 fine-tunes in bfloat16.
+_NOT_ARCHITECTURE = ("dtype",)
+
+
+class InitCheckpointError(FileNotFoundError):
+    """`init.checkpoint` is missing or holds another model than the config describes."""
+
+
+def _plain(value: Any) -> Any:
+    return value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
+
+
+def build_model(config: ml_collections.ConfigDict) -> tuple[Classifier, dict[str, Any]]:
+    """`get_model(config.model.name, **kwargs)` and those kwargs (for `save_model`).
+
+    kwargs = num_classes, head, the backbone's `model.kwargs` and, for prototype heads,
+    `model.head_kwargs` (e.g. mixing, ema_decay, pseudo_count).
+    """
+    info = data.dataset_info(config.dataset.name)
+    if config.model.num_classes != info.num_classes:
+        raise ValueError(
+            f"model.num_classes={config.model.num_classes} but {info.name} has "
+            f"{info.num_classes} classes; set --config.model.num_classes={info.num_classes}."
+        )
+    kwargs = {
+        "num_classes": int(config.model.num_classes),
+        "head": config.model.head,
+        **_plain(config.model.kwargs),
+    }
+    if config.model.head != "fc":
+        kwargs.update(_plain(config.model.get("head_kwargs", {})))
+    # JSON (model.json) has no tuples: lists throughout, so a reloaded model compares equal.
+    kwargs = json.loads(json.dumps(kwargs))
+    return get_model(config.model.name, **kwargs), kwargs
+
+
+def _backbone_options(arch: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Every field of the backbone `get_model(arch, **kwargs)` builds, defaults included, so a
+    checkpoint that spells out a default still matches a config that leaves it out."""
+    model = get_model(arch, **kwargs)
+    fields = set(type(model.backbone).__dataclass_fields__) - {"parent", "name"}
+    options = {f: getattr(model.backbone, f) for f in fields - set(_NOT_ARCHITECTURE)}
+    options = json.loads(json.dumps(options, default=str))  # tuples and lists compare equal
+    return {"arch": arch, "num_classes": kwargs["num_classes"], **options}
+
+
+def _check_pretrained(directory: str, config, kwargs: dict[str, Any]) -> dict[str, Any]:
+    spec_path = os.path.join(directory, MODEL_SPEC)
+    if not os.path.isfile(spec_path):
+        raise InitCheckpointError(
+            f"init.checkpoint={directory!r} is not a model checkpoint (no {spec_path}). Write "
+            "one with `python -m hpm_jax.convert --arch ... --checkpoint FILE.pt --out DIR` or "
+            "hpm_jax.checkpointing.save_model, or set --config.init.checkpoint='' to train "
+            "from scratch."
+        )
+    with open(spec_path) as f:
+        spec = json.load(f)
+    # The head may change (FC -> HPM, new head options); the backbone and the classes may not.
+    stored = _backbone_options(spec["arch"], spec["kwargs"])
+    wanted = _backbone_options(config.model.name, kwargs)
+    if stored != wanted:
+        changed = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
+        raise InitCheckpointError(
+            f"init.checkpoint={directory!r} holds {spec['arch']} with {spec['kwargs']}, but the "
+            f"config asks for {config.model.name} with {kwargs} (differing: {changed}). Set "
+            "model.name, model.num_classes and model.kwargs to the checkpoint's."
+        )
+    return spec
+
+
+class _First:
+    """The first `n` records of a source (prototype initialisation needs no full pass)."""
+
+    def __init__(self, source: data.Source, n: int):
+        self._source, self._n = source, min(n, len(source))
+        self.name = getattr(source, "name", None)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < self._n:
+            raise IndexError(index)
+        return self._source[index]
+
+
+def initial_variables(
+    model: Classifier,
+    config: ml_collections.ConfigDict,
+    *,
+    train_source: data.Source,
+    mesh: Mesh,
+) -> dict[str, Any]:
+    """Variables to start training from (see the module docstring)."""
+    directory = config.init.checkpoint
+    if not directory:
+        info = data.dataset_info(config.dataset.name)
+        return model.init(jax.random.key(config.seed), jnp.zeros((1, *info.image_shape)))
+
+    directory = os.path.abspath(os.path.expanduser(directory))
+    if not os.path.isdir(directory):
+        raise InitCheckpointError(
+            f"init.checkpoint={directory!r} does not exist. Convert a PyTorch checkpoint with "
+            "`python -m hpm_jax.convert --arch ... --checkpoint FILE.pt --out DIR` (or train "
+            "one with hpm_jax.train, whose WORKDIR/model is such a directory), or set "
+            "--config.init.checkpoint='' to train from scratch."
+        )
+    _, kwargs = build_model(config)
+    spec = _check_pretrained(directory, config, kwargs)
+    _, variables = load_model(directory)
+    stored_head = spec["kwargs"].get("head", "fc")
+    if config.model.head == "fc" or stored_head != "fc":
+        if stored_head != config.model.head:
+            raise InitCheckpointError(
+                f"init.checkpoint={directory!r} has a {stored_head!r} head; the config's "
+                f"{config.model.head!r} head can start only from an FC checkpoint or its own kind."
+            )
+        return variables
+
+    from hpm_jax import prototypes  # the HPM-specific initialisation
+
+    variables = prototypes.with_head(variables, model)
+    source = train_source
+    if config.init.prototype_examples:
+        source = _First(train_source, int(config.init.prototype_examples))
+    batches = data.eval_iterator(source, batch_size=config.eval.batch_size, mesh=mesh)
+    return prototypes.init_prototypes(model, variables, batches)

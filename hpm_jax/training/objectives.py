@@ -1,0 +1,258 @@
+"""Adversarial-training objectives: PGD-AT and TRADES, for FC and HPM heads.
+
+    objective = Objective.from_config(config)              # static: hashable, jit-safe
+    x_adv = adversarial_examples(model, variables, x, y, key, objective)
+    loss, (metrics, collections) = objective_loss(
+        params, model, collections, x, x_adv, y, objective)
+
+PGD-AT (Madry et al. 2018): minimise CE(f(x_adv), y) with x_adv = PGD maximising CE.
+TRADES (Zhang et al. 2019): minimise CE(f(x), y) + beta * KL(f(x) || f(x_adv)) with x_adv =
+PGD maximising that KL from a 0.001 * N(0, 1) start.
+
+Heads: an FC model trains its logits (mode "fc"). An HPM model returns the logits of several
+modes from one backbone pass; the objective is applied to each and weighted:
+`hpm_weight * objective(hpm logits) + fc_weight * objective(fc logits)` (the auxiliary FC
+term keeps the FC head, which HPM's batch prototypes are assigned by, discriminative).
+The prototype EMA (collection `prototypes`) is updated once per step, from the clean or
+the adversarial features (`prototype_features`); batch-norm statistics (`batch_stats`)
+follow every train-mode forward pass in order, as in the PyTorch references.
+
+Batch norm during the attack (`attack.bn_mode`): "auto" follows each reference, "train"
+for PGD-AT (Madry et al.'s and Rice et al.'s code craft the attack with the model in train
+mode; the statistics it would update are discarded) and "eval" for TRADES (its code calls
+model.eval() to craft the attack). The attack differentiates the model in `attack.mode`:
+for HPM the true forward with the straight-through gradient ("hpm") by default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from hpm_jax.attacks import common, pgd
+from hpm_jax.attacks.losses import cross_entropy
+
+OBJECTIVES = ("pgd_at", "trades")
+HEADS = ("fc", "hpm")
+PROTOTYPE_FEATURES = ("clean", "adversarial")
+BN_MODES = ("auto", "train", "eval")
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackSpec:
+    """A PGD attack: what `pgd.perturb` needs, plus how the model runs under attack."""
+
+    norm: str = "Linf"
+    eps: float = 8 / 255
+    step_size: float = 2 / 255
+    num_steps: int = 10
+    random_start: str = "uniform"
+    bn_train: bool = False  # batch norm with batch statistics (train mode) while attacking
+    mode: str = "fc"  # the head mode whose logits the attack differentiates
+
+    @classmethod
+    def from_config(cls, attack: ml_collections.ConfigDict, *, head: str, objective: str):
+        bn_mode = attack.get("bn_mode", "auto")
+        if bn_mode not in BN_MODES:
+            raise ValueError(f"attack.bn_mode must be one of {BN_MODES}, got {bn_mode!r}.")
+        if bn_mode == "auto":
+            bn_mode = "train" if objective == "pgd_at" else "eval"
+        random_start = attack.get("random_start", "auto")
+        if random_start == "auto":
+            random_start = "uniform" if objective == "pgd_at" else "normal"
+        if random_start not in pgd.RANDOM_STARTS:
+            raise ValueError(
+                f"attack.random_start must be 'auto' or one of {pgd.RANDOM_STARTS}, "
+                f"got {random_start!r}."
+            )
+        if attack.norm not in pgd.NORMS:
+            raise ValueError(f"attack.norm must be one of {pgd.NORMS}, got {attack.norm!r}.")
+        if not attack.eps > 0 or not attack.step_size > 0 or attack.num_steps < 1:
+            raise ValueError(
+                "attack.eps and attack.step_size must be > 0 and attack.num_steps >= 1, got "
+                f"eps={attack.eps}, step_size={attack.step_size}, num_steps={attack.num_steps}."
+            )
+        mode = attack.get("mode", "hpm") if head == "hpm" else "fc"
+        return cls(
+            norm=attack.norm,
+            eps=float(attack.eps),
+            step_size=float(attack.step_size),
+            num_steps=int(attack.num_steps),
+            random_start=random_start,
+            bn_train=bn_mode == "train",
+            mode=mode,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """Everything static about a training step's loss (bound with functools.partial)."""
+
+    name: str
+    weights: tuple[tuple[str, float], ...]  # (head mode, weight); the first is the main one
+    attack: AttackSpec
+    trades_beta: float = 6.0
+    prototype_features: str | None = None  # None: the head keeps no prototypes (FC)
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        return tuple(mode for mode, _ in self.weights)
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict) -> Objective:
+        head, name = config.model.head, config.objective.name
+        if head not in HEADS:
+            raise ValueError(f"model.head must be one of {HEADS}, got {head!r}.")
+        if name not in OBJECTIVES:
+            raise ValueError(
+                f"objective.name must be one of {OBJECTIVES}, got {name!r}; e.g. "
+                "--config.objective.name=trades."
+            )
+        attack = AttackSpec.from_config(config.attack, head=head, objective=name)
+        if head == "fc":
+            return cls(name, (("fc", 1.0),), attack, float(config.objective.trades_beta))
+        weights = [("hpm", float(config.objective.hpm_weight))]
+        if config.objective.fc_weight:
+            weights.append(("fc", float(config.objective.fc_weight)))
+        features = config.objective.prototype_features
+        if features not in PROTOTYPE_FEATURES:
+            raise ValueError(
+                f"objective.prototype_features must be one of {PROTOTYPE_FEATURES}, got "
+                f"{features!r}."
+            )
+        return cls(name, tuple(weights), attack, float(config.objective.trades_beta), features)
+
+
+def forward(
+    model: nn.Module,
+    variables: Mapping[str, Any],
+    x: jax.Array,
+    labels: jax.Array | None,
+    *,
+    train: bool,
+    modes: Sequence[str],
+    mutable: Sequence[str] = (),
+) -> tuple[dict[str, jax.Array], dict[str, Any]]:
+    """{mode: logits} from one backbone pass, and the updated mutable collections.
+
+    `labels` are passed only when the HPM head should update its prototype EMA (train mode,
+    "prototypes" in `mutable`); with None the head leaves the EMA alone.
+    """
+    mode = modes[0] if len(modes) == 1 else tuple(modes)
+    mutable = [c for c in mutable if c in variables]
+    out = model.apply(variables, x, labels, train=train, mode=mode, mutable=mutable or False)
+    logits, updates = out if mutable else (out, {})
+    if not isinstance(logits, Mapping):
+        logits = {modes[0]: logits}
+    return dict(logits), dict(updates)
+
+
+def attack_logits_fn(
+    model: nn.Module, variables: Mapping[str, Any], attack: AttackSpec
+) -> common.LogitsFn:
+    """x -> logits of the model as the attack sees it (its mode and batch-norm mode); the
+    batch statistics a train-mode pass would update are dropped."""
+    variables = jax.lax.stop_gradient(variables)
+
+    def logits_fn(x):
+        logits, _ = forward(
+            model, variables, x, None, train=attack.bn_train, modes=(attack.mode,),
+            mutable=("batch_stats",) if attack.bn_train else (),
+        )  # fmt: skip
+        return logits[attack.mode]
+
+    return logits_fn
+
+
+def adversarial_examples(
+    model: nn.Module,
+    variables: Mapping[str, Any],
+    x: jax.Array,
+    y: jax.Array,
+    key: jax.Array,
+    objective: Objective,
+) -> jax.Array:
+    """The objective's inner maximisation: PGD on CE (PGD-AT) or on KL to the clean output
+    (TRADES), against the model with its current weights."""
+    attack = objective.attack
+    logits_fn = attack_logits_fn(model, variables, attack)
+    reference = logits_fn(x) if objective.name == "trades" else None
+    return pgd.perturb(
+        logits_fn, x, y, key=key, eps=attack.eps, step_size=attack.step_size,
+        num_steps=attack.num_steps, norm=attack.norm, loss="kl" if reference is not None else "ce",
+        reference_logits=reference, random_start=attack.random_start,
+    )  # fmt: skip
+
+
+def _accuracy(logits: jax.Array, y: jax.Array) -> jax.Array:
+    return jnp.mean(jnp.argmax(logits, axis=-1) == y)
+
+
+def objective_loss(
+    params: Any,
+    model: nn.Module,
+    collections: Mapping[str, Any],
+    x: jax.Array,
+    x_adv: jax.Array,
+    y: jax.Array,
+    objective: Objective,
+) -> tuple[jax.Array, tuple[dict[str, jax.Array], dict[str, Any]]]:
+    """The scalar training loss, its terms as metrics, and the updated collections.
+
+    Differentiable in `params`. Collections (batch_stats, prototypes) are threaded through
+    the train-mode passes in order: the clean pass (TRADES, or the prototype update of PGD-AT
+    with clean prototype features) before the adversarial one.
+    """
+    modes = objective.modes
+    collections = dict(collections)
+    proto = objective.prototype_features
+    clean = None
+
+    def variables():
+        return {"params": params, **collections}
+
+    if objective.name == "trades":
+        clean, updates = forward(
+            model, variables(), x, y if proto == "clean" else None, train=True, modes=modes,
+            mutable=("batch_stats", "prototypes") if proto == "clean" else ("batch_stats",),
+        )  # fmt: skip
+        collections.update(updates)
+    elif proto == "clean":
+        # PGD-AT trains on adversarial inputs only; the prototypes still want clean class
+        # means, so a gradient-free clean pass updates them (its batch statistics are dropped).
+        _, updates = forward(
+            model, jax.lax.stop_gradient(variables()), x, y, train=True, modes=modes[:1],
+            mutable=("batch_stats", "prototypes"),
+        )  # fmt: skip
+        collections["prototypes"] = updates["prototypes"]
+
+    adv, updates = forward(
+        model, variables(), x_adv, y if proto == "adversarial" else None, train=True,
+        modes=modes,
+        mutable=("batch_stats", "prototypes") if proto == "adversarial" else ("batch_stats",),
+    )  # fmt: skip
+    collections.update(updates)
+
+    loss = jnp.zeros((), jnp.float32)
+    metrics = {}
+    for mode, weight in objective.weights:
+        if objective.name == "pgd_at":
+            term = jnp.mean(cross_entropy(adv[mode], y))
+        else:
+            natural = jnp.mean(cross_entropy(clean[mode], y))
+            robust = jnp.mean(pgd.kl_divergence(adv[mode], clean[mode]))
+            term = natural + objective.trades_beta * robust
+            metrics[f"natural_loss_{mode}"] = natural
+            metrics[f"robust_kl_{mode}"] = robust
+            metrics[f"train_clean_accuracy_{mode}"] = _accuracy(clean[mode], y)
+        metrics[f"loss_{mode}"] = term
+        metrics[f"train_adv_accuracy_{mode}"] = _accuracy(adv[mode], y)
+        loss = loss + weight * term
+    metrics["loss"] = loss
+    return loss, (metrics, collections)
