@@ -1,12 +1,15 @@
 """Orbax checkpoints of model variables, with the model's description beside them.
 
     save_model("/tmp/rn18", variables, arch="resnet18", num_classes=10)
+    save_model("/tmp/hpm", variables, arch="resnet18", num_classes=10, head="hpm", mixing="convex")
     model, variables = load_model("/tmp/rn18")           # rebuilt from model.json
     logits = model.apply(variables, x)
 
-`DIR/model.json` records the registry name and keyword arguments; `DIR/variables` is an
-Orbax checkpoint restored against `jax.eval_shape` of the model's init, so a checkpoint
-that does not fit the architecture fails with a clear message, not deep inside Orbax.
+`DIR/model.json` records the registry name and keyword arguments (head and head options
+included); `DIR/variables` is an Orbax checkpoint of every collection (`params`,
+`batch_stats`, `prototypes`) restored against `jax.eval_shape` of the model's init, so a
+checkpoint that does not fit the architecture fails with a clear message, not deep inside
+Orbax. `save_model` checks the same before writing anything.
 """
 
 from __future__ import annotations
@@ -58,18 +61,36 @@ class CheckpointMismatchError(ValueError):
 
 
 def save_model(directory: str, variables: Any, *, arch: str, **model_kwargs: Any) -> str:
-    """Write `variables` and the description `get_model(arch, **model_kwargs)`; returns DIR."""
+    """Write `variables` and the description `get_model(arch, **model_kwargs)`; returns DIR.
+
+    `model_kwargs` must be JSON values and describe the model `variables` belong to (e.g.
+    `head="hpm", mixing="convex"` for HPM variables); both are checked before writing.
+    """
     directory = os.path.abspath(directory)
     target = os.path.join(directory, VARIABLES)
     if os.path.exists(target):
         raise FileExistsError(f"{target} exists; choose a new --out directory or delete it.")
+    try:
+        spec = json.dumps({"arch": arch, "kwargs": model_kwargs}, indent=2)
+    except TypeError as e:
+        raise TypeError(
+            f"save_model: model options must be JSON values (str, number, bool, list): {e}."
+        ) from None
+    wanted = _shapes(abstract_variables(get_model(arch, **model_kwargs)))
+    _check_fits(
+        arch,
+        _shapes(variables),
+        wanted,
+        hint=f"pass the options of the model these variables belong to, e.g. head='hpm' "
+        f"(given: {model_kwargs}).",
+    )
     os.makedirs(directory, exist_ok=True)
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(target, variables)
     checkpointer.wait_until_finished()
     # The description goes last: a directory with model.json always has whole variables.
     with open(os.path.join(directory, MODEL_SPEC), "w") as f:
-        json.dump({"arch": arch, "kwargs": model_kwargs}, f, indent=2)
+        f.write(spec)
     return directory
 
 
@@ -93,7 +114,8 @@ def load_model(directory: str) -> tuple[Classifier, dict[str, Any]]:
     checkpointer = ocp.StandardCheckpointer()
     path = os.path.join(directory, VARIABLES)
     stored = checkpointer.metadata(path).item_metadata
-    _check_fits(spec["arch"], _shapes(stored), _shapes(target), directory)
+    hint = f"{directory}/{MODEL_SPEC} describes another model than the one saved there."
+    _check_fits(spec["arch"], _shapes(stored), _shapes(target), hint)
     return model, checkpointer.restore(path, target)
 
 
@@ -104,7 +126,7 @@ def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
     }
 
 
-def _check_fits(arch: str, stored: Mapping, wanted: Mapping, directory: str) -> None:
+def _check_fits(arch: str, stored: Mapping, wanted: Mapping, hint: str) -> None:
     missing = sorted(set(wanted) - set(stored))
     unexpected = sorted(set(stored) - set(wanted))
     misshaped = {
@@ -116,5 +138,5 @@ def _check_fits(arch: str, stored: Mapping, wanted: Mapping, directory: str) -> 
             missing,
             unexpected,
             misshaped,
-            hint=f"{directory}/{MODEL_SPEC} describes another model than the one saved there.",
+            hint=hint,
         )
