@@ -1,0 +1,444 @@
+"""The AutoAttack chain (Croce & Hein, 2020) in JAX: versions, compaction, resume, checks.
+
+    from hpm_jax.attacks import AutoAttack
+    logits_fn = lambda x: model.apply(variables, x)          # NHWC in [0, 1] -> logits
+    aa = AutoAttack(logits_fn, norm="Linf", eps=8 / 255, version="standard", seed=0)
+    report = aa.run(x_test, y_test, batch_size=500, state_path="eval/aa_state.json")
+    report.robust_accuracy, report.robust_accuracy_after["apgd-ce"], report.x_adv
+    print(report.to_json())
+
+The chain follows the reference (pyautoattack's `AutoAttack.run_standard_evaluation`): a
+clean pass, then each attack of the version on the points still robust, starting from the
+clean images; a point is robust only if the judge classifies it correctly on the clean image
+and after every attack. Versions and their settings are the reference's `_set_version`
+(`versions.py`); `version` may also be a list of attack names, whose
+settings are the reference's constructor defaults. It logs the reference's lines ("initial
+accuracy: ...", "robust accuracy after APGD-CE: ... (total time ... s)", "robust accuracy:
+...") to the `hpm_jax.autoattack` logger and to `log` (default `print`).
+
+JAX shape. The data is cut into fixed batches of `batch_size`. For each attack and batch the
+still-robust points are gathered into a bucket, padded (by repeating them) to the smallest of
+a few sizes (`buckets.bucket_sizes`: batch_size, /2, /4, ... multiples of the device count),
+sharded over the mesh and attacked by the jitted attack; results of the real points are
+scattered back. So any number of batches compiles at most len(sizes) programs per attack and
+no work goes to broken points. The key of (attack a, batch b) is fold_in(fold_in(key(seed),
+a), b), independent of the device count, so a seed gives the same report on 1 or 8 devices.
+
+Resume. With `state_path`, the state (robust flags, adversarial images, batches done, a
+fingerprint of the data and configuration) is written atomically after every (attack,
+batch); a run killed at any point and started again with the same arguments continues at
+the batch it was in and ends with the same report. A state file of another evaluation raises
+`StateMismatchError` naming the difference.
+
+Batch-dependent judges (HPM): the attacks judge a point inside its bucket (other robust
+points and repeats), the clean pass and the final re-evaluation inside its original batch.
+`check_batch_dependence` and `check_final_reevaluation` flag such models; a point counts as
+robust only if the chain and the final re-evaluation both say so. Evaluate such models with
+the Mixed Surrogate Attack, which controls the batch context.
+
+Randomised models (version "rand", or randomized=True): logits_fn and judge_fn are called as
+f(x, key), with keys derived from the seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from hpm_jax.attacks import buckets, checks, common, versions
+from hpm_jax.attacks.state import ChainState, StateMismatchError, StateStore, data_hash
+from hpm_jax.attacks.versions import AttackSpec
+from hpm_jax.sharding import data_sharding, make_mesh
+
+logger = logging.getLogger("hpm_jax.autoattack")
+
+# Key tags for the passes that are not attacks; attack a uses fold_in(root, a), a small int.
+_CLEAN_TAG, _FINAL_TAG, _CHECK_TAG = 2**31 - 1, 2**31 - 2, 2**31 - 3
+
+
+@dataclasses.dataclass
+class AutoAttackReport:
+    """The result of `AutoAttack.run`.
+
+    robust: (n,) bool, the per-sample worst case (correct on the clean image, after every
+    attack and in the final re-evaluation of x_adv); robust_accuracy is its mean.
+    robust_accuracy_after: robust accuracy after each attack of the chain, in order (before
+    the final re-evaluation); times: seconds spent in each attack (summed over resumes).
+    checks: the sanity checks; `flagged` lists the suspicious ones."""
+
+    x_adv: np.ndarray
+    robust: np.ndarray
+    clean: np.ndarray
+    clean_accuracy: float
+    robust_accuracy: float
+    robust_accuracy_after: dict[str, float]
+    times: dict[str, float]
+    attacks: list[str]
+    attack_settings: dict[str, dict[str, Any]]
+    version: str
+    norm: str
+    eps: float
+    seed: int
+    batch_size: int
+    bucket_sizes: tuple[int, ...]
+    num_examples: int
+    num_devices: int
+    checks: list[checks.CheckResult]
+    resumed: bool = False
+
+    @property
+    def flagged(self) -> list[checks.CheckResult]:
+        return [c for c in self.checks if c.flagged]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything but x_adv (save that with np.save(path, report.x_adv))."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "x_adv"}
+        d["robust"] = np.asarray(self.robust, bool).tolist()
+        d["clean"] = np.asarray(self.clean, bool).tolist()
+        d["bucket_sizes"] = list(self.bucket_sizes)
+        d["checks"] = [c.to_dict() for c in self.checks]
+        return json.loads(json.dumps(d, default=versions.jsonable))
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=1)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+
+def _call(fn: Callable, x: jax.Array, key: jax.Array, randomized: bool) -> jax.Array:
+    return fn(x, key) if randomized else fn(x)
+
+
+@functools.partial(jax.jit, static_argnames=("fn", "randomized"))
+def _judge_correct(fn, x, y, key, *, randomized):
+    return common.correct(_call(fn, x, key, randomized), y)
+
+
+def _to_host(a: jax.Array) -> np.ndarray:
+    if not a.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(a, tiled=True))
+    return np.asarray(a)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    batch_size: int
+    sizes: tuple[int, ...]
+    batches: list[np.ndarray]
+    specs: list[AttackSpec]
+    settings: dict[str, dict[str, Any]]
+    fingerprint: dict[str, Any]
+    num_devices: int
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.specs]
+
+
+class AutoAttack:
+    """The AutoAttack chain against `logits_fn` (gradients, scores) judged by `judge_fn`.
+
+    norm: "Linf", "L2" or "L1"; eps: the radius.
+    version: "standard", "plus", "rand", or a list of attack names (versions.ATTACK_NAMES)
+        and/or AttackSpecs.
+    seed: all randomness derives from it.
+    judge_fn: decides success (default logits_fn).
+    num_classes: checked against the model's output when given.
+    attack_options: {name: {setting: value}} over the version's settings, e.g.
+        {"square": {"n_queries": 1000}}.
+    randomized: call the model as f(x, key) (default: True for version "rand").
+    mesh: the devices buckets are sharded over (default: all).
+    bucket_sizes: instead of `buckets.bucket_sizes(batch_size, num_devices)`.
+    run_checks: run the sanity checks on the first batch.
+    log: receives each log line (default print; None: the `hpm_jax.autoattack` logger only).
+    on_progress(attack, batch, n_batches): called after each batch is done and saved.
+    """
+
+    def __init__(
+        self,
+        logits_fn: Callable[..., jax.Array],
+        *,
+        norm: str = "Linf",
+        eps: float,
+        version: str | Sequence[str | AttackSpec] = "standard",
+        seed: int = 0,
+        judge_fn: Callable[..., jax.Array] | None = None,
+        num_classes: int | None = None,
+        attack_options: Mapping[str, Mapping[str, Any]] | None = None,
+        randomized: bool | None = None,
+        mesh: Mesh | None = None,
+        bucket_sizes: Sequence[int] | None = None,
+        run_checks: bool = True,
+        log: Callable[[str], Any] | None = print,
+        on_progress: Callable[[str, int, int], Any] | None = None,
+    ):
+        common.check_norm(norm)
+        if not np.isscalar(eps) or not np.isfinite(eps) or eps <= 0:
+            raise ValueError(f"eps must be a finite number > 0, got {eps!r}.")
+        if not isinstance(seed, int | np.integer):
+            raise TypeError(f"seed must be an int (all randomness derives from it), got {seed!r}.")
+        self.logits_fn, self.judge_fn = logits_fn, judge_fn
+        self.norm, self.eps, self.seed = norm, float(eps), int(seed)
+        self.num_classes = num_classes
+        self.randomized = (version == "rand") if randomized is None else bool(randomized)
+        self.mesh = make_mesh() if mesh is None else mesh
+        self.bucket_sizes = None if bucket_sizes is None else tuple(int(s) for s in bucket_sizes)
+        self.run_checks, self.log, self.on_progress = run_checks, log, on_progress
+        self.version = version if isinstance(version, str) else "custom"
+        self.attacks = versions.build_chain(
+            version, norm, options=attack_options, randomized=self.randomized
+        )
+        if self.version == "plus" and norm not in ("Linf", "L2"):
+            self._log(f'"plus" version is used with {norm} norm: please check')
+
+    def _log(self, msg: str, level: int = logging.INFO) -> None:
+        logger.log(level, msg)
+        if self.log is not None:
+            self.log(("Warning: " + msg) if level >= logging.WARNING else msg)
+
+    # ------------------------------------------------------------------------------ passes
+    def _root_key(self) -> jax.Array:
+        return jax.random.key(self.seed)
+
+    def _judged_correct(self, x, y, plan: _Plan, tag: int) -> np.ndarray:
+        """The judge's verdict on x, batch by batch in the original batches (the last padded
+        by repeating its points to the largest bucket, one compiled shape)."""
+        judge = self.judge_fn or self.logits_fn
+        sharding = data_sharding(self.mesh)
+        out = np.zeros(len(x), bool)
+        for b, idx in enumerate(plan.batches):
+            bucket = buckets.compact(idx, plan.sizes[:1])
+            key = jax.random.fold_in(jax.random.fold_in(self._root_key(), tag), b)
+            correct = _judge_correct(
+                judge,
+                jax.device_put(x[bucket.index], sharding),
+                jax.device_put(y[bucket.index], sharding),
+                key,
+                randomized=self.randomized,
+            )
+            out[idx] = _to_host(correct)[: bucket.n]
+        return out
+
+    def _checks(self, x, y) -> list[checks.CheckResult]:
+        key = jax.random.fold_in(self._root_key(), _CHECK_TAG)
+        bind = (lambda f: lambda v: f(v, key)) if self.randomized else (lambda f: f)
+        loss_fn = bind(self.logits_fn)
+        judge = bind(self.judge_fn or self.logits_fn)
+        xj, yj = jnp.asarray(x), jnp.asarray(y)
+        results = []
+        if not self.randomized and self.version != "rand":
+            results.append(checks.check_randomized(judge, xj))
+        results.append(checks.check_softmax_output(loss_fn(xj)))
+        results.append(checks.check_zero_gradients(loss_fn, xj, yj))
+        results.append(checks.check_dynamic(loss_fn, xj))
+        if not self.randomized:
+            results.append(checks.check_batch_dependence(judge, xj))
+        return results
+
+    # --------------------------------------------------------------------------------- run
+    def run(
+        self,
+        x: np.ndarray | jax.Array,
+        y: np.ndarray | jax.Array,
+        *,
+        batch_size: int,
+        state_path: str | Path | None = None,
+    ) -> AutoAttackReport:
+        """Evaluate (x, y): x (n, H, W, C) float in [0, 1], y (n,) int labels. With
+        `state_path`, progress is saved after every batch and a killed run resumes there."""
+        x, y = np.asarray(x), np.asarray(y)
+        if x.ndim < 1 or len(x) == 0:
+            raise ValueError(f"x must hold at least one image, got shape {x.shape}.")
+        common.check_inputs(x, y, norm=self.norm, eps=self.eps, num_classes=self.num_classes)
+        plan = self._plan(x, y, batch_size)
+        store = StateStore(state_path) if state_path is not None else None
+        state = store.load(plan.fingerprint) if store is not None else None
+
+        self._log(f"using {self.version} version including {', '.join(plan.names)}.")
+        results = self._checks(x[:batch_size], y[:batch_size]) if self.run_checks else []
+        for r in results:
+            if r.flagged:
+                self._log(r.message, logging.WARNING)
+
+        clean = self._judged_correct(x, y, plan, _CLEAN_TAG)
+        if state is None:
+            state = ChainState.new(plan.fingerprint, clean)
+            if store is not None:
+                store.save(state)
+            self._log(f"initial accuracy: {clean.mean():.2%}")
+            x_adv = x.copy()
+        else:
+            x_adv = self._restore(state, store, clean, x, plan)
+
+        for a, spec in enumerate(plan.specs):
+            if state.batches_done.get(spec.name, 0) == len(plan.batches):
+                continue
+            if state.batches_done.get(spec.name, 0) == 0 and not state.robust.any():
+                self._skip_rest(state, store, plan.specs[a:], len(plan.batches))
+                break
+            self._log(f"running {spec.name}")
+            for b in range(state.batches_done.get(spec.name, 0), len(plan.batches)):
+                self._attack_batch(a, spec, b, x, y, x_adv, state, store, plan)
+            self._log(
+                f"robust accuracy after {spec.name.upper()}: "
+                f"{state.accuracy_after[spec.name]:.2%} "
+                f"(total time {sum(state.times.values()):.1f} s)"
+            )
+        return self._report(x, y, x_adv, state, plan, results)
+
+    def _plan(self, x: np.ndarray, y: np.ndarray, batch_size: int) -> _Plan:
+        """Buckets, batches, the attacks fitted to the number of classes, the fingerprint."""
+        if not isinstance(batch_size, int | np.integer) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        n_dev = self.mesh.devices.size
+        sizes = self.bucket_sizes or buckets.bucket_sizes(int(batch_size), n_dev)
+        buckets.check_bucket_sizes(sizes, batch_size, n_dev)
+        sizes = tuple(sorted(set(sizes), reverse=True))
+        judge = self.judge_fn or self.logits_fn
+        probe = jax.ShapeDtypeStruct((sizes[0], *x.shape[1:]), x.dtype)
+        key = self._root_key()
+        out = jax.eval_shape(lambda v: _call(judge, v, key, self.randomized), probe)
+        num_classes = out.shape[-1]
+        if self.num_classes is not None and self.num_classes != num_classes:
+            raise ValueError(
+                f"num_classes={self.num_classes} but the model outputs {num_classes} logits."
+            )
+        specs = versions.fit_to_classes(self.attacks, num_classes)
+        settings = {s.name: {k: versions.jsonable(v) for k, v in s.kwargs.items()} for s in specs}
+        fingerprint = {
+            "data": data_hash(x, y),
+            "num_examples": len(x),
+            "norm": self.norm,
+            "eps": self.eps,
+            "seed": self.seed,
+            "batch_size": int(batch_size),
+            "bucket_sizes": list(sizes),
+            "attacks": [[s.name, versions.fn_name(s.fn), settings[s.name]] for s in specs],
+            "separate_judge": self.judge_fn is not None,
+            "randomized": self.randomized,
+        }
+        return _Plan(
+            batch_size=int(batch_size),
+            sizes=sizes,
+            batches=buckets.batch_slices(len(x), int(batch_size)),
+            specs=specs,
+            settings=settings,
+            fingerprint=fingerprint,
+            num_devices=int(n_dev),
+        )
+
+    def _restore(self, state, store, clean, x, plan) -> np.ndarray:
+        changed = int((clean != state.clean).sum())
+        if changed and not self.randomized:
+            raise StateMismatchError(
+                f"the model classifies {changed} clean points differently from when the state "
+                f"file {store.path} was written: a different model or parameters. Pass the "
+                "same model, or another state_path, or delete the file."
+            )
+        done = [s for s in plan.names if state.batches_done.get(s, 0) == len(plan.batches)]
+        if done:
+            self._log(f"{', '.join(done)} was/were already run.")
+        self._log(f"initial clean accuracy: {state.clean.mean():.2%}")
+        self._log(f"robust accuracy at the time of restoring the state: {state.robust.mean():.2%}")
+        return store.load_images(state, x)
+
+    def _skip_rest(self, state, store, rest: list[AttackSpec], n_batches: int) -> None:
+        self._log("no robust datapoints left, skipping remaining attacks")
+        for spec in rest:
+            state.batches_done[spec.name] = n_batches
+            state.accuracy_after[spec.name] = 0.0
+            state.times.setdefault(spec.name, 0.0)
+        if store is not None:
+            store.save(state)
+
+    def _attack_batch(self, a, spec, b, x, y, x_adv, state, store, plan) -> None:
+        """Attack the robust points of batch b with attack a, in one bucket; scatter back."""
+        t0 = time.perf_counter()
+        idx = plan.batches[b][state.robust[plan.batches[b]]]
+        n_broken = 0
+        if idx.size:
+            bucket = buckets.compact(idx, plan.sizes)
+            sharding = data_sharding(self.mesh)
+            res = spec.fn(
+                self.logits_fn,
+                jax.device_put(x[bucket.index], sharding),
+                jax.device_put(y[bucket.index], sharding),
+                key=jax.random.fold_in(jax.random.fold_in(self._root_key(), a), b),
+                norm=self.norm,
+                eps=self.eps,
+                judge_fn=self.judge_fn,
+                **spec.kwargs,
+            )
+            # Only the first bucket.n rows are real points; the padding is never read.
+            robust = _to_host(res.robust)[: bucket.n].astype(bool)
+            broken = bucket.real_index[~robust]
+            n_broken = broken.size
+            if n_broken:
+                images = _to_host(res.x_adv)[: bucket.n][~robust].astype(x.dtype)
+                x_adv[broken] = images
+                state.robust[broken] = False
+                if store is not None:
+                    store.save_images(state, attack=a, batch=b, indices=broken, images=images)
+        state.batches_done[spec.name] = b + 1
+        state.times[spec.name] = state.times.get(spec.name, 0.0) + time.perf_counter() - t0
+        if b + 1 == len(plan.batches):
+            state.accuracy_after[spec.name] = float(state.robust.mean())
+        if store is not None:
+            store.save(state)
+        self._log(
+            f"{spec.name} - {b + 1}/{len(plan.batches)} - {n_broken} out of {idx.size} "
+            "successfully perturbed"
+        )
+        if self.on_progress is not None:
+            self.on_progress(spec.name, b, len(plan.batches))
+
+    def _report(self, x, y, x_adv, state, plan, results) -> AutoAttackReport:
+        """Re-judge x_adv in the original batches, run the closing checks, log, report."""
+        final = self._judged_correct(x_adv, y, plan, _FINAL_TAG)
+        robust = state.robust & final
+        after = {s.name: state.accuracy_after[s.name] for s in plan.specs}
+        closing = [
+            checks.check_square({"clean": float(state.clean.mean()), **after}),
+            checks.check_final_reevaluation(state.robust, final),
+            checks.check_perturbation(x_adv, x, norm=self.norm, eps=self.eps),
+        ]
+        for r in closing:
+            if r.flagged:
+                self._log(r.message, logging.WARNING)
+        self._log(closing[-1].message.split(" -- ")[0])
+        self._log(f"robust accuracy: {robust.mean():.2%}")
+        return AutoAttackReport(
+            x_adv=x_adv,
+            robust=robust,
+            clean=state.clean.copy(),
+            clean_accuracy=float(state.clean.mean()),
+            robust_accuracy=float(robust.mean()),
+            robust_accuracy_after=after,
+            times={s.name: float(state.times.get(s.name, 0.0)) for s in plan.specs},
+            attacks=plan.names,
+            attack_settings=plan.settings,
+            version=self.version,
+            norm=self.norm,
+            eps=self.eps,
+            seed=self.seed,
+            batch_size=plan.batch_size,
+            bucket_sizes=plan.sizes,
+            num_examples=len(x),
+            num_devices=plan.num_devices,
+            checks=[*results, *closing],
+            resumed=state.resumed,
+        )

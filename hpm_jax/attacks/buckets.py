@@ -1,0 +1,122 @@
+"""Compaction: the still-robust points of a batch, padded to one of a few fixed sizes.
+
+    sizes = bucket_sizes(batch_size=256, num_devices=4)      # (256, 128, 64, 32, 16)
+    bucket = compact(np.array([3, 17, 40]), sizes)            # the 3 points, padded to 16
+    x_bucket = x[bucket.index]                                # (16, H, W, C), rows 3.. repeat
+    ... attack x_bucket ...
+    broken_ids = bucket.real_index[~robust[: bucket.n]]       # padding is never scattered back
+
+A jitted attack compiles once per input shape. Attacking exactly the points still robust
+would compile a new program for almost every batch; attacking the whole batch would spend
+work on points already broken. Buckets sit between the two: a bucket holds only robust points
+(padded by repeating them), and its size is the smallest of a short list, so an evaluation of
+any length compiles at most `len(sizes)` programs per attack and wastes at most half a bucket.
+Sizes are multiples of the device count, so a bucket always shards evenly over the mesh.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def bucket_sizes(
+    batch_size: int, num_devices: int = 1, *, min_size: int | None = None
+) -> tuple[int, ...]:
+    """Decreasing bucket sizes: batch_size, batch_size/2, /4, ... each rounded up to a multiple
+    of `num_devices`, down to `min_size` (default: batch_size/16, at least one per device).
+
+    The largest is `batch_size` rounded up to a multiple of `num_devices`, so any batch
+    size works on any mesh (the last few rows of a full bucket are then padding). The floor
+    keeps the number of compiled programs small: below it, padding costs less than compiling.
+    """
+    if not isinstance(batch_size, int | np.integer) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    if not isinstance(num_devices, int | np.integer) or num_devices < 1:
+        raise ValueError(f"num_devices must be a positive integer, got {num_devices!r}.")
+    if min_size is None:
+        min_size = batch_size // 16
+    min_size = _round_up(max(int(min_size), 1), num_devices)
+    sizes = []
+    size = batch_size
+    while True:
+        rounded = _round_up(size, num_devices)
+        if not sizes or rounded < sizes[-1]:
+            sizes.append(rounded)
+        if rounded <= min_size or size == 1:
+            break
+        size = -(-size // 2)
+    return tuple(sizes)
+
+
+def check_bucket_sizes(sizes: tuple[int, ...], batch_size: int, num_devices: int) -> None:
+    """Raise a clear error for user-given sizes that cannot hold a batch or shard evenly."""
+    if not sizes:
+        raise ValueError("bucket_sizes must not be empty; omit it to get the default halving.")
+    if any(int(s) != s or s < 1 for s in sizes):
+        raise ValueError(f"bucket_sizes must be positive integers, got {sizes}.")
+    if max(sizes) < batch_size:
+        raise ValueError(
+            f"the largest bucket ({max(sizes)}) must hold a whole batch of {batch_size}; "
+            f"add {_round_up(batch_size, num_devices)} to bucket_sizes."
+        )
+    uneven = [s for s in sizes if s % num_devices]
+    if uneven:
+        raise ValueError(
+            f"bucket sizes {uneven} do not split evenly over the {num_devices} devices; "
+            f"use multiples of {num_devices}."
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Bucket:
+    """index: (size,) positions into the dataset; the first `n` are the real points (in
+    their original order), the rest repeat them cyclically as padding."""
+
+    index: np.ndarray
+    n: int
+
+    @property
+    def size(self) -> int:
+        return int(self.index.shape[0])
+
+    @property
+    def real_index(self) -> np.ndarray:
+        return self.index[: self.n]
+
+
+def pick_size(n: int, sizes: tuple[int, ...]) -> int:
+    """The smallest bucket size that holds n points."""
+    fitting = [s for s in sizes if s >= n]
+    if not fitting:
+        raise ValueError(f"{n} points do not fit in any bucket of {sizes}.")
+    return min(fitting)
+
+
+def compact(indices: np.ndarray, sizes: tuple[int, ...]) -> Bucket:
+    """The bucket for the points at `indices` (non-empty, 1-D): padded to `pick_size`.
+
+    Padding repeats real points rather than adding blank images, so that a model whose
+    output depends on the rest of the batch still sees images from the data; its results
+    are discarded all the same.
+    """
+    indices = np.asarray(indices, dtype=np.int64)
+    if indices.ndim != 1 or indices.size == 0:
+        raise ValueError(f"compact needs a non-empty 1-D index array, got shape {indices.shape}.")
+    size = pick_size(indices.size, sizes)
+    return Bucket(index=indices[np.arange(size) % indices.size], n=int(indices.size))
+
+
+def batch_slices(num_examples: int, batch_size: int) -> list[np.ndarray]:
+    """The dataset's fixed batches as index arrays: [0, bs), [bs, 2 bs), ... (the last may be
+    shorter). The batching never depends on which points are robust, so an attack's
+    randomness can be keyed by (attack, batch) and a resumed run repeats it exactly."""
+    return [
+        np.arange(start, min(start + batch_size, num_examples), dtype=np.int64)
+        for start in range(0, num_examples, batch_size)
+    ]
