@@ -1,0 +1,425 @@
+"""Square Attack (Andriushchenko, Croce et al., 2020): score-based random search, as AutoAttack.
+
+    from hpm_jax.attacks.square import square, square_run
+    res = square(logits_fn, x, y, key=jax.random.key(0), norm="Linf", eps=8 / 255)
+    res.x_adv, res.robust                   # (B, H, W, C) within eps of x, (B,) bool
+    res = square(logits_fn, x, y, key=key, norm="L2", eps=0.5, n_queries=1000)
+    run = square_run(logits_fn, x, y, key=key, eps=8 / 255)   # one run, no judge:
+    run.x_best, run.margin, run.n_queries   # best point, its margin, queries used per sample
+
+Square needs only scores. Linf starts from vertical stripes (each column of each channel
+at +eps or -eps), then each iteration proposes one square window per sample, of side
+s = f(p, image size), in which each channel is set to a fresh +eps or -eps; the proposal is
+kept where it lowers the loss (the margin z_y - max_{c != y} z_c by default) or
+misclassifies. L2 starts from a grid of squares carrying the reference's meta-pattern
+(concentric rectangles, positive in one half and negative in the other) and each proposal
+moves the perturbation mass of a second window into the first, keeping ||delta||_2 = eps.
+The fraction p of the image a square covers starts at p_init and halves after 10, 50, 200,
+500, 1000, 2000, 4000, 6000 and 8000 iterations (`p_selection`; with resc_schedule=True
+those counts are read per 10000 of the budget).
+
+Defaults are those of AutoAttack's `standard` version: 5000 queries, p_init 0.8, one
+restart, margin loss, no rescaled schedule. A point is queried at the start and once per
+iteration until its margin under `logits_fn` is <= 0; then it is frozen (its best point is
+kept and no more queries are counted). At most n_queries + 1 queries per sample and run.
+
+`logits_fn` supplies the scores that drive the search; `judge_fn` (default `logits_fn`)
+decides success after each restart, always called on the whole batch. Restarts attack only
+the points the judge still finds robust. As in the reference, points that stay robust come
+back as x, broken ones as the point that broke them, and points the judge gets wrong on x
+come back as x with robust False.
+
+Shape: one jitted function over the fixed-shape batch, a `lax.while_loop` over iterations
+that stops once every point is broken (inside a `lax.while_loop` over restarts). The window
+side changes with the iteration, so windows are masks built from iota comparisons, never
+shape-changing slices. `logits_fn`, `judge_fn` and the config are static (functions hash by
+identity: reuse the same function objects and a batch shape compiles once); eps is traced.
+A fixed key gives the same result on any number of devices.
+
+Differences from the reference (pyautoattack's SquareAttack): window positions, the
+per-channel signs and the L2 pattern's random transposition are drawn per sample (the
+reference draws one window position per iteration for the whole batch and, for Linf, one
+sign per channel); L1 is not ported. The random streams differ (JAX vs torch), so parity is
+statistical.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hpm_jax.attacks import common, losses
+
+NORMS = ("Linf", "L2")
+LOSSES = ("margin", "ce")
+# The iteration counts after which p halves (the reference's p_selection), in increasing order.
+P_THRESHOLDS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
+# Added to norms before dividing, as the reference does.
+_TINY = 1e-12
+
+
+class SquareRun(NamedTuple):
+    """One run of the search on every point of a batch (no judge, no restart).
+
+    x_best: (B, H, W, C) the lowest-loss point found, or the first misclassified one.
+    margin: (B,) its margin z_y - max_{c != y} z_c under logits_fn (<= 0: broken).
+    n_queries: (B,) int32, queries spent on each point (1 for the start + 1 per iteration
+    while the point was unbroken).
+    """
+
+    x_best: jax.Array
+    margin: jax.Array
+    n_queries: jax.Array
+
+
+# ---- the schedule (host side, static) --------------------------------------------------------
+
+
+def _halvings(it: int, n_queries: int, resc_schedule: bool) -> int:
+    """How many times p has halved by iteration `it` (0-based)."""
+    if resc_schedule:
+        it = int(it / n_queries * 10000)  # the reference's float arithmetic, kept exactly
+    return sum(it > t for t in P_THRESHOLDS)
+
+
+def p_selection(
+    it: int, *, n_queries: int = 5000, p_init: float = 0.8, resc_schedule: bool = False
+) -> float:
+    """p at iteration `it` (0-based): p_init halved once per threshold of P_THRESHOLDS that
+    `it` exceeds. With resc_schedule the iteration is first mapped onto a 10000 budget."""
+    return p_init / 2 ** _halvings(it, n_queries, resc_schedule)
+
+
+def square_side(p: float, height: int, width: int, channels: int, norm: str) -> int:
+    """The side of the square window for fraction p of an image, as the reference computes it:
+    round(sqrt(p * H * W)), at least 1 (Linf) or at least 3 and odd (L2), at most min(H, W)."""
+    common.check_norm(norm, NORMS)
+    n_features = channels * height * width
+    side = round(math.sqrt(p * n_features / channels))  # round half to even, as Python's
+    if norm == "Linf":
+        side = max(side, 1)
+    else:
+        side = max(side, 3)
+        side += side % 2 == 0
+    return min(side, height, width)
+
+
+def _schedule(n_queries, p_init, resc_schedule, shape, norm):
+    """Per iteration, the number of halvings of p so far; per halving count, the side."""
+    _, h, w, c = shape
+    # One entry at least, so that indexing stays valid in the (never run) body when n_queries=0.
+    levels = [_halvings(i, n_queries, resc_schedule) for i in range(n_queries)] or [0]
+    sides = [square_side(p_init / 2**k, h, w, c, norm) for k in range(len(P_THRESHOLDS) + 1)]
+    return np.asarray(levels, np.int32), sides
+
+
+# ---- the L2 meta-pattern (host side, static) --------------------------------------------------
+
+
+def _rectangles(rows: int, cols: int) -> np.ndarray:
+    """Concentric rectangles around (rows // 2, cols // 2): ring k (Chebyshev distance k from
+    the centre) holds sum_{j >= k} 1 / (j + 1)^2, the sum of the nested rectangles covering it;
+    unit L2 norm."""
+    if rows == 0:
+        return np.zeros((0, cols))
+    dist = np.maximum(
+        np.abs(np.arange(rows)[:, None] - rows // 2), np.abs(np.arange(cols)[None, :] - cols // 2)
+    )
+    n_rings = max(rows // 2, cols // 2) + 1
+    tail = np.cumsum((1.0 / np.arange(1, n_rings + 1) ** 2)[::-1])[::-1]
+    out = tail[dist]
+    return out / np.sqrt(np.sum(out**2))
+
+
+def l2_pattern(side: int) -> np.ndarray:
+    """(side, side) float64: the reference's L2 square pattern (its `eta`) before the random
+    transposition: rectangles, positive on the top side // 2 rows and negative below; unit L2
+    norm."""
+    out = np.concatenate([_rectangles(side // 2, side), -_rectangles(side - side // 2, side)])
+    return out / np.sqrt(np.sum(out**2))
+
+
+# ---- starts and proposals (traced) -----------------------------------------------------------
+
+
+def _sign(u: jax.Array, dtype) -> jax.Array:
+    """+1 or -1 with equal chance, from uniforms in [0, 1)."""
+    return jnp.where(u < 0.5, -1.0, 1.0).astype(dtype)
+
+
+def linf_init(key: jax.Array, x: jax.Array, eps: jax.Array | float) -> jax.Array:
+    """Vertical stripes: every pixel at x +- eps (clipped to [0, 1]), one sign per column and
+    channel of each sample."""
+    b, _, w, c = x.shape
+    sign = _sign(jax.random.uniform(key, (b, 1, w, c)), x.dtype)
+    return jnp.clip(x + eps * sign, 0.0, 1.0)
+
+
+def _tiling(h: int, w: int):
+    """The reference's start grid, as static per-pixel maps: the tile index (-1 off the grid)
+    and the pattern value at each pixel, untransposed and transposed. Tiles of side H // 5 from
+    offset (H - 5 * side) // 2 on both axes (as the reference, which takes both from H); tiles
+    running past the edge are cut."""
+    side = h // 5
+    start = (h - 5 * side) // 2
+    n_rows, n_cols = h // side, w // side
+    pattern = l2_pattern(side)
+
+    def axis(size, n_tiles):  # per pixel: tile number along the axis, offset inside the tile
+        pos = np.arange(size) - start
+        tile, local = pos // side, pos % side
+        return np.where((pos >= 0) & (tile < n_tiles), tile, -1), local
+
+    tile_r, local_r = axis(h, n_rows)
+    tile_c, local_c = axis(w, n_cols)
+    on_grid = (tile_r[:, None] >= 0) & (tile_c[None, :] >= 0)
+    tile = np.where(on_grid, tile_r[:, None] * n_cols + tile_c[None, :], -1)
+    plain = np.where(on_grid, pattern[local_r[:, None], local_c[None, :]], 0.0)
+    transposed = np.where(on_grid, pattern.T[local_r[:, None], local_c[None, :]], 0.0)
+    return tile, n_rows * n_cols, plain, transposed
+
+
+def l2_init(key: jax.Array, x: jax.Array, eps: jax.Array | float) -> jax.Array:
+    """The reference's L2 start: a grid of tiles of side H // 5, each the meta-pattern
+    (transposed or not) times a random sign per channel, scaled to L2 norm eps and clipped to
+    [0, 1]."""
+    b, h, w, c = x.shape
+    tile, n_tiles, plain, transposed = _tiling(h, w)
+    # One draw for every random choice: each jax.random call site costs compile time.
+    u = jax.random.uniform(key, (b, n_tiles, c + 1))
+    index = np.maximum(tile, 0)  # pixels off the grid have plain == transposed == 0
+    flip = u[:, index, c] < 0.5
+    value = jnp.where(flip, jnp.asarray(transposed, x.dtype), jnp.asarray(plain, x.dtype))
+    delta = value[..., None] * _sign(u[:, index, :c], x.dtype)
+    return jnp.clip(x + eps * common.normalize(delta, "L2"), 0.0, 1.0)
+
+
+def _corner(u: jax.Array, side: jax.Array, size: int) -> jax.Array:
+    """(B,) int32: window corners drawn as the reference's random_int, floor(u * (size - side)),
+    so in [0, size - side) (0 when the window spans the axis); the min guards float rounding."""
+    span = size - side
+    return jnp.minimum(jnp.floor(u * span), jnp.maximum(span - 1, 0)).astype(jnp.int32)
+
+
+def _window(top, left, side, h, w):
+    """(B, H, W, 1) bool, True inside each sample's window: iota comparisons, since `side` is
+    traced."""
+    rows = jnp.arange(h)[None, :] - top[:, None]
+    cols = jnp.arange(w)[None, :] - left[:, None]
+    in_rows = (rows >= 0) & (rows < side)
+    in_cols = (cols >= 0) & (cols < side)
+    return (in_rows[:, :, None] & in_cols[:, None, :])[..., None]
+
+
+def _linf_proposal(key, x, x_best, eps, side):
+    """x_best with one window per sample moved to the vertex x +- eps, one sign per channel."""
+    b, h, w, c = x.shape
+    u = jax.random.uniform(key, (b, 2 + c))
+    window = _window(_corner(u[:, 0], side, h), _corner(u[:, 1], side, w), side, h, w)
+    sign = _sign(u[:, None, None, 2:], x.dtype)
+    return jnp.where(window, jnp.clip(x + eps * sign, 0.0, 1.0), x_best)
+
+
+def _l2_proposal(key, x, x_best, eps, side, pattern):
+    """The reference's L2 step per sample: window 2 is emptied and window 1 gets the pattern
+    plus its old (normalised) content, rescaled per channel to carry window 1 and 2's mass
+    plus whatever norm budget clipping lost; then the whole delta is rescaled to norm eps."""
+    b, h, w, c = x.shape
+    u = jax.random.uniform(key, (b, 5 + c))
+    top, left = _corner(u[:, 0], side, h), _corner(u[:, 1], side, w)
+    win1 = _window(top, left, side, h, w)
+    win2 = _window(_corner(u[:, 2], side, h), _corner(u[:, 3], side, w), side, h, w)
+    delta = x_best - x
+
+    def channel_norm(v):  # (B, 1, 1, C): L2 norm per sample and channel
+        return jnp.sqrt(jnp.sum(v * v, axis=(1, 2), keepdims=True))
+
+    norm_image = common.expand(common.per_sample_norm(delta, "L2"), x)
+    norm_windows = channel_norm(jnp.where(win1 | win2, delta, 0.0))
+    # The pattern at each sample's window: pattern[i - top, j - left] (zero-padded beyond
+    # `side`, so only indices below 0 need the window mask).
+    rows = jnp.clip(jnp.arange(h)[None, :] - top[:, None], 0, pattern.shape[0] - 1)
+    cols = jnp.clip(jnp.arange(w)[None, :] - left[:, None], 0, pattern.shape[1] - 1)
+    rows, cols = rows[:, :, None], cols[:, None, :]
+    flip = u[:, 4, None, None] < 0.5
+    placed = jnp.where(flip, pattern.T[rows, cols], pattern[rows, cols])
+    sign = _sign(u[:, None, None, 5:], x.dtype)
+    old = jnp.where(win1, delta, 0.0)
+    new = jnp.where(win1, placed[..., None] * sign + old / (_TINY + channel_norm(old)), 0.0)
+    budget = jnp.maximum(eps**2 - norm_image**2, 0.0) / c + norm_windows**2
+    new = new / (_TINY + channel_norm(new)) * jnp.sqrt(budget)
+    delta = jnp.where(win1, new, jnp.where(win2, 0.0, delta))
+    return jnp.clip(x + eps * common.normalize(delta, "L2"), 0.0, 1.0)
+
+
+def _scores(logits_fn, x_in, y, loss):
+    """(margin, loss to minimise), both (B,), from one query of the whole batch."""
+    logits = logits_fn(x_in)
+    chex.assert_rank(logits, 2)
+    chex.assert_axis_dimension(logits, 0, x_in.shape[0])
+    margin = losses.margin(logits, y)
+    if loss == "margin":
+        return margin, margin
+    return margin, -losses.cross_entropy(logits, y)
+
+
+def _single_run(logits_fn, x, y, x_start, active, key, eps, *, norm, n_queries, p_init, loss,
+                resc_schedule) -> SquareRun:  # fmt: skip
+    """The reference's attack_single_run on the points where `active`; the others are frozen
+    at x_start (still fed to logits_fn, so the batch keeps its shape, but never updated or
+    counted). Frozen points come back with margin -inf."""
+    levels, sides = _schedule(n_queries, p_init, resc_schedule, x.shape, norm)
+    if norm == "L2":  # each level's pattern, zero-padded to the largest side
+        table = np.zeros((len(sides), max(sides), max(sides)))
+        for k, side in enumerate(sides):
+            table[k, :side, :side] = l2_pattern(side)
+        table = jnp.asarray(table, x.dtype)
+    levels, sides = jnp.asarray(levels), jnp.asarray(sides, jnp.int32)
+    k_init, k_loop = jax.random.split(key)
+
+    start = (linf_init if norm == "Linf" else l2_init)(k_init, x, eps)
+    x_best = jnp.where(common.expand(active, x), start, x_start)
+    margin, score = _scores(logits_fn, x_best, y, loss)
+    margin_min = jnp.where(active, margin, -jnp.inf)
+    loss_min = jnp.where(active, score, -jnp.inf)
+    queries = active.astype(jnp.int32)
+
+    def cond(state):
+        i, _, margin_min, _, _ = state
+        return (i < n_queries) & jnp.any(margin_min > 0)
+
+    def body(state):
+        i, x_best, margin_min, loss_min, queries = state
+        todo = margin_min > 0
+        level = levels[i]
+        k_i = jax.random.fold_in(k_loop, i)
+        if norm == "Linf":
+            x_new = _linf_proposal(k_i, x, x_best, eps, sides[level])
+        else:
+            x_new = _l2_proposal(k_i, x, x_best, eps, sides[level], table[level])
+        x_new = jnp.where(common.expand(todo, x), x_new, x_best)
+        margin, score = _scores(logits_fn, x_new, y, loss)
+        lower = todo & (score < loss_min)
+        accept = lower | (todo & (margin <= 0))  # a misclassifying proposal is always kept
+        return (
+            i + 1,
+            jnp.where(common.expand(accept, x), x_new, x_best),
+            jnp.where(accept, margin, margin_min),
+            jnp.where(lower, score, loss_min),
+            queries + todo.astype(jnp.int32),
+        )
+
+    state = (jnp.int32(0), x_best, margin_min, loss_min, queries)
+    _, x_best, margin_min, _, queries = jax.lax.while_loop(cond, body, state)
+    return SquareRun(x_best, margin_min, queries)
+
+
+_STATIC = ("norm", "n_queries", "p_init", "loss", "resc_schedule")
+
+
+@functools.partial(jax.jit, static_argnames=("logits_fn", *_STATIC))
+def _square_run_jit(logits_fn, x, y, key, eps, **static):
+    active = jnp.ones(x.shape[:1], bool)
+    return _single_run(logits_fn, x, y, x, active, key, eps, **static)
+
+
+@functools.partial(jax.jit, static_argnames=("logits_fn", "judge_fn", "n_restarts", *_STATIC))
+def _square_jit(logits_fn, judge_fn, x, y, key, eps, *, n_restarts, **static):
+    chex.assert_rank(x, 4)
+    chex.assert_shape(y, x.shape[:1])
+    robust = common.correct(judge_fn(x), y)
+
+    def cond(state):
+        r, _, robust = state
+        return (r < n_restarts) & jnp.any(robust)
+
+    def body(state):
+        r, x_adv, robust = state
+        run = _single_run(logits_fn, x, y, x_adv, robust, jax.random.fold_in(key, r), eps,
+                          **static)  # fmt: skip
+        # run.x_best is x_adv wherever the point was frozen, so the judge sees the batch as is.
+        judged = common.correct(judge_fn(run.x_best), y)
+        newly_broken = robust & ~judged
+        x_adv = jnp.where(common.expand(newly_broken, x), run.x_best, x_adv)
+        return r + 1, x_adv, robust & judged
+
+    _, x_adv, robust = jax.lax.while_loop(cond, body, (jnp.int32(0), x, robust))
+    return x_adv, robust
+
+
+def _check_config(n_queries, p_init, n_restarts, loss, norm, shape) -> None:
+    if not isinstance(n_queries, int | np.integer) or n_queries < 0:
+        raise ValueError(f"n_queries must be an int >= 0, got {n_queries!r}.")
+    if not isinstance(p_init, float | int) or not 0 < p_init <= 1:
+        raise ValueError(f"p_init must be a fraction of the image in (0, 1], got {p_init!r}.")
+    if not isinstance(n_restarts, int | np.integer) or n_restarts < 1:
+        raise ValueError(f"n_restarts must be an int >= 1, got {n_restarts!r}.")
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}.")
+    if norm == "L2" and min(shape[1:3]) < 5:
+        raise ValueError(
+            f"L2 Square needs images of at least 5 x 5 pixels (its start tiles the image in "
+            f"squares of side H // 5), got {shape[1]} x {shape[2]}."
+        )
+
+
+def square_run(
+    logits_fn: common.LogitsFn,
+    x: jax.Array,
+    y: jax.Array,
+    *,
+    key: jax.Array,
+    norm: str = "Linf",
+    eps: float,
+    n_queries: int = 5000,
+    p_init: float = 0.8,
+    loss: str = "margin",
+    resc_schedule: bool = False,
+) -> SquareRun:
+    """One run of the search on every point of the batch, judged by logits_fn alone (the
+    reference's `attack_single_run`): the best point, its margin and the queries per sample.
+    With resc_schedule=False, the run with n_queries=k is the first k iterations of any longer
+    run with the same key."""
+    common.check_inputs(x, y, norm=norm, eps=eps, allowed_norms=NORMS)
+    _check_config(n_queries, p_init, 1, loss, norm, x.shape)
+    return _square_run_jit(
+        logits_fn, x, y, key, jnp.asarray(eps, x.dtype), norm=norm, n_queries=int(n_queries),
+        p_init=float(p_init), loss=loss, resc_schedule=bool(resc_schedule),
+    )  # fmt: skip
+
+
+def square(
+    logits_fn: common.LogitsFn,
+    x: jax.Array,
+    y: jax.Array,
+    *,
+    key: jax.Array,
+    norm: str = "Linf",
+    eps: float,
+    n_queries: int = 5000,
+    p_init: float = 0.8,
+    n_restarts: int = 1,
+    judge_fn: common.LogitsFn | None = None,
+    loss: str = "margin",
+    resc_schedule: bool = False,
+) -> common.AttackResult:
+    """Square Attack under the shared contract (defaults: AutoAttack's standard version).
+
+    Restart r runs with `jax.random.fold_in(key, r)` on the points `judge_fn` still finds
+    robust; a point broken once stays broken, with the point that broke it as x_adv.
+    """
+    common.check_inputs(x, y, norm=norm, eps=eps, allowed_norms=NORMS)
+    _check_config(n_queries, p_init, n_restarts, loss, norm, x.shape)
+    x_adv, robust = _square_jit(
+        logits_fn, logits_fn if judge_fn is None else judge_fn, x, y, key,
+        jnp.asarray(eps, x.dtype), n_restarts=int(n_restarts), norm=norm,
+        n_queries=int(n_queries), p_init=float(p_init), loss=loss,
+        resc_schedule=bool(resc_schedule),
+    )  # fmt: skip
+    return common.AttackResult(x_adv, robust)

@@ -1,0 +1,367 @@
+"""Square Attack: the p schedule and window sides against the reference's published numbers, the
+L2 pattern against pyautoattack's, the Linf vertices and L2 norm budget, known answers on a
+linear model, accept-if-better, the judge's role, frozen points, 1 vs 4 devices, bad inputs."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.experimental import io_callback
+
+from hpm_jax.attacks import common, losses
+from hpm_jax.attacks.square import (
+    l2_init,
+    l2_pattern,
+    linf_init,
+    p_selection,
+    square,
+    square_run,
+    square_side,
+)
+from hpm_jax.sharding import data_sharding, make_mesh
+
+H = W = 8
+C, K, B = 3, 4, 16
+Q = 60  # queries per test run: enough for the linear model's breakable points (<= ~40 needed)
+
+# A linear model whose class differences keep one sign per channel across pixels, so that
+# squares of one sign per channel make progress (the minimal perturbations are known exactly).
+_rng = np.random.default_rng(0)
+WEIGHTS = _rng.uniform(0.5, 1.5, (H, W))[:, :, None, None] * _rng.normal(size=(K, C)).T
+_W32 = jnp.asarray(WEIGHTS, jnp.float32)
+
+
+def linear(x):
+    return jnp.einsum("bhwc,hwck->bk", x, _W32)
+
+
+def min_ratio(x, y, eps, norm):
+    """Per sample: the smallest perturbation (Linf or L2) that makes another class win, over
+    eps, in float64. A vertex delta = -eps * sign(w_y - w_c) lowers z_y - z_c by exactly
+    eps * ||w_y - w_c||_1 (Linf); no L2 delta of norm eps lowers it by more than
+    eps * ||w_y - w_c||_2."""
+    w = WEIGHTS.reshape(-1, K)
+    z = np.asarray(x, np.float64).reshape(len(x), -1) @ w
+    dual = {"Linf": 1, "L2": 2}[norm]
+    out = []
+    for zi, yi in zip(z, np.asarray(y), strict=True):
+        out.append(
+            min(
+                (zi[yi] - zi[c]) / (eps * np.linalg.norm(w[:, yi] - w[:, c], dual))
+                for c in range(K)
+                if c != yi
+            )
+        )
+    return np.asarray(out)
+
+
+def _pool(n=400):
+    x = _rng.uniform(0.2, 0.8, (n, H, W, C)).astype(np.float32)
+    y = np.asarray(jnp.argmax(linear(jnp.asarray(x)), axis=1))
+    return x, y
+
+
+def _batch(r, low, high):
+    """8 points with r < low and 8 with r > high, in that order."""
+    lo, hi = np.flatnonzero(r < low), np.flatnonzero(r > high)
+    assert len(lo) >= 8 and len(hi) >= 8, (len(lo), len(hi))
+    return np.concatenate([lo[:8], hi[:8]])
+
+
+POOL_X, POOL_Y = _pool()
+# Linf: at eps 0.05 the first 8 need < 0.5 eps; the last 8 need > 0.55 * 0.05 / 0.015 > 1.8 eps
+# at eps 0.015.
+LINF_IDX = _batch(min_ratio(POOL_X, POOL_Y, 0.05, "Linf"), 0.5, 0.55)
+X_LINF, Y_LINF = jnp.asarray(POOL_X[LINF_IDX]), jnp.asarray(POOL_Y[LINF_IDX])
+# L2: at eps 0.5 the first 8 need < 0.1 eps; the last 8 need > 0.7 * 0.5 / 0.3 > 1.1 eps at 0.3.
+L2_IDX = _batch(min_ratio(POOL_X, POOL_Y, 0.5, "L2"), 0.1, 0.7)
+X_L2, Y_L2 = jnp.asarray(POOL_X[L2_IDX]), jnp.asarray(POOL_Y[L2_IDX])
+# Images over the whole box, with exact 0 and 1 pixels, so that clipping is exercised.
+X_BOX = jnp.asarray(
+    np.clip(_rng.uniform(-0.2, 1.2, (B, H, W, C)), 0.0, 1.0).astype(np.float32)
+)  # fmt: skip
+Y_BOX = jnp.argmax(linear(X_BOX), axis=1)
+
+
+def margins(x, y):
+    return np.asarray(losses.margin(linear(x), y))
+
+
+# ---- the schedule ----------------------------------------------------------------------------
+
+# The reference's p_selection: p_init for it <= 10, then halved after 10, 50, 200, 500, 1000,
+# 2000, 4000, 6000 and 8000 iterations (the boundaries themselves belong to the lower range).
+DIVISORS = [
+    (0, 1), (10, 1), (11, 2), (50, 2), (51, 4), (200, 4), (201, 8), (500, 8), (501, 16),
+    (1000, 16), (1001, 32), (2000, 32), (2001, 64), (4000, 64), (4001, 128), (4999, 128),
+    (6000, 128), (6001, 256), (8000, 256), (8001, 512), (20000, 512),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("it", "divisor"), DIVISORS)
+def test_p_schedule_matches_the_reference_thresholds(it, divisor):
+    assert p_selection(it) == pytest.approx(0.8 / divisor, rel=1e-12)
+    assert p_selection(it, p_init=0.3) == pytest.approx(0.3 / divisor, rel=1e-12)
+
+
+def test_rescaled_schedule_reads_thresholds_per_10000_of_the_budget():
+    # n_queries = 1000: iteration i stands for int(i / 1000 * 10000) = 10 i.
+    assert [p_selection(i, n_queries=1000, resc_schedule=True) for i in (1, 2, 5, 6, 20, 21)] == [
+        0.8, 0.4, 0.4, 0.2, 0.2, 0.1
+    ]  # fmt: skip
+    # Without rescaling the budget does not matter.
+    assert p_selection(21, n_queries=1000) == 0.8 / 2
+
+
+def test_square_sides_as_the_reference_rounds_them():
+    # 32x32x3 (CIFAR): sqrt(0.8 * 1024) = 28.6 -> 29; sqrt(0.4 * 1024) = 20.2 -> 20, made odd
+    # for L2; the smallest p gives side 1 (Linf) and the floor 3 (L2); never above the image.
+    assert square_side(0.8, 32, 32, 3, "Linf") == 29
+    assert square_side(0.4, 32, 32, 3, "Linf") == 20
+    assert square_side(0.4, 32, 32, 3, "L2") == 21
+    assert square_side(0.8 / 512, 32, 32, 3, "Linf") == 1
+    assert square_side(0.8 / 512, 32, 32, 3, "L2") == 3
+    assert square_side(1.0, 8, 8, 1, "Linf") == 8
+    assert square_side(0.8, 224, 224, 3, "Linf") == 200  # sqrt(40140.8) = 200.35
+
+
+def test_p_schedule_and_l2_pattern_equal_pyautoattack():
+    torch = pytest.importorskip("torch")
+    reference = pytest.importorskip("pyautoattack.square").SquareAttack
+    ref = reference(None, norm="L2", n_queries=700, device="cpu", resc_schedule=False)
+    assert all(ref.p_selection(i) == p_selection(i) for i in range(0, 10000, 7))
+    ref.rescale_schedule = True
+    assert all(
+        ref.p_selection(i) == p_selection(i, n_queries=700, resc_schedule=True) for i in range(700)
+    )
+    torch.manual_seed(0)
+    for side in (1, 2, 3, 4, 5, 7, 9, 12, 29):
+        theirs = ref.eta(side).numpy()  # randomly transposed
+        ours = l2_pattern(side)
+        assert np.allclose(theirs, ours, atol=1e-6) or np.allclose(theirs, ours.T, atol=1e-6)
+
+
+# ---- starts ----------------------------------------------------------------------------------
+
+
+def _on_vertices(x_adv, x, eps):
+    """Every pixel at x +- eps, or at a face of the box that cut it short."""
+    delta = np.abs(np.asarray(x_adv) - np.asarray(x))
+    clipped = (np.asarray(x_adv) == 0.0) | (np.asarray(x_adv) == 1.0)
+    return np.all(np.isclose(delta, eps, rtol=0, atol=1e-6) | (clipped & (delta <= eps + 1e-6)))
+
+
+def test_linf_start_is_vertical_stripes_on_the_vertices():
+    eps = 0.1
+    x0 = jax.jit(linf_init)(jax.random.key(1), X_BOX, eps)
+    assert _on_vertices(x0, X_BOX, eps)
+    # One sign per column and channel: where no pixel of a column was clipped, the signed
+    # perturbation is the same down the column.
+    delta = np.asarray(x0 - X_BOX)
+    interior = np.all((X_BOX > eps) & (X_BOX < 1 - eps), axis=1)  # (B, W, C)
+    assert interior.sum() > 0
+    column = delta[:, :1]
+    assert np.all(np.isclose(delta, column, atol=1e-6).all(axis=1)[interior])
+    # Both signs occur, per column roughly half each.
+    signs = np.sign(column[:, 0][interior])
+    assert 0.3 < np.mean(signs > 0) < 0.7
+
+
+def test_l2_start_is_the_meta_pattern_grid_at_norm_eps():
+    # 15x15: tiles of side 3 in a 5x5 grid; x = 0.5 and a small eps, so nothing is clipped.
+    x = jnp.full((4, 15, 15, 2), 0.5, jnp.float32)
+    eps = 0.3
+    x0 = jax.jit(l2_init)(jax.random.key(2), x, eps)
+    delta = np.asarray(x0 - x, np.float64)
+    np.testing.assert_allclose(np.sqrt((delta**2).sum(axis=(1, 2, 3))), eps, rtol=1e-5)
+    # 25 tiles x 2 channels, each of unit norm before the image is scaled to eps.
+    unit = delta * np.sqrt(25 * 2) / eps
+    pattern = l2_pattern(3)
+    n_transposed = 0
+    for b in range(4):
+        for i in range(5):
+            for j in range(5):
+                tile = unit[b, 3 * i : 3 * i + 3, 3 * j : 3 * j + 3]
+                # the same transposition for both channels, a sign per channel
+                matches = [
+                    all(np.allclose(tile[..., c], s * p, atol=1e-5) for c, s in enumerate(signs))
+                    for p in (pattern, pattern.T)
+                    for signs in ((1, 1), (1, -1), (-1, 1), (-1, -1))
+                ]
+                assert any(matches)
+                n_transposed += any(matches[4:]) and not any(matches[:4])
+    assert 0 < n_transposed < 100
+
+
+# ---- Linf ------------------------------------------------------------------------------------
+
+
+def test_linf_search_stays_on_vertices_within_eps_and_the_box():
+    eps = 0.1
+    run = square_run(linear, X_BOX, Y_BOX, key=jax.random.key(3), eps=eps, n_queries=Q)
+    x_best = np.asarray(run.x_best)
+    assert x_best.min() >= 0.0 and x_best.max() <= 1.0
+    assert np.all(np.asarray(common.per_sample_norm(run.x_best - X_BOX, "Linf")) <= eps + 1e-6)
+    assert _on_vertices(x_best, X_BOX, eps)
+    np.testing.assert_allclose(run.margin, margins(run.x_best, Y_BOX), atol=1e-4)
+
+
+def test_linf_known_answers_on_a_linear_model():
+    key = jax.random.key(4)
+    # eps = 0.05: the first 8 points need less than half of it, so Square breaks them.
+    res = square(linear, X_LINF, Y_LINF, key=key, eps=0.05, n_queries=Q)
+    robust = np.asarray(res.robust)
+    assert not robust[:8].any()
+    broken = ~robust
+    assert np.all(margins(res.x_adv, Y_LINF)[broken] <= 0)
+    delta = np.asarray(common.per_sample_norm(res.x_adv - X_LINF, "Linf"))
+    assert np.all(delta <= 0.05 + 1e-6) and np.all(delta[broken] > 0)
+    np.testing.assert_array_equal(res.x_adv[robust], X_LINF[robust])  # as the reference: x
+    # eps = 0.015: the last 8 need more than 1.8 eps; no Linf perturbation within eps breaks
+    # them (the best vertex lowers each margin by exactly eps * ||w_y - w_c||_1).
+    res = square(linear, X_LINF, Y_LINF, key=key, eps=0.015, n_queries=Q)
+    assert np.asarray(res.robust)[8:].all()
+
+
+def test_accepts_only_improvements_so_the_margin_never_rises():
+    # The run with n_queries = k is the first k iterations of a longer run with the same key.
+    eps = 0.1
+    key = jax.random.key(5)
+    history = []
+    for n in (0, 5, 20, Q):
+        run = square_run(linear, X_BOX, Y_BOX, key=key, eps=eps, n_queries=n)
+        np.testing.assert_allclose(run.margin, margins(run.x_best, Y_BOX), atol=1e-4)
+        history.append(np.asarray(run.margin))
+        if n == 0:
+            np.testing.assert_array_equal(run.n_queries, 1)
+    history = np.stack(history)
+    assert np.all(np.diff(history, axis=0) <= 0)
+    assert np.any(np.diff(history, axis=0) < 0)  # and it does improve
+
+
+# ---- L2 --------------------------------------------------------------------------------------
+
+
+def test_l2_search_stays_within_eps_and_the_box():
+    eps = 0.5
+    run = square_run(linear, X_BOX, Y_BOX, key=jax.random.key(6), norm="L2", eps=eps, n_queries=Q)
+    x_best = np.asarray(run.x_best)
+    assert x_best.min() >= 0.0 and x_best.max() <= 1.0
+    assert np.all(np.asarray(common.per_sample_norm(run.x_best - X_BOX, "L2")) <= eps + 1e-5)
+    np.testing.assert_allclose(run.margin, margins(run.x_best, Y_BOX), atol=1e-4)
+
+
+def test_l2_known_answers_on_a_linear_model():
+    key = jax.random.key(7)
+    res = square(linear, X_L2, Y_L2, key=key, norm="L2", eps=0.5, n_queries=Q)
+    robust = np.asarray(res.robust)
+    assert not robust[:8].any()  # they need less than 0.1 eps
+    assert np.all(margins(res.x_adv, Y_L2)[~robust] <= 0)
+    assert np.all(np.asarray(common.per_sample_norm(res.x_adv - X_L2, "L2")) <= 0.5 + 1e-5)
+    # they need more than 1.1 eps: no L2 perturbation of norm eps can break them
+    res = square(linear, X_L2, Y_L2, key=key, norm="L2", eps=0.3, n_queries=Q)
+    assert np.asarray(res.robust)[8:].all()
+
+
+# ---- judge, freezing, devices ----------------------------------------------------------------
+
+
+def test_the_judge_decides_success_and_sees_the_whole_batch():
+    y_judge = Y_LINF.at[0].set((Y_LINF[0] + 1) % K)  # the judge gets point 0 wrong on x
+
+    def always_right(x):  # whatever the input, the judge's classes (the whole batch at once)
+        assert x.shape[0] == B
+        return 10.0 * jax.nn.one_hot(y_judge, K)
+
+    res = square(linear, X_LINF, Y_LINF, key=jax.random.key(8), eps=0.05, n_queries=Q,
+                 judge_fn=always_right)  # fmt: skip
+    # logits_fn alone breaks the first 8 at this eps (test above), the judge none.
+    np.testing.assert_array_equal(res.robust, np.arange(B) > 0)
+    np.testing.assert_array_equal(res.x_adv, X_LINF)
+
+    def unmovable(x):  # logits_fn: a margin of 10 wherever x is
+        return 10.0 * jax.nn.one_hot(Y_LINF, K) + 0.0 * x.sum(axis=(1, 2, 3))[:, None]
+
+    def wrong_when_moved(x):  # the judge: wrong on anything but the clean images
+        moved = jnp.any(x != X_LINF, axis=(1, 2, 3))
+        return jax.nn.one_hot(jnp.where(moved, (Y_LINF + 1) % K, Y_LINF), K)
+
+    res = square(unmovable, X_LINF, Y_LINF, key=jax.random.key(8), eps=0.05, n_queries=Q,
+                 judge_fn=wrong_when_moved)  # fmt: skip
+    assert not np.asarray(res.robust).any()
+    # the points come back at the start, the only point the search had (nothing improved)
+    assert _on_vertices(res.x_adv, X_LINF, 0.05)
+
+
+def test_broken_points_are_frozen_and_the_loop_stops_when_all_are_broken():
+    calls = []
+
+    def record(x):
+        calls.append(np.array(x))
+
+    def recorded_linear(x):
+        io_callback(record, None, x, ordered=True)
+        return linear(x)
+
+    # At eps = 0.2 every point of the batch needs less than a third of eps (r < 1.31 at 0.05).
+    run = square_run(recorded_linear, X_LINF, Y_LINF, key=jax.random.key(9), eps=0.2, n_queries=Q)
+    queries = np.asarray(run.n_queries)
+    assert np.all(np.asarray(run.margin) <= 0)
+    assert queries.min() == 1  # some points are broken by the start already
+    assert queries.max() < Q + 1
+    # One call per iteration until the last point broke, not Q + 1.
+    assert len(calls) == queries.max()
+    for i, q in enumerate(queries):
+        # Point i was queried q times; the q-th query broke it and was kept; after that it is
+        # fed its frozen best point and never queried with a new proposal again.
+        for later in calls[q - 1 :]:
+            np.testing.assert_array_equal(later[i], run.x_best[i])
+        if q > 1:
+            assert any(np.any(calls[t][i] != calls[0][i]) for t in range(1, q))
+
+
+def test_one_and_four_devices_give_the_same_result():
+    sharded = jax.device_put(X_LINF, data_sharding(make_mesh()))
+    assert len(sharded.sharding.device_set) == 4
+    key = jax.random.key(4)
+    one = square(linear, X_LINF, Y_LINF, key=key, eps=0.05, n_queries=Q)
+    four = square(linear, sharded, Y_LINF, key=key, eps=0.05, n_queries=Q)
+    np.testing.assert_array_equal(one.robust, four.robust)
+    np.testing.assert_array_equal(one.x_adv, four.x_adv)
+
+    sharded = jax.device_put(X_BOX, data_sharding(make_mesh()))
+    key = jax.random.key(6)
+    one = square_run(linear, X_BOX, Y_BOX, key=key, norm="L2", eps=0.5, n_queries=Q)
+    four = square_run(linear, sharded, Y_BOX, key=key, norm="L2", eps=0.5, n_queries=Q)
+    np.testing.assert_array_equal(one.n_queries, four.n_queries)
+    np.testing.assert_allclose(one.x_best, four.x_best, atol=1e-6)
+    np.testing.assert_allclose(one.margin, four.margin, atol=1e-5)
+
+
+# ---- bad inputs ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "match"),
+    [
+        ({"norm": "L1"}, ValueError, "norm must be one of"),
+        ({"eps": 0.0}, ValueError, "eps must be"),
+        ({"eps": float("nan")}, ValueError, "eps must be"),
+        ({"x": X_LINF[0]}, ValueError, "NHWC"),
+        ({"x": (X_LINF * 255).astype(jnp.uint8)}, TypeError, "floating point"),
+        ({"x": X_LINF * 2}, ValueError, r"\[0, 1\]"),
+        ({"y": Y_LINF[:3]}, ValueError, "one label per image"),
+        ({"n_queries": -1}, ValueError, "n_queries"),
+        ({"n_queries": 2.5}, ValueError, "n_queries"),
+        ({"p_init": 0.0}, ValueError, "p_init"),
+        ({"p_init": 1.5}, ValueError, "p_init"),
+        ({"n_restarts": 0}, ValueError, "n_restarts"),
+        ({"loss": "dlr"}, ValueError, "loss must be one of"),
+        ({"x": X_LINF[:, :4, :4], "norm": "L2"}, ValueError, "at least 5 x 5"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(change, error, match):
+    kwargs = {"x": X_LINF, "y": Y_LINF, "key": jax.random.key(0), "eps": 0.05, **change}
+    x, y = kwargs.pop("x"), kwargs.pop("y")
+    with pytest.raises(error, match=match):
+        square(linear, x, y, **kwargs)
