@@ -150,9 +150,7 @@ class _PrototypeHead(nn.Module):
 
     def __post_init__(self):
         if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(
-                f"ema_decay must be in [0, 1), got {self.ema_decay}; e.g. 0.99."
-            )
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}; e.g. 0.99.")
         if not self.init_scale > 0:
             raise ValueError(
                 f"init_scale must be > 0 (it is exp(log_scale)), got {self.init_scale}."
