@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hpm_jax.attacks.fab import fab_targeted
+from hpm_jax.attacks.fab import _random_start, fab_targeted
 from hpm_jax.attacks.fab_projections import boundary_step
 from hpm_jax.sharding import data_sharding, make_mesh
 
@@ -208,9 +208,25 @@ def test_linear_model_several_targets_take_the_min_and_eps_decides(norm):
     assert broken.sum() >= 4 and safe.sum() >= 4
     assert not robust[broken].any() and np.all(dist[broken] <= eps)
     assert robust[safe].all() and np.all(np.asarray(res.x_adv)[safe] == np.asarray(x)[safe])
+    # One eps per image (traced: no recompilation): just above FAB's answer on even points,
+    # just below the true minimum on odd ones.
+    odd = np.arange(16) % 2 == 1
+    eps = np.where(odd, 0.99 * closed.min(1), 1.001 * found)
+    res = fab_targeted(model, x, y, key=jax.random.key(0), norm=norm, eps=jnp.asarray(eps))
+    np.testing.assert_array_equal(res.robust, odd)
+    assert np.all(_norms(res.x_adv - x, norm) <= np.where(odd, 0.0, eps))
 
 
-def test_restarts_keep_the_best_point_and_start_within_eps():
+@pytest.mark.parametrize("norm", ["Linf", "L2", "L1"])
+def test_restarts_start_at_half_eps(norm):
+    x = jnp.full((4, 3, 3, 1), 0.5)
+    eps = jnp.array([0.1, 0.2, 0.3, 0.4])[:, None, None, None]
+    start = _random_start(jax.random.key(0), x, 0.5 * eps, norm)
+    np.testing.assert_allclose(_norms(start - x, norm), [0.05, 0.1, 0.15, 0.2], rtol=1e-5)
+    assert len(np.unique(np.asarray(start))) > 30  # random directions, not a fixed pattern
+
+
+def test_restarts_keep_the_best_point():
     _, _, model = _linear(4)
     x = jnp.asarray(0.3 + 0.4 * np.random.default_rng(5).random((8, 1, 3, 4)), jnp.float32)
     y = jnp.argmax(model(x), 1)
@@ -227,9 +243,9 @@ def test_restarts_keep_the_best_point_and_start_within_eps():
 # ---------------------------------------------------------------- a ReLU MLP in 2-D
 
 
-def _mlp(seed=1, hidden=16, classes=3):
+def _mlp_params(seed, hidden=16, classes=3):
     rng = np.random.default_rng(seed)
-    p = [
+    return [
         rng.normal(size=(2, hidden)) * 3,
         rng.normal(size=hidden),
         rng.normal(size=(hidden, hidden)) / 4,
@@ -237,7 +253,11 @@ def _mlp(seed=1, hidden=16, classes=3):
         rng.normal(size=(hidden, classes)),
         rng.normal(size=classes) * 0.1,
     ]
-    p = [jnp.asarray(a, jnp.float32) for a in p]
+
+
+def _mlp(seed):
+    """A ReLU MLP on 1 x 2 pixel images with 3 classes."""
+    p = [jnp.asarray(a, jnp.float32) for a in _mlp_params(seed)]
 
     def mlp(x):
         h = x.reshape(x.shape[0], -1)
@@ -248,27 +268,63 @@ def _mlp(seed=1, hidden=16, classes=3):
     return mlp
 
 
-MLP = _mlp()  # one function object: compiled once per shape across the tests
+# One function object each: compiled once per shape and configuration across the tests.
+GRID_MLP = _mlp(1)  # FAB's local search reaches the global minimum on its test points
+MLP = _mlp(3)  # three classes in the box; FAB, as the reference, stops at local minima
 
 
 @pytest.mark.parametrize("norm", ["Linf", "L2"])
 def test_relu_mlp_matches_a_dense_grid(norm):
     # Images of 1 x 2 pixels, so the minimal adversarial perturbation can be read off a grid.
     x = jnp.asarray(0.2 + 0.6 * np.random.default_rng(6).random((8, 1, 2, 1)), jnp.float32)
-    y = jnp.argmax(MLP(x), 1)
-    res = fab_targeted(MLP, x, y, key=jax.random.key(0), norm=norm, eps=1.0)
+    y = jnp.argmax(GRID_MLP(x), 1)
+    res = fab_targeted(GRID_MLP, x, y, key=jax.random.key(0), norm=norm, eps=1.0)
     h = 1e-3
     g = np.linspace(0, 1, 1001, dtype=np.float32)
     grid = np.stack(np.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2)
-    pred = np.asarray(jax.jit(MLP)(jnp.asarray(grid))).argmax(1)
+    pred = np.asarray(jax.jit(GRID_MLP)(jnp.asarray(grid))).argmax(1)
     dist = _norms(res.x_adv - x, norm)
-    assert np.all(np.asarray(MLP(res.x_adv)).argmax(1) != np.asarray(y)) and not res.robust.any()
+    assert not res.robust.any()
+    assert np.all(np.asarray(GRID_MLP(res.x_adv)).argmax(1) != np.asarray(y))
     for i in range(len(y)):
         adv = pred != int(y[i])
         estimate = np.linalg.norm(grid[adv] - np.asarray(x[i]).ravel(), ORD[norm], axis=1).min()
         # The grid's best is an adversarial point, so the true minimum lies within
         # one cell of it; FAB's is a real adversarial point, so it cannot be much below.
         assert estimate - 2 * h <= dist[i] <= 1.02 * estimate + 1e-6, (i, dist[i], estimate)
+
+
+@pytest.mark.parametrize("norm", ["Linf", "L2"])
+def test_relu_mlp_agrees_with_the_reference_implementation(norm):
+    """pyautoattack's FAB-T on the same MLP: its first run starts at x, so it is deterministic
+    and the per-point results must agree, local minima included (one target: the reference
+    stops at the first success within eps, we keep the best over targets)."""
+    torch = pytest.importorskip("torch")
+    fab_pt = pytest.importorskip("pyautoattack.fab_pt")
+    p = [torch.tensor(a, dtype=torch.float32) for a in _mlp_params(3)]
+
+    def torch_mlp(x):
+        h = x.reshape(x.shape[0], -1)
+        h = torch.relu(h @ p[0] + p[1])
+        h = torch.relu(h @ p[2] + p[3])
+        return h @ p[4] + p[5]
+
+    x = np.asarray(0.2 + 0.6 * np.random.default_rng(6).random((16, 1, 2, 1)), np.float32)
+    y = np.asarray(jnp.argmax(MLP(jnp.asarray(x)), 1))
+    ref = fab_pt.FABAttack_PT(
+        torch_mlp, norm=norm, n_iter=100, eps=1.0, targeted=True, n_target_classes=1
+    ).perturb(torch.tensor(x), torch.tensor(y))
+    ours = fab_targeted(
+        MLP, jnp.asarray(x), jnp.asarray(y), key=jax.random.key(0), norm=norm, eps=1.0,
+        n_target_classes=1,
+    )  # fmt: skip
+    ref_robust = torch_mlp(ref).argmax(1).numpy() == y
+    np.testing.assert_array_equal(ours.robust, ref_robust)
+    assert 6 <= (~ref_robust).sum() < len(y)  # both outcomes occur
+    # The projections agree to float32 precision; a point whose iterate lands exactly on the
+    # boundary (z_t == z_y up to rounding) may branch differently, so allow a rare outlier.
+    close = np.isclose(_norms(ours.x_adv - x, norm), _norms(ref.numpy() - x, norm), rtol=1e-3)
+    assert close.sum() >= len(y) - 2, close
 
 
 # ---------------------------------------------------------------- the judge contract
@@ -317,6 +373,7 @@ def test_batch_coupled_judge_verdict_is_on_the_returned_batch():
 
 
 def test_one_and_four_devices_agree():
+    assert len(jax.devices()) >= 4  # tests/conftest.py
     x = jnp.asarray(0.2 + 0.6 * np.random.default_rng(11).random((8, 1, 2, 1)), jnp.float32)
     y = jnp.argmax(MLP(x), 1)
     kw = dict(key=jax.random.key(3), norm="Linf", eps=0.2, n_restarts=2, n_target_classes=2)
@@ -325,7 +382,6 @@ def test_one_and_four_devices_agree():
         sharding = data_sharding(make_mesh(devices))
         xs, ys = jax.device_put(x, sharding), jax.device_put(y, sharding)
         out.append(fab_targeted(MLP, xs, ys, **kw))
-    assert len(jax.devices()) >= 4
     np.testing.assert_array_equal(out[0].robust, out[1].robust)
     np.testing.assert_allclose(out[0].x_adv, out[1].x_adv, atol=1e-6)
     assert (~np.asarray(out[0].robust)).any() and np.asarray(out[0].robust).any()
@@ -336,6 +392,8 @@ def test_one_and_four_devices_agree():
     [
         (dict(norm="L3"), "norm must be one of"),
         (dict(eps=0.0), "eps must be"),
+        (dict(eps=jnp.array([0.1, -0.1])), "one finite value > 0 per image"),
+        (dict(eps=jnp.array([0.1, 0.1, 0.1])), "one finite value > 0 per image"),
         (dict(n_iter=-1), "n_iter must be an integer"),
         (dict(n_target_classes=0), "n_target_classes must be"),
         (dict(n_restarts=1.5), "n_restarts must be"),

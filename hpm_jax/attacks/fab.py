@@ -13,14 +13,25 @@ only when that norm is <= eps. Otherwise x_adv is the clean x, as in the referen
 
 Defaults are those of AutoAttack's `standard` version: 100 iterations, 9 targets (capped at
 C - 1), one restart from x itself; further restarts start at a random point at distance
-eps / 2. Targets are the classes ranked 2nd, 3rd, ... by the clean logits of `logits_fn`
-(the highest classes other than y). One vjp of logits_fn and one call of judge_fn on the
-whole batch per iteration, inside one jitted function over the fixed-shape batch.
+eps / 2 (then clipped to [0, 1]), as the reference. Targets are the classes ranked 2nd, 3rd,
+... by the clean logits of `logits_fn` (the highest classes other than y). Each iteration
+takes one vjp of logits_fn and one call of judge_fn on the whole batch; all targets,
+restarts and iterations are `lax.fori_loop`s inside one jitted function over the fixed-shape
+batch. `logits_fn` and `judge_fn` are static (hashed by identity: reuse the same function
+objects and a shape compiles once); eps (a number or one per image), alpha_max, eta and beta
+are traced. Batches sharded over a mesh stay sharded; a fixed key gives the same result on
+any number of devices.
+
+On a linear model every iterate stays on the ray from x to its projection, and the
+reference's update settles at 1.00521 times the minimal perturbation (eta's overshoot against
+beta's backward step); the tests check exactly that factor against closed forms.
 
 Differences from the reference (pyautoattack's FABAttack): every target and restart runs on
 the whole batch (fixed shapes) and the smallest-norm success over all of them is returned,
-where the reference stops attacking a point at its first success within eps; a point the
-judge gets wrong on x is returned unchanged, as in the reference.
+where the reference stops attacking a point at its first success within eps. As there, a
+point the judge gets wrong on x is returned unchanged. `robust` is the judge's verdict on the
+returned batch as a whole (the same as the verdict found during the search unless the judge
+couples the samples of a batch).
 """
 
 from __future__ import annotations
@@ -76,6 +87,8 @@ def _fab_targeted(
     n_restarts: int,
 ) -> tuple[jax.Array, jax.Array]:
     batch = x.shape[0]
+    chex.assert_rank(x, 4)
+    chex.assert_shape([y, eps], (batch,))
     flat = (batch, -1)
     x0 = x.reshape(flat)
     clean_logits = logits_fn(x)
@@ -123,7 +136,8 @@ def _fab_targeted(
     def run(r, state):
         best, best_norm = state
         target = targets[:, r // n_restarts]
-        start = _random_start(jax.random.fold_in(key, r), x, 0.5 * eps, norm)
+        radius = common.expand(0.5 * eps, x)
+        start = _random_start(jax.random.fold_in(key, r), x, radius, norm)
         x1 = jnp.where(r % n_restarts == 0, x, start)  # the first run of each target: from x
         _, _, best, best_norm = jax.lax.fori_loop(
             0, n_iter, iteration, (x1, target, best, best_norm)
@@ -155,6 +169,22 @@ def _check_config(n_iter, n_target_classes, n_restarts, alpha_max, eta, beta) ->
         raise ValueError(f"beta (the backward step) must lie in (0, 1), got {beta!r}.")
 
 
+def _smallest_eps(eps, x: jax.Array) -> float:
+    """eps is a number or one value per image; the smallest goes to common.check_inputs."""
+    if np.ndim(eps) == 0:
+        try:
+            return float(eps)
+        except (TypeError, ValueError):
+            return eps  # not a number: check_inputs says so
+    values = np.asarray(eps, dtype=np.float64)
+    if values.shape != x.shape[:1] or not np.all(np.isfinite(values) & (values > 0)):
+        raise ValueError(
+            f"eps must be a number > 0 or one finite value > 0 per image, shape "
+            f"({x.shape[0]},); got shape {values.shape}."
+        )
+    return float(values.min()) if values.size else 1.0
+
+
 def _num_classes(fn: common.LogitsFn, x: jax.Array, name: str) -> int:
     shape = jax.eval_shape(fn, jax.ShapeDtypeStruct(x.shape, x.dtype)).shape
     if len(shape) != 2 or shape[0] != x.shape[0]:
@@ -172,7 +202,7 @@ def fab_targeted(
     *,
     key: jax.Array,
     norm: str = "Linf",
-    eps: float,
+    eps: float | jax.Array,
     n_iter: int = 100,
     n_target_classes: int = 9,
     n_restarts: int = 1,
@@ -184,16 +214,17 @@ def fab_targeted(
     """FAB-T (AutoAttack's standard settings by default) against `logits_fn`.
 
     x: (B, H, W, C) images in [0, 1] (may be sharded over the batch); y: (B,) labels.
-    `norm` is "Linf", "L2" or "L1"; a point is broken only if the smallest adversarial
-    perturbation found has norm <= eps. The targets are the min(n_target_classes, C - 1)
-    highest clean classes other than y, each attacked from x and then n_restarts - 1 times
-    from random points at distance eps / 2. `judge_fn` (default logits_fn) decides success,
-    always on the whole batch. Returns AttackResult(x_adv, robust): x_adv is the smallest
-    adversarial point found where it lies within eps, else x; robust is the judge's verdict
-    on the returned batch. Compiles once per shape and configuration for the same function
-    objects; eps, alpha_max, eta and beta are traced.
+    `norm` is "Linf", "L2" or "L1"; eps is a number or one per image (B,); a point is broken
+    only if the smallest adversarial perturbation found has norm <= its eps. The targets are
+    the min(n_target_classes, C - 1) highest clean classes other than y, each attacked from x
+    and then n_restarts - 1 times from random points at distance eps / 2. `judge_fn`
+    (default logits_fn) decides success, always on the whole batch. Returns
+    AttackResult(x_adv, robust): x_adv is the smallest adversarial point found where it lies
+    within eps, else x; robust is the judge's verdict on the returned batch. Compiles once
+    per shape and configuration for the same function objects; eps, alpha_max, eta and beta
+    are traced.
     """
-    common.check_inputs(x, y, norm=norm, eps=eps)
+    common.check_inputs(x, y, norm=norm, eps=_smallest_eps(eps, x))
     _check_config(n_iter, n_target_classes, n_restarts, alpha_max, eta, beta)
     judge_fn = logits_fn if judge_fn is None else judge_fn
     num_classes = _num_classes(logits_fn, x, "logits_fn")
@@ -216,7 +247,7 @@ def fab_targeted(
         x,
         y,
         key,
-        jnp.asarray(eps, x.dtype),
+        jnp.broadcast_to(jnp.asarray(eps, x.dtype), x.shape[:1]),
         jnp.asarray(alpha_max, x.dtype),
         jnp.asarray(eta, x.dtype),
         jnp.asarray(beta, x.dtype),
