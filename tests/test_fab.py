@@ -185,7 +185,7 @@ def test_linear_model_one_target_hits_the_closed_form(norm):
     closed, z = _closed_form(w, b, x, y, norm)
     second = np.argsort(z, 1)[:, -2]
     expected = closed[np.arange(8), second] * _fab_linear_ratio()
-    np.testing.assert_allclose(_norms(res.x_adv - x, norm), expected, rtol=1e-4)
+    np.testing.assert_allclose(_norms(res.x_adv - x, norm), expected, rtol=3e-4)
     assert not np.any(res.robust)
     assert np.all(np.argmax(model(res.x_adv), 1) != y)
 
@@ -199,12 +199,12 @@ def test_linear_model_several_targets_take_the_min_and_eps_decides(norm):
     found = closed.min(1) * _fab_linear_ratio()
     # All 4 other classes (9 is capped at C - 1): the smallest of the per-target optima.
     res = fab_targeted(model, x, y, key=jax.random.key(0), norm=norm, eps=10.0)
-    np.testing.assert_allclose(_norms(res.x_adv - x, norm), found, rtol=1e-4)
+    np.testing.assert_allclose(_norms(res.x_adv - x, norm), found, rtol=3e-4)
     # A threshold between the points: below it broken (within eps), above it untouched.
     eps = float(np.median(found))
     res = fab_targeted(model, x, y, key=jax.random.key(0), norm=norm, eps=eps)
     robust, dist = np.asarray(res.robust), _norms(res.x_adv - x, norm)
-    broken, safe = found < eps * (1 - 1e-4), closed.min(1) > eps
+    broken, safe = found < eps * (1 - 1e-3), closed.min(1) > eps
     assert broken.sum() >= 4 and safe.sum() >= 4
     assert not robust[broken].any() and np.all(dist[broken] <= eps)
     assert robust[safe].all() and np.all(np.asarray(res.x_adv)[safe] == np.asarray(x)[safe])
