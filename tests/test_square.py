@@ -9,10 +9,10 @@ import pytest
 from jax.experimental import io_callback
 
 from hpm_jax.attacks import common, losses
+from hpm_jax.attacks import square as square_module
 from hpm_jax.attacks.square import (
     l2_init,
     l2_pattern,
-    linf_init,
     p_selection,
     square,
     square_run,
@@ -153,23 +153,20 @@ def _on_vertices(x_adv, x, eps):
 
 def test_linf_start_is_vertical_stripes_on_the_vertices():
     eps = 0.1
-    x0 = jax.jit(linf_init)(jax.random.key(1), X_BOX, eps)
-    assert _on_vertices(x0, X_BOX, eps)
-    # One sign per column and channel: where no pixel of a column was clipped, the signed
-    # perturbation is the same down the column.
-    delta = np.asarray(x0 - X_BOX)
-    interior = np.all((X_BOX > eps) & (X_BOX < 1 - eps), axis=1)  # (B, W, C)
-    assert interior.sum() > 0
-    column = delta[:, :1]
-    assert np.all(np.isclose(delta, column, atol=1e-6).all(axis=1)[interior])
-    # Both signs occur, per column roughly half each.
-    signs = np.sign(column[:, 0][interior])
-    assert 0.3 < np.mean(signs > 0) < 0.7
+    run = square_run(linear, X_BOX, Y_BOX, key=jax.random.key(1), eps=eps, n_queries=0)
+    np.testing.assert_array_equal(run.n_queries, 1)  # the start is one query
+    assert _on_vertices(run.x_best, X_BOX, eps)
+    # One sign per column and channel: down a column the perturbation has one sign, or is 0
+    # where the box face is already at x (x = 1 going up, x = 0 going down).
+    sign = np.sign(np.asarray(run.x_best - X_BOX))  # (B, H, W, C)
+    up, down = np.any(sign > 0, axis=1), np.any(sign < 0, axis=1)
+    assert not np.any(up & down)
+    assert 0.35 < up.mean() < 0.65  # both signs, about equally often
 
 
 def test_l2_start_is_the_meta_pattern_grid_at_norm_eps():
     # 15x15: tiles of side 3 in a 5x5 grid; x = 0.5 and a small eps, so nothing is clipped.
-    x = jnp.full((4, 15, 15, 2), 0.5, jnp.float32)
+    x = jnp.full((8, 15, 15, 2), 0.5, jnp.float32)
     eps = 0.3
     x0 = jax.jit(l2_init)(jax.random.key(2), x, eps)
     delta = np.asarray(x0 - x, np.float64)
@@ -178,7 +175,7 @@ def test_l2_start_is_the_meta_pattern_grid_at_norm_eps():
     unit = delta * np.sqrt(25 * 2) / eps
     pattern = l2_pattern(3)
     n_transposed = 0
-    for b in range(4):
+    for b in range(8):
         for i in range(5):
             for j in range(5):
                 tile = unit[b, 3 * i : 3 * i + 3, 3 * j : 3 * j + 3]
@@ -190,7 +187,7 @@ def test_l2_start_is_the_meta_pattern_grid_at_norm_eps():
                 ]
                 assert any(matches)
                 n_transposed += any(matches[4:]) and not any(matches[:4])
-    assert 0 < n_transposed < 100
+    assert 0 < n_transposed < 200
 
 
 # ---- Linf ------------------------------------------------------------------------------------
@@ -228,7 +225,7 @@ def test_accepts_only_improvements_so_the_margin_never_rises():
     eps = 0.1
     key = jax.random.key(5)
     history = []
-    for n in (0, 5, 20, Q):
+    for n in (0, 20, Q):
         run = square_run(linear, X_BOX, Y_BOX, key=key, eps=eps, n_queries=n)
         np.testing.assert_allclose(run.margin, margins(run.x_best, Y_BOX), atol=1e-4)
         history.append(np.asarray(run.margin))
@@ -251,6 +248,36 @@ def test_l2_search_stays_within_eps_and_the_box():
     np.testing.assert_allclose(run.margin, margins(run.x_best, Y_BOX), atol=1e-4)
 
 
+def test_l2_proposal_moves_mass_between_two_windows_at_norm_eps():
+    # Unclipped, the proposal's delta has norm eps before the final rescaling, so only the two
+    # windows change: window 2 is emptied, window 1 rewritten. A wrong norm budget would make
+    # the rescaling touch every pixel.
+    x = jnp.full((8, 15, 15, 2), 0.5, jnp.float32)
+    eps, side = 0.3, 3
+    x_best = jax.jit(l2_init)(jax.random.key(10), x, eps)
+    pattern = jnp.zeros((5, 5)).at[:side, :side].set(jnp.asarray(l2_pattern(side)))
+    propose = jax.jit(square_module._l2_proposal)
+    x_new = propose(jax.random.key(11), x, x_best, eps, jnp.int32(side), pattern)
+    np.testing.assert_allclose(common.per_sample_norm(x_new - x, "L2"), eps, rtol=1e-5)
+    before, after = np.asarray(x_best - x), np.asarray(x_new - x)
+
+    def in_one_window(rows, cols):
+        return len(rows) == 0 or (np.ptp(rows) < side and np.ptp(cols) < side)
+
+    for b in range(8):
+        changed = np.any(np.abs(after[b] - before[b]) > 1e-6, axis=-1)
+        assert np.any(after[b] == 0.0)  # window 2 emptied (the start has no zero pixel)
+        rows, cols = np.nonzero(changed)
+        # Some placement of window 1 leaves the other changed pixels inside one window.
+        fits = False
+        for top in range(15 - side + 1):
+            for left in range(15 - side + 1):
+                inside = (rows >= top) & (rows < top + side) & (cols >= left) & (cols < left + side)
+                outside = ~inside
+                fits |= in_one_window(rows[outside], cols[outside])
+        assert fits
+
+
 def test_l2_known_answers_on_a_linear_model():
     key = jax.random.key(7)
     res = square(linear, X_L2, Y_L2, key=key, norm="L2", eps=0.5, n_queries=Q)
@@ -267,30 +294,28 @@ def test_l2_known_answers_on_a_linear_model():
 
 
 def test_the_judge_decides_success_and_sees_the_whole_batch():
+    key = jax.random.key(8)
+    # logits_fn alone breaks the first 8 points at this eps.
+    assert not np.asarray(square(linear, X_LINF, Y_LINF, key=key, eps=0.05, n_queries=Q).robust)[
+        :8
+    ].any()
     y_judge = Y_LINF.at[0].set((Y_LINF[0] + 1) % K)  # the judge gets point 0 wrong on x
+    first_half = (jnp.arange(B) < 8)[:, None]
 
-    def always_right(x):  # whatever the input, the judge's classes (the whole batch at once)
+    def judge(x):
+        # Points 0-7: always the judge's classes, wherever x is. Points 8-15: wrong on
+        # anything but the clean image. Called on the whole batch at once.
         assert x.shape[0] == B
-        return 10.0 * jax.nn.one_hot(y_judge, K)
-
-    res = square(linear, X_LINF, Y_LINF, key=jax.random.key(8), eps=0.05, n_queries=Q,
-                 judge_fn=always_right)  # fmt: skip
-    # logits_fn alone breaks the first 8 at this eps (test above), the judge none.
-    np.testing.assert_array_equal(res.robust, np.arange(B) > 0)
-    np.testing.assert_array_equal(res.x_adv, X_LINF)
-
-    def unmovable(x):  # logits_fn: a margin of 10 wherever x is
-        return 10.0 * jax.nn.one_hot(Y_LINF, K) + 0.0 * x.sum(axis=(1, 2, 3))[:, None]
-
-    def wrong_when_moved(x):  # the judge: wrong on anything but the clean images
         moved = jnp.any(x != X_LINF, axis=(1, 2, 3))
-        return jax.nn.one_hot(jnp.where(moved, (Y_LINF + 1) % K, Y_LINF), K)
+        strict = jax.nn.one_hot(jnp.where(moved, (Y_LINF + 1) % K, Y_LINF), K)
+        return jnp.where(first_half, jax.nn.one_hot(y_judge, K), strict)
 
-    res = square(unmovable, X_LINF, Y_LINF, key=jax.random.key(8), eps=0.05, n_queries=Q,
-                 judge_fn=wrong_when_moved)  # fmt: skip
-    assert not np.asarray(res.robust).any()
-    # the points come back at the start, the only point the search had (nothing improved)
-    assert _on_vertices(res.x_adv, X_LINF, 0.05)
+    res = square(linear, X_LINF, Y_LINF, key=key, eps=0.05, n_queries=Q, judge_fn=judge)
+    robust = np.asarray(res.robust)
+    np.testing.assert_array_equal(robust[:8], np.arange(8) > 0)  # 0: wrong on x already
+    np.testing.assert_array_equal(res.x_adv[:8], X_LINF[:8])  # robust, or never attacked
+    assert not robust[8:].any()  # any point the search reached breaks them
+    assert _on_vertices(res.x_adv[8:], X_LINF[8:], 0.05)
 
 
 def test_broken_points_are_frozen_and_the_loop_stops_when_all_are_broken():
