@@ -134,6 +134,25 @@ def _to_host(a: jax.Array) -> np.ndarray:
     return np.asarray(a)
 
 
+def _check_data(x: np.ndarray, y: np.ndarray, norm: str, eps: float, num_classes) -> None:
+    """common.check_inputs on the first images (shapes, dtypes, as every attack checks them),
+    the value ranges of the whole dataset in NumPy (it never goes to the device whole)."""
+    if y.shape != (len(x),):
+        raise ValueError(f"y must hold one label per image, shape ({len(x)},), got {y.shape}.")
+    common.check_inputs(x[:1], y[:1], norm=norm, eps=eps, num_classes=num_classes)
+    lo, hi = float(np.min(x)), float(np.max(x))
+    if not (0 <= lo and hi <= 1):  # also catches NaN
+        raise ValueError(
+            f"x must be images in [0, 1], got values in [{lo:.4g}, {hi:.4g}]. Pass raw images "
+            "and put any normalisation inside logits_fn (the models do it themselves)."
+        )
+    if num_classes is not None and not 0 <= int(np.min(y)) <= int(np.max(y)) < num_classes:
+        raise ValueError(
+            f"labels must lie in [0, {num_classes - 1}], got values in "
+            f"[{int(np.min(y))}, {int(np.max(y))}]."
+        )
+
+
 @dataclasses.dataclass(frozen=True)
 class _Plan:
     batch_size: int
@@ -263,7 +282,7 @@ class AutoAttack:
         x, y = np.asarray(x), np.asarray(y)
         if x.ndim < 1 or len(x) == 0:
             raise ValueError(f"x must hold at least one image, got shape {x.shape}.")
-        common.check_inputs(x, y, norm=self.norm, eps=self.eps, num_classes=self.num_classes)
+        _check_data(x, y, self.norm, self.eps, self.num_classes)
         plan = self._plan(x, y, batch_size)
         store = StateStore(state_path) if state_path is not None else None
         state = store.load(plan.fingerprint) if store is not None else None

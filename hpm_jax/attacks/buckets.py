@@ -1,6 +1,6 @@
 """Compaction: the still-robust points of a batch, padded to one of a few fixed sizes.
 
-    sizes = bucket_sizes(batch_size=256, num_devices=4)      # (256, 128, 64, 32, 16)
+    sizes = bucket_sizes(batch_size=250, num_devices=4)      # (256, 128, 64, 32, 16)
     bucket = compact(np.array([3, 17, 40]), sizes)            # the 3 points, padded to 16
     x_bucket = x[bucket.index]                                # (16, H, W, C), rows 3.. repeat
     ... attack x_bucket ...
@@ -11,12 +11,14 @@ would compile a new program for almost every batch; attacking the whole batch wo
 work on points already broken. Buckets sit between the two: a bucket holds only robust points
 (padded by repeating them), and its size is the smallest of a short list, so an evaluation of
 any length compiles at most `len(sizes)` programs per attack and wastes at most half a bucket.
-Sizes are multiples of the device count, so a bucket always shards evenly over the mesh.
+Sizes are multiples of the device count, so a bucket always shards evenly over the mesh, and
+by default of 8, so they do not change between 1, 2, 4 and 8 devices.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 
@@ -28,27 +30,30 @@ def _round_up(n: int, multiple: int) -> int:
 def bucket_sizes(
     batch_size: int, num_devices: int = 1, *, min_size: int | None = None
 ) -> tuple[int, ...]:
-    """Decreasing bucket sizes: batch_size, batch_size/2, /4, ... each rounded up to a multiple
-    of `num_devices`, down to `min_size` (default: batch_size/16, at least one per device).
+    """Decreasing bucket sizes: batch_size, batch_size/2, /4, ... each rounded up to a
+    multiple of lcm(8, num_devices), down to `min_size` (default: batch_size/16).
 
-    The largest is `batch_size` rounded up to a multiple of `num_devices`, so any batch
-    size works on any mesh (the last few rows of a full bucket are then padding). The floor
+    Rounding to multiples of 8 rather than of the device count makes the sizes, hence the
+    buckets and every random draw inside the attacks, the same on 1, 2, 4 or 8 devices, so a
+    seed gives the same report on each. The largest size is `batch_size` rounded up, so any
+    batch size works on any mesh (the last rows of a full bucket are then padding). The floor
     keeps the number of compiled programs small: below it, padding costs less than compiling.
     """
     if not isinstance(batch_size, int | np.integer) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
     if not isinstance(num_devices, int | np.integer) or num_devices < 1:
         raise ValueError(f"num_devices must be a positive integer, got {num_devices!r}.")
+    granule = math.lcm(8, int(num_devices))
     if min_size is None:
         min_size = batch_size // 16
-    min_size = _round_up(max(int(min_size), 1), num_devices)
+    min_size = _round_up(max(int(min_size), 1), granule)
     sizes = []
-    size = batch_size
+    size = int(batch_size)
     while True:
-        rounded = _round_up(size, num_devices)
+        rounded = _round_up(size, granule)
         if not sizes or rounded < sizes[-1]:
             sizes.append(rounded)
-        if rounded <= min_size or size == 1:
+        if rounded <= min_size:
             break
         size = -(-size // 2)
     return tuple(sizes)

@@ -1,0 +1,543 @@
+"""The AutoAttack chain: compaction and scatter-back, report, log lines, resume, compilations.
+
+Chain logic is tested with small attacks of known outcome (`shift_attack`: move every pixel
+down by frac * eps, against a model that thresholds the mean intensity), so every flag and
+image of the report can be predicted exactly; the real attacks are tested on a linear model
+whose minimal adversarial perturbations are known in closed form.
+"""
+
+import collections
+import functools
+import itertools
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hpm_jax.attacks import AttackSpec, AutoAttack, buckets, common, versions
+from hpm_jax.attacks.state import StateMismatchError, StateStore
+from hpm_jax.sharding import make_mesh
+
+EPS = 0.1
+SIZES = (8, 4)
+
+
+# ------------------------------------------------------------------ a model and test attacks
+def mean_model(x):
+    """Class 0 where the mean intensity exceeds 0.5, else class 1."""
+    t = x.reshape(x.shape[0], -1).mean(1)
+    return 10.0 * jnp.stack([t - 0.5, 0.5 - t], axis=1)
+
+
+TRACES = collections.Counter()  # (frac, noise, bucket size) -> times traced
+SPY: list | None = None  # when a list, shift_attack appends (name, frac, bucket images)
+FAIL_AT: dict = {}  # {"frac": f, "call": k}: raise on the k-th call with that frac
+
+
+class Interrupt(Exception):
+    pass
+
+
+@functools.partial(jax.jit, static_argnames=("logits_fn", "judge_fn", "frac", "noise"))
+def _shift(logits_fn, x, y, key, eps, *, judge_fn, frac, noise):
+    TRACES[(frac, noise, x.shape[0])] += 1  # runs only while tracing: counts compilations
+    step = frac * eps
+    if noise:  # a random step per point: the outcome depends on the key and the layout
+        step = step * jax.random.uniform(key, (x.shape[0], 1, 1, 1))
+    x_adv = jnp.clip(x - step, 0.0, 1.0)
+    judge = logits_fn if judge_fn is None else judge_fn
+    robust = common.correct(judge(x), y) & common.correct(judge(x_adv), y)
+    return common.AttackResult(jnp.where(common.expand(robust, x), x, x_adv), robust)
+
+
+def shift_attack(logits_fn, x, y, *, key, norm, eps, judge_fn=None, frac=1.0, noise=False):
+    """Follows the attack contract: x_adv = x - frac * eps (times a uniform draw if noise)."""
+    assert norm == "Linf"
+    if FAIL_AT.get("frac") == frac:
+        FAIL_AT["call"] -= 1
+        if FAIL_AT["call"] == 0:
+            raise Interrupt("interrupted inside an attack")
+    if SPY is not None:
+        SPY.append((frac, np.asarray(x)))
+    return _shift(logits_fn, x, y, key, eps, judge_fn=judge_fn, frac=frac, noise=noise)
+
+
+FRACS = (0.3, 0.6, 1.0)
+
+
+def shift_chain(noise=False, fracs=FRACS):
+    return [
+        AttackSpec(f"shift-{i}", shift_attack, {"frac": f, "noise": noise})
+        for i, f in enumerate(fracs)
+    ]
+
+
+def make_data(n, seed=0):
+    """Images of constant intensity t (plus a zero-mean id pattern, so every image is unique),
+    labels mostly 0 where t > 0.5; a few wrong labels (clean errors) and class-1 points."""
+    rng = np.random.default_rng(seed)
+    u = 0.05 + 0.1 * rng.integers(0, 15, n)  # distance above 0.5 in units of eps
+    t = 0.5 + EPS * u
+    y = np.zeros(n, np.int32)
+    y[rng.random(n) < 0.1] = 1  # clean errors: t > 0.5 predicts 0
+    below = rng.random(n) < 0.15  # class-1 points below 0.5: moving down never breaks them
+    t[below], y[below] = 0.5 - EPS * u[below], 1
+    x = np.repeat(t[:, None], 4, axis=1)
+    ids = 1e-4 * np.arange(n)
+    x[:, 0] += ids
+    x[:, 1] -= ids
+    return x.reshape(n, 2, 2, 1).astype(np.float32), y, t
+
+
+def identify(images, x):
+    """Dataset indices of a batch of (possibly shifted) images, from their id pattern."""
+    d = images.reshape(len(images), -1)
+    ids = np.rint((d[:, 0] - d[:, 1]) / 2e-4).astype(int)
+    np.testing.assert_allclose(x.reshape(len(x), -1)[ids, 0] - x.reshape(len(x), -1)[ids, 1],
+                               d[:, 0] - d[:, 1], atol=1e-5)  # fmt: skip
+    return ids
+
+
+def run(x, y, *, chain=None, log=None, mesh=None, state_path=None, **kw):
+    batch_size = kw.pop("batch_size", 8)
+    aa = AutoAttack(
+        mean_model,
+        eps=EPS,
+        version=chain or shift_chain(),
+        bucket_sizes=kw.pop("bucket_sizes", SIZES),
+        mesh=mesh,
+        log=log,
+        run_checks=kw.pop("run_checks", False),
+        **kw,
+    )
+    return aa.run(x, y, batch_size=batch_size, state_path=state_path)
+
+
+def assert_same_report(a, b):
+    np.testing.assert_array_equal(a.robust, b.robust)
+    np.testing.assert_array_equal(a.x_adv, b.x_adv)
+    assert a.robust_accuracy_after == b.robust_accuracy_after
+    assert (a.clean_accuracy, a.robust_accuracy) == (b.clean_accuracy, b.robust_accuracy)
+
+
+# --------------------------------------------------------------------------------- buckets
+def test_bucket_sizes_halve_in_multiples_of_8_and_the_device_count():
+    assert buckets.bucket_sizes(250, 4) == (256, 128, 64, 32, 16)
+    assert buckets.bucket_sizes(250, 1) == buckets.bucket_sizes(250, 8)  # device-independent
+    assert buckets.bucket_sizes(96, 12) == (96, 48, 24)
+    assert buckets.bucket_sizes(64, 1, min_size=1) == (64, 32, 16, 8)
+    with pytest.raises(ValueError, match="positive integer"):
+        buckets.bucket_sizes(0, 4)
+    with pytest.raises(ValueError, match="must hold a whole batch of 16; add 16"):
+        buckets.check_bucket_sizes((8, 4), 16, 4)
+    with pytest.raises(ValueError, match="do not split evenly over the 4 devices"):
+        buckets.check_bucket_sizes((16, 6), 16, 4)
+
+
+def test_compact_keeps_the_points_in_order_and_pads_by_repeating_them():
+    b = buckets.compact(np.array([5, 9, 11]), (16, 8, 4))
+    assert (b.size, b.n) == (4, 3)
+    np.testing.assert_array_equal(b.index, [5, 9, 11, 5])
+    np.testing.assert_array_equal(b.real_index, [5, 9, 11])
+    assert buckets.compact(np.arange(9), (16, 8, 4)).size == 16
+    with pytest.raises(ValueError, match="do not fit"):
+        buckets.compact(np.arange(17), (16, 8))
+    slices = buckets.batch_slices(19, 8)
+    assert [s.tolist() for s in slices] == [list(range(8)), list(range(8, 16)), [16, 17, 18]]
+
+
+# ------------------------------------------------------------------------ chain, report, log
+def test_chain_scatters_back_exactly_the_expected_points_and_images():
+    global SPY
+    x, y, t = make_data(45)
+    lines = []
+    SPY = []
+    try:
+        report = run(x, y, log=lines.append)
+    finally:
+        spied, SPY = SPY, None
+
+    clean = (t > 0.5) == (y == 0)
+    np.testing.assert_array_equal(report.clean, clean)
+    robust, x_want = clean.copy(), x.copy()
+    after = {}
+    for i, frac in enumerate(FRACS):
+        broken = robust & (y == 0) & (t - frac * EPS < 0.5)
+        x_want[broken] = np.clip(x[broken] - np.float32(frac * EPS), 0, 1)
+        robust &= ~broken
+        after[f"shift-{i}"] = robust.mean()
+    np.testing.assert_array_equal(report.robust, robust)
+    np.testing.assert_allclose(report.x_adv, x_want, atol=1e-6)
+    assert report.robust_accuracy_after == pytest.approx(after)
+    assert report.robust_accuracy == pytest.approx(robust.mean())
+    assert report.clean_accuracy == pytest.approx(clean.mean())
+    # Robust accuracy never rises along the chain; the flags are the AND over the chain.
+    accs = [report.clean_accuracy, *report.robust_accuracy_after.values()]
+    assert all(a >= b for a, b in itertools.pairwise(accs))
+    assert 0 < report.robust_accuracy < accs[1] < accs[0]  # every stage did something
+    assert not (report.robust & ~report.clean).any()
+
+    # Buckets hold only points robust before the attack (padding repeats them), in sizes
+    # of the list, and every robust point of every batch is attacked exactly once.
+    robust_before = clean.copy()
+    for frac in FRACS:
+        seen = []
+        for f, images in spied:
+            if f != frac:
+                continue
+            assert len(images) in SIZES
+            ids = identify(images, x)
+            assert robust_before[ids].all()
+            real = list(dict.fromkeys(ids.tolist()))  # first occurrences: the real rows
+            seen += real
+        assert sorted(seen) == np.flatnonzero(robust_before).tolist()
+        robust_before &= ~((y == 0) & (t - frac * EPS < 0.5))
+
+    assert report.num_examples == 45 and report.batch_size == 8 and report.bucket_sizes == SIZES
+    assert report.attacks == ["shift-0", "shift-1", "shift-2"] and report.version == "custom"
+    assert set(report.times) == set(report.attacks) and report.num_devices == 4
+    d = json.loads(report.to_json())
+    assert d["robust"] == report.robust.tolist() and "x_adv" not in d
+    assert d["robust_accuracy_after"] == pytest.approx(after)
+    assert d["attack_settings"]["shift-1"] == {"frac": 0.6, "noise": False}
+
+
+def test_log_lines_use_the_reference_wording():
+    import pyautoattack
+
+    ref = Path(pyautoattack.__file__).with_name("autoattack.py").read_text()
+    formats = {
+        "initial": "initial accuracy: {:.2%}",
+        "after": "robust accuracy after {}: {:.2%} (total time {:.1f} s)",
+        "final": "robust accuracy: {:.2%}",
+        "batch": "{} - {}/{} - {} out of {} successfully perturbed",
+        "using": "using {} version including {}.",
+        "max": "max {} perturbation: {:.5f}, nan in tensor: {}, max: {:.5f}, min: {:.5f}",
+    }
+    for fmt in formats.values():
+        assert fmt in ref, fmt  # the wording below is the reference's own
+
+    x, y, _ = make_data(20, seed=3)
+    lines = []
+    report = run(x, y, log=lines.append)
+    assert formats["using"].format("custom", "shift-0, shift-1, shift-2") == lines[0]
+    assert formats["initial"].format(report.clean_accuracy) in lines
+    assert formats["final"].format(report.robust_accuracy) == lines[-1]
+    after = re.compile(r"robust accuracy after (\S+): (\d+\.\d\d)% \(total time \d+\.\d s\)$")
+    got = [after.match(line).groups() for line in lines if after.match(line)]
+    assert got == [(k.upper(), f"{v:.2%}"[:-1]) for k, v in report.robust_accuracy_after.items()]
+    batch = re.compile(r"shift-0 - (\d)/3 - (\d+) out of (\d+) successfully perturbed$")
+    assert [batch.match(line).group(1) for line in lines if batch.match(line)] == ["1", "2", "3"]
+    assert re.match(r"max Linf perturbation: 0\.\d{5}, nan in tensor: 0, max: ", lines[-2])
+
+
+def test_no_robust_points_left_skips_the_remaining_attacks(caplog):
+    global SPY
+    x, y, t = make_data(60, seed=4)
+    keep = (t > 0.5) & (t < 0.5 + 0.9 * EPS)  # breakable by a full eps step
+    x, y = x[keep], np.zeros(keep.sum(), np.int32)  # and all correctly classified
+    chain = shift_chain(fracs=(1.0, 0.61))
+    lines, SPY = [], []
+    try:
+        report = run(x, y, chain=chain, log=lines.append)
+    finally:
+        spied, SPY = SPY, None
+    assert report.robust_accuracy == 0 and report.robust_accuracy_after == {
+        "shift-0": 0.0,
+        "shift-1": 0.0,
+    }
+    assert "no robust datapoints left, skipping remaining attacks" in lines
+    assert all(f == 1.0 for f, _ in spied)  # the second attack never ran
+
+
+# ------------------------------------------------------------------------- resume and state
+def _resume_config(state_path=None, on_progress=None, log=None):
+    x, y, _ = make_data(45, seed=1)
+    return run(
+        x, y, chain=shift_chain(noise=True), state_path=state_path, on_progress=on_progress,
+        log=log, seed=7,
+    )  # fmt: skip
+
+
+def test_resume_after_sigkill_gives_the_uninterrupted_report(tmp_path):
+    state = tmp_path / "aa_state.json"
+    marker = tmp_path / "stopped"
+    script = f"""
+import sys, time
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+import test_autoattack as t
+def on_progress(attack, batch, n_batches):
+    if attack == "shift-1" and batch == 2:
+        open({str(marker)!r}, "w").close()
+        time.sleep(600)
+t._resume_config({str(state)!r}, on_progress)
+"""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env)
+    try:
+        deadline = time.time() + 240
+        while not marker.exists():
+            assert proc.poll() is None, "the evaluation subprocess died before the marker"
+            assert time.time() < deadline, "the evaluation subprocess made no progress"
+            time.sleep(0.2)
+        saved = json.loads(state.read_text())
+        assert saved["batches_done"] == {"shift-0": 6, "shift-1": 3}
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+    lines = []
+    resumed = _resume_config(state, log=lines.append)
+    assert resumed.resumed
+    assert "shift-0 was/were already run." in lines
+    assert any(line.startswith("robust accuracy at the time of restoring") for line in lines)
+    assert [line.split(" - ")[1] for line in lines if line.startswith("shift-1 - ")] == [
+        "4/6",
+        "5/6",
+        "6/6",
+    ]
+    assert_same_report(resumed, _resume_config())
+    # A finished state file resumes to the same report without attacking again.
+    assert_same_report(_resume_config(state), resumed)
+
+
+def test_interruption_between_image_and_state_writes_resumes_exactly(tmp_path, monkeypatch):
+    state = tmp_path / "s.json"
+    save_images = StateStore.save_images
+    written = []
+
+    def dying_save_images(self, st, *, attack, batch, indices, images):
+        save_images(self, st, attack=attack, batch=batch, indices=indices, images=images)
+        if attack == 1:  # the images are on disk, the state that lists them is not
+            written.append(batch)
+            raise Interrupt("killed between the image write and the state write")
+
+    monkeypatch.setattr(StateStore, "save_images", dying_save_images)
+    with pytest.raises(Interrupt):
+        _resume_config(state)
+    monkeypatch.setattr(StateStore, "save_images", save_images)
+    saved = json.loads(state.read_text())
+    assert saved["batches_done"]["shift-1"] == written[0]  # that batch is not done
+    assert (tmp_path / "s.json.adv" / f"attack1_batch{written[0]}.npy").exists()
+    assert not any(e["file"].startswith("attack1_") for e in saved["images"])
+    # Inside an attack, before anything of its batch was saved.
+    FAIL_AT.update(frac=1.0, call=3)
+    try:
+        with pytest.raises(Interrupt):
+            _resume_config(state)
+    finally:
+        FAIL_AT.clear()
+    assert 0 < json.loads(state.read_text())["batches_done"]["shift-2"] < 6
+    assert_same_report(_resume_config(state), _resume_config())
+
+
+def test_a_state_file_of_another_evaluation_is_refused(tmp_path):
+    x, y, _ = make_data(24, seed=2)
+    state = tmp_path / "s.json"
+    run(x, y, state_path=state)
+    with pytest.raises(StateMismatchError, match=r"eps: state file has 0\.1, this run has 0\.2"):
+        AutoAttack(mean_model, eps=0.2, version=shift_chain(), bucket_sizes=SIZES, log=None,
+                   run_checks=False).run(x, y, batch_size=8, state_path=state)  # fmt: skip
+    with pytest.raises(StateMismatchError, match="data: state file has"):
+        run(x[::-1].copy(), y[::-1].copy(), state_path=state)
+    with pytest.raises(StateMismatchError, match="batch_size"):
+        run(x, y, state_path=state, batch_size=4, bucket_sizes=(4,))
+    with pytest.raises(StateMismatchError, match="attacks"):
+        run(x, y, chain=shift_chain(fracs=(0.3, 0.6)), state_path=state)
+    other_model = lambda v: -mean_model(v)
+    with pytest.raises(StateMismatchError, match=r"classifies \d+ clean points differently"):
+        AutoAttack(other_model, eps=EPS, version=shift_chain(), bucket_sizes=SIZES, log=None,
+                   run_checks=False).run(x, y, batch_size=8, state_path=state)  # fmt: skip
+    image = next((tmp_path / "s.json.adv").iterdir())
+    image.unlink()
+    with pytest.raises(StateMismatchError, match="is missing"):
+        run(x, y, state_path=state)
+    state.write_text("{not json")
+    with pytest.raises(StateMismatchError, match="cannot be read"):
+        run(x, y, state_path=state)
+
+
+# ------------------------------------------------------------------ compilations and devices
+def test_any_number_of_batches_compiles_once_per_bucket_size():
+    fracs = (0.31, 0.62)  # used by no other test: their compilations are counted from zero
+    for seed, n in [(5, 40), (6, 200)]:
+        x, y, _ = make_data(n, seed=seed)
+        run(x, y, chain=shift_chain(noise=True, fracs=fracs))
+    counts = {k: v for k, v in TRACES.items() if k[0] in fracs}
+    assert counts and all(v == 1 for v in counts.values()), counts
+    assert {k[2] for k in counts} <= set(SIZES)
+
+
+def test_the_same_seed_gives_the_same_report_on_1_and_4_devices():
+    x, y, _ = make_data(45, seed=1)
+    chain = shift_chain(noise=True)
+    one = run(x, y, chain=chain, seed=3, mesh=make_mesh(jax.devices()[:1]))
+    four = run(x, y, chain=chain, seed=3, mesh=make_mesh(jax.devices()[:4]))
+    assert (one.num_devices, four.num_devices) == (1, 4)
+    assert_same_report(one, four)
+    # A different seed changes the random steps, hence the result.
+    other = run(x, y, chain=chain, seed=4)
+    assert not np.array_equal(other.x_adv, four.x_adv)
+
+
+# ------------------------------------------------------------------ configuration and checks
+def test_versions_are_the_reference_settings_and_capped_at_c_minus_1():
+    std = dict(versions.attack_settings("standard", "Linf"))
+    assert list(std) == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    assert std["apgd-ce"]["n_restarts"] == 1 and std["apgd-t"]["n_target_classes"] == 9
+    assert std["fab-t"]["n_target_classes"] == 9 and std["square"]["n_queries"] == 5000
+    l1 = dict(versions.attack_settings("standard", "L1"))
+    assert l1["apgd-ce"]["n_restarts"] == 5 and l1["apgd-ce"]["use_largereps"]
+    assert l1["apgd-t"]["n_target_classes"] == 5
+    plus = dict(versions.attack_settings("plus", "Linf"))
+    assert list(plus) == ["apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"]
+    assert plus["apgd-dlr"]["n_restarts"] == 5
+    rand = dict(versions.attack_settings("rand", "Linf"))
+    assert list(rand) == ["apgd-ce", "apgd-dlr"] and rand["apgd-dlr"]["eot_iter"] == 20
+    chain = versions.fit_to_classes(versions.build_chain("standard", "Linf"), 5)
+    assert {s.name: s.kwargs.get("n_target_classes") for s in chain} == {
+        "apgd-ce": None,
+        "apgd-t": 4,
+        "fab-t": 4,
+        "square": None,
+    }
+    with pytest.raises(ValueError, match="targeted DLR"):
+        versions.fit_to_classes(chain, 3)
+    with pytest.raises(ValueError, match="DLR loss"):
+        versions.fit_to_classes(versions.build_chain(["apgd-dlr"], "Linf"), 2)
+
+
+def test_configuration_errors_are_clear():
+    with pytest.raises(NotImplementedError, match=r"untargeted FAB .* not ported"):
+        AutoAttack(mean_model, eps=EPS, version="plus")
+    with pytest.raises(ValueError, match="square is not ported for norm 'L1'"):
+        AutoAttack(mean_model, eps=EPS, norm="L1")
+    with pytest.raises(ValueError, match="unknown attack 'pgd'"):
+        AutoAttack(mean_model, eps=EPS, version=["apgd-ce", "pgd"])
+    with pytest.raises(ValueError, match="once in a chain"):
+        AutoAttack(mean_model, eps=EPS, version=["apgd-ce", "apgd-ce"])
+    with pytest.raises(ValueError, match=r"attack_options name \['square'\]"):
+        AutoAttack(mean_model, eps=EPS, version=["apgd-ce"], attack_options={"square": {}})
+    with pytest.raises(TypeError, match="takes no \\['n_querys'\\]"):
+        AutoAttack(mean_model, eps=EPS, attack_options={"square": {"n_querys": 10}})
+    with pytest.raises(ValueError, match="cannot attack a randomized model"):
+        AutoAttack(mean_model, eps=EPS, randomized=True)
+    with pytest.raises(ValueError, match="eps must be"):
+        AutoAttack(mean_model, eps=-1.0)
+    x, y, _ = make_data(8)
+    with pytest.raises(ValueError, match="num_classes=3 but the model outputs 2"):
+        run(x, y, num_classes=3)
+    with pytest.raises(ValueError, match=r"images in \[0, 1\]"):
+        run(x * 3, y)
+
+
+def batch_coupled(x):
+    z = mean_model(x)
+    return z - z.mean(0, keepdims=True)  # each row depends on the rest of the batch
+
+
+def test_checks_run_on_the_first_batch_and_flag_a_batch_coupled_judge(caplog):
+    x, y, _ = make_data(24, seed=8)
+    lines = []
+    with caplog.at_level("WARNING", logger="hpm_jax.autoattack"):
+        report = run(x, y, judge_fn=batch_coupled, run_checks=True, log=lines.append)
+    by_name = {c.name: c for c in report.checks}
+    assert by_name["batch_dependence"].flagged
+    assert not by_name["randomized"].flagged and not by_name["softmax_output"].flagged
+    assert {c.name for c in report.flagged} >= {"batch_dependence"}
+    assert any("depends on the rest of the batch" in r.message for r in caplog.records)
+    assert any(line.startswith("Warning: the output depends") for line in lines)
+    # A plain model passes everything (Square is not in this chain: not applicable).
+    plain = run(x, y, run_checks=True)
+    assert not plain.flagged, [c.message for c in plain.flagged]
+    assert {c.name for c in plain.checks} == {
+        "randomized", "softmax_output", "zero_gradients", "dynamic", "batch_dependence",
+        "square", "final_reevaluation", "perturbation",
+    }  # fmt: skip
+
+
+# ------------------------------------------------------------------------- the real attacks
+RNG = np.random.default_rng(0)
+W_LIN = RNG.normal(size=(48, 10)).astype(np.float32)
+
+
+def linear(x):
+    return x.reshape(x.shape[0], -1) @ W_LIN
+
+
+def linear_data(n, seed):
+    """Points whose minimal Linf perturbation d (closed form for a linear model, the box is
+    never reached) is either below 0.75 eps or above 1.33 eps; eps is the median of d."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0.35, 0.65, size=(20 * n, 4, 4, 3)).astype(np.float32)
+    z = x.reshape(len(x), -1).astype(np.float64) @ W_LIN.astype(np.float64)
+    y = z.argmax(1)
+    w = W_LIN.T.astype(np.float64)
+    dist = np.full(len(x), np.inf)
+    for c in range(10):
+        norm1 = np.abs(w[y] - w[c]).sum(1)
+        d = (z[np.arange(len(x)), y] - z[:, c]) / np.where(y == c, 1.0, norm1)
+        dist = np.minimum(dist, np.where(y == c, np.inf, d))
+    eps = 0.045
+    keep = (dist < 0.75 * eps) | (dist > 1.33 * eps)
+    return x[keep][:n], y[keep][:n].astype(np.int32), dist[keep][:n], eps
+
+
+REAL_OPTIONS = {
+    "apgd-ce": {"n_iter": 20},
+    "apgd-t": {"n_iter": 20},
+    "fab-t": {"n_iter": 20},
+    "square": {"n_queries": 100},
+}
+
+
+@pytest.mark.slow
+def test_standard_autoattack_breaks_exactly_the_points_below_eps_on_a_linear_model():
+    x, y, dist, eps = linear_data(24, seed=0)
+    assert 6 <= (dist < eps).sum() <= 18  # both kinds of points are present
+    aa = AutoAttack(linear, eps=eps, attack_options=REAL_OPTIONS, bucket_sizes=(8,), log=None)
+    report = aa.run(x, y, batch_size=8)
+    np.testing.assert_array_equal(report.robust, dist > eps)
+    broken = ~report.robust
+    assert (np.abs(report.x_adv - x).reshape(24, -1).max(1)[broken] <= eps + 1e-6).all()
+    assert (linear(report.x_adv).argmax(1)[broken] != y[broken]).all()
+    np.testing.assert_array_equal(report.x_adv[~broken], x[~broken])
+    assert report.attack_settings["apgd-t"]["n_target_classes"] == 9
+    assert not report.flagged, [c.message for c in report.flagged]
+
+
+@pytest.mark.slow
+def test_real_attacks_do_not_recompile_for_more_batches():
+    def labels_with_correct_counts(n_batches, counts, seed):
+        x, y, _, eps = linear_data(8 * n_batches, seed=seed)
+        y = y.copy()
+        for b, k in enumerate(counts):  # wrong labels leave k robust points in batch b
+            y[8 * b + k : 8 * (b + 1)] = (y[8 * b + k : 8 * (b + 1)] + 1) % 10
+        return x, y, eps
+
+    def evaluate(x, y, eps):
+        aa = AutoAttack(linear, eps=eps, version=["apgd-ce"], log=None, run_checks=False,
+                        attack_options={"apgd-ce": {"n_iter": 20, "n_restarts": 1}},
+                        bucket_sizes=SIZES)  # fmt: skip
+        return aa.run(x, y, batch_size=8)
+
+    evaluate(*labels_with_correct_counts(2, [8, 3], seed=1))  # compiles both bucket sizes
+    compiles = []
+    listener = lambda event, duration, fun_name="", **kw: compiles.append((event, fun_name))
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        x, y, eps = labels_with_correct_counts(8, [8, 1, 4, 6, 2, 8, 5, 3], seed=2)
+        report = evaluate(x, y, eps)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert report.clean_accuracy == pytest.approx(37 / 64)
+    assert not [c for c in compiles if c[0] == "/jax/core/compile/backend_compile_duration"]
