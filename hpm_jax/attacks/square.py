@@ -36,11 +36,13 @@ shape-changing slices. `logits_fn`, `judge_fn` and the config are static (functi
 identity: reuse the same function objects and a batch shape compiles once); eps is traced.
 A fixed key gives the same result on any number of devices.
 
-Differences from the reference (pyautoattack's SquareAttack): window positions, the
-per-channel signs and the L2 pattern's random transposition are drawn per sample (the
-reference draws one window position per iteration for the whole batch and, for Linf, one
-sign per channel); L1 is not ported. The random streams differ (JAX vs torch), so parity is
-statistical.
+loss="ce" (the reference's other option) accepts proposals that raise the cross-entropy
+instead; a misclassifying proposal is kept either way.
+
+Differences from the reference (pyautoattack's SquareAttack): window positions, the Linf
+per-channel signs and the L2 pattern's random transpositions are drawn per sample, where the
+reference draws them once per iteration (or start tile) for the whole batch; L1 is not
+ported. The random streams differ (JAX vs torch), so parity is statistical.
 """
 
 from __future__ import annotations
@@ -269,11 +271,15 @@ def _scores(logits_fn, x_in, y, loss):
     return margin, -losses.cross_entropy(logits, y)
 
 
-def _single_run(logits_fn, x, y, x_start, active, key, eps, *, norm, n_queries, p_init, loss,
-                resc_schedule) -> SquareRun:  # fmt: skip
+def _single_run(
+    logits_fn, x, y, x_start, active, key, eps, *, norm, n_queries, p_init, loss, resc_schedule
+) -> SquareRun:
     """The reference's attack_single_run on the points where `active`; the others are frozen
     at x_start (still fed to logits_fn, so the batch keeps its shape, but never updated or
     counted). Frozen points come back with margin -inf."""
+    chex.assert_rank(x, 4)
+    chex.assert_equal_shape([x, x_start])
+    chex.assert_shape([y, active], x.shape[:1])
     levels, sides = _schedule(n_queries, p_init, resc_schedule, x.shape, norm)
     if norm == "L2":  # each level's pattern, zero-padded to the largest side
         table = np.zeros((len(sides), max(sides), max(sides)))
@@ -331,9 +337,13 @@ def _square_run_jit(logits_fn, x, y, key, eps, **static):
 
 @functools.partial(jax.jit, static_argnames=("logits_fn", "judge_fn", "n_restarts", *_STATIC))
 def _square_jit(logits_fn, judge_fn, x, y, key, eps, *, n_restarts, **static):
-    chex.assert_rank(x, 4)
-    chex.assert_shape(y, x.shape[:1])
-    robust = common.correct(judge_fn(x), y)
+    def judge(x_in):  # (B,) bool: the judge's verdict on the whole batch
+        logits = judge_fn(x_in)
+        chex.assert_rank(logits, 2)
+        chex.assert_axis_dimension(logits, 0, x.shape[0])
+        return common.correct(logits, y)
+
+    robust = judge(x)
 
     def cond(state):
         r, _, robust = state
@@ -344,7 +354,7 @@ def _square_jit(logits_fn, judge_fn, x, y, key, eps, *, n_restarts, **static):
         run = _single_run(logits_fn, x, y, x_adv, robust, jax.random.fold_in(key, r), eps,
                           **static)  # fmt: skip
         # run.x_best is x_adv wherever the point was frozen, so the judge sees the batch as is.
-        judged = common.correct(judge_fn(run.x_best), y)
+        judged = judge(run.x_best)
         newly_broken = robust & ~judged
         x_adv = jnp.where(common.expand(newly_broken, x), run.x_best, x_adv)
         return r + 1, x_adv, robust & judged
