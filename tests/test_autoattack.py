@@ -493,7 +493,7 @@ def linear_data(n, seed):
 
 
 REAL_OPTIONS = {
-    "apgd-ce": {"n_iter": 20},
+    "apgd-ce": {"n_iter": 20, "n_restarts": 1},
     "apgd-t": {"n_iter": 20},
     "fab-t": {"n_iter": 20},
     "square": {"n_queries": 100},
@@ -515,29 +515,63 @@ def test_standard_autoattack_breaks_exactly_the_points_below_eps_on_a_linear_mod
     assert not report.flagged, [c.message for c in report.flagged]
 
 
+APGD_CE = {"apgd-ce": {"n_iter": 20, "n_restarts": 1}}  # as REAL_OPTIONS: shared programs
+
+
+def _real_apgd_ce(x, y, eps, mesh=None):
+    aa = AutoAttack(linear, eps=eps, version=["apgd-ce"], attack_options=APGD_CE, log=None,
+                    run_checks=False, bucket_sizes=SIZES, mesh=mesh, seed=1)  # fmt: skip
+    return aa.run(x, y, batch_size=8)
+
+
+def _with_correct_counts(counts, seed):
+    """Linear-model data in batches of 8 where batch b has counts[b] correct labels."""
+    x, y, _, eps = linear_data(8 * len(counts), seed=seed)
+    y = y.copy()
+    for b, k in enumerate(counts):  # wrong labels leave k robust points in batch b
+        y[8 * b + k : 8 * (b + 1)] = (y[8 * b + k : 8 * (b + 1)] + 1) % 10
+    return x, y, eps
+
+
 @pytest.mark.slow
-def test_real_attacks_do_not_recompile_for_more_batches():
-    def labels_with_correct_counts(n_batches, counts, seed):
-        x, y, _, eps = linear_data(8 * n_batches, seed=seed)
-        y = y.copy()
-        for b, k in enumerate(counts):  # wrong labels leave k robust points in batch b
-            y[8 * b + k : 8 * (b + 1)] = (y[8 * b + k : 8 * (b + 1)] + 1) % 10
-        return x, y, eps
-
-    def evaluate(x, y, eps):
-        aa = AutoAttack(linear, eps=eps, version=["apgd-ce"], log=None, run_checks=False,
-                        attack_options={"apgd-ce": {"n_iter": 20, "n_restarts": 1}},
-                        bucket_sizes=SIZES)  # fmt: skip
-        return aa.run(x, y, batch_size=8)
-
-    evaluate(*labels_with_correct_counts(2, [8, 3], seed=1))  # compiles both bucket sizes
+def test_real_attacks_do_not_recompile_for_more_batches_and_agree_on_1_and_4_devices():
+    _real_apgd_ce(*_with_correct_counts([8, 3], seed=1))  # compiles both bucket sizes
     compiles = []
     listener = lambda event, duration, fun_name="", **kw: compiles.append((event, fun_name))
     jax.monitoring.register_event_duration_secs_listener(listener)
     try:
-        x, y, eps = labels_with_correct_counts(8, [8, 1, 4, 6, 2, 8, 5, 3], seed=2)
-        report = evaluate(x, y, eps)
+        x, y, eps = _with_correct_counts([8, 1, 4, 6, 2, 8, 5, 3], seed=2)
+        four = _real_apgd_ce(x, y, eps)
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
-    assert report.clean_accuracy == pytest.approx(37 / 64)
+    assert four.clean_accuracy == pytest.approx(37 / 64)
     assert not [c for c in compiles if c[0] == "/jax/core/compile/backend_compile_duration"]
+    assert 0 < four.robust_accuracy < four.clean_accuracy
+    one = _real_apgd_ce(x, y, eps, mesh=make_mesh(jax.devices()[:1]))
+    assert_same_report(one, four)
+
+
+def noisy_linear(x, key):
+    """A randomized model, called as f(x, key) by the rand version."""
+    return linear(x + 0.01 * jax.random.normal(key, x.shape))
+
+
+@pytest.mark.slow
+def test_a_randomized_model_runs_with_keys_from_the_seed_and_resumes(tmp_path):
+    x, y, _, eps = linear_data(16, seed=3)
+    options = {"apgd-ce": {"n_iter": 5, "eot_iter": 2}}
+
+    def evaluate(seed, state_path=None):
+        aa = AutoAttack(noisy_linear, eps=eps, version=["apgd-ce"], randomized=True, seed=seed,
+                        attack_options=options, bucket_sizes=(8,), log=None)  # fmt: skip
+        return aa.run(x, y, batch_size=8, state_path=state_path)
+
+    report = evaluate(0, tmp_path / "s.json")
+    assert report.attack_settings["apgd-ce"]["randomized"] is True
+    names = {c.name for c in report.checks}
+    assert "randomized" not in names and "batch_dependence" not in names  # not applicable
+    assert report.robust_accuracy < report.clean_accuracy
+    assert_same_report(evaluate(0), report)  # the seed fixes every draw
+    assert_same_report(evaluate(0, tmp_path / "s.json"), report)
+    with pytest.raises(ValueError, match="cannot attack a randomized model"):
+        AutoAttack(noisy_linear, eps=eps, version=["apgd-ce", "square"], randomized=True)

@@ -126,6 +126,12 @@ def _judge_correct(fn, x, y, key, *, randomized):
     return common.correct(_call(fn, x, key, randomized), y)
 
 
+def _put(a: np.ndarray, sharding) -> jax.Array:
+    """A host array as a global array split over the mesh; every process holds all of `a`
+    and contributes the rows of its own devices (works on one host and on many)."""
+    return jax.make_array_from_callback(a.shape, sharding, lambda index: a[index])
+
+
 def _to_host(a: jax.Array) -> np.ndarray:
     if not a.is_fully_addressable:
         from jax.experimental import multihost_utils
@@ -244,8 +250,8 @@ class AutoAttack:
             key = jax.random.fold_in(jax.random.fold_in(self._root_key(), tag), b)
             correct = _judge_correct(
                 judge,
-                jax.device_put(x[bucket.index], sharding),
-                jax.device_put(y[bucket.index], sharding),
+                _put(x[bucket.index], sharding),
+                _put(y[bucket.index], sharding),
                 key,
                 randomized=self.randomized,
             )
@@ -394,8 +400,8 @@ class AutoAttack:
             sharding = data_sharding(self.mesh)
             res = spec.fn(
                 self.logits_fn,
-                jax.device_put(x[bucket.index], sharding),
-                jax.device_put(y[bucket.index], sharding),
+                _put(x[bucket.index], sharding),
+                _put(y[bucket.index], sharding),
                 key=jax.random.fold_in(jax.random.fold_in(self._root_key(), a), b),
                 norm=self.norm,
                 eps=self.eps,
