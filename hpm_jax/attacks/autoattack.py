@@ -227,6 +227,8 @@ class AutoAttack:
         self.attacks = versions.build_chain(
             version, norm, options=attack_options, randomized=self.randomized
         )
+        if self.version != "custom":
+            self._log(f"setting parameters for {self.version} version")
         if self.version == "plus" and norm not in ("Linf", "L2"):
             self._log(f'"plus" version is used with {norm} norm: please check')
 
