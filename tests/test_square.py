@@ -2,6 +2,8 @@
 L2 pattern against pyautoattack's, the Linf vertices and L2 norm budget, known answers on a
 linear model, accept-if-better, the judge's role, frozen points, 1 vs 4 devices, bad inputs."""
 
+import importlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +11,6 @@ import pytest
 from jax.experimental import io_callback
 
 from hpm_jax.attacks import common, losses
-from hpm_jax.attacks import square as square_module
 from hpm_jax.attacks.square import (
     l2_init,
     l2_pattern,
@@ -19,6 +20,9 @@ from hpm_jax.attacks.square import (
     square_side,
 )
 from hpm_jax.sharding import data_sharding, make_mesh
+
+# The module itself, whatever the package exports under the name `square`.
+square_module = importlib.import_module("hpm_jax.attacks.square")
 
 H = W = 8
 C, K, B = 3, 4, 16
