@@ -149,8 +149,9 @@ def test_p_schedule_and_l2_pattern_equal_pyautoattack():
 
 
 def _on_vertices(x_adv, x, eps):
-    """Every pixel at x +- eps, or at a face of the box that cut it short."""
+    """Every pixel at x +- eps, or at a face of the box that cut it short. eps: number or (B,)."""
     delta = np.abs(np.asarray(x_adv) - np.asarray(x))
+    eps = np.reshape(eps, (-1, 1, 1, 1))
     clipped = (np.asarray(x_adv) == 0.0) | (np.asarray(x_adv) == 1.0)
     return np.all(np.isclose(delta, eps, rtol=0, atol=1e-6) | (clipped & (delta <= eps + 1e-6)))
 
@@ -198,7 +199,7 @@ def test_l2_start_is_the_meta_pattern_grid_at_norm_eps():
 
 
 def test_linf_search_stays_on_vertices_within_eps_and_the_box():
-    eps = 0.1
+    eps = np.linspace(0.02, 0.3, B).astype(np.float32)  # one eps per image
     run = square_run(linear, X_BOX, Y_BOX, key=jax.random.key(3), eps=eps, n_queries=Q)
     x_best = np.asarray(run.x_best)
     assert x_best.min() >= 0.0 and x_best.max() <= 1.0
@@ -244,7 +245,7 @@ def test_accepts_only_improvements_so_the_margin_never_rises():
 
 
 def test_l2_search_stays_within_eps_and_the_box():
-    eps = 0.5
+    eps = np.linspace(0.2, 2.0, B).astype(np.float32)  # one eps per image
     run = square_run(linear, X_BOX, Y_BOX, key=jax.random.key(6), norm="L2", eps=eps, n_queries=Q)
     x_best = np.asarray(run.x_best)
     assert x_best.min() >= 0.0 and x_best.max() <= 1.0
@@ -376,6 +377,8 @@ def test_one_and_four_devices_give_the_same_result():
         ({"norm": "L1"}, ValueError, "norm must be one of"),
         ({"eps": 0.0}, ValueError, "eps must be"),
         ({"eps": float("nan")}, ValueError, "eps must be"),
+        ({"eps": np.full(3, 0.1)}, ValueError, "one finite value > 0 per image"),
+        ({"eps": np.r_[np.full(B - 1, 0.1), -0.1]}, ValueError, "one finite value > 0 per image"),
         ({"x": X_LINF[0]}, ValueError, "NHWC"),
         ({"x": (X_LINF * 255).astype(jnp.uint8)}, TypeError, "floating point"),
         ({"x": X_LINF * 2}, ValueError, r"\[0, 1\]"),

@@ -33,7 +33,8 @@ Shape: one jitted function over the fixed-shape batch, a `lax.while_loop` over i
 that stops once every point is broken (inside a `lax.while_loop` over restarts). The window
 side changes with the iteration, so windows are masks built from iota comparisons, never
 shape-changing slices. `logits_fn`, `judge_fn` and the config are static (functions hash by
-identity: reuse the same function objects and a batch shape compiles once); eps is traced.
+identity: reuse the same function objects and a batch shape compiles once); eps is traced,
+a number or one value per image (B,), so eps sweeps do not recompile.
 A fixed key gives the same result on any number of devices.
 
 loss="ce" (the reference's other option) accepts proposals that raise the cross-entropy
@@ -155,10 +156,16 @@ def _sign(u: jax.Array, dtype) -> jax.Array:
     return jnp.where(u < 0.5, -1.0, 1.0).astype(dtype)
 
 
+def _radius(eps: jax.Array | float, x: jax.Array) -> jax.Array:
+    """eps, a number or (B,), as (B, 1, 1, 1) to broadcast against the batch."""
+    return common.expand(jnp.broadcast_to(jnp.asarray(eps, x.dtype), x.shape[:1]), x)
+
+
 def linf_init(key: jax.Array, x: jax.Array, eps: jax.Array | float) -> jax.Array:
     """Vertical stripes: every pixel at x +- eps (clipped to [0, 1]), one sign per column and
-    channel of each sample."""
+    channel of each sample. eps: a number or (B,)."""
     b, _, w, c = x.shape
+    eps = _radius(eps, x)
     sign = _sign(jax.random.uniform(key, (b, 1, w, c)), x.dtype)
     return jnp.clip(x + eps * sign, 0.0, 1.0)
 
@@ -190,8 +197,9 @@ def _tiling(h: int, w: int):
 def l2_init(key: jax.Array, x: jax.Array, eps: jax.Array | float) -> jax.Array:
     """The reference's L2 start: a grid of tiles of side H // 5, each the meta-pattern
     (transposed or not) times a random sign per channel, scaled to L2 norm eps and clipped to
-    [0, 1]."""
+    [0, 1]. eps: a number or (B,)."""
     b, h, w, c = x.shape
+    eps = _radius(eps, x)
     tile, n_tiles, plain, transposed = _tiling(h, w)
     # One draw for every random choice: each jax.random call site costs compile time.
     u = jax.random.uniform(key, (b, n_tiles, c + 1))
@@ -276,10 +284,10 @@ def _single_run(
 ) -> SquareRun:
     """The reference's attack_single_run on the points where `active`; the others are frozen
     at x_start (still fed to logits_fn, so the batch keeps its shape, but never updated or
-    counted). Frozen points come back with margin -inf."""
+    counted). Frozen points come back with margin -inf. eps: (B,)."""
     chex.assert_rank(x, 4)
     chex.assert_equal_shape([x, x_start])
-    chex.assert_shape([y, active], x.shape[:1])
+    chex.assert_shape([y, active, eps], x.shape[:1])
     levels, sides = _schedule(n_queries, p_init, resc_schedule, x.shape, norm)
     if norm == "L2":  # each level's pattern, zero-padded to the largest side
         table = np.zeros((len(sides), max(sides), max(sides)))
@@ -290,6 +298,7 @@ def _single_run(
     k_init, k_loop = jax.random.split(key)
 
     start = (linf_init if norm == "Linf" else l2_init)(k_init, x, eps)
+    eps = _radius(eps, x)  # (B, 1, 1, 1) for the proposals
     x_best = jnp.where(common.expand(active, x), start, x_start)
     margin, score = _scores(logits_fn, x_best, y, loss)
     margin_min = jnp.where(active, margin, -jnp.inf)
@@ -363,6 +372,20 @@ def _square_jit(logits_fn, judge_fn, x, y, key, eps, *, n_restarts, **static):
     return x_adv, robust
 
 
+def _check_eps(x: jax.Array, y: jax.Array, eps, norm: str) -> jax.Array:
+    """Clear errors for bad inputs (common.check_inputs); eps as a (B,) array."""
+    scalar = np.ndim(eps) == 0
+    common.check_inputs(x, y, norm=norm, eps=eps if scalar else 1.0, allowed_norms=NORMS)
+    if not scalar:
+        values = np.asarray(eps, np.float64)
+        if values.shape != x.shape[:1] or not np.all(np.isfinite(values) & (values > 0)):
+            raise ValueError(
+                f"eps must be a number > 0 or one finite value > 0 per image, shape "
+                f"({x.shape[0]},); got shape {values.shape}, values {values.ravel()[:4]}."
+            )
+    return jnp.broadcast_to(jnp.asarray(eps, x.dtype), x.shape[:1])
+
+
 def _check_config(n_queries, p_init, n_restarts, loss, norm, shape) -> None:
     if not isinstance(n_queries, int | np.integer) or n_queries < 0:
         raise ValueError(f"n_queries must be an int >= 0, got {n_queries!r}.")
@@ -386,7 +409,7 @@ def square_run(
     *,
     key: jax.Array,
     norm: str = "Linf",
-    eps: float,
+    eps: float | jax.Array,
     n_queries: int = 5000,
     p_init: float = 0.8,
     loss: str = "margin",
@@ -396,10 +419,10 @@ def square_run(
     reference's `attack_single_run`): the best point, its margin and the queries per sample.
     With resc_schedule=False, the run with n_queries=k is the first k iterations of any longer
     run with the same key."""
-    common.check_inputs(x, y, norm=norm, eps=eps, allowed_norms=NORMS)
+    eps = _check_eps(x, y, eps, norm)
     _check_config(n_queries, p_init, 1, loss, norm, x.shape)
     return _square_run_jit(
-        logits_fn, x, y, key, jnp.asarray(eps, x.dtype), norm=norm, n_queries=int(n_queries),
+        logits_fn, x, y, key, eps, norm=norm, n_queries=int(n_queries),
         p_init=float(p_init), loss=loss, resc_schedule=bool(resc_schedule),
     )  # fmt: skip
 
@@ -411,7 +434,7 @@ def square(
     *,
     key: jax.Array,
     norm: str = "Linf",
-    eps: float,
+    eps: float | jax.Array,
     n_queries: int = 5000,
     p_init: float = 0.8,
     n_restarts: int = 1,
@@ -424,11 +447,11 @@ def square(
     Restart r runs with `jax.random.fold_in(key, r)` on the points `judge_fn` still finds
     robust; a point broken once stays broken, with the point that broke it as x_adv.
     """
-    common.check_inputs(x, y, norm=norm, eps=eps, allowed_norms=NORMS)
+    eps = _check_eps(x, y, eps, norm)
     _check_config(n_queries, p_init, n_restarts, loss, norm, x.shape)
     x_adv, robust = _square_jit(
-        logits_fn, logits_fn if judge_fn is None else judge_fn, x, y, key,
-        jnp.asarray(eps, x.dtype), n_restarts=int(n_restarts), norm=norm,
+        logits_fn, logits_fn if judge_fn is None else judge_fn, x, y, key, eps,
+        n_restarts=int(n_restarts), norm=norm,
         n_queries=int(n_queries), p_init=float(p_init), loss=loss,
         resc_schedule=bool(resc_schedule),
     )  # fmt: skip
