@@ -33,7 +33,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
 
 from hpm_jax import config_lib, data
 from hpm_jax.checkpointing import CheckpointMismatchError, save_model
@@ -82,6 +82,28 @@ def _host(tree: Any) -> Any:
     return jax.tree.map(lambda a: np.asarray(a.addressable_data(0)), tree)
 
 
+def _global(tree: Any, sharding: NamedSharding) -> Any:
+    """Values every process holds alike -> global arrays placed by `sharding` (replicated).
+
+    `jax.device_put` cannot do this across processes; leaves already placed so stay as they are.
+    """
+
+    def place(leaf):
+        if isinstance(leaf, jax.Array) and leaf.sharding.is_equivalent_to(sharding, leaf.ndim):
+            return leaf
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            leaf = leaf.addressable_data(0)  # replicated elsewhere: any local copy is the value
+        return jax.make_array_from_process_local_data(sharding, np.asarray(leaf))
+
+    return jax.tree.map(place, tree)
+
+
+def _global_key(seed: int, stream: int, sharding: NamedSharding) -> jax.Array:
+    """The key of one random stream of the run, replicated over the mesh (any process count)."""
+    make = jax.jit(lambda: jax.random.fold_in(jax.random.key(seed), stream), out_shardings=sharding)
+    return make()
+
+
 def _sync(name: str) -> None:
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices(name)
@@ -96,11 +118,11 @@ def evaluate(
     eval_fn, variables: Any, source: data.Source, config: ml_collections.ConfigDict, mesh: Mesh
 ) -> dict[str, float]:
     """Clean and PGD accuracy of `variables` on `source` (the configured eval attack)."""
-    key = jax.random.fold_in(jax.random.key(config.seed), _EVAL_STREAM)
+    key = _global_key(config.seed, _EVAL_STREAM, replicated(mesh))
     totals = {"clean_correct": 0, "adv_correct": 0, "count": 0}
     batches = data.eval_iterator(source, batch_size=config.eval.batch_size, mesh=mesh)
     for i, batch in enumerate(batches):
-        counts = _host(eval_fn(variables, batch, jax.random.fold_in(key, i)))
+        counts = _host(eval_fn(variables, batch, key, i))
         for name in totals:
             totals[name] += int(counts[name])
     n = max(totals["count"], 1)
@@ -203,6 +225,24 @@ def run(
     os.makedirs(workdir, exist_ok=True)
     mesh = make_mesh(devices)
     _check_config(config, mesh)
+    checkpoints = checkpoints_lib.TrainCheckpoints(
+        workdir,
+        every_steps=config.checkpoint.every_steps,
+        keep=config.checkpoint.keep,
+        async_save=config.checkpoint.get("async_save", True),
+    )
+    try:
+        return _train(config, workdir, mesh, checkpoints)
+    finally:  # also on errors: Orbax's background threads must end before the interpreter
+        checkpoints.close()
+
+
+def _train(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    mesh: Mesh,
+    checkpoints: checkpoints_lib.TrainCheckpoints,
+) -> dict[str, Any]:
     model, model_kwargs = model_init.build_model(config)
     objective = objectives.Objective.from_config(config)
     optimizer = state_lib.make_optimizer(config.train)
@@ -216,12 +256,6 @@ def run(
     )
     eval_source = _eval_source(config)
 
-    checkpoints = checkpoints_lib.TrainCheckpoints(
-        workdir,
-        every_steps=config.checkpoint.every_steps,
-        keep=config.checkpoint.keep,
-        async_save=config.checkpoint.get("async_save", True),
-    )
     rep = replicated(mesh)
     start = checkpoints.latest_step()
     if start is not None:
@@ -244,10 +278,12 @@ def run(
         variables = model_init.initial_variables(
             model, config, train_source=train_source, mesh=mesh
         )
-        state = jax.device_put(state_lib.create_state(variables, optimizer, ema=use_ema), rep)
+        state = jax.jit(
+            functools.partial(state_lib.create_state, optimizer=optimizer, ema=use_ema),
+            out_shardings=rep,
+        )(_global(variables, rep))
 
-    base_key = jax.random.key(config.seed)
-    train_key = jax.device_put(jax.random.fold_in(base_key, _TRAIN_STREAM), rep)
+    train_key = _global_key(config.seed, _TRAIN_STREAM, rep)
     batch_sharding = data_sharding(mesh)
     step_fn = jax.jit(
         functools.partial(
@@ -261,7 +297,7 @@ def run(
         functools.partial(
             steps.eval_step, model, _eval_attack(config), _judge_mode(config.model.head)
         ),
-        in_shardings=(rep, batch_sharding, rep),
+        in_shardings=(rep, batch_sharding, rep, rep),
         out_shardings=rep,
     )
 
@@ -278,7 +314,7 @@ def run(
     _print(
         f"{config.model.name} ({config.model.head} head) on {config.dataset.name}: "
         f"{objective.name}, {num_steps} steps of {config.train.batch_size}, "
-        f"{jax.device_count()} devices, {jax.process_count()} process(es)"
+        f"{mesh.devices.size} devices, {jax.process_count()} process(es)"
     )
     log_every, eval_every = config.train.log_every_steps, config.eval.every_steps
     meter = _Throughput(config.train.batch_size)
@@ -322,7 +358,7 @@ def run(
     if start == num_steps:  # nothing left to train: evaluate what the checkpoint holds
         last_eval = evaluate(eval_fn, state_lib.eval_variables(state), eval_source, config, mesh)
         writer.write(step, last_eval)
-    checkpoints.close()
+    checkpoints.close()  # the last checkpoint is complete before the final model is written
     writer.close()
     model_dir = _save_final_model(
         workdir, state_lib.eval_variables(state), model_kwargs, config.model.name, step
@@ -332,7 +368,7 @@ def run(
         "model": config.model.name,
         "head": config.model.head,
         "objective": objective.name,
-        "devices": jax.device_count(),
+        "devices": int(mesh.devices.size),
         "processes": jax.process_count(),
         "steps": num_steps,
         "resumed_from": start,

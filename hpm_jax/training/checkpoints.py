@@ -42,9 +42,18 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: list(tree) if isinstance(tree, tuple) else tree}
 
 
+def _key_name(key: Any) -> str:
+    # Dict keys, sequence indices and NamedTuple fields (optax states) all by their bare name:
+    # Orbax's metadata turns NamedTuples into dicts, so `.trace` must compare equal to `trace`.
+    for attr in ("key", "name", "idx"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
 def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
     return {
-        "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): tuple(leaf.shape)
+        "/".join(_key_name(k) for k in path): tuple(leaf.shape)
         for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
     }
 
@@ -74,8 +83,14 @@ class TrainCheckpoints:
             enable_async_checkpointing=async_save,
             cleanup_tmp_directories=True,  # what a killed run left half-written
         )
+        # Handlers named up front, so metadata can be read before anything is restored.
         self._manager = ocp.CheckpointManager(
-            self.directory, options=options, item_names=("state", "run")
+            self.directory,
+            options=options,
+            item_handlers={
+                "state": ocp.StandardCheckpointHandler(),
+                "run": ocp.JsonCheckpointHandler(),
+            },
         )
 
     def latest_step(self) -> int | None:
@@ -144,5 +159,8 @@ class TrainCheckpoints:
         self._manager.wait_until_finished()
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
-        self._manager.close()
+        """Wait for the last write and stop the manager's threads (a second call does nothing)."""
+        if self._manager is not None:
+            self._manager.wait_until_finished()
+            self._manager.close()
+            self._manager = None

@@ -9,8 +9,9 @@ PGD-AT (Madry et al. 2018): minimise CE(f(x_adv), y) with x_adv = PGD maximising
 TRADES (Zhang et al. 2019): minimise CE(f(x), y) + beta * KL(f(x) || f(x_adv)) with x_adv =
 PGD maximising that KL from a 0.001 * N(0, 1) start.
 
-Heads: an FC model trains its logits (mode "fc"). An HPM model returns the logits of several
-modes from one backbone pass; the objective is applied to each and weighted:
+Heads: an FC model trains its logits (mode "fc"), an l2 model its l2 logits against the
+prototype EMA (mode "ema_l2", weighted by `hpm_weight`). An HPM model returns the logits of
+several modes from one backbone pass; the objective is applied to each and weighted:
 `hpm_weight * objective(hpm logits) + fc_weight * objective(fc logits)` (the auxiliary FC
 term keeps the FC head, which HPM's batch prototypes are assigned by, discriminative).
 The prototype EMA (collection `prototypes`) is updated once per step, from the clean or
@@ -39,7 +40,7 @@ from hpm_jax.attacks import common, pgd
 from hpm_jax.attacks.losses import cross_entropy
 
 OBJECTIVES = ("pgd_at", "trades")
-HEADS = ("fc", "hpm")
+HEADS = ("fc", "l2", "hpm")
 PROTOTYPE_FEATURES = ("clean", "adversarial")
 BN_MODES = ("auto", "train", "eval")
 
@@ -78,7 +79,7 @@ class AttackSpec:
                 "attack.eps and attack.step_size must be > 0 and attack.num_steps >= 1, got "
                 f"eps={attack.eps}, step_size={attack.step_size}, num_steps={attack.num_steps}."
             )
-        mode = attack.get("mode", "hpm") if head == "hpm" else "fc"
+        mode = {"fc": "fc", "l2": "ema_l2", "hpm": attack.get("mode", "hpm")}[head]
         return cls(
             norm=attack.norm,
             eps=float(attack.eps),
@@ -117,8 +118,11 @@ class Objective:
         attack = AttackSpec.from_config(config.attack, head=head, objective=name)
         if head == "fc":
             return cls(name, (("fc", 1.0),), attack, float(config.objective.trades_beta))
-        weights = [("hpm", float(config.objective.hpm_weight))]
-        if config.objective.fc_weight:
+        if head == "l2":  # l2 logits against P_ema: the head has no FC layer to aux-train
+            weights = [("ema_l2", float(config.objective.hpm_weight))]
+        else:
+            weights = [("hpm", float(config.objective.hpm_weight))]
+        if head == "hpm" and config.objective.fc_weight:
             weights.append(("fc", float(config.objective.fc_weight)))
         features = config.objective.prototype_features
         if features not in PROTOTYPE_FEATURES:

@@ -3,7 +3,8 @@
     step_fn = jax.jit(functools.partial(train_step, model, optimizer, objective, 0.999),
                       donate_argnums=0)
     state, metrics = step_fn(state, batch, key)          # key: the run's base key
-    counts = jax.jit(functools.partial(eval_step, model, attack, "hpm"))(variables, batch, key)
+    eval_fn = jax.jit(functools.partial(eval_step, model, attack, "hpm"))
+    counts = eval_fn(variables, batch, key, batch_index)
 
 Randomness is `jax.random.fold_in(key, state["step"])`, so a resumed run draws exactly what an
 uninterrupted one would at the same step. Batches are global arrays sharded over the mesh's
@@ -64,7 +65,7 @@ def train_step(
             {"params": params, "collections": collections},
             state_lib.ema_decay_at(step, ema_decay),
         )
-    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["grad_norm"] = optax.tree.norm(grads)
     return new_state, metrics
 
 
@@ -75,8 +76,9 @@ def eval_step(
     variables: dict[str, Any],
     batch: Batch,
     key: jax.Array,
+    index: jax.Array | int,
 ) -> dict[str, jax.Array]:
-    """Clean and PGD correct counts over the real (unmasked) examples of an eval batch.
+    """Clean and PGD correct counts over the real (unmasked) examples of eval batch `index`.
 
     The model runs in eval mode. The attack differentiates `attack.mode`'s logits; the head
     in `judge_mode` (the model's real output) decides correctness, on the whole batch, so a
@@ -96,8 +98,9 @@ def eval_step(
     judge = logits(judge_mode)
     clean_correct = common.correct(judge(x), y)
     x_adv = pgd.perturb(
-        logits(attack.mode), x, y, key=key, eps=attack.eps, step_size=attack.step_size,
-        num_steps=attack.num_steps, norm=attack.norm, random_start=attack.random_start,
+        logits(attack.mode), x, y, key=jax.random.fold_in(key, index), eps=attack.eps,
+        step_size=attack.step_size, num_steps=attack.num_steps, norm=attack.norm,
+        random_start=attack.random_start,
     )  # fmt: skip
     adv_correct = clean_correct & common.correct(judge(x_adv), y)
     return {

@@ -1,0 +1,237 @@
+"""The training program on mock CIFAR-10: every objective and head, HPM fine-tuning from an
+FC checkpoint, metrics files, resuming, and clear errors for bad setups."""
+
+import json
+import os
+import struct
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from tensorboardX.proto import event_pb2
+from test_train_support import (
+    CONFIG,
+    NUM_EXAMPLES,
+    REPO,
+    final_params,
+    load,
+    run,
+    tiny_overrides,
+)
+
+from hpm_jax import data
+from hpm_jax.checkpointing import load_model
+from hpm_jax.sharding import make_mesh
+from hpm_jax.training import checkpoints, metrics, model_init
+
+STEPS, BATCH = 3, 8
+
+
+def read_events(workdir) -> dict[str, dict[int, float]]:
+    """{tag: {step: value}} from the TensorBoard event files (TFRecord framing, no TF)."""
+    scalars: dict[str, dict[int, float]] = {}
+    directory = os.path.join(workdir, metrics.TENSORBOARD)
+    for name in sorted(os.listdir(directory)):
+        with open(os.path.join(directory, name), "rb") as f:
+            raw = f.read()
+        offset = 0
+        while offset < len(raw):
+            (length,) = struct.unpack("<Q", raw[offset : offset + 8])
+            event = event_pb2.Event.FromString(raw[offset + 12 : offset + 12 + length])
+            offset += 12 + length + 4
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, {})[event.step] = value.simple_value
+    return scalars
+
+
+@pytest.fixture(scope="module")
+def fc_run(tmp_path_factory):
+    """One finished PGD-AT run of an FC model, shared by the tests that read or extend it."""
+    root = tmp_path_factory.mktemp("fc_run")
+    workdir = root / "work"
+    summary = run(workdir, root, tiny_overrides(root))
+    return workdir, root, summary
+
+
+def _check_run(workdir, summary, objective, head):
+    assert summary["steps"] == STEPS and summary["devices"] == 4 and summary["resumed_from"] == 0
+    assert summary["eval_examples"] == 16
+    assert 0 <= summary["eval_pgd_accuracy"] <= summary["eval_clean_accuracy"] <= 1
+
+    records = metrics.read_jsonl(os.path.join(workdir, metrics.JSONL))
+    train_records = [r for r in records if "loss" in r]
+    assert [r["step"] for r in train_records] == [1, 2, 3]  # log_every_steps=1; last included
+    for r in train_records:
+        assert np.isfinite(r["loss"]) and r["learning_rate"] >= 0
+    assert "images_per_second" in train_records[-1]
+    modes = ["fc"] if head == "fc" else ["hpm", "fc"]
+    for r in train_records:
+        # The loss is the weighted sum of its per-mode terms (weights 1 in the config).
+        np.testing.assert_allclose(r["loss"], sum(r[f"loss_{m}"] for m in modes), rtol=1e-5)
+        if objective == "trades":
+            for m in modes:
+                expected = r[f"natural_loss_{m}"] + 6.0 * r[f"robust_kl_{m}"]
+                np.testing.assert_allclose(r[f"loss_{m}"], expected, rtol=1e-5)
+                assert r[f"robust_kl_{m}"] >= 0
+    (eval_record,) = [r for r in records if "eval_pgd_accuracy" in r]
+    assert eval_record["step"] == STEPS
+    assert eval_record["eval_clean_accuracy"] == summary["eval_clean_accuracy"]
+
+    events = read_events(workdir)
+    assert sorted(events["loss"]) == [1, 2, 3]
+    np.testing.assert_allclose(events["loss"][3], train_records[-1]["loss"], rtol=1e-6)
+    assert STEPS in events["eval_pgd_accuracy"]
+
+    # Checkpoints every 2 steps, the last one forced, the newest 2 kept.
+    assert checkpoints.TrainCheckpoints(workdir, every_steps=2, keep=2).all_steps() == [2, 3]
+    model, variables = load_model(summary["model_dir"])
+    assert type(model.head).__name__ == {"fc": "FCHead", "hpm": "HPMHead"}[head]
+    return variables
+
+
+def test_pgd_at_with_fc_head(fc_run):
+    workdir, _, summary = fc_run
+    _check_run(workdir, summary, "pgd_at", "fc")
+    with open(os.path.join(workdir, "summary.json")) as f:
+        assert json.load(f) == summary
+
+
+@pytest.mark.parametrize(
+    "objective,head,features",
+    [("trades", "fc", "clean"), ("pgd_at", "hpm", "clean"), ("trades", "hpm", "adversarial")],
+)
+def test_objective_and_head_train(tmp_path, objective, head, features):
+    overrides = tiny_overrides(
+        tmp_path,
+        **{
+            "objective.name": objective,
+            "model.head": head,
+            "objective.prototype_features": features,
+        },
+    )
+    summary = run(tmp_path / "work", tmp_path, overrides)
+    variables = _check_run(tmp_path / "work", summary, objective, head)
+    if head == "hpm":
+        # The prototype EMA saw every example of every global batch exactly once per step,
+        # whichever passes (clean, adversarial, attack) the objective made.
+        seen = np.asarray(variables["prototypes"]["head"]["seen"])
+        assert seen.sum() == STEPS * BATCH
+        ema = np.asarray(variables["prototypes"]["head"]["ema"])
+        assert np.all(np.abs(ema[seen > 0]).sum(axis=1) > 0)
+        assert np.all(ema[seen == 0] == 0)
+
+
+def test_hpm_fine_tuning_starts_from_the_fc_weights_and_class_means(fc_run, tmp_path):
+    fc_workdir, root, _ = fc_run
+    fc_dir = os.fspath(fc_workdir / "model")
+    _, fc_vars = load_model(fc_dir)
+    overrides = tiny_overrides(
+        root,
+        **{
+            "model.head": "hpm",
+            "init.checkpoint": fc_dir,
+            "train.num_steps": 1,
+            "train.warmup_steps": 0,
+        },
+    )
+    config = load(overrides)
+    model, _ = model_init.build_model(config)
+    with tfds.testing.mock_data(num_examples=NUM_EXAMPLES):
+        source = data.get_source("cifar10", "train", data_dir=root)
+        start = model_init.initial_variables(model, config, train_source=source, mesh=make_mesh())
+        first = {"image": [], "label": []}
+        for i in range(16):  # init.prototype_examples
+            first["image"].append(source[i]["image"])
+            first["label"].append(source[i]["label"])
+    # Backbone, FC weights and batch statistics carried over unchanged.
+    for path, leaf in jax.tree_util.tree_leaves_with_path(fc_vars):
+        keys = [getattr(k, "key", k) for k in path]
+        node = start
+        for k in keys:
+            node = node[k]
+        np.testing.assert_array_equal(np.asarray(node), np.asarray(leaf), err_msg=str(keys))
+    # Prototypes: exact class means of eval-mode features of the first 16 training images.
+    images = jnp.asarray(np.stack(first["image"]), jnp.float32) / 255.0
+    labels = np.asarray(first["label"])
+    feats = np.asarray(model.apply(start, images, method="features"))
+    protos = start["prototypes"]["head"]
+    for c in range(10):
+        if (labels == c).any():
+            np.testing.assert_allclose(
+                protos["ema"][c], feats[labels == c].mean(0), rtol=1e-4, atol=1e-5
+            )
+        assert int(protos["seen"][c]) == int((labels == c).sum())
+
+    summary = run(tmp_path / "hpm", root, overrides)
+    assert summary["head"] == "hpm" and summary["steps"] == 1
+    seen = np.asarray(final_params(tmp_path / "hpm")["prototypes/head/seen"])
+    assert seen.sum() == 16 + BATCH  # the initial means' counts, then one batch
+
+
+def test_resume_extends_a_finished_run_and_ignores_half_written_checkpoints(fc_run, tmp_path):
+    fc_workdir, root, _ = fc_run
+    workdir = tmp_path / "work"
+    subprocess.run(["cp", "-r", os.fspath(fc_workdir), os.fspath(workdir)], check=True)
+    # What a run killed while writing checkpoint 4 leaves behind: Orbax's temporary directory,
+    # with part of the state in it. It must never be taken for the latest checkpoint.
+    partial = workdir / "checkpoints" / "4.orbax-checkpoint-tmp-1234"
+    subprocess.run(["cp", "-r", os.fspath(workdir / "checkpoints" / "3"), os.fspath(partial)])
+    subprocess.run(["rm", "-r", os.fspath(partial / "state")], check=True)
+    assert checkpoints.TrainCheckpoints(workdir, every_steps=2, keep=2).latest_step() == 3
+
+    summary = run(workdir, root, tiny_overrides(root, **{"train.num_steps": 4}))
+    assert summary["resumed_from"] == 3 and summary["steps"] == 4
+    assert not partial.exists()  # cleaned up when the run started
+    steps = [r["step"] for r in metrics.read_jsonl(workdir / metrics.JSONL) if "loss" in r]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_a_workdir_of_another_run_is_refused_with_the_differences(fc_run):
+    workdir, root, _ = fc_run
+    with pytest.raises(checkpoints.RunMismatchError, match=r"model\.head: 'fc' -> 'hpm'"):
+        run(workdir, root, tiny_overrides(root, **{"model.head": "hpm"}))
+    with pytest.raises(checkpoints.RunMismatchError, match="--workdir"):
+        run(workdir, root, tiny_overrides(root, **{"seed": 1}))
+
+
+def test_missing_or_mismatched_init_checkpoints_are_named(fc_run, tmp_path):
+    fc_workdir, root, _ = fc_run
+    with pytest.raises(model_init.InitCheckpointError, match=r"hpm_jax\.convert"):
+        run(tmp_path / "a", root, tiny_overrides(root, **{"init.checkpoint": "/nonexistent"}))
+    other = {"in_channels": 3, "image_size": 32, "channels": [4, 16], "num_features": 8}
+    overrides = tiny_overrides(
+        root, **{"init.checkpoint": os.fspath(fc_workdir / "model"), "model.kwargs": other}
+    )
+    with pytest.raises(model_init.InitCheckpointError, match="channels"):
+        run(tmp_path / "b", root, overrides)
+
+
+def test_a_dataset_not_prepared_is_named(tmp_path):
+    with pytest.raises(data.DatasetNotFoundError, match="cifar10"):
+        from hpm_jax import train
+
+        train.run(load(tiny_overrides(tmp_path)), os.fspath(tmp_path / "work"))
+
+
+def test_command_line_reports_setup_errors_without_a_traceback(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hpm_jax.train",
+            f"--config={CONFIG}",
+            f"--workdir={tmp_path}",
+            "--config.init.checkpoint=/nonexistent/model",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "hpm-train: error: init.checkpoint='/nonexistent/model' does not exist" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,146 @@
+"""Shared pieces of the training tests (no tests here): a tiny config on mock CIFAR-10,
+running it, reading results.
+
+Also the script of the subprocess tests (the mock data lives in-process, so a subprocess
+must set it up itself):
+    python tests/test_train_support.py run WORKDIR DATA_DIR OVERRIDES_JSON [SLOW_AFTER_STEP]
+    python tests/test_train_support.py worker PROCESS_ID PORT WORKDIR DATA_DIR OVERRIDES_JSON
+"""
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = os.fspath(REPO / "configs" / "fashion_mnist.py")
+NUM_EXAMPLES = 48  # per mock split
+
+
+def tiny_overrides(data_dir, **extra) -> list[str]:
+    """Overrides that turn the Fashion-MNIST config into a seconds-long run on mock CIFAR-10."""
+    values = {
+        "dataset.name": "cifar10",
+        "dataset.data_dir": os.fspath(data_dir),
+        "dataset.augment": "pad_crop_flip",
+        "model.kwargs": {"in_channels": 3, "image_size": 32, "channels": [4, 8], "num_features": 8},
+        "attack.num_steps": 1,
+        "attack.step_size": 0.05,
+        "train.batch_size": 8,
+        "train.num_steps": 3,
+        "train.warmup_steps": 1,
+        "train.log_every_steps": 1,
+        "eval.batch_size": 8,
+        "eval.num_examples": 16,
+        "eval.attack.num_steps": 1,
+        "checkpoint.every_steps": 2,
+        "init.prototype_examples": 16,
+    }
+    values.update(extra)
+    return [f"{key}={value!r}" for key, value in values.items()]
+
+
+def load(overrides):
+    from hpm_jax import config_lib
+
+    config = config_lib.load_config(CONFIG, [])
+    for item in overrides:  # dict values (model.kwargs) replace the whole sub-config
+        key, _, text = item.partition("=")
+        value = eval(text, {})  # test-made literals only
+        if isinstance(value, dict):
+            parent, _, leaf = key.rpartition(".")
+            node = config
+            for part in parent.split("."):
+                node = node[part]
+            node[leaf] = value
+        else:
+            config_lib.apply_overrides(config, [f"{key}={text}"])
+    return config
+
+
+def run(workdir, data_dir, overrides, devices=None):
+    """train.run under the mock data; returns the summary."""
+    from hpm_jax import train
+
+    with tfds.testing.mock_data(num_examples=NUM_EXAMPLES):
+        return train.run(load(overrides), os.fspath(workdir), devices=devices)
+
+
+def final_params(workdir) -> dict[str, np.ndarray]:
+    """The saved model's variables (WORKDIR/model), flattened to {"params/a/b": array}.
+
+    Restored onto this process's first device whatever topology wrote them (a two-process
+    run's arrays name devices this process does not have).
+    """
+    import jax
+    import orbax.checkpoint as ocp
+
+    from hpm_jax.checkpointing import VARIABLES, model_from_spec
+    from hpm_jax.models import abstract_variables
+
+    directory = os.path.join(workdir, "model")
+    model, _ = model_from_spec(directory)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
+        abstract_variables(model),
+    )
+    variables = ocp.StandardCheckpointer().restore(os.path.join(directory, VARIABLES), target)
+    return {
+        "/".join(str(getattr(k, "key", k)) for k in path): np.asarray(leaf)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(variables)
+    }
+
+
+def assert_close(a, b, rtol=1e-4, atol=1e-5):
+    assert sorted(a) == sorted(b)
+    for key in a:
+        np.testing.assert_allclose(a[key], b[key], rtol=rtol, atol=atol, err_msg=key)
+
+
+def _slow_after(step: int) -> None:
+    """Slow the training stream down after `step` batches, so a test can kill mid-run."""
+    from hpm_jax import data
+
+    real = data.train_iterator
+
+    def slowed(*args, **kwargs):
+        iterator = real(*args, **kwargs)
+        start = kwargs.get("start_step", 0)
+
+        def generate():
+            for i, batch in enumerate(iterator, start=start):
+                if i >= step:
+                    time.sleep(0.5)
+                yield batch
+
+        return generate()
+
+    data.train_iterator = slowed  # hpm_jax.train looks it up on the module at call time
+
+
+if __name__ == "__main__":
+    mode = sys.argv[1]
+    if mode == "run":
+        workdir, data_dir, overrides = sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+        if len(sys.argv) > 5:
+            _slow_after(int(sys.argv[5]))
+        run(workdir, data_dir, overrides)
+    elif mode == "worker":
+        import jax
+
+        pid, port = int(sys.argv[2]), int(sys.argv[3])
+        workdir, data_dir, overrides = sys.argv[4], sys.argv[5], json.loads(sys.argv[6])
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(
+            coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=pid
+        )
+        assert jax.process_count() == 2 and jax.device_count() == 4
+        summary = run(workdir, data_dir, overrides)
+        print("SUMMARY", json.dumps(summary), flush=True)
+    else:
+        raise SystemExit(f"unknown mode {mode}")
