@@ -188,19 +188,9 @@ def _apgd_loop(
     return state["x_best"], state["broken"], state["adv"]
 
 
-_STATIC = ("logits_fn", "judge_fn", "norm", "loss", "n_iter", "eot_iter", "randomized",
-           "use_largereps")  # fmt: skip
-
-
-@functools.partial(jax.jit, static_argnames=_STATIC)
-def _run(
-    logits_fn, judge_fn, x, y, target, key, eps, rho, robust, x_adv,
-    *, norm, loss, n_iter, eot_iter, randomized, use_largereps,
-):  # fmt: skip
-    """One restart on the whole batch, merged into (x_adv, robust): points robust before it and
-    broken by it take its adversarial iterate; points broken before keep theirs."""
-    chex.assert_rank(x, 4)
-    chex.assert_shape([y, eps, robust], (x.shape[0],))
+def _objective(logits_fn, judge_fn, y, target, *, loss, eot_iter, randomized):
+    """(grad_fn, wrong_fn) for `_apgd_loop`: the loss of logits_fn (EOT-averaged gradient) and
+    the judge's verdict, both on the whole batch."""
     if loss == "ce":
         loss_fn: _LossFn = losses.cross_entropy
     elif loss == "dlr":
@@ -210,7 +200,7 @@ def _run(
 
     def loss_and_logits(x_adv, k):
         logits = _call(logits_fn, x_adv, k, randomized)
-        chex.assert_rank(logits, 2)
+        chex.assert_shape(logits, (x_adv.shape[0], None))
         per_sample = loss_fn(logits, y)
         return jnp.sum(per_sample), (per_sample, logits)
 
@@ -234,6 +224,25 @@ def _run(
             logits = _call(judge_fn, x_adv, jax.random.fold_in(k, eot_iter), randomized)
         return ~common.correct(logits, y)
 
+    return grad_fn, wrong_fn
+
+
+_STATIC = ("logits_fn", "judge_fn", "norm", "loss", "n_iter", "eot_iter", "randomized",
+           "use_largereps")  # fmt: skip
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _run(
+    logits_fn, judge_fn, x, y, target, key, eps, rho, robust, x_adv,
+    *, norm, loss, n_iter, eot_iter, randomized, use_largereps,
+):  # fmt: skip
+    """One restart on the whole batch, merged into (x_adv, robust): points robust before it and
+    broken by it take its adversarial iterate; points broken before keep theirs."""
+    chex.assert_rank(x, 4)
+    chex.assert_shape([y, eps, robust], (x.shape[0],))
+    grad_fn, wrong_fn = _objective(
+        logits_fn, judge_fn, y, target, loss=loss, eot_iter=eot_iter, randomized=randomized
+    )
     loop = functools.partial(_apgd_loop, grad_fn=grad_fn, wrong_fn=wrong_fn, norm=norm)
     key_start, key_run = jax.random.split(key)
     if use_largereps:
