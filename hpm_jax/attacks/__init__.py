@@ -5,6 +5,8 @@
     from hpm_jax.attacks.square import square
     report = AutoAttack(logits_fn, norm="Linf", eps=8 / 255).run(x, y, batch_size=500)
     report.robust_accuracy, report.robust_accuracy_after, report.checks
+    msa = mixed_surrogate_attack(hpm_fn, {"fc": fc_fn, "ste": hpm_fn}, x, y, eps=8 / 255,
+                                 batch_size=500)                 # dynamic defenses (msa.py)
     res = apgd(logits_fn, x, y, key=jax.random.key(0), eps=8 / 255)   # AttackResult
 
 Every attack is `attack(logits_fn, x, y, *, key, norm, eps, ..., judge_fn=None)` returning
@@ -21,6 +23,7 @@ from hpm_jax.attacks.autoattack import AutoAttack, AutoAttackReport
 from hpm_jax.attacks.checks import CheckResult
 from hpm_jax.attacks.common import AttackResult
 from hpm_jax.attacks.fab import fab_targeted
+from hpm_jax.attacks.msa import MSAReport, mixed_surrogate_attack
 from hpm_jax.attacks.state import StateMismatchError
 from hpm_jax.attacks.versions import AttackSpec
 
@@ -30,9 +33,11 @@ __all__ = [
     "AutoAttack",
     "AutoAttackReport",
     "CheckResult",
+    "MSAReport",
     "StateMismatchError",
     "apgd",
     "apgd_targeted",
     "fab_targeted",
+    "mixed_surrogate_attack",
     "square",
 ]

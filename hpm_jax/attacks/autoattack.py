@@ -73,6 +73,7 @@ class AutoAttackReport:
 
     robust: (n,) bool, the per-sample worst case (correct on the clean image, after every
     attack and in the final re-evaluation of x_adv); robust_accuracy is its mean.
+    final_accuracy: the judge's accuracy on x_adv alone, re-evaluated in the original batches.
     robust_accuracy_after: robust accuracy after each attack of the chain, in order (before
     the final re-evaluation); times: seconds spent in each attack (summed over resumes).
     checks: the sanity checks; `flagged` lists the suspicious ones."""
@@ -82,6 +83,7 @@ class AutoAttackReport:
     clean: np.ndarray
     clean_accuracy: float
     robust_accuracy: float
+    final_accuracy: float
     robust_accuracy_after: dict[str, float]
     times: dict[str, float]
     attacks: list[str]
@@ -188,6 +190,10 @@ class AutoAttack:
     randomized: call the model as f(x, key) (default: True for version "rand").
     mesh: the devices buckets are sharded over (default: all).
     bucket_sizes: instead of `buckets.bucket_sizes(batch_size, num_devices)`.
+    compact: attack only the still-robust points, packed into buckets (default). False:
+        every attack runs on whole batches, so a batch-dependent judge always sees a point
+        among the other points of its own batch (the Mixed Surrogate Attack needs this);
+        points already broken are attacked again but keep their first adversarial image.
     run_checks: run the sanity checks on the first batch.
     log: receives each log line (default print; None: the `hpm_jax.autoattack` logger only).
     on_progress(attack, batch, n_batches): called after each batch is done and saved.
@@ -207,6 +213,7 @@ class AutoAttack:
         randomized: bool | None = None,
         mesh: Mesh | None = None,
         bucket_sizes: Sequence[int] | None = None,
+        compact: bool = True,
         run_checks: bool = True,
         log: Callable[[str], Any] | None = print,
         on_progress: Callable[[str, int, int], Any] | None = None,
@@ -222,6 +229,7 @@ class AutoAttack:
         self.randomized = (version == "rand") if randomized is None else bool(randomized)
         self.mesh = make_mesh() if mesh is None else mesh
         self.bucket_sizes = None if bucket_sizes is None else tuple(int(s) for s in bucket_sizes)
+        self.compact = bool(compact)
         self.run_checks, self.log, self.on_progress = run_checks, log, on_progress
         self.version = version if isinstance(version, str) else "custom"
         self.attacks = versions.build_chain(
@@ -335,6 +343,8 @@ class AutoAttack:
         sizes = self.bucket_sizes or buckets.bucket_sizes(int(batch_size), n_dev)
         buckets.check_bucket_sizes(sizes, batch_size, n_dev)
         sizes = tuple(sorted(set(sizes), reverse=True))
+        if not self.compact:  # whole batches only: one bucket, the smallest that fits
+            sizes = (min(s for s in sizes if s >= batch_size),)
         judge = self.judge_fn or self.logits_fn
         probe = jax.ShapeDtypeStruct((sizes[0], *x.shape[1:]), x.dtype)
         key = self._root_key()
@@ -357,6 +367,7 @@ class AutoAttack:
             "attacks": [[s.name, versions.fn_name(s.fn), settings[s.name]] for s in specs],
             "separate_judge": self.judge_fn is not None,
             "randomized": self.randomized,
+            "compact": self.compact,
         }
         return _Plan(
             batch_size=int(batch_size),
@@ -395,9 +406,12 @@ class AutoAttack:
     def _attack_batch(self, a, spec, b, x, y, x_adv, state, store, plan) -> None:
         """Attack the robust points of batch b with attack a, in one bucket; scatter back."""
         t0 = time.perf_counter()
-        idx = plan.batches[b][state.robust[plan.batches[b]]]
+        idx = plan.batches[b]
+        n_robust = int(state.robust[idx].sum())
+        if self.compact:
+            idx = idx[state.robust[idx]]
         n_broken = 0
-        if idx.size:
+        if n_robust:
             bucket = buckets.compact(idx, plan.sizes)
             sharding = data_sharding(self.mesh)
             res = spec.fn(
@@ -411,11 +425,12 @@ class AutoAttack:
                 **spec.kwargs,
             )
             # Only the first bucket.n rows are real points; the padding is never read.
-            robust = _to_host(res.robust)[: bucket.n].astype(bool)
-            broken = bucket.real_index[~robust]
+            # Newly broken only: a point already broken keeps its first adversarial image.
+            newly = ~_to_host(res.robust)[: bucket.n].astype(bool) & state.robust[idx]
+            broken = bucket.real_index[newly]
             n_broken = broken.size
             if n_broken:
-                images = _to_host(res.x_adv)[: bucket.n][~robust].astype(x.dtype)
+                images = _to_host(res.x_adv)[: bucket.n][newly].astype(x.dtype)
                 x_adv[broken] = images
                 state.robust[broken] = False
                 if store is not None:
@@ -427,7 +442,7 @@ class AutoAttack:
         if store is not None:
             store.save(state)
         self._log(
-            f"{spec.name} - {b + 1}/{len(plan.batches)} - {n_broken} out of {idx.size} "
+            f"{spec.name} - {b + 1}/{len(plan.batches)} - {n_broken} out of {n_robust} "
             "successfully perturbed"
         )
         if self.on_progress is not None:
@@ -454,6 +469,7 @@ class AutoAttack:
             clean=state.clean.copy(),
             clean_accuracy=float(state.clean.mean()),
             robust_accuracy=float(robust.mean()),
+            final_accuracy=float(final.mean()),
             robust_accuracy_after=after,
             times={s.name: float(state.times.get(s.name, 0.0)) for s in plan.specs},
             attacks=plan.names,

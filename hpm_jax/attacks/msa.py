@@ -1,0 +1,198 @@
+"""The Mixed Surrogate Attack (MSA): AutoAttack through several surrogates, judged by the target.
+
+    from hpm_jax.attacks.msa import mixed_surrogate_attack
+    report = mixed_surrogate_attack(
+        target_fn,                                    # the dynamic model, e.g. HPM in eval mode
+        {"fc": fc_fn, "ema_l2": l2_fn, "soft": soft_fn, "ste": target_fn},
+        x, y, norm="Linf", eps=0.1, batch_size=250,
+    )
+    report.robust_accuracy            # the final adversarial batches re-judged by the target
+    report.per_surrogate              # robust accuracy after each surrogate's attacks
+    report.robust_accuracy_after      # after each attack: "apgd-ce@fc", ..., "square"
+
+DESIGN.md section 2. A dynamic defense such as HPM classifies a point in the context of its
+batch and exposes a straight-through gradient, so a single gradient attack may overestimate
+its robustness. MSA runs the gradient attacks of an AutoAttack version (APGD-CE, APGD-T,
+FAB-T for "standard") once per surrogate, taking loss and gradient from the surrogate while
+the target decides success and the kept iterate, then Square (gradient-free) against the
+target itself. A point is robust only if the target classifies it correctly on the clean
+image and after every attack (the per-sample worst case) and in the final re-evaluation of
+the composed adversarial batch.
+
+Batch context: the data is cut into fixed batches of `batch_size` in the given order, and
+every attack runs on whole batches (`AutoAttack(..., compact=False)`), so the target always
+judges a point among the other points of its own batch, as they are being attacked. Batch
+size and order are therefore part of the result, and the report records them. The chain is
+AutoAttack's, so MSA logs the same lines, writes the same resumable state file and runs the
+same sanity checks on the target.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hpm_jax.attacks import common, versions
+from hpm_jax.attacks.autoattack import AutoAttack, AutoAttackReport
+
+# The surrogates of an HPM model, as head modes: backbone + FC head, l2 against the EMA
+# prototypes only, HPM with soft assignments in the forward pass, the true HPM forward.
+DEFAULT_SURROGATES = ("fc", "ema_l2", "soft", "ste")
+_GRADIENT_FREE = ("square",)
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class ThroughSurrogate:
+    """An attack of the chain whose loss and gradient come from `surrogate` instead of the
+    chain's model; success is still judged by the chain's judge (the target)."""
+
+    surrogate_name: str
+    surrogate: Callable[..., Any]
+    attack: Callable[..., common.AttackResult]
+
+    def __call__(self, logits_fn, x, y, **kwargs) -> common.AttackResult:
+        del logits_fn  # the target: it judges (judge_fn) but gives no gradient here
+        return self.attack(self.surrogate, x, y, **kwargs)
+
+    def __repr__(self) -> str:  # stable across runs: the state file's fingerprint uses it
+        return f"{versions.fn_name(self.attack)} through surrogate {self.surrogate_name!r}"
+
+
+@dataclasses.dataclass
+class MSAReport:
+    """The result of `mixed_surrogate_attack`.
+
+    robust: (n,) bool per sample (clean correct, after every attack, and in the final
+    re-evaluation); robust_accuracy: its mean, the number to report. per_surrogate: robust
+    accuracy after the attacks of each surrogate, cumulative in `surrogates` order;
+    robust_accuracy_after: after each attack ("apgd-ce@fc", ..., "square").
+    chain: the underlying AutoAttack report (checks, times, settings)."""
+
+    robust: np.ndarray
+    x_adv: np.ndarray
+    clean_accuracy: float
+    robust_accuracy: float
+    final_reevaluation_accuracy: float
+    per_surrogate: dict[str, float]
+    robust_accuracy_after: dict[str, float]
+    surrogates: list[str]
+    batch_size: int
+    order: str
+    chain: AutoAttackReport
+
+    @property
+    def flagged(self):
+        return self.chain.flagged
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything but x_adv, JSON-ready."""
+        return {
+            "clean_accuracy": self.clean_accuracy,
+            "robust_accuracy": self.robust_accuracy,
+            "final_reevaluation_accuracy": self.final_reevaluation_accuracy,
+            "per_surrogate": self.per_surrogate,
+            "robust_accuracy_after": self.robust_accuracy_after,
+            "surrogates": self.surrogates,
+            "batch_size": self.batch_size,
+            "order": self.order,
+            "robust": np.asarray(self.robust, bool).tolist(),
+            "chain": self.chain.to_dict(),
+        }
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=1)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+
+def msa_chain(
+    surrogates: Mapping[str, Callable[..., Any]],
+    *,
+    norm: str,
+    version: str | Sequence[str] = "standard",
+    attack_options: Mapping[str, Mapping[str, Any]] | None = None,
+) -> list[versions.AttackSpec]:
+    """The MSA attack list: each gradient attack of `version` through each surrogate (named
+    "attack@surrogate", surrogate-major order), then the gradient-free attacks against the
+    target. `attack_options` ({attack name: settings}) apply to every copy of an attack."""
+    if not surrogates:
+        raise ValueError("MSA needs at least one surrogate, e.g. {'fc': fc_logits_fn}.")
+    bad = [name for name in surrogates if not name or "@" in name]
+    if bad:
+        raise ValueError(f"surrogate names must be non-empty and free of '@', got {bad}.")
+    base = versions.build_chain(version, norm, options=attack_options)
+    gradient = [s for s in base if s.name not in _GRADIENT_FREE]
+    free = [s for s in base if s.name in _GRADIENT_FREE]
+    specs = [
+        versions.AttackSpec(f"{s.name}@{name}", ThroughSurrogate(name, fn, s.fn), dict(s.kwargs))
+        for name, fn in surrogates.items()
+        for s in gradient
+    ]
+    return specs + free
+
+
+def mixed_surrogate_attack(
+    target_fn: Callable[..., Any],
+    surrogates: Mapping[str, Callable[..., Any]],
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    norm: str = "Linf",
+    eps: float,
+    batch_size: int,
+    version: str | Sequence[str] = "standard",
+    seed: int = 0,
+    attack_options: Mapping[str, Mapping[str, Any]] | None = None,
+    state_path: str | Path | None = None,
+    num_classes: int | None = None,
+    mesh=None,
+    run_checks: bool = True,
+    log: Callable[[str], Any] | None = print,
+) -> MSAReport:
+    """Run MSA on (x, y): x (n, H, W, C) in [0, 1], y (n,) int labels, in fixed batches of
+    `batch_size` (a multiple of the device count) in the given order.
+
+    target_fn: the model under evaluation (batch-coupled is fine); it judges every attack.
+    surrogates: {name: logits_fn} supplying loss and gradient, in the order they run.
+    version: the AutoAttack version whose attacks MSA runs ("standard": APGD-CE, APGD-T,
+        FAB-T through each surrogate, Square against the target) or a list of names.
+    state_path: a resumable state file, as AutoAttack's; the rest as AutoAttack.
+    """
+    specs = msa_chain(surrogates, norm=norm, version=version, attack_options=attack_options)
+    chain = AutoAttack(
+        target_fn,
+        norm=norm,
+        eps=eps,
+        version=specs,
+        seed=seed,
+        num_classes=num_classes,
+        mesh=mesh,
+        compact=False,
+        run_checks=run_checks,
+        log=log,
+    )
+    report = chain.run(x, y, batch_size=batch_size, state_path=state_path)
+    after = dict(report.robust_accuracy_after)
+    per_surrogate = {
+        name: after[[s.name for s in specs if s.name.endswith(f"@{name}")][-1]]
+        for name in surrogates
+    }
+    return MSAReport(
+        robust=report.robust,
+        x_adv=report.x_adv,
+        clean_accuracy=report.clean_accuracy,
+        robust_accuracy=report.robust_accuracy,
+        final_reevaluation_accuracy=report.final_accuracy,
+        per_surrogate=per_surrogate,
+        robust_accuracy_after=after,
+        surrogates=list(surrogates),
+        batch_size=int(batch_size),
+        order=f"input order, fixed batches of {batch_size}",
+        chain=report,
+    )
