@@ -1,8 +1,17 @@
-"""The training program on mock CIFAR-10: every objective and head, HPM fine-tuning from an
-FC checkpoint, metrics files, resuming, and clear errors for bad setups."""
+"""The training program on mock CIFAR-10.
+
+Two runs are shared: PGD-AT with an FC head, and the reference, TRADES with an HPM head and
+weight averaging (batch norm, HPM's batch prototypes and the prototype EMA all reduce over
+the global batch). Tests check their outputs (metrics, TensorBoard events, checkpoints, the
+final model), that 1 device, 4 devices and 2 processes x 2 devices (jax.distributed on
+localhost, CPU gloo collectives) train the same model, that a SIGKILLed run resumes to the
+uninterrupted result bit for bit, HPM fine-tuning from an FC checkpoint, and clear errors.
+"""
 
 import json
 import os
+import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -17,6 +26,7 @@ from test_train_support import (
     CONFIG,
     NUM_EXAMPLES,
     REPO,
+    assert_close,
     final_params,
     load,
     run,
@@ -28,7 +38,28 @@ from hpm_jax.checkpointing import load_model
 from hpm_jax.sharding import make_mesh
 from hpm_jax.training import checkpoints, metrics, model_init
 
-STEPS, BATCH = 3, 8
+STEPS, BATCH = 3, 8  # the FC run's; the reference run trains REFERENCE_STEPS
+REFERENCE_STEPS = 4
+SUPPORT = os.path.join(os.path.dirname(__file__), "test_train_support.py")
+
+
+def reference_overrides(root):
+    return tiny_overrides(
+        root,
+        **{
+            "model.head": "hpm",
+            "objective.name": "trades",
+            "objective.prototype_features": "adversarial",
+            "train.ema_decay": 0.9,
+            "train.num_steps": REFERENCE_STEPS,
+            # L2 steps are continuous in the gradient, where Linf's sign() would turn float
+            # rounding (sums in another order on another topology) into whole-step changes.
+            "attack.norm": "L2",
+            "attack.eps": 0.5,
+            "attack.step_size": 0.2,
+            "eval.attack.step_size": 0.2,
+        },
+    )
 
 
 def read_events(workdir) -> dict[str, dict[int, float]]:
@@ -57,14 +88,24 @@ def fc_run(tmp_path_factory):
     return workdir, root, summary
 
 
-def _check_run(workdir, summary, objective, head):
-    assert summary["steps"] == STEPS and summary["devices"] == 4 and summary["resumed_from"] == 0
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The reference run (HPM + TRADES + weight averaging) on 4 devices, one process."""
+    root = tmp_path_factory.mktemp("reference")
+    workdir = root / "work"
+    summary = run(workdir, root, reference_overrides(root))
+    return workdir, root, summary, final_params(workdir)
+
+
+def _check_run(workdir, summary, objective, head, steps=STEPS):
+    assert summary["steps"] == steps and summary["devices"] == 4 and summary["resumed_from"] == 0
     assert summary["eval_examples"] == 16
     assert 0 <= summary["eval_pgd_accuracy"] <= summary["eval_clean_accuracy"] <= 1
 
     records = metrics.read_jsonl(os.path.join(workdir, metrics.JSONL))
     train_records = [r for r in records if "loss" in r]
-    assert [r["step"] for r in train_records] == [1, 2, 3]  # log_every_steps=1; last included
+    # log_every_steps=1 here; the last step is always logged.
+    assert [r["step"] for r in train_records] == list(range(1, steps + 1))
     for r in train_records:
         assert np.isfinite(r["loss"]) and r["learning_rate"] >= 0
     assert "images_per_second" in train_records[-1]
@@ -78,16 +119,17 @@ def _check_run(workdir, summary, objective, head):
                 np.testing.assert_allclose(r[f"loss_{m}"], expected, rtol=1e-5)
                 assert r[f"robust_kl_{m}"] >= 0
     (eval_record,) = [r for r in records if "eval_pgd_accuracy" in r]
-    assert eval_record["step"] == STEPS
+    assert eval_record["step"] == steps
     assert eval_record["eval_clean_accuracy"] == summary["eval_clean_accuracy"]
 
     events = read_events(workdir)
-    assert sorted(events["loss"]) == [1, 2, 3]
-    np.testing.assert_allclose(events["loss"][3], train_records[-1]["loss"], rtol=1e-6)
-    assert STEPS in events["eval_pgd_accuracy"]
+    assert sorted(events["loss"]) == list(range(1, steps + 1))
+    np.testing.assert_allclose(events["loss"][steps], train_records[-1]["loss"], rtol=1e-6)
+    assert steps in events["eval_pgd_accuracy"]
 
     # Checkpoints every 2 steps, the last one forced, the newest 2 kept.
-    assert checkpoints.TrainCheckpoints(workdir, every_steps=2, keep=2).all_steps() == [2, 3]
+    kept = checkpoints.TrainCheckpoints(workdir, every_steps=2, keep=2).all_steps()
+    assert kept == sorted({*range(2, steps + 1, 2), steps})[-2:]
     model, variables = load_model(summary["model_dir"])
     assert type(model.head).__name__ == {"fc": "FCHead", "hpm": "HPMHead"}[head]
     return variables
@@ -100,29 +142,117 @@ def test_pgd_at_with_fc_head(fc_run):
         assert json.load(f) == summary
 
 
-@pytest.mark.parametrize(
-    "objective,head,features",
-    [("trades", "fc", "clean"), ("pgd_at", "hpm", "clean"), ("trades", "hpm", "adversarial")],
-)
-def test_objective_and_head_train(tmp_path, objective, head, features):
-    overrides = tiny_overrides(
-        tmp_path,
-        **{
-            "objective.name": objective,
-            "model.head": head,
-            "objective.prototype_features": features,
-        },
+def test_trades_with_hpm_head_and_weight_averaging(reference):
+    workdir, _, summary, _ = reference
+    variables = _check_run(workdir, summary, "trades", "hpm", steps=REFERENCE_STEPS)
+    # The prototype EMA saw every example of every global batch exactly once per step,
+    # whichever passes (clean, adversarial, attack) the objective made.
+    seen = np.asarray(variables["prototypes"]["head"]["seen"])
+    assert seen.sum() == REFERENCE_STEPS * BATCH
+    ema = np.asarray(variables["prototypes"]["head"]["ema"])
+    assert np.all(np.abs(ema[seen > 0]).sum(axis=1) > 0)
+    assert np.all(ema[seen == 0] == 0)
+
+
+def test_one_device_trains_the_same_model_as_four(reference, tmp_path):
+    _, root, summary, expected = reference
+    one = run(tmp_path / "work", root, reference_overrides(root), devices=jax.devices()[:1])
+    assert one["devices"] == 1
+    # Float32 sums in another order: equal to rounding, after a few steps of SGD.
+    assert_close(final_params(tmp_path / "work"), expected, rtol=2e-4, atol=2e-5)
+    assert one["eval_clean_accuracy"] == summary["eval_clean_accuracy"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _child_env(**extra):
+    path = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    return dict(os.environ, PYTHONPATH=path, **extra)
+
+
+@pytest.mark.slow
+def test_two_processes_train_the_same_model_as_one(reference, tmp_path):
+    _, root, summary, expected = reference
+    port, workdir = _free_port(), tmp_path / "work"
+    env = _child_env(XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    args = [str(port), str(workdir), str(root), json.dumps(reference_overrides(root))]
+    workers = [
+        subprocess.Popen(
+            [sys.executable, SUPPORT, "worker", str(pid), *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for pid in range(2)
+    ]
+    try:
+        logs = [w.communicate(timeout=300)[0] for w in workers]
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+    assert all(w.returncode == 0 for w in workers), "\n".join(log[-3000:] for log in logs)
+    summaries = [
+        json.loads(line.removeprefix("SUMMARY "))
+        for log in logs
+        for line in log.splitlines()
+        if line.startswith("SUMMARY ")
+    ]
+    assert [(s["processes"], s["devices"]) for s in summaries] == [(2, 4), (2, 4)]
+    for s in summaries:  # evaluation counts are global: both report the one-process numbers
+        assert s["eval_clean_accuracy"] == summary["eval_clean_accuracy"]
+        assert s["eval_pgd_accuracy"] == summary["eval_pgd_accuracy"]
+    assert_close(final_params(workdir), expected, rtol=2e-4, atol=2e-5)
+    steps = [r["step"] for r in metrics.read_jsonl(workdir / metrics.JSONL) if "loss" in r]
+    assert steps == list(range(1, REFERENCE_STEPS + 1))  # process 0 alone logs
+
+
+def _losses(workdir):
+    records = metrics.read_jsonl(os.path.join(workdir, metrics.JSONL))
+    return [(r["step"], r["loss"]) for r in records if "loss" in r]
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_to_the_uninterrupted_result(reference, tmp_path):
+    ref_workdir, root, ref_summary, expected = reference
+    workdir, kill_after = tmp_path / "killed", 3
+    # The child sleeps 0.5 s before each batch from step `kill_after` on, so the SIGKILL
+    # lands while it trains, whatever the machine's speed.
+    command = [sys.executable, "-u", SUPPORT, "run", str(workdir), str(root)]
+    command += [json.dumps(reference_overrides(root)), str(kill_after - 1)]
+    child = subprocess.Popen(
+        command, env=_child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    summary = run(tmp_path / "work", tmp_path, overrides)
-    variables = _check_run(tmp_path / "work", summary, objective, head)
-    if head == "hpm":
-        # The prototype EMA saw every example of every global batch exactly once per step,
-        # whichever passes (clean, adversarial, attack) the objective made.
-        seen = np.asarray(variables["prototypes"]["head"]["seen"])
-        assert seen.sum() == STEPS * BATCH
-        ema = np.asarray(variables["prototypes"]["head"]["ema"])
-        assert np.all(np.abs(ema[seen > 0]).sum(axis=1) > 0)
-        assert np.all(ema[seen == 0] == 0)
+    log = []
+    try:
+        for line in child.stdout:
+            log.append(line)
+            if line.startswith(f"step {kill_after}/{REFERENCE_STEPS}"):
+                child.send_signal(signal.SIGKILL)
+                break
+    finally:
+        child.kill()
+        child.wait(timeout=60)
+    assert child.returncode == -signal.SIGKILL, "".join(log[-50:])
+    assert checkpoints.TrainCheckpoints(workdir, every_steps=2, keep=2).latest_step() == 2
+    assert not os.path.exists(workdir / "model")  # it never got to the end
+
+    summary = run(workdir, root, reference_overrides(root))
+    assert summary["resumed_from"] == 2
+    # Data by step, randomness by fold_in(step), momentum, batch statistics, prototypes and
+    # the weight average restored: same devices, same programs, so bit for bit.
+    got = final_params(workdir)
+    assert sorted(got) == sorted(expected)
+    for key in expected:
+        np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+    assert summary["eval_pgd_accuracy"] == ref_summary["eval_pgd_accuracy"]
+    # What the killed run logged after its checkpoint was dropped, then recomputed.
+    assert _losses(workdir) == _losses(ref_workdir)
 
 
 def test_hpm_fine_tuning_starts_from_the_fc_weights_and_class_means(fc_run, tmp_path):
