@@ -35,7 +35,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.name = "small_cnn"
     config.model.num_classes = 10
     config.model.head = "fc"  # "fc", "hpm" or "l2"
-    config.model.kwargs = ml_collections.ConfigDict({"in_channels": 1, "image_size": 28})
+    config.model.kwargs = ml_collections.ConfigDict(
+        {"in_channels": 1, "image_size": 28, "channels": (16, 32, 64), "num_features": 256}
+    )
     # HPM / l2 head options (get_model routes them to the head): see hpm_jax.models.HPMHead.
     config.model.head_kwargs = ml_collections.ConfigDict(
         {"mixing": "count", "pseudo_count": 10.0, "ema_decay": 0.99}
@@ -50,7 +52,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.objective.trades_beta = 6.0
     config.objective.hpm_weight = 1.0  # HPM heads: CE (or TRADES) on the HPM logits ...
     config.objective.fc_weight = 1.0  # ... plus this much of it on the FC logits
-    config.objective.prototype_features = "clean"  # or "adversarial": what feeds the EMA
+    config.objective.prototype_features = "auto"  # TRADES: clean, PGD-AT: adversarial
 
     # The attack inside training.
     config.attack = ml_collections.ConfigDict()

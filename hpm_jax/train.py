@@ -50,8 +50,14 @@ SUMMARY = "summary.json"
 _TRAIN_STREAM, _EVAL_STREAM = 1, 2
 _CONSOLE_KEYS = ("loss", "train_adv_accuracy_hpm", "train_adv_accuracy_fc", "learning_rate")
 
+
+class ConfigError(ValueError):
+    """The config asks for something impossible; the message names the key."""
+
+
 # Errors about the setup (config, data, workdir, init checkpoint): printed as one message.
 SETUP_ERRORS = (
+    ConfigError,
     data.DatasetNotFoundError,
     checkpoints_lib.RunMismatchError,
     model_init.InitCheckpointError,
@@ -224,29 +230,44 @@ def run(
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     mesh = make_mesh(devices)
-    _check_config(config, mesh)
-    checkpoints = checkpoints_lib.TrainCheckpoints(
-        workdir,
-        every_steps=config.checkpoint.every_steps,
-        keep=config.checkpoint.keep,
-        async_save=config.checkpoint.get("async_save", True),
-    )
+    try:  # every config problem surfaces here, before anything is read or written
+        _check_config(config, mesh)
+        setup = _Setup(config)
+        checkpoints = checkpoints_lib.TrainCheckpoints(
+            workdir,
+            every_steps=config.checkpoint.every_steps,
+            keep=config.checkpoint.keep,
+            async_save=config.checkpoint.get("async_save", True),
+        )
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        raise ConfigError(f"Bad config: {error}") from error
     try:
-        return _train(config, workdir, mesh, checkpoints)
+        return _train(config, setup, workdir, mesh, checkpoints)
     finally:  # also on errors: Orbax's background threads must end before the interpreter
         checkpoints.close()
 
 
+class _Setup:
+    """What the config describes, built (and so validated) before any work starts."""
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        self.model, self.model_kwargs = model_init.build_model(config)
+        self.objective = objectives.Objective.from_config(config)
+        self.optimizer = state_lib.make_optimizer(config.train)
+        self.schedule = state_lib.make_schedule(config.train)
+        self.eval_attack = _eval_attack(config)
+        self.judge_mode = _judge_mode(config.model.head)
+
+
 def _train(
     config: ml_collections.ConfigDict,
+    setup: _Setup,
     workdir: str,
     mesh: Mesh,
     checkpoints: checkpoints_lib.TrainCheckpoints,
 ) -> dict[str, Any]:
-    model, model_kwargs = model_init.build_model(config)
-    objective = objectives.Objective.from_config(config)
-    optimizer = state_lib.make_optimizer(config.train)
-    schedule = state_lib.make_schedule(config.train)
+    model, model_kwargs = setup.model, setup.model_kwargs
+    objective, optimizer, schedule = setup.objective, setup.optimizer, setup.schedule
     use_ema = config.train.ema_decay > 0
     run_info = {"identity": identity(config), "config": json.loads(config.to_json())}
 
@@ -294,9 +315,7 @@ def _train(
         donate_argnums=0,
     )
     eval_fn = jax.jit(
-        functools.partial(
-            steps.eval_step, model, _eval_attack(config), _judge_mode(config.model.head)
-        ),
+        functools.partial(steps.eval_step, model, setup.eval_attack, setup.judge_mode),
         in_shardings=(rep, batch_sharding, rep, rep),
         out_shardings=rep,
     )

@@ -33,8 +33,9 @@ from test_train_support import (
     tiny_overrides,
 )
 
-from hpm_jax import data
+from hpm_jax import data, train
 from hpm_jax.checkpointing import load_model
+from hpm_jax.config_lib import load_config
 from hpm_jax.sharding import make_mesh
 from hpm_jax.training import checkpoints, metrics, model_init
 
@@ -264,6 +265,7 @@ def test_hpm_fine_tuning_starts_from_the_fc_weights_and_class_means(fc_run, tmp_
         **{
             "model.head": "hpm",
             "init.checkpoint": fc_dir,
+            "objective.prototype_features": "clean",  # PGD-AT's extra clean pass
             "train.num_steps": 1,
             "train.warmup_steps": 0,
         },
@@ -342,8 +344,6 @@ def test_missing_or_mismatched_init_checkpoints_are_named(fc_run, tmp_path):
 
 def test_a_dataset_not_prepared_is_named(tmp_path):
     with pytest.raises(data.DatasetNotFoundError, match="cifar10"):
-        from hpm_jax import train
-
         train.run(load(tiny_overrides(tmp_path)), os.fspath(tmp_path / "work"))
 
 
@@ -365,3 +365,33 @@ def test_command_line_reports_setup_errors_without_a_traceback(tmp_path):
     assert result.returncode == 1, result.stderr[-2000:]
     assert "hpm-train: error: init.checkpoint='/nonexistent/model' does not exist" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+CONFIG_VARIANTS = {
+    "fashion_mnist.py": [None, "local", "hpm", "hpm,local"],
+    "cifar10.py": [None, "local", "dm_wrn", "fc", "dm_wrn,local"],
+    "cifar100.py": [None, "local", "dm_wrn", "dm_wrn,local"],
+    "imagenet.py": [None, "local", "fc"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONFIG_VARIANTS))
+def test_every_training_config_builds_its_model_objective_and_optimizer(name):
+    path = os.path.join(REPO, "configs", name)
+    for arg in CONFIG_VARIANTS[name]:
+        config = load_config(path if arg is None else f"{path}:{arg}")
+        setup = train._Setup(config)  # what a run validates before reading any data
+        assert config.train.num_steps > 0 and config.checkpoint.every_steps > 0
+        assert (
+            setup.model_kwargs["num_classes"] == data.dataset_info(config.dataset.name).num_classes
+        )
+        with open(path) as f:  # the launch command is in the docstring
+            assert "hpm_jax.train --config=configs/" + name in f.read()
+
+
+def test_bad_config_values_are_named(tmp_path):
+    with pytest.raises(train.ConfigError, match=r"objective\.name must be one of"):
+        train.run(load(tiny_overrides(tmp_path, **{"objective.name": "madry"})), tmp_path)
+    with pytest.raises(train.ConfigError, match="not divisible by the 4 devices"):
+        train.run(load(tiny_overrides(tmp_path, **{"train.batch_size": 6})), tmp_path)
+    assert not os.path.exists(tmp_path / "checkpoints")  # refused before writing anything

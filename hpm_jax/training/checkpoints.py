@@ -77,8 +77,8 @@ class TrainCheckpoints:
                 f"checkpoint.every_steps ({every_steps}) and checkpoint.keep ({keep}) must be >= 1."
             )
         self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINTS)
+        self.every_steps = every_steps
         options = ocp.CheckpointManagerOptions(
-            save_interval_steps=every_steps,
             max_to_keep=keep,
             enable_async_checkpointing=async_save,
             cleanup_tmp_directories=True,  # what a killed run left half-written
@@ -105,12 +105,15 @@ class TrainCheckpoints:
     ) -> bool:
         """Start writing `state` at `step` if it is a checkpoint step (or `force`); returns
         whether it did. The write continues in the background; `state` may then be donated."""
+        # Decided here: Orbax's own interval policy would also save the first step of a run.
+        if not force and step % self.every_steps:
+            return False
         return self._manager.save(
             step,
             args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state), run=ocp.args.JsonSave(dict(run_info))
             ),
-            force=force,
+            force=True,
         )
 
     def run_info(self, step: int) -> dict[str, Any]:

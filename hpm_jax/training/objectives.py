@@ -15,7 +15,9 @@ several modes from one backbone pass; the objective is applied to each and weigh
 `hpm_weight * objective(hpm logits) + fc_weight * objective(fc logits)` (the auxiliary FC
 term keeps the FC head, which HPM's batch prototypes are assigned by, discriminative).
 The prototype EMA (collection `prototypes`) is updated once per step, from the clean or
-the adversarial features (`prototype_features`); batch-norm statistics (`batch_stats`)
+the adversarial features (`prototype_features`; "auto": clean for TRADES, adversarial for
+PGD-AT, the passes each makes anyway; clean features under PGD-AT cost one more forward
+pass without gradient); batch-norm statistics (`batch_stats`)
 follow every train-mode forward pass in order, as in the PyTorch references.
 
 Batch norm during the attack (`attack.bn_mode`): "auto" follows each reference, "train"
@@ -41,7 +43,7 @@ from hpm_jax.attacks.losses import cross_entropy
 
 OBJECTIVES = ("pgd_at", "trades")
 HEADS = ("fc", "l2", "hpm")
-PROTOTYPE_FEATURES = ("clean", "adversarial")
+PROTOTYPE_FEATURES = ("auto", "clean", "adversarial")
 BN_MODES = ("auto", "train", "eval")
 
 
@@ -130,6 +132,8 @@ class Objective:
                 f"objective.prototype_features must be one of {PROTOTYPE_FEATURES}, got "
                 f"{features!r}."
             )
+        if features == "auto":  # whichever features the objective computes anyway
+            features = "clean" if name == "trades" else "adversarial"
         return cls(name, tuple(weights), attack, float(config.objective.trades_beta), features)
 
 

@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Train on a Cloud TPU VM or pod slice: create it, install hpm-jax on every worker, mount
+# the bucket that holds the data and the workdir, run hpm_jax.train on all workers at once
+# (one JAX process per host, joined by jax.distributed), then delete the TPU.
+#
+#   launch/tpu.sh --tpu=hpm-v4 --zone=us-central2-b --accelerator=v4-32 --bucket=my-bucket \
+#       --config=configs/cifar10.py --workdir=runs/c10_wrn_hpm \
+#       -- --config.init.checkpoint=/mnt/my-bucket/carmon2019
+#   launch/tpu.sh ... --dry-run        # print the commands, run nothing
+#   launch/tpu.sh ... --keep           # leave the TPU up afterwards (rerun to resume)
+#
+# The bucket is mounted with gcsfuse at /mnt/BUCKET on every worker: --workdir and
+# --data_dir are paths inside it (TFDS datasets prepared as array_record under
+# --data_dir, default tensorflow_datasets). Checkpoints land in the bucket, so a preempted or
+# failed run resumes when started again with the same --workdir.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+TPU="" ZONE="" PROJECT="" ACCELERATOR="v4-8" VERSION="tpu-ubuntu2204-base" BUCKET=""
+CONFIG="" WORKDIR="" DATA_DIR="tensorflow_datasets" DRY_RUN=0 KEEP=0 SPOT=0
+EXTRA=()
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit "${1:-0}"; }
+while [ "$#" -gt 0 ]; do
+  arg="$1"; shift
+  case "$arg" in
+    --) EXTRA=("$@"); break ;;  # the rest goes to hpm_jax.train
+    --tpu=*) TPU="${arg#*=}" ;;
+    --zone=*) ZONE="${arg#*=}" ;;
+    --project=*) PROJECT="${arg#*=}" ;;
+    --accelerator=*) ACCELERATOR="${arg#*=}" ;;
+    --version=*) VERSION="${arg#*=}" ;;
+    --bucket=*) BUCKET="${arg#*=}"; BUCKET="${BUCKET#gs://}" ;;
+    --config=*) CONFIG="${arg#*=}" ;;
+    --workdir=*) WORKDIR="${arg#*=}" ;;
+    --data_dir=*) DATA_DIR="${arg#*=}" ;;
+    --spot) SPOT=1 ;;
+    --keep) KEEP=1 ;;
+    --dry-run) DRY_RUN=1 ;;
+    -h|--help) usage 0 ;;
+    *) echo "tpu.sh: unknown argument $arg" >&2; usage 2 ;;
+  esac
+done
+for required in TPU ZONE BUCKET CONFIG WORKDIR; do
+  if [ -z "${!required}" ]; then
+    echo "tpu.sh: --$(echo "$required" | tr '[:upper:]' '[:lower:]') is required" >&2
+    usage 2
+  fi
+done
+case "$CONFIG" in configs/*) ;; *) echo "tpu.sh: --config must be a file under configs/" >&2; exit 2 ;; esac
+
+MOUNT="/mnt/$BUCKET"
+GCLOUD=(gcloud compute tpus tpu-vm)
+WHERE=(--zone="$ZONE")
+[ -n "$PROJECT" ] && WHERE+=(--project="$PROJECT")
+
+run() {  # print, and run unless --dry-run
+  printf '+'; printf ' %q' "$@"; printf '\n'
+  [ "$DRY_RUN" = 1 ] || "$@"
+}
+on_all_workers() {
+  run "${GCLOUD[@]}" ssh "$TPU" "${WHERE[@]}" --worker=all --command="$1"
+}
+
+# 1. The TPU VM (or pod slice: one VM per host).
+CREATE=("${GCLOUD[@]}" create "$TPU" "${WHERE[@]}" --accelerator-type="$ACCELERATOR" --version="$VERSION")
+[ "$SPOT" = 1 ] && CREATE+=(--spot)
+run "${CREATE[@]}"
+cleanup() {
+  if [ "$KEEP" = 1 ]; then
+    echo "tpu.sh: leaving $TPU up (--keep); delete it with: ${GCLOUD[*]} delete $TPU ${WHERE[*]} --quiet"
+  else
+    run "${GCLOUD[@]}" delete "$TPU" "${WHERE[@]}" --quiet
+  fi
+}
+trap cleanup EXIT
+
+# 2. This checkout (committed files) on every worker.
+ARCHIVE="$(mktemp -d)/hpm-jax.tar.gz"
+run git -C "$ROOT" archive --format=tar.gz -o "$ARCHIVE" HEAD
+run "${GCLOUD[@]}" scp "$ARCHIVE" "$TPU":/tmp/hpm-jax.tar.gz "${WHERE[@]}" --worker=all
+
+# 3. Install: hpm-jax with JAX for TPUs in a venv; gcsfuse mounts the bucket.
+on_all_workers "set -e
+mkdir -p ~/hpm-jax && tar -xzf /tmp/hpm-jax.tar.gz -C ~/hpm-jax
+python3 -m venv ~/hpm-venv
+~/hpm-venv/bin/pip install -q --upgrade pip
+~/hpm-venv/bin/pip install -q 'jax[tpu]' -e ~/hpm-jax
+if ! command -v gcsfuse >/dev/null; then
+  echo \"deb https://packages.cloud.google.com/apt gcsfuse-\$(lsb_release -c -s) main\" |
+    sudo tee /etc/apt/sources.list.d/gcsfuse.list >/dev/null
+  curl -fsSL https://packages.cloud.google.com/apt/doc/apt-key.gpg |
+    sudo gpg --dearmor -o /etc/apt/trusted.gpg.d/gcsfuse.gpg
+  sudo apt-get update -qq && sudo apt-get install -y -qq gcsfuse
+fi
+sudo mkdir -p $MOUNT && sudo chown \$USER $MOUNT
+mountpoint -q $MOUNT || gcsfuse --implicit-dirs --rename-dir-limit=100000 $BUCKET $MOUNT"
+
+# 4. Train on every worker; jax.distributed finds the other hosts by itself (--multihost).
+printf -v EXTRA_ARGS ' %q' "${EXTRA[@]}"
+[ "${#EXTRA[@]}" -eq 0 ] && EXTRA_ARGS=""
+on_all_workers "cd ~/hpm-jax && ~/hpm-venv/bin/python -m hpm_jax.train --multihost \
+--config=$CONFIG --workdir=$MOUNT/$WORKDIR --config.dataset.data_dir=$MOUNT/$DATA_DIR$EXTRA_ARGS"
