@@ -43,7 +43,7 @@ import ml_collections
 import numpy as np
 
 from hpm_jax import data
-from hpm_jax.attacks import AutoAttack, mixed_surrogate_attack
+from hpm_jax.attacks import AutoAttack, mixed_surrogate_attack, versions
 from hpm_jax.checkpointing import MODEL_SPEC, load_model
 from hpm_jax.models import FCHead, HPMHead, L2Head
 
@@ -63,7 +63,9 @@ def default_evaluation_config() -> ml_collections.ConfigDict:
     c.norm = "Linf"
     c.eps = 0.1
     c.seed = 0
-    c.version = "standard"  # AutoAttack version (or a list of attack names) for every row
+    # AutoAttack version for every row: "standard", "plus", "rand", or attack names separated
+    # by commas ("apgd-ce,apgd-t,square"; those take the reference's constructor defaults).
+    c.version = "standard"
     # {attack: {setting: value}} over the version's settings, e.g. reduced budgets:
     # {"square": {"n_queries": 1000}, "apgd-t": {"n_target_classes": 3}}.
     c.attack_options = ml_collections.ConfigDict()
@@ -210,21 +212,21 @@ class _Runner:
         path = os.path.join(self.workdir, ADV_DIR, f"{name}.npz")
         np.savez_compressed(path, x_adv=x_adv, robust=np.asarray(robust, bool))
 
-    def _options(self, attacks) -> dict[str, Any]:
+    def _options(self, attacks: str | list[str]) -> dict[str, Any]:
         opts = _plain(self.ev.attack_options)
         if isinstance(attacks, str):
             return opts
         return {k: v for k, v in opts.items() if k in attacks}
 
     def autoattack(self, name: str, fn, *, version=None, eps=None) -> dict[str, Any]:
-        version = self.ev.version if version is None else version
+        version = attack_list(self.ev.version if version is None else version)
         self.log(f"[evaluate] AutoAttack on {name}")
         t0 = time.perf_counter()
         report = AutoAttack(
             fn,
             norm=self.ev.norm,
             eps=self.ev.eps if eps is None else eps,
-            version=version if isinstance(version, str) else list(version),
+            version=version,
             seed=int(self.ev.seed),
             attack_options=self._options(version),
             run_checks=bool(self.ev.run_checks),
@@ -235,7 +237,7 @@ class _Runner:
         return _autoattack_entry(report)
 
     def msa(self, name: str, target, surrogates, *, version=None, eps=None) -> dict[str, Any]:
-        version = self.ev.version if version is None else version
+        version = attack_list(self.ev.version if version is None else version)
         self.log(f"[evaluate] MSA on {name} through {', '.join(surrogates)}")
         t0 = time.perf_counter()
         report = mixed_surrogate_attack(
@@ -246,7 +248,7 @@ class _Runner:
             norm=self.ev.norm,
             eps=self.ev.eps if eps is None else eps,
             batch_size=int(self.ev.batch_size),
-            version=version if isinstance(version, str) else list(version),
+            version=version,
             seed=int(self.ev.seed),
             attack_options=self._options(version),
             state_path=self._state(name),
@@ -256,6 +258,15 @@ class _Runner:
         self.seconds[name] = time.perf_counter() - t0
         self._save(name, report.x_adv, report.robust)
         return _msa_entry(report)
+
+
+def attack_list(version: Any) -> str | list[str]:
+    """A version name as it is; "a,b" or a sequence of attack names as a list of names."""
+    if isinstance(version, str):
+        if version in versions.VERSIONS:
+            return version
+        return [v.strip() for v in version.split(",") if v.strip()]
+    return [str(v) for v in version]
 
 
 def _want_msa(ev, modes, directory: str) -> bool:

@@ -1,0 +1,205 @@
+"""The evaluation program on a tiny HPM model trained here on real Fashion-MNIST.
+
+One full evaluation is shared (module fixture); tests check its report against itself and
+the data (clean accuracy per head equals the attacks' clean pass, robust accuracy never above
+any intermediate figure, adversarial images inside the eps ball, flags of the dynamic
+defense), the written summary.md and PNGs, that an evaluation interrupted midway (an exception
+raised from its log hook inside MSA) resumes to the same report, and the errors.
+"""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from hpm_jax import config_lib, data, evaluate
+from hpm_jax.checkpointing import save_model
+from hpm_jax.data import offline
+from hpm_jax.models import get_model
+from hpm_jax.prototypes import init_prototypes
+
+CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "fashion_mnist.py")
+ARCH = dict(in_channels=1, image_size=28, channels=[8, 16, 16], num_features=32)
+EPS = 0.1
+
+pytestmark = pytest.mark.skipif(
+    not offline.fashion_mnist_files_present(), reason="needs apt-get install dataset-fashion-mnist"
+)
+
+
+def tiny_config(**evaluation):
+    config = config_lib.load_config(CONFIG)
+    with config.unlocked():
+        config.evaluation = evaluate.default_evaluation_config()
+        settings = dict(
+            num_examples=24,
+            batch_size=8,  # 4 devices; 3 fixed batches
+            eps=EPS,
+            # Tiny budgets: APGD-CE for the gradient part, a few Square queries.
+            version="apgd-ce,square",
+            attack_options={"apgd-ce": {"n_iter": 3, "n_restarts": 1}, "square": {"n_queries": 4}},
+            surrogates=("fc", "ste"),
+        )
+        config.evaluation.update({**settings, **evaluation})
+    return config
+
+
+def _train_tiny(n_steps=40, batch=64):
+    """A few SGD steps of CE on the FC logits, then P_ema = class means: a weak but real model."""
+    model = get_model("small_cnn", num_classes=10, head="hpm", **ARCH)
+    source = data.get_source("fashion_mnist", "train")
+    x = np.stack([source[i]["image"] for i in range(n_steps * batch // 4)]).astype(np.float32)
+    x = x.reshape(-1, 28, 28, 1) / 255.0
+    y = np.asarray([source[i]["label"] for i in range(len(x))], np.int32)
+    variables = model.init(jax.random.key(0), jnp.asarray(x[:2]))
+    opt = optax.sgd(0.1, momentum=0.9)
+
+    @jax.jit
+    def step(params, stats, opt_state, xb, yb):
+        def loss(p):
+            logits, upd = model.apply(
+                {**variables, "params": p, "batch_stats": stats}, xb, train=True, mode="fc",
+                mutable=["batch_stats"],
+            )  # fmt: skip
+            return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean(), upd
+
+        (_, upd), g = jax.value_and_grad(loss, has_aux=True)(params)
+        updates, opt_state = opt.update(g, opt_state)
+        return optax.apply_updates(params, updates), upd["batch_stats"], opt_state
+
+    params, stats = variables["params"], variables["batch_stats"]
+    opt_state = opt.init(params)
+    for i in range(n_steps):
+        j = (i * batch) % len(x)
+        params, stats, opt_state = step(
+            params, stats, opt_state, x[j : j + batch], y[j : j + batch]
+        )
+    variables = {**variables, "params": params, "batch_stats": stats}
+    batches = [{"image": jnp.asarray(x[i : i + 128]), "label": jnp.asarray(y[i : i + 128])}
+               for i in range(0, len(x), 128)]  # fmt: skip
+    return model, init_prototypes(model, variables, batches)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    _, variables = _train_tiny()
+    hpm_dir = save_model(str(root / "hpm"), variables, arch="small_cnn", num_classes=10,
+                         head="hpm", **ARCH)  # fmt: skip
+    fc_vars = {
+        "params": {
+            "backbone": variables["params"]["backbone"],
+            "head": {"fc": variables["params"]["head"]["fc"]},
+        },
+        "batch_stats": variables["batch_stats"],
+    }
+    fc_dir = save_model(str(root / "fc"), fc_vars, arch="small_cnn", num_classes=10, **ARCH)
+    return {"hpm": hpm_dir, "fc": fc_dir}
+
+
+@pytest.fixture(scope="module")
+def evaluated(checkpoints, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("eval")
+    report = evaluate.run(tiny_config(), checkpoints["hpm"], str(workdir), log=None)
+    return report, workdir
+
+
+def _comparable(tree):
+    """The report without what differs between runs (wall-clock times, resume marks, paths)."""
+    if isinstance(tree, dict):
+        drop = {"times", "seconds", "total_seconds", "resumed", "files"}
+        return {k: _comparable(v) for k, v in tree.items() if k not in drop}
+    if isinstance(tree, list):
+        return [_comparable(v) for v in tree]
+    return tree
+
+
+def test_report_fields_and_consistency(evaluated):
+    report, workdir = evaluated
+    assert set(report["heads"]) == {"fc", "ema_l2", "hpm"}
+    assert report["num_examples"] == 24 and report["batch_size"] == 8
+    assert report["settings"]["attack_options"]["square"] == {"n_queries": 4}
+    assert "fixed batches of 8" in report["order"]
+    x, _ = evaluate.load_eval_data(tiny_config(), 24)
+    for name, row in report["heads"].items():
+        entries = {k: row[k] for k in ("autoattack", "msa", "naive_autoattack") if k in row}
+        assert entries, name
+        for kind, entry in entries.items():
+            # The attacks' clean pass is the same fixed batches as the row's clean accuracy.
+            assert entry["clean_accuracy"] == row["clean_accuracy"], (name, kind)
+            after = list(entry["robust_accuracy_after"].values())
+            assert all(a >= b for a, b in zip([row["clean_accuracy"], *after], after, strict=False))
+            assert entry["robust_accuracy"] <= after[-1] + 1e-12
+            saved = np.load(workdir / "adversarial" / f"{_section(name, kind)}.npz")
+            assert saved["robust"].mean() == pytest.approx(entry["robust_accuracy"])
+            delta = np.abs(saved["x_adv"] - x).reshape(len(x), -1).max(axis=1)
+            assert delta.max() <= EPS + 1e-6
+            assert saved["x_adv"].min() >= 0 and saved["x_adv"].max() <= 1
+    msa = report["heads"]["hpm"]["msa"]
+    assert list(msa["per_surrogate"]) == ["fc", "ste"]
+    assert list(msa["robust_accuracy_after"]) == ["apgd-ce@fc", "apgd-ce@ste", "square"]
+    # HPM is a dynamic, batch-coupled defense: the naive evaluation's checks must say so.
+    naive = report["heads"]["hpm"]["naive_autoattack"]
+    assert {"dynamic", "batch_dependence"} <= set(naive["flagged"])
+    assert "fc/autoattack" not in report["flagged"]  # a plain FC head raises no flag
+    with open(workdir / "report.json") as f:
+        assert json.load(f) == {k: v for k, v in report.items() if k != "files"}
+
+
+def _section(name, kind):
+    return {"autoattack": f"autoattack_{name}", "msa": "msa_hpm",
+            "naive_autoattack": "autoattack_hpm_naive"}[kind]  # fmt: skip
+
+
+def test_summary_and_plots_written(evaluated):
+    report, workdir = evaluated
+    md = (workdir / "summary.md").read_text()
+    assert "| head | clean | AutoAttack | MSA |" in md
+    for label in ("| FC |", "| l2-EMA |", "| HPM |", "apgd-ce@ste", "Sanity checks flagged"):
+        assert label in md
+    assert f"{100 * report['heads']['hpm']['msa']['robust_accuracy']:.1f}%" in md
+    with open(workdir / "robustness.png", "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert set(report["files"]) == {"robustness", "summary"}
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_interrupted_evaluation_resumes_to_the_same_report(evaluated, checkpoints, tmp_path):
+    report, _ = evaluated
+
+    def stop_inside_msa(line):
+        if line.startswith("apgd-ce@ste - 1/3"):  # MSA's second attack, first batch saved
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        evaluate.run(tiny_config(), checkpoints["hpm"], str(tmp_path), log=stop_inside_msa)
+    assert not (tmp_path / "report.json").exists()
+    assert (tmp_path / "state" / "msa_hpm.json").exists()
+    resumed = evaluate.run(tiny_config(), checkpoints["hpm"], str(tmp_path), log=None)
+    assert resumed["heads"]["hpm"]["msa"]["chain"]["resumed"] is True
+    assert _comparable(resumed) == _comparable(report)
+
+
+def test_errors_name_the_problem_and_the_fix(checkpoints, tmp_path):
+    with pytest.raises(evaluate.EvaluationSetupError, match=r"no model.json.*hpm_jax.train"):
+        evaluate.run(tiny_config(), str(tmp_path / "missing"), str(tmp_path / "out"), log=None)
+    with pytest.raises(evaluate.EvaluationSetupError, match=r"no HPM head.*:hpm"):
+        evaluate.run(tiny_config(msa="required"), checkpoints["fc"], str(tmp_path), log=None)
+    with pytest.raises(evaluate.EvaluationSetupError, match="not modes of this model"):
+        evaluate.run(tiny_config(surrogates=("fc", "bpda")), checkpoints["hpm"], str(tmp_path),
+                     log=None)  # fmt: skip
+    with pytest.raises(evaluate.EvaluationSetupError, match="multiple of the 4 devices"):
+        evaluate.run(tiny_config(batch_size=6), checkpoints["hpm"], str(tmp_path), log=None)
+    config = tiny_config()
+    with config.unlocked():
+        config.evaluation.typo = 1
+    with pytest.raises(evaluate.EvaluationSetupError, match=r"unknown key.*typo"):
+        evaluate.run(config, checkpoints["hpm"], str(tmp_path), log=None)
+    assert not (tmp_path / "report.json").exists()
