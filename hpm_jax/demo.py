@@ -1,135 +1,224 @@
-"""The end-to-end demo: Fashion-MNIST (offline) -> sharded training -> evaluation -> Orbax.
+"""The end-to-end demo: adversarial training -> HPM fine-tuning -> sensitivity -> AutoAttack/MSA.
 
-    python -m hpm_jax.demo --config=configs/fashion_mnist.py --workdir=/tmp/hpm_demo
+    python -m hpm_jax.demo --workdir=/tmp/hpm_demo                      # launch/demo.sh
+    python -m hpm_jax.demo --config=configs/fashion_mnist.py --workdir=/tmp/hpm_demo \
+        --config.evaluation.num_examples=1000                            # any override
+    summary = run("configs/fashion_mnist.py", "/tmp/hpm_demo", ["train.num_steps=50"])
 
-Trains the configured backbone with plain cross-entropy, data-parallel over every local
-device, evaluates on the held-out split with the masked last batch, writes an Orbax model
-checkpoint and `summary.json` to the workdir, reloads the checkpoint and checks that it
-predicts the same. Later stages (adversarial training, HPM, AutoAttack, MSA) extend it.
+On Fashion-MNIST (the Debian package's files offline, TFDS when prepared), five stages, each
+in its own directory of WORKDIR and skipped when its output is already there (so a killed
+demo started again resumes; the two training stages also resume from their checkpoints):
+
+1. `at/`: PGD-AT of the small CNN with the FC head (`hpm_jax.train.run`, the config as given).
+2. `hpm/`: HPM fine-tuning of that model (the config's `:hpm` variant, init.checkpoint =
+   `at/model`).
+3. `analysis/`: sensitivity of the HPM model's FC, l2 (P_ema) and HPM heads
+   (`hpm_jax.analysis`) on the evaluation points.
+4. `eval/`: `hpm_jax.evaluate` on the HPM model: AutoAttack on its FC and l2-EMA heads, MSA
+   on HPM, plain AutoAttack through HPM's STE beside it (`config.evaluation` sets n, batches
+   and the attack budgets; the table states them).
+5. the table (rows FC, l2-EMA, HPM; clean, AutoAttack, MSA robust accuracy) and
+   `WORKDIR/summary.json`.
+
+Config overrides (`--config.a.b=v`) apply to both training stages and the evaluation.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import ml_collections
-import optax
-from absl import app, flags, logging
 
-from hpm_jax import config_lib, data
-from hpm_jax.checkpointing import load_model, save_model
-from hpm_jax.models import Classifier, get_model
-from hpm_jax.sharding import make_mesh, replicated
+from hpm_jax import config_lib, evaluate, reports
 
-_CONFIG = config_lib.define_config_flag()
-_WORKDIR = flags.DEFINE_string("workdir", "/tmp/hpm_demo", "Where the checkpoint and summary go.")
+DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "fashion_mnist.py")
+SUMMARY = "summary.json"
+STAGES = ("at", "hpm", "analysis", "eval")
 
 
-def train_step(model: Classifier, optimizer, state: dict[str, Any], batch: dict[str, jax.Array]):
-    """One SGD step on the mean cross-entropy; returns the new state and the loss."""
-
-    def loss_fn(params):
-        logits, updates = model.apply(
-            {"params": params, "batch_stats": state["batch_stats"]},
-            batch["image"], train=True, mutable=["batch_stats"],
-        )  # fmt: skip
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
-        return loss, updates["batch_stats"]
-
-    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-    updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    return {"params": params, "batch_stats": batch_stats, "opt_state": opt_state}, loss
-
-
-def correct_count(model: Classifier, variables: Any, batch: dict[str, jax.Array]) -> jax.Array:
-    """Number of correctly classified real (unmasked) examples in an evaluation batch."""
-    predictions = jnp.argmax(model.apply(variables, batch["image"]), axis=-1)
-    return jnp.sum((predictions == batch["label"]) & batch["mask"])
+def stage_configs(
+    config_spec: str, overrides: Sequence[str], at_model: str
+) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict]:
+    """(adversarial training config, HPM fine-tuning config): the file's plain and `hpm`
+    variants with the same overrides; the second starts from `at_model`."""
+    path, _, variant = config_spec.partition(":")
+    hpm_spec = f"{path}:{variant + ',' if variant else ''}hpm"
+    configs = []
+    for spec, extra in ((config_spec, []), (hpm_spec, [f"init.checkpoint={at_model}"])):
+        config = config_lib.load_config(spec)
+        with config.unlocked():  # a config without the section gets evaluate's defaults
+            config.evaluation = evaluate.evaluation_config(config)
+        config_lib.apply_overrides(config, [*overrides, *extra])
+        configs.append(config)
+    return configs[0], configs[1]
 
 
-def evaluate(model: Classifier, variables: Any, source, config, mesh) -> float:
-    count = jax.jit(functools.partial(correct_count, model))
-    batches = data.eval_iterator(source, batch_size=config.eval.batch_size, mesh=mesh)
-    return float(sum(count(variables, batch) for batch in batches)) / len(source)
+def _done(directory: str, marker: str) -> bool:
+    return os.path.isfile(os.path.join(directory, marker))
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    mesh = make_mesh()
-    data_dir = config.dataset.data_dir or None
-    train_source = data.get_source(
-        config.dataset.name, config.dataset.train_split, data_dir=data_dir
-    )
-    eval_source = data.get_source(config.dataset.name, config.dataset.eval_split, data_dir=data_dir)
-    model_kwargs = {"num_classes": config.model.num_classes, **config.model.kwargs}
-    model = get_model(config.model.name, **model_kwargs)
+def _train(config, directory: str, log) -> dict[str, Any]:
+    from hpm_jax import train  # defines --config / --workdir flags; imported on use
 
-    info = data.dataset_info(config.dataset.name)
-    variables = model.init(jax.random.key(config.seed), jnp.zeros((1, *info.image_shape)))
-    schedule = optax.cosine_decay_schedule(config.train.learning_rate, config.train.num_steps)
-    optimizer = optax.chain(
-        optax.add_decayed_weights(config.train.weight_decay),
-        optax.sgd(schedule, momentum=config.train.momentum, nesterov=True),
-    )
-    state = {**variables, "opt_state": optimizer.init(variables["params"])}
-    state = jax.device_put(state, replicated(mesh))
-    step_fn = jax.jit(functools.partial(train_step, model, optimizer), donate_argnums=0)
+    if _done(directory, train.SUMMARY) and _done(directory, "model/model.json"):
+        log(f"[demo] {directory} is complete; skipped.")
+        with open(os.path.join(directory, train.SUMMARY)) as f:
+            return json.load(f)
+    return train.run(config, directory)
 
-    batches = data.train_iterator(
-        train_source, batch_size=config.train.batch_size, mesh=mesh, seed=config.seed
-    )
-    start = time.perf_counter()
-    for step, batch in zip(range(1, config.train.num_steps + 1), batches, strict=False):
-        state, loss = step_fn(state, batch)
-        if step % config.train.log_every_steps == 0 or step == config.train.num_steps:
-            rate = step * config.train.batch_size / (time.perf_counter() - start)
-            print(f"step {step}/{config.train.num_steps}  loss {float(loss):.4f}  "
-                  f"{rate:.0f} images/s", flush=True)  # fmt: skip
-    train_seconds = time.perf_counter() - start
 
-    variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
-    accuracy = evaluate(model, variables, eval_source, config, mesh)
-    checkpoint = save_model(
-        os.path.join(workdir, f"model_{int(time.time())}"), variables,
-        arch=config.model.name, **model_kwargs,
-    )  # fmt: skip
-    reloaded_model, reloaded = load_model(checkpoint)
-    reloaded_accuracy = evaluate(reloaded_model, reloaded, eval_source, config, mesh)
-    if reloaded_accuracy != accuracy:
-        raise RuntimeError(f"Reloaded checkpoint disagrees: {reloaded_accuracy} != {accuracy}.")
+def _analysis(config, checkpoint: str, directory: str, log) -> dict[str, Any]:
+    """The sensitivity analysis of the HPM model on the evaluation points and batches."""
+    if _done(directory, "summary.json"):
+        log(f"[demo] {directory} is complete; skipped.")
+        with open(os.path.join(directory, "summary.json")) as f:
+            return json.load(f)
+    import jax.numpy as jnp
 
-    summary = {
-        "dataset": config.dataset.name,
-        "model": config.model.name,
-        "devices": jax.device_count(),
-        "train_steps": config.train.num_steps,
-        "train_seconds": round(train_seconds, 1),
-        "clean_accuracy": accuracy,
-        "checkpoint": checkpoint,
-    }
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
+    from hpm_jax import analysis
+    from hpm_jax.checkpointing import load_model
+
+    ev = evaluate.evaluation_config(config)
+    batch_size = int(ev.batch_size)
+    model, variables = load_model(checkpoint)
+    x, y = evaluate.load_eval_data(config, int(ev.num_examples))
+    n = len(x) - len(x) % batch_size  # full batches only: HPM's batch statistics
+    if n == 0:
+        raise ValueError(
+            f"the analysis needs at least one full batch: evaluation.num_examples={len(x)} < "
+            f"evaluation.batch_size={batch_size}."
+        )
+    batches = [
+        {"image": jnp.asarray(x[i : i + batch_size]), "label": jnp.asarray(y[i : i + batch_size])}
+        for i in range(0, n, batch_size)
+    ]
+    result = analysis.analyze(model, variables, batches, seed=int(ev.seed))
+    summary = result["summary"]
+    summary.update(checkpoint=checkpoint, batch_size=batch_size, num_examples=n)
+    analysis.write_figures(result, directory)
+    with open(os.path.join(directory, "summary.json"), "w") as f:  # last: marks it complete
         json.dump(summary, f, indent=2)
     return summary
 
 
-def main(argv: list[str]) -> None:
-    del argv
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every read and write at INFO.
-    workdir = os.path.abspath(_WORKDIR.value)
+def analysis_lines(summary: dict[str, Any]) -> list[str]:
+    """Per head: accuracy, median margin Lipschitz constant and relative sensitivity, and the
+    worst-case feature-perturbation flip rate at each radius."""
+    radii = " ".join(f"{r:g}" for r in summary["relative_radii"])
+    lines = [f"  worst-case flip rate at feature radii {radii} x mean ||f||:"]
+    for name, h in summary["heads"].items():
+        flips = " ".join(f"{v:.2f}" for v in h["worst_case"]["flip_rate"])
+        lines.append(
+            f"  {name:>4}: acc {h['accuracy']:.3f}  median ||grad_f m|| "
+            f"{h['lipschitz']['median']:.3g}  median L||f||/|m| "
+            f"{h['relative_sensitivity']['median']:.3g}  flips {flips}"
+        )
+    return lines
+
+
+def run(
+    config_spec: str,
+    workdir: str,
+    overrides: Sequence[str] = (),
+    *,
+    log: Callable[[str], Any] = print,
+) -> dict[str, Any]:
+    """Run (or resume) the demo in `workdir`; returns the summary (also WORKDIR/summary.json)."""
+    workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
-    summary = run(_CONFIG.value, workdir)
-    print(f"\n{summary['model']} on {summary['dataset']} ({summary['devices']} devices, "
-          f"{summary['train_steps']} steps, {summary['train_seconds']} s)")  # fmt: skip
-    print(f"  clean test accuracy: {summary['clean_accuracy']:.4f}")
-    print(f"  checkpoint: {summary['checkpoint']}  (reloaded and re-checked)")
-    print(f"  summary: {os.path.join(workdir, 'summary.json')}")
+    dirs = {stage: os.path.join(workdir, stage) for stage in STAGES}
+    at_model, hpm_model = (os.path.join(dirs[s], "model") for s in ("at", "hpm"))
+    at_config, hpm_config = stage_configs(config_spec, overrides, at_model)
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
+
+    def stage(name: str, title: str, fn):
+        log(f"\n[demo] stage {STAGES.index(name) + 1}/4: {title}")
+        t0 = time.perf_counter()
+        out = fn()
+        seconds[name] = round(time.perf_counter() - t0, 1)
+        return out
+
+    at = stage("at", "adversarial training (PGD-AT, FC head)",
+               lambda: _train(at_config, dirs["at"], log))  # fmt: skip
+    hpm = stage("hpm", "HPM fine-tuning", lambda: _train(hpm_config, dirs["hpm"], log))
+    sens = stage("analysis", "sensitivity of the FC, l2 and HPM heads",
+                 lambda: _analysis(at_config, hpm_model, dirs["analysis"], log))  # fmt: skip
+    for line in analysis_lines(sens):
+        log(line)
+
+    def run_eval():
+        if _done(dirs["eval"], evaluate.REPORT):
+            log(f"[demo] {dirs['eval']} is complete; skipped.")
+            with open(os.path.join(dirs["eval"], evaluate.REPORT)) as f:
+                return json.load(f)
+        return evaluate.run(at_config, hpm_model, dirs["eval"], log=log)
+
+    report = stage("eval", "AutoAttack on FC and l2-EMA, MSA on HPM", run_eval)
+    rows = {name: reports.row_figures(row) for name, row in report["heads"].items()}
+    summary = {
+        "dataset": at_config.dataset.name,
+        "model": at_config.model.name,
+        "checkpoint": hpm_model,  # what `python -m hpm_jax.analysis --checkpoint=WORKDIR` reads
+        "at_checkpoint": at_model,
+        "train": {"at": at, "hpm": hpm},
+        "table": rows,
+        "settings": reports.settings_line(report),
+        "report": os.path.join(dirs["eval"], evaluate.REPORT),
+        "summary_md": os.path.join(dirs["eval"], evaluate.SUMMARY),
+        "plots": sorted(
+            os.path.join(d, f)
+            for d in (dirs["eval"], dirs["analysis"])
+            for f in os.listdir(d)
+            if f.endswith(".png")
+        ),
+        "stage_seconds": seconds,  # this invocation; a skipped stage takes ~0
+        "total_seconds": round(time.perf_counter() - start, 1),
+    }
+    with open(os.path.join(workdir, SUMMARY), "w") as f:
+        json.dump(summary, f, indent=2)
+    log("\n" + reports.table(report))
+    log(f"report: {summary['report']}\nsummary: {summary['summary_md']}")
+    log("plots: " + ", ".join(summary["plots"]))
+    log(f"demo time: {summary['total_seconds']} s ({seconds})")
+    return summary
+
+
+# ---- the command line ------------------------------------------------------------------------
+
+
+def _override_strings(values: dict[str, Any]) -> list[str]:
+    """--config.a.b=v flags as "a.b=repr(v)" (config_lib.apply_overrides parses them back)."""
+    return [f"{k}={v!r}" for k, v in values.items()]
+
+
+def main() -> None:
+    from absl import app, flags, logging
+    from ml_collections import config_flags
+
+    from hpm_jax import train  # defines --config and --workdir; the demo reads the same flags
+
+    del train
+    flags.FLAGS.set_default("workdir", "/tmp/hpm_demo")
+
+    def run_main(argv: list[str]) -> None:
+        if len(argv) > 1:
+            raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+        logging.set_verbosity(logging.WARNING)  # Orbax logs every read and write at INFO
+        config_flag = flags.FLAGS["config"]
+        if config_flag.value is None:
+            spec, overrides = DEFAULT_CONFIG, []
+        else:
+            spec = config_flags.get_config_filename(config_flag)
+            overrides = _override_strings(config_flags.get_override_values(config_flag))
+        run(spec, flags.FLAGS.workdir, overrides)
+
+    app.run(run_main)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    main()
