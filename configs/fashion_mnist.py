@@ -4,7 +4,9 @@
     python -m hpm_jax.train --config=configs/fashion_mnist.py:hpm --workdir=/tmp/fmnist_hpm \
         --config.init.checkpoint=/tmp/fmnist_at/model          # HPM fine-tuning of that model
     python -m hpm_jax.train --config=configs/fashion_mnist.py:local --workdir=/tmp/fmnist_local
-    python -m hpm_jax.demo --config=configs/fashion_mnist.py --workdir=/tmp/fmnist  # clean demo
+    python -m hpm_jax.evaluate --config=configs/fashion_mnist.py --checkpoint=/tmp/fmnist_hpm/model \
+        --workdir=/tmp/fmnist_eval                             # AutoAttack (FC, l2-EMA), MSA (HPM)
+    python -m hpm_jax.demo --config=configs/fashion_mnist.py --workdir=/tmp/fmnist  # all of it
 
 Default: PGD-AT, Linf eps = 0.1, 3 PGD steps of 0.04 with a uniform random start, SGD with
 momentum, cosine schedule. Variants (comma-separated, e.g. `:hpm,local`): `local` is
@@ -91,6 +93,31 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.checkpoint.every_steps = 200
     config.checkpoint.keep = 2
     config.checkpoint.async_save = True
+
+    # hpm_jax.evaluate and the demo's evaluation (knobs: evaluate.default_evaluation_config).
+    # Reduced budgets, chosen so that the whole demo fits in 15 minutes on a 2-core CPU; the
+    # report and the demo's table state them. Full AutoAttack: attack_options = {}.
+    config.evaluation = ml_collections.ConfigDict()
+    config.evaluation.num_examples = 256  # the first N test images, in order
+    config.evaluation.batch_size = 128  # HPM's batch context (as in training): part of the result
+    config.evaluation.norm = "Linf"
+    config.evaluation.eps = 0.1  # the training eps
+    config.evaluation.seed = 0
+    config.evaluation.version = "standard"  # APGD-CE, APGD-T, FAB-T, Square
+    config.evaluation.attack_options = ml_collections.ConfigDict(
+        {
+            "apgd-ce": {"n_iter": 50},
+            "apgd-t": {"n_iter": 50, "n_target_classes": 2},
+            "fab-t": {"n_iter": 30, "n_target_classes": 2},
+            "square": {"n_queries": 500},
+        }
+    )
+    config.evaluation.msa = "auto"  # MSA when the model has an HPM head ("required", "off")
+    config.evaluation.surrogates = ("fc", "ema_l2", "soft", "ste")
+    config.evaluation.naive_autoattack = True  # also plain AutoAttack through HPM's STE
+    config.evaluation.curve_eps = ()  # e.g. (0.05, 0.1, 0.15): robust accuracy vs eps
+    config.evaluation.curve_attacks = ("apgd-ce",)
+    config.evaluation.run_checks = True
 
     if "hpm" in variants:  # a short fine-tuning of an adversarially trained FC model
         config.model.head = "hpm"
