@@ -4,8 +4,8 @@
     python -m hpm_jax.train --config=configs/fashion_mnist.py:hpm --workdir=/tmp/fmnist_hpm \
         --config.init.checkpoint=/tmp/fmnist_at/model          # HPM fine-tuning of that model
     python -m hpm_jax.train --config=configs/fashion_mnist.py:local --workdir=/tmp/fmnist_local
-    python -m hpm_jax.evaluate --config=configs/fashion_mnist.py --checkpoint=/tmp/fmnist_hpm/model \
-        --workdir=/tmp/fmnist_eval                             # AutoAttack (FC, l2-EMA), MSA (HPM)
+    python -m hpm_jax.evaluate --config=configs/fashion_mnist.py --workdir=/tmp/fmnist_eval \
+        --checkpoint=/tmp/fmnist_hpm/model                    # AutoAttack (FC, l2-EMA), MSA (HPM)
     python -m hpm_jax.demo --config=configs/fashion_mnist.py --workdir=/tmp/fmnist  # all of it
 
 Default: PGD-AT, Linf eps = 0.1, 3 PGD steps of 0.04 with a uniform random start, SGD with
