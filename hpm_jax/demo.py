@@ -214,6 +214,7 @@ def main() -> None:
         if len(argv) > 1:
             raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
         logging.set_verbosity(logging.WARNING)  # Orbax logs every read and write at INFO
+        evaluate.quiet_attack_logger()
         config_flag = flags.FLAGS["config"]
         if config_flag.value is None:
             spec, overrides = DEFAULT_CONFIG, []

@@ -414,6 +414,13 @@ def run(
 # ---- the command line ------------------------------------------------------------------------
 
 
+def quiet_attack_logger() -> None:
+    """Programs print the attacks' lines (log=print); their logger would print warnings twice."""
+    import logging as std_logging
+
+    std_logging.getLogger("hpm_jax.autoattack").setLevel(std_logging.ERROR)
+
+
 def _define_flags():
     """Flags are defined only when this module is the program, so that the demo (which also
     imports hpm_jax.train and its --config / --workdir) can import `run`."""
@@ -443,6 +450,7 @@ def console_main() -> None:
         if config_flag.value is None or checkpoint.value is None or workdir.value is None:
             raise app.UsageError("--config, --checkpoint and --workdir are required.")
         logging.set_verbosity(logging.WARNING)  # Orbax logs every read at INFO
+        quiet_attack_logger()
         try:
             report = run(
                 config_flag.value,
