@@ -198,7 +198,9 @@ def run(
 
 def _override_strings(values: dict[str, Any]) -> list[str]:
     """--config.a.b=v flags as "a.b=repr(v)" (config_lib.apply_overrides parses them back)."""
-    return [f"{k}={v!r}" for k, v in values.items()]
+    plain = {k: v.to_dict() if isinstance(v, ml_collections.ConfigDict) else v
+             for k, v in values.items()}  # fmt: skip
+    return [f"{k}={v!r}" for k, v in plain.items()]
 
 
 def main() -> None:
