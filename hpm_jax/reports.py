@@ -161,7 +161,9 @@ def plot_bars(report: Mapping[str, Any], path: str) -> str:
     import matplotlib.pyplot as plt
 
     names = list(report["heads"])
-    kinds = [("clean", "clean"), ("autoattack", "AutoAttack"), ("msa", "MSA")]
+    naive = any("naive_autoattack" in r for r in report["heads"].values())
+    aa_label = "AutoAttack (HPM: naive, via STE)" if naive else "AutoAttack"
+    kinds = [("clean", "clean"), ("autoattack", aa_label), ("msa", "MSA")]
     fig, ax = plt.subplots(figsize=(1.6 + 1.6 * len(names), 3.6))
     width = 0.26
     for k, (key, label) in enumerate(kinds):
@@ -197,7 +199,8 @@ def plot_curves(report: Mapping[str, Any], path: str) -> str:
     fig, ax = plt.subplots(figsize=(4.8, 3.6))
     for name, curve in report["curves"].items():
         eps = [float(e) for e in curve]
-        ax.plot(eps, [100 * v for v in curve.values()], marker="o", label=ROW_NAMES.get(name, name))
+        label = ROW_NAMES.get(name, name) + (" (MSA)" if report["heads"][name].get("msa") else "")
+        ax.plot(eps, [100 * v for v in curve.values()], marker="o", label=label)
     ax.set_xlabel(f"{report['settings']['norm']} eps")
     ax.set_ylabel("robust accuracy (%)")
     ax.set_title(", ".join(report["settings"]["curve_attacks"]), fontsize=9)
