@@ -3,19 +3,23 @@ trajectories against the reference (pyautoattack) from the same start point, kno
 linear models and a ReLU MLP (closed-form minimal perturbations), APGD-T's targets, the judge
 contract, restarts, EOT, 1 vs 4 devices, no recompiles for new eps, and input errors."""
 
-import importlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from hpm_jax.attacks import apgd_steps as steps
 from hpm_jax.attacks import common, l1
-from hpm_jax.attacks.apgd import apgd, apgd_targeted
+from hpm_jax.attacks.apgd import (
+    _begin,
+    _step,
+    apgd,
+    apgd_targeted,
+    checkpoints,
+    l1_checkpoints,
+    largereps_schedule,
+)
 from hpm_jax.sharding import data_sharding, make_mesh
-
-# The package re-exports the function `apgd` under the module's name: fetch the module itself.
-apgd_module = importlib.import_module("hpm_jax.attacks.apgd")
 
 ORD = {"Linf": np.inf, "L2": 2, "L1": 1}
 DUAL = {"Linf": 1, "L2": 2}  # min ||d||_p with (w_y - w_c)·d = m is m / ||w_y - w_c||_dual
@@ -121,13 +125,13 @@ def _reference_counters(n_iter):
 
 def test_schedules():
     # 22% of 100, each next interval 3 shorter, never under 6: 22 19 16 13 10 7 6 6.
-    assert apgd_module.checkpoints(100) == list(np.cumsum([22, 19, 16, 13, 10, 7, 6, 6]))
+    assert checkpoints(100) == list(np.cumsum([22, 19, 16, 13, 10, 7, 6, 6]))
     for n in (1, 5, 10, 37, 250, 1000):
-        assert apgd_module.checkpoints(n) == _reference_counters(n)
-    assert apgd_module.l1_checkpoints(100) == list(range(4, 101, 4))
-    assert apgd_module.l1_checkpoints(20) == list(range(1, 21))
-    assert apgd_module.largereps_schedule(100) == [(3.0, 30), (2.0, 30), (1.0, 40)]
-    assert apgd_module.largereps_schedule(7) == [(3.0, 3), (2.0, 3), (1.0, 1)]
+        assert checkpoints(n) == _reference_counters(n)
+    assert l1_checkpoints(100) == list(range(4, 101, 4))
+    assert l1_checkpoints(20) == list(range(1, 21))
+    assert largereps_schedule(100) == [(3.0, 30), (2.0, 30), (1.0, 40)]
+    assert largereps_schedule(7) == [(3.0, 3), (2.0, 3), (1.0, 1)]
 
 
 # ---------------------------------------------------------------- L1 geometry
@@ -219,11 +223,11 @@ def test_single_run_matches_reference_from_the_same_start(norm, eps, loss="ce"):
             x0 = l1.project(xj + jax.random.normal(key, xj.shape, dtype), xj, eps)
         else:
             x0 = common.random_start(key, xj, eps, norm)
-        grad_fn, wrong_fn = apgd_module._objective(
+        grad_fn, wrong_fn = steps.objective(
             lambda v: v.reshape(n, -1) @ w + b, None, yj, None, loss=loss, eot_iter=1,
             randomized=False,
         )  # fmt: skip
-        run = jax.jit(lambda x0: apgd_module._apgd_loop(
+        run = jax.jit(lambda x0: steps.run_loop(
             xj, x0, jnp.full((n,), eps, dtype), jnp.asarray(0.75, dtype), key, grad_fn=grad_fn,
             wrong_fn=wrong_fn, n_iter=100, norm=norm, sparsity_from_start=True))  # fmt: skip
         best, broken, adv = (np.asarray(a) for a in run(x0))
@@ -460,10 +464,26 @@ def test_new_eps_values_do_not_recompile():
     x = _batch(16)
     y = MODEL.labels(x)
     apgd(MODEL, x, y, key=jax.random.key(0), eps=0.01, n_iter=20)
-    size = apgd_module._run._cache_size()
+    sizes = _begin._cache_size(), _step._cache_size()
     for eps in (0.02, 0.05, jnp.full((B,), 0.03)):
         apgd(MODEL, x, y, key=jax.random.key(0), eps=eps, n_iter=20)
-    assert apgd_module._run._cache_size() == size
+    apgd(MODEL, x, y, key=jax.random.key(0), eps=0.02, n_iter=30)  # the schedule is traced too
+    assert (_begin._cache_size(), _step._cache_size()) == sizes
+
+
+@pytest.mark.parametrize("norm,kwargs", [("Linf", dict(n_restarts=2)),
+                                         ("L1", dict(use_largereps=True))])  # fmt: skip
+def test_lax_and_host_loops_agree(norm, kwargs):
+    """The one-program run (GPU/TPU default) and the per-iteration host loop (CPU default)
+    compute the same iterates: restarts, largereps stages and keys included."""
+    x = _batch(18, 0.0, 1.0)
+    y = MODEL.labels(x)
+    eps = float(np.median(MODEL.min_perturbation(x, y, norm))) * (1.0 if norm == "L1" else 0.8)
+    kw = dict(key=jax.random.key(9), norm=norm, eps=eps, n_iter=12, **kwargs)
+    lax_res, host = apgd(MODEL, x, y, loop="lax", **kw), apgd(MODEL, x, y, loop="host", **kw)
+    np.testing.assert_array_equal(np.asarray(lax_res.robust), np.asarray(host.robust))
+    assert 0 < np.asarray(host.robust).sum() < B
+    np.testing.assert_allclose(np.asarray(lax_res.x_adv), np.asarray(host.x_adv), atol=1e-6)
 
 
 # ---------------------------------------------------------------- errors
@@ -482,6 +502,7 @@ def test_clear_errors():
         (dict(eps=0.1, n_iter=0), "n_iter"),
         (dict(eps=0.1, rho=1.5), "rho"),
         (dict(eps=0.1, use_largereps=True), "use_largereps"),
+        (dict(eps=0.1, loop="python"), "loop must be"),
     ]
     for kwargs, message in cases:
         with pytest.raises(ValueError, match=message):
