@@ -468,7 +468,11 @@ def test_new_eps_values_do_not_recompile():
     for eps in (0.02, 0.05, jnp.full((B,), 0.03)):
         apgd(MODEL, x, y, key=jax.random.key(0), eps=eps, n_iter=20)
     apgd(MODEL, x, y, key=jax.random.key(0), eps=0.02, n_iter=30)  # the schedule is traced too
+    from_numpy = apgd(MODEL, np.asarray(x), np.asarray(y), key=jax.random.key(0), eps=0.02,
+                      n_iter=30)  # fmt: skip
     assert (_begin._cache_size(), _step._cache_size()) == sizes
+    again = apgd(MODEL, x, y, key=jax.random.key(0), eps=0.02, n_iter=30)
+    np.testing.assert_array_equal(np.asarray(from_numpy.x_adv), np.asarray(again.x_adv))
 
 
 @pytest.mark.parametrize("norm,kwargs", [("Linf", dict(n_restarts=2)),

@@ -185,6 +185,7 @@ def _check(
 
 def _attack(logits_fn, judge_fn, x, y, key, eps, rho, targets, n_restarts, loop, **static):
     """The restart (and target) loop around one run, stopping once nothing robust is left."""
+    x, y = jnp.asarray(x), jnp.asarray(y)  # NumPy input: one transfer, not one per iteration
     key_clean, key_runs = jax.random.split(key)
     robust, ranking = _clean(logits_fn, judge_fn, x, y, key_clean,
                              randomized=static["randomized"],
