@@ -26,6 +26,7 @@ TINY = [
     "evaluation.attack_options={'apgd-ce': {'n_iter': 2, 'n_restarts': 1}, "
     "'square': {'n_queries': 3}}",
     "evaluation.surrogates=('fc', 'ste')",
+    "evaluation.run_checks=False",  # tested in test_evaluate; here they would only add time
 ]
 
 
