@@ -19,6 +19,7 @@ held-out clean / PGD accuracy, images/s), `model/` (the final weights, averaged 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -121,10 +122,15 @@ def _print(*args: Any) -> None:
 
 
 def evaluate(
-    eval_fn, variables: Any, source: data.Source, config: ml_collections.ConfigDict, mesh: Mesh
+    eval_fn,
+    variables: Any,
+    source: data.Source,
+    config: ml_collections.ConfigDict,
+    mesh: Mesh,
+    key: jax.Array,
 ) -> dict[str, float]:
-    """Clean and PGD accuracy of `variables` on `source` (the configured eval attack)."""
-    key = _global_key(config.seed, _EVAL_STREAM, replicated(mesh))
+    """Clean and PGD accuracy of `variables` on `source` (the configured eval attack); batch
+    i is attacked with fold_in(key, i), so every evaluation draws the same starts."""
     totals = {"clean_correct": 0, "adv_correct": 0, "count": 0}
     batches = data.eval_iterator(source, batch_size=config.eval.batch_size, mesh=mesh)
     for i, batch in enumerate(batches):
@@ -158,7 +164,7 @@ def _eval_source(config: ml_collections.ConfigDict) -> data.Source:
         config.dataset.name, config.dataset.eval_split, data_dir=config.dataset.data_dir or None
     )
     if config.eval.num_examples:
-        source = model_init._First(source, int(config.eval.num_examples))
+        source = model_init.FirstRecords(source, int(config.eval.num_examples))
     return source
 
 
@@ -305,6 +311,7 @@ def _train(
         )(_global(variables, rep))
 
     train_key = _global_key(config.seed, _TRAIN_STREAM, rep)
+    eval_key = _global_key(config.seed, _EVAL_STREAM, rep)
     batch_sharding = data_sharding(mesh)
     step_fn = jax.jit(
         functools.partial(
@@ -335,50 +342,53 @@ def _train(
         f"{objective.name}, {num_steps} steps of {config.train.batch_size}, "
         f"{mesh.devices.size} devices, {jax.process_count()} process(es)"
     )
-    log_every, eval_every = config.train.log_every_steps, config.eval.every_steps
-    meter = _Throughput(config.train.batch_size)
-    last_eval: dict[str, float] = {}
-    step = start
-    for step in range(start + 1, num_steps + 1):
-        state, step_metrics = step_fn(state, next(batches), train_key)
-        if step == start + 1:  # the first step compiles: time from its end
-            jax.block_until_ready(step_metrics)
-            meter.start()
-        else:
-            meter.tick()
-        is_last = step == num_steps
-        if step % log_every == 0 or is_last:
-            scalars = _host(step_metrics)  # waits for the step
-            meter.stop()
-            rate = meter.rate()
-            if rate is not None:
-                scalars["images_per_second"] = rate
-            scalars["learning_rate"] = float(schedule(step - 1))
-            writer.write(step, scalars)
-            _print(
-                metrics_lib.format_progress(step, num_steps, scalars, _CONSOLE_KEYS)
-                + (f"  {rate:.0f} images/s" if rate is not None else "")
-            )
-            meter.start()
-        checkpoints.save(step, state, run_info, force=is_last)
-        if (eval_every and step % eval_every == 0) or is_last:
-            jax.block_until_ready(state)
-            meter.stop()
-            last_eval = evaluate(
-                eval_fn, state_lib.eval_variables(state), eval_source, config, mesh
-            )
-            writer.write(step, last_eval)
-            _print(
-                f"  eval at step {step}: clean {last_eval['eval_clean_accuracy']:.4f}  "
-                f"PGD {last_eval['eval_pgd_accuracy']:.4f}  ({last_eval['eval_examples']} examples)"
-            )
-            meter.start()
 
-    if start == num_steps:  # nothing left to train: evaluate what the checkpoint holds
-        last_eval = evaluate(eval_fn, state_lib.eval_variables(state), eval_source, config, mesh)
-        writer.write(step, last_eval)
+    def evaluate_and_log(step: int) -> dict[str, float]:
+        variables = state_lib.eval_variables(state)
+        result = evaluate(eval_fn, variables, eval_source, config, mesh, eval_key)
+        writer.write(step, result)
+        _print(
+            f"  eval at step {step}: clean {result['eval_clean_accuracy']:.4f}  "
+            f"PGD {result['eval_pgd_accuracy']:.4f}  ({result['eval_examples']} examples)"
+        )
+        return result
+
+    with contextlib.closing(writer):  # flushed and closed on errors too
+        log_every, eval_every = config.train.log_every_steps, config.eval.every_steps
+        meter = _Throughput(config.train.batch_size)
+        last_eval: dict[str, float] = {}
+        step = start
+        for step in range(start + 1, num_steps + 1):
+            state, step_metrics = step_fn(state, next(batches), train_key)
+            if step == start + 1:  # the first step compiles: time from its end
+                jax.block_until_ready(step_metrics)
+                meter.start()
+            else:
+                meter.tick()
+            is_last = step == num_steps
+            if step % log_every == 0 or is_last:
+                scalars = _host(step_metrics)  # waits for the step
+                meter.stop()
+                rate = meter.rate()
+                if rate is not None:
+                    scalars["images_per_second"] = rate
+                scalars["learning_rate"] = float(schedule(step - 1))
+                writer.write(step, scalars)
+                _print(
+                    metrics_lib.format_progress(step, num_steps, scalars, _CONSOLE_KEYS)
+                    + (f"  {rate:.0f} images/s" if rate is not None else "")
+                )
+                meter.start()
+            checkpoints.save(step, state, run_info, force=is_last)
+            if (eval_every and step % eval_every == 0) or is_last:
+                jax.block_until_ready(state)
+                meter.stop()
+                last_eval = evaluate_and_log(step)
+                meter.start()
+
+        if start == num_steps:  # nothing left to train: evaluate what the checkpoint holds
+            last_eval = evaluate_and_log(step)
     checkpoints.close()  # the last checkpoint is complete before the final model is written
-    writer.close()
     model_dir = _save_final_model(
         workdir, state_lib.eval_variables(state), model_kwargs, config.model.name, step
     )
@@ -391,7 +401,7 @@ def _train(
         "processes": jax.process_count(),
         "steps": num_steps,
         "resumed_from": start,
-        "train_seconds": round(meter.total_seconds, 1),
+        "train_seconds": round(meter.total_seconds, 1),  # this invocation's training steps
         **last_eval,
         "model_dir": model_dir,
     }

@@ -97,8 +97,9 @@ def _check_pretrained(directory: str, config, kwargs: dict[str, Any]) -> dict[st
     return spec
 
 
-class _First:
-    """The first `n` records of a source (prototype initialisation needs no full pass)."""
+class FirstRecords:
+    """The first `n` records of a source (prototype initialisation and monitoring need no
+    full pass); keeps the source's `name`, so "auto" augmentations still find it."""
 
     def __init__(self, source: data.Source, n: int):
         self._source, self._n = source, min(n, len(source))
@@ -151,6 +152,6 @@ def initial_variables(
     variables = prototypes.with_head(variables, model)
     source = train_source
     if config.init.prototype_examples:
-        source = _First(train_source, int(config.init.prototype_examples))
+        source = FirstRecords(train_source, int(config.init.prototype_examples))
     batches = data.eval_iterator(source, batch_size=config.eval.batch_size, mesh=mesh)
     return prototypes.init_prototypes(model, variables, batches)
