@@ -118,7 +118,7 @@ def _check_run(workdir, summary, objective, head, steps=STEPS):
             for m in modes:
                 expected = r[f"natural_loss_{m}"] + 6.0 * r[f"robust_kl_{m}"]
                 np.testing.assert_allclose(r[f"loss_{m}"], expected, rtol=1e-5)
-                assert r[f"robust_kl_{m}"] >= 0
+                assert r[f"robust_kl_{m}"] >= -1e-6  # a KL, up to float32 rounding
     (eval_record,) = [r for r in records if "eval_pgd_accuracy" in r]
     assert eval_record["step"] == steps
     assert eval_record["eval_clean_accuracy"] == summary["eval_clean_accuracy"]
