@@ -9,8 +9,11 @@
     python -m hpm_jax.demo --config=configs/fashion_mnist.py --workdir=/tmp/fmnist  # all of it
 
 Default: PGD-AT, Linf eps = 0.1, 3 PGD steps of 0.04 with a uniform random start, SGD with
-momentum, cosine schedule. Variants (comma-separated, e.g. `:hpm,local`): `local` is
-smaller and faster; `hpm` fine-tunes an FC checkpoint (`init.checkpoint`) with the HPM head.
+momentum, cosine schedule, 1000 steps of 128 (2.1 epochs). Measured on the 2-core CPU
+(2 host devices, shared: load ~10): 12.4 min of training, 7 CPU-minutes with the final
+evaluation; test accuracy clean 74.4%, PGD-10 (eps 0.1) 59.2% on all 10000.
+Variants (comma-separated, e.g. `:hpm,local`): `local` is smaller and faster; `hpm`
+fine-tunes an FC checkpoint (`init.checkpoint`) with the HPM head.
 Data: TFDS `fashion_mnist` when prepared, else the Debian package `dataset-fashion-mnist`.
 """
 
