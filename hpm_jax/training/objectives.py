@@ -234,8 +234,10 @@ def objective_loss(
     elif proto == "clean":
         # PGD-AT trains on adversarial inputs only; the prototypes still want clean class
         # means, so a gradient-free clean pass updates them (its batch statistics are dropped).
+        # Mode "fc" is the cheapest (static heads give their one output in every mode): the
+        # EMA update reads the features, whatever the logits.
         _, updates = forward(
-            model, jax.lax.stop_gradient(variables()), x, y, train=True, modes=modes[:1],
+            model, jax.lax.stop_gradient(variables()), x, y, train=True, modes=("fc",),
             mutable=("batch_stats", "prototypes"),
         )  # fmt: skip
         collections["prototypes"] = updates["prototypes"]
