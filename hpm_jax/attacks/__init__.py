@@ -1,8 +1,6 @@
 """Attacks under one contract, and the AutoAttack chain that runs them.
 
-    from hpm_jax.attacks import AutoAttack, apgd_targeted, fab_targeted
-    from hpm_jax.attacks.apgd import apgd
-    from hpm_jax.attacks.square import square
+    from hpm_jax.attacks import AutoAttack, apgd, apgd_targeted, fab_targeted, square
     report = AutoAttack(logits_fn, norm="Linf", eps=8 / 255).run(x, y, batch_size=500)
     report.robust_accuracy, report.robust_accuracy_after, report.checks
     msa = mixed_surrogate_attack(hpm_fn, {"fc": fc_fn, "ste": hpm_fn}, x, y, eps=8 / 255,
@@ -13,17 +11,17 @@ Every attack is `attack(logits_fn, x, y, *, key, norm, eps, ..., judge_fn=None)`
 `AttackResult(x_adv, robust)` (see `common`); `AttackSpec` puts attacks of your own into an
 AutoAttack chain.
 
-`hpm_jax.attacks.apgd` and `hpm_jax.attacks.square` are the modules, not the functions of the
-same name: a package attribute cannot be both, and code (tests) reaches into the modules.
+`hpm_jax.attacks.apgd` and `hpm_jax.attacks.square` are the functions; reach their modules
+with `from hpm_jax.attacks.apgd import ...` or `importlib.import_module`.
 """
 
-from hpm_jax.attacks import apgd, square
-from hpm_jax.attacks.apgd import apgd_targeted
+from hpm_jax.attacks.apgd import apgd, apgd_targeted
 from hpm_jax.attacks.autoattack import AutoAttack, AutoAttackReport
 from hpm_jax.attacks.checks import CheckResult
 from hpm_jax.attacks.common import AttackResult
 from hpm_jax.attacks.fab import fab_targeted
 from hpm_jax.attacks.msa import MSAReport, mixed_surrogate_attack
+from hpm_jax.attacks.square import square
 from hpm_jax.attacks.state import StateMismatchError
 from hpm_jax.attacks.versions import AttackSpec
 
