@@ -116,6 +116,10 @@ def load_model(directory: str) -> tuple[Classifier, dict[str, Any]]:
     stored = checkpointer.metadata(path).item_metadata
     hint = f"{directory}/{MODEL_SPEC} describes another model than the one saved there."
     _check_fits(spec["arch"], _shapes(stored), _shapes(target), hint)
+    # Restore onto one local device: the stored shardings may name devices of another run
+    # (e.g. a multi-process training job), which Orbax would refuse as a topology mismatch.
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), target)
     return model, checkpointer.restore(path, target)
 
 

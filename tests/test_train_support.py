@@ -73,23 +73,14 @@ def run(workdir, data_dir, overrides, devices=None):
 def final_params(workdir) -> dict[str, np.ndarray]:
     """The saved model's variables (WORKDIR/model), flattened to {"params/a/b": array}.
 
-    Restored onto this process's first device whatever topology wrote them (a two-process
+    `load_model` restores onto one local device whatever topology wrote them (a two-process
     run's arrays name devices this process does not have).
     """
     import jax
-    import orbax.checkpoint as ocp
 
-    from hpm_jax.checkpointing import VARIABLES, model_from_spec
-    from hpm_jax.models import abstract_variables
+    from hpm_jax.checkpointing import load_model
 
-    directory = os.path.join(workdir, "model")
-    model, _ = model_from_spec(directory)
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = jax.tree.map(
-        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
-        abstract_variables(model),
-    )
-    variables = ocp.StandardCheckpointer().restore(os.path.join(directory, VARIABLES), target)
+    _, variables = load_model(os.path.join(workdir, "model"))
     return {
         "/".join(str(getattr(k, "key", k)) for k in path): np.asarray(leaf)
         for path, leaf in jax.tree_util.tree_leaves_with_path(variables)
