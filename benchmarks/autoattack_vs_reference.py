@@ -170,8 +170,9 @@ def run_reference(net, x, y, *, norm, eps, n_targets, square_queries, batch_size
         m = re.match(r"robust accuracy after ([A-Z-]+): ([\d.]+)%", message)
         if m:
             after[m.group(1).lower()] = float(m.group(2)) / 100
-    for name in ATTACKS:  # an attack the chain skipped (nothing robust left) took no time
+    for name in ATTACKS:  # attacks skipped once nothing robust is left: no time, accuracy 0
         times.setdefault(name, 0.0)
+        after.setdefault(name, 0.0)
     return y_adv.numpy() == y, after, times, total
 
 
