@@ -14,8 +14,12 @@ import numpy as np
 from hpm_jax.convert.core import unwrap_state_dict
 
 
-def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """The tensors of a `.pt`/`.pth`/`.ckpt` (PyTorch) or `.safetensors` file, as numpy."""
+def load_state_dict(path: str | os.PathLike, key: str | None = None) -> dict[str, np.ndarray]:
+    """The tensors of a `.pt`/`.pth`/`.ckpt` (PyTorch) or `.safetensors` file, as numpy.
+
+    `key` selects one entry of a file holding several state dicts (RobustBench's
+    Andriushchenko2020Understanding: {"last": ..., "best": ...}).
+    """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No checkpoint file at {path!r}.")
@@ -40,4 +44,8 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
         ) from None
     if not isinstance(obj, dict):
         raise ValueError(f"{path!r} holds a {type(obj).__name__}, not a state dict.")
+    if key is not None:
+        if not isinstance(obj.get(key), dict):
+            raise ValueError(f"{path!r} has no state dict under {key!r}; keys: {sorted(obj)[:10]}.")
+        obj = obj[key]
     return unwrap_state_dict(obj)
