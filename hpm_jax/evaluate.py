@@ -443,6 +443,9 @@ def console_main() -> None:
     from absl import app, logging
 
     config_flag, checkpoint, workdir, baseline = _define_flags()
+    from hpm_jax.flag_help import show_in_help
+
+    show_in_help(__name__, config_flag)  # else --help lists neither --config nor, as a script, any
 
     def main(argv: list[str]) -> None:
         if len(argv) > 1:

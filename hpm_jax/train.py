@@ -464,6 +464,9 @@ def main(argv: list[str]) -> None:
 
 def console_main() -> None:
     """The `hpm-train` console script."""
+    from hpm_jax.flag_help import show_in_help
+
+    show_in_help(__name__, _CONFIG)  # else --help lists neither --config nor, as hpm-train, any
     app.run(main)
 
 
