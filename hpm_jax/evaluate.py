@@ -39,11 +39,12 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from hpm_jax import data
-from hpm_jax.attacks import AutoAttack, mixed_surrogate_attack, versions
+from hpm_jax import data, models
+from hpm_jax.attacks import AutoAttack, contract, mixed_surrogate_attack, versions
 from hpm_jax.checkpointing import MODEL_SPEC, load_model
 from hpm_jax.models import FCHead, HPMHead, L2Head
 
@@ -128,13 +129,14 @@ def head_modes(model: Any) -> tuple[str, ...]:
 
 
 def logits_fns(model: Any, variables: Any, modes) -> dict[str, Callable]:
-    """One function object per mode, built once: the attacks jit with it as a static argument,
-    so reusing the object reuses the compiled programs. "ste" is the "hpm" function itself."""
+    """One logits function per mode (`hpm_jax.models.logits_fn`: the variables are traced
+    arguments of the attacks, so every row shares the compiled programs of its mode). "ste"
+    is the "hpm" function itself."""
     fns: dict[str, Callable] = {}
     for mode in modes:
         name = "hpm" if mode == "ste" else mode
         if name not in fns:
-            fns[name] = (lambda m: lambda x: model.apply(variables, x, mode=m))(name)
+            fns[name] = models.logits_fn(model, variables, mode=name)
         fns[mode] = fns[name]
     return fns
 
@@ -159,12 +161,17 @@ def load_eval_data(config: ml_collections.ConfigDict, num_examples: int):
 
 def clean_accuracy(fn: Callable, x: np.ndarray, y: np.ndarray, batch_size: int) -> np.ndarray:
     """Per-sample correctness of `fn` on the fixed batches (the last one as it is)."""
-    call = jax.jit(fn)
+    fn = contract.traced(fn)
     out = [
-        np.asarray(call(x[i : i + batch_size])).argmax(-1) == y[i : i + batch_size]
+        np.asarray(_predict(fn, x[i : i + batch_size])) == y[i : i + batch_size]
         for i in range(0, len(x), batch_size)
     ]
     return np.concatenate(out)
+
+
+@jax.jit
+def _predict(fn, x):
+    return jnp.argmax(fn(x), axis=-1)
 
 
 # ---- the evaluation ------------------------------------------------------------------------

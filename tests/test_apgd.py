@@ -223,10 +223,9 @@ def test_single_run_matches_reference_from_the_same_start(norm, eps, loss="ce"):
             x0 = l1.project(xj + jax.random.normal(key, xj.shape, dtype), xj, eps)
         else:
             x0 = common.random_start(key, xj, eps, norm)
-        grad_fn, wrong_fn = steps.objective(
-            lambda v: v.reshape(n, -1) @ w + b, None, yj, None, loss=loss, eot_iter=1,
-            randomized=False,
-        )  # fmt: skip
+        linear = lambda v: v.reshape(n, -1) @ w + b
+        config = steps.ApgdConfig(norm=norm, loss=loss)
+        grad_fn, wrong_fn = steps.objective(linear, linear, yj, None, config)
         run = jax.jit(lambda x0: steps.run_loop(
             xj, x0, jnp.full((n,), eps, dtype), jnp.asarray(0.75, dtype), key, grad_fn=grad_fn,
             wrong_fn=wrong_fn, n_iter=100, norm=norm, sparsity_from_start=True))  # fmt: skip

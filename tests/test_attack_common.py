@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hpm_jax.attacks import common, losses
+from hpm_jax.attacks import common, contract, losses
 
 
 def np_log_softmax(z):
@@ -148,9 +148,13 @@ def test_correct_breaks_ties_to_the_lowest_index():
     np.testing.assert_array_equal(common.correct(z, jnp.array([0, 2])), [True, False])
 
 
-# ------------------------------------------------------------------------------ check_inputs
+# ------------------------------------------------------------------------------ validate
 def _ok():
     return np.full((2, 4, 4, 1), 0.5, np.float32), np.array([0, 1], np.int32)
+
+
+def _classes(c):
+    return lambda v: jnp.zeros((v.shape[0], c))
 
 
 @pytest.mark.parametrize(
@@ -159,31 +163,63 @@ def _ok():
         (dict(norm="L3"), ValueError, "norm must be one of"),
         (dict(eps=0.0), ValueError, "eps must be a finite number > 0"),
         (dict(eps=float("nan")), ValueError, "eps must be a finite number > 0"),
-        (dict(eps=np.ones(2)), ValueError, "eps must be a finite number > 0"),
+        (dict(eps="0.1"), ValueError, "eps must be a finite number > 0"),
+        (dict(eps=np.ones(3)), ValueError, r"one finite value > 0 per image, shape \(2,\)"),
+        (dict(eps=np.array([0.1, -0.1])), ValueError, "one finite value > 0 per image"),
         (dict(x=np.full((2, 16), 0.5, np.float32)), ValueError, "NHWC"),
         (dict(x=np.full((2, 4, 4, 1), 128, np.uint8)), TypeError, "/ 255"),
         (dict(y=np.array([0, 1, 1])), ValueError, r"one label per image, shape \(2,\)"),
         (dict(y=np.array([0.0, 1.0])), TypeError, "integer class labels"),
         (dict(x=np.full((2, 4, 4, 1), 1.5, np.float32)), ValueError, r"images in \[0, 1\]"),
-        (dict(y=np.array([0, 7]), num_classes=5), ValueError, r"labels must lie in \[0, 4\]"),
+        (dict(x=np.full((2, 4, 4, 1), np.nan, np.float32)), ValueError, r"images in \[0, 1\]"),
+        (dict(y=np.array([0, 7]), logits_fn=_classes(5)), ValueError, r"lie in \[0, 4\]"),
         (dict(norm="L1", allowed_norms=("Linf", "L2")), ValueError, "norm must be one of"),
+        (dict(logits_fn=lambda v: v[:, 0, 0, 0]), ValueError, r"logits of shape \(2, num_"),
+        (dict(judge_fn=_classes(3)), ValueError, "judge_fn must score the same 10 classes"),
+        (dict(judge_fn=lambda v: v), ValueError, "judge_fn must map a batch of 2 images"),
     ],
 )
-def test_check_inputs_names_the_problem(change, error, match):
+def test_validate_names_the_problem(change, error, match):
     x, y = _ok()
-    kwargs = dict(x=x, y=y, norm="Linf", eps=0.1) | change
-    x, y = kwargs.pop("x"), kwargs.pop("y")
+    kwargs = dict(x=x, y=y, norm="Linf", eps=0.1, logits_fn=_classes(10), judge_fn=None) | change
+    args = [kwargs.pop(k) for k in ("logits_fn", "judge_fn", "x", "y")]
     with pytest.raises(error, match=match):
-        common.check_inputs(x, y, **kwargs)
+        contract.validate(*args, **kwargs)
 
 
-def test_check_inputs_accepts_good_inputs_and_skips_value_checks_under_jit():
+def test_validate_resolves_the_judge_and_eps_and_skips_value_checks_under_jit():
     x, y = _ok()
-    common.check_inputs(x, y, norm="L2", eps=0.5, num_classes=2)
+    loss, judge = _classes(2), _classes(2)
+    checked = contract.validate(loss, None, x, y, norm="L2", eps=0.5)
+    assert checked.judge_fn is loss and checked.num_classes == 2
+    np.testing.assert_array_equal(checked.eps, [0.5, 0.5])
+    per_sample = contract.validate(loss, judge, x, y, norm="L2", eps=np.array([0.1, 0.2]))
+    assert per_sample.judge_fn is judge
 
     @jax.jit
     def traced(x, y):
-        common.check_inputs(x, y, norm="Linf", eps=0.1, num_classes=2)
+        contract.validate(loss, None, x, y, norm="Linf", eps=0.1)
         return x
 
     traced(jnp.full((2, 4, 4, 1), 3.0), jnp.array([0, 9]))  # values unseen under tracing
+
+
+def test_traced_logits_functions_carry_their_arrays_as_leaves():
+    """A Partial's arrays become jit arguments; a closure is one static leaf; equal settings
+    give equal tree structures (jit's cache key), other settings other ones."""
+    w = jnp.ones((3, 2))
+    apply = lambda w, v, scale=1.0: scale * v.reshape(v.shape[0], -1) @ w
+    leaves, tree = jax.tree_util.tree_flatten(contract.traced(jax.tree_util.Partial(apply, w)))
+    assert len(leaves) == 1 and leaves[0] is w
+    other = jax.tree_util.tree_structure(contract.traced(jax.tree_util.Partial(apply, 2 * w)))
+    assert other == tree
+    scaled = jax.tree_util.Partial(apply, w, scale=2.0)
+    assert jax.tree_util.tree_structure(contract.traced(scaled)) != tree
+    closure = lambda v: apply(w, v)
+    assert jax.tree_util.tree_leaves(contract.traced(closure)) == []
+    out = jax.jit(lambda f, v: f(v))(contract.traced(scaled), jnp.ones((1, 3, 1, 1)))
+    np.testing.assert_allclose(out, [[6.0, 6.0]])
+    with pytest.raises(TypeError, match="unhashable"):
+        contract.traced(jax.tree_util.Partial(apply, w, scale={1.0}))
+    with pytest.raises(TypeError, match="must be callable"):
+        contract.traced(w)

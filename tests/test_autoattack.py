@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hpm_jax.attacks import AttackSpec, AutoAttack, buckets, common, versions
+from hpm_jax.attacks import AttackSpec, AutoAttack, buckets, common, contract, versions
 from hpm_jax.attacks.state import StateMismatchError, StateStore
 from hpm_jax.sharding import make_mesh
 
@@ -56,7 +56,7 @@ def _shift(logits_fn, x, y, key, eps, *, judge_fn, frac, noise):
     x_adv = jnp.clip(x - step, 0.0, 1.0)
     judge = logits_fn if judge_fn is None else judge_fn
     robust = common.correct(judge(x), y) & common.correct(judge(x_adv), y)
-    return common.AttackResult(jnp.where(common.expand(robust, x), x, x_adv), robust)
+    return contract.AttackResult(jnp.where(common.expand(robust, x), x, x_adv), robust)
 
 
 def shift_attack(logits_fn, x, y, *, key, norm, eps, judge_fn=None, frac=1.0, noise=False):

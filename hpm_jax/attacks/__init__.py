@@ -1,6 +1,7 @@
 """Attacks under one contract, and the AutoAttack chain that runs them.
 
     from hpm_jax.attacks import AutoAttack, apgd, apgd_targeted, fab_targeted, square
+    logits_fn = hpm_jax.models.logits_fn(model, variables)         # a pytree: weights traced
     report = AutoAttack(logits_fn, norm="Linf", eps=8 / 255).run(x, y, batch_size=500)
     report.robust_accuracy, report.robust_accuracy_after, report.checks
     msa = mixed_surrogate_attack(hpm_fn, {"fc": fc_fn, "ste": hpm_fn}, x, y, eps=8 / 255,
@@ -8,8 +9,10 @@
     res = apgd(logits_fn, x, y, key=jax.random.key(0), eps=8 / 255)   # AttackResult
 
 Every attack is `attack(logits_fn, x, y, *, key, norm, eps, ..., judge_fn=None)` returning
-`AttackResult(x_adv, robust)` (see `common`); `AttackSpec` puts attacks of your own into an
-AutoAttack chain.
+`AttackResult(x_adv, robust)` (see `contract`); `AttackSpec` puts attacks of your own into an
+AutoAttack chain. Prefer pytree logits functions (`hpm_jax.models.logits_fn(model, variables)`
+or `jax.tree_util.Partial(model.apply, variables)`): their weights are traced arguments of the
+compiled attacks, never constants, and new weights of the same shapes compile nothing.
 
 `hpm_jax.attacks.apgd` and `hpm_jax.attacks.square` are the functions; reach their modules
 with `from hpm_jax.attacks.apgd import ...` or `importlib.import_module`.
@@ -18,7 +21,7 @@ with `from hpm_jax.attacks.apgd import ...` or `importlib.import_module`.
 from hpm_jax.attacks.apgd import apgd, apgd_targeted
 from hpm_jax.attacks.autoattack import AutoAttack, AutoAttackReport
 from hpm_jax.attacks.checks import CheckResult
-from hpm_jax.attacks.common import AttackResult
+from hpm_jax.attacks.contract import AttackResult
 from hpm_jax.attacks.fab import fab_targeted
 from hpm_jax.attacks.msa import MSAReport, mixed_surrogate_attack
 from hpm_jax.attacks.square import square

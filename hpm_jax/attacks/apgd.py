@@ -1,7 +1,7 @@
 """Auto-PGD (Croce & Hein, 2020): APGD-CE, APGD-DLR and APGD-T, as AutoAttack runs them.
 
     from hpm_jax.attacks.apgd import apgd, apgd_targeted
-    logits_fn = lambda x: model.apply(variables, x)
+    logits_fn = hpm_jax.models.logits_fn(model, variables)     # weights traced, not baked in
     res = apgd(logits_fn, x, y, key=jax.random.key(0), norm="Linf", eps=8 / 255)   # APGD-CE
     res = apgd(logits_fn, x, y, key=key, eps=8 / 255, loss="dlr", n_restarts=5)     # APGD-DLR
     res = apgd_targeted(logits_fn, x, y, key=key, eps=8 / 255)                      # APGD-T
@@ -25,35 +25,48 @@ the whole batch. A point broken once stays broken, with its last misclassified i
 x_adv; points the judge gets wrong on the clean x come back as x, robust False; robust points
 come back as x.
 
-Compilation: `logits_fn` and `judge_fn` are static (hashed by identity: reuse the same function
-objects and a batch shape compiles once); eps (scalar or per-sample (B,)) and rho are traced,
-so eps sweeps do not recompile. Batches sharded over a mesh stay sharded, and a fixed key
-gives the same result on any number of devices. Restarts and target classes are a Python loop
-that stops once every point is broken (one host sync per restart). The iterations of a run
-are, with `loop="lax"`, one jitted `lax.fori_loop` (the default on GPU and TPU); with
-`loop="host"`, one jitted call per iteration, dispatched asynchronously with no host sync (the
-default on CPU: XLA:CPU runs the backward convolutions of a model inside a while loop without
-its fast kernels, 2-3x slower, see benchmarks/RESULTS.md). Both give the same iterates.
+Compilation: the array leaves of `logits_fn` and `judge_fn` (pytree logits functions such as
+`hpm_jax.models.logits_fn(...)`, see `contract`) are traced arguments, so new weights of the
+same shapes compile nothing; plain closures are static (hashed by identity). The settings
+travel as one static `ApgdConfig`; eps (scalar or per-sample (B,)) and rho are traced, so eps
+sweeps do not recompile. Batches sharded over a mesh stay sharded, and a fixed key gives the
+same result on any number of devices. Restarts and target classes are a Python loop that
+stops once every point is broken (one host sync per restart). The iterations of a run are,
+with `loop="lax"`, one jitted `lax.fori_loop` (the default on GPU and TPU); with
+`loop="host"`, one jitted call per iteration (the default on CPU: XLA:CPU runs the backward
+convolutions of a model inside a while loop without its fast kernels, 2-3x slower, see
+benchmarks/RESULTS.md), dispatched asynchronously on one device and one at a time on several
+(see `_run_host`). Both give the same iterates.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from hpm_jax.attacks import apgd_steps as steps
-from hpm_jax.attacks import common
-from hpm_jax.attacks.apgd_steps import checkpoints, l1_checkpoints, largereps_schedule
+from hpm_jax.attacks import common, contract
+from hpm_jax.attacks.apgd_steps import (
+    ApgdConfig,
+    checkpoints,
+    l1_checkpoints,
+    largereps_schedule,
+)
 
-__all__ = ["apgd", "apgd_targeted", "checkpoints", "l1_checkpoints", "largereps_schedule"]
+__all__ = [
+    "ApgdConfig",
+    "apgd",
+    "apgd_targeted",
+    "checkpoints",
+    "l1_checkpoints",
+    "largereps_schedule",
+]
 
 LOSSES = ("ce", "dlr")
 LOOPS = ("auto", "lax", "host")
-_OBJECTIVE = ("logits_fn", "judge_fn", "loss", "eot_iter", "randomized")
 
 
 def _merge(x_adv, robust, broken, adv):
@@ -61,20 +74,20 @@ def _merge(x_adv, robust, broken, adv):
     return jnp.where(common.expand(robust & broken, adv), adv, x_adv), robust & ~broken
 
 
-@functools.partial(jax.jit, static_argnames=(*_OBJECTIVE, "norm", "n_iter", "use_largereps"))
-def _run(logits_fn, judge_fn, x, y, target, key, eps, rho, robust, x_adv, *, norm, loss,
-         n_iter, eot_iter, randomized, use_largereps):  # fmt: skip
+@functools.partial(jax.jit, static_argnames=("config", "n_iter"))
+def _run(loss_fn, judge_fn, x, y, target, key, eps, rho, robust, x_adv, *, config: ApgdConfig,
+         n_iter: int):  # fmt: skip
     """One restart on the whole batch as a single program (`lax.fori_loop` per stage), merged
     into (x_adv, robust)."""
-    grad_fn, wrong_fn = steps.objective(logits_fn, judge_fn, y, target, loss=loss,
-                                        eot_iter=eot_iter, randomized=randomized)  # fmt: skip
+    grad_fn, wrong_fn = steps.objective(loss_fn, judge_fn, y, target, config)
     key_start, key_run = jax.random.split(key)
-    x_init = steps.first_point(key_start, x, eps, norm, use_largereps)
-    for stage, (scale, stage_iter) in enumerate(steps.stages(n_iter, use_largereps)):
-        x_start = steps.stage_start(x_init, x, scale * eps, use_largereps)
+    x_init = steps.first_point(key_start, x, eps, config.norm, config.use_largereps)
+    for stage, (scale, stage_iter) in enumerate(steps.stages(n_iter, config.use_largereps)):
+        x_start = steps.stage_start(x_init, x, scale * eps, config.use_largereps)
         x_init, broken, adv = steps.run_loop(
             x, x_start, scale * eps, rho, jax.random.fold_in(key_run, stage), grad_fn=grad_fn,
-            wrong_fn=wrong_fn, n_iter=stage_iter, norm=norm, sparsity_from_start=use_largereps,
+            wrong_fn=wrong_fn, n_iter=stage_iter, norm=config.norm,
+            sparsity_from_start=config.use_largereps,
         )  # fmt: skip
     return _merge(x_adv, robust, broken, adv)
 
@@ -88,52 +101,62 @@ def _first_point(key, x, eps, *, norm, use_largereps):
     return steps.first_point(jax.random.split(key)[0], x, eps, norm, use_largereps)
 
 
-@functools.partial(jax.jit, static_argnames=(*_OBJECTIVE, "norm", "use_largereps"))
-def _begin(logits_fn, judge_fn, x, y, target, key, eps, x_init, *, norm, loss, eot_iter,
-           randomized, use_largereps):  # fmt: skip
-    grad_fn, wrong_fn = steps.objective(logits_fn, judge_fn, y, target, loss=loss,
-                                        eot_iter=eot_iter, randomized=randomized)  # fmt: skip
-    x_start = steps.stage_start(x_init, x, eps, use_largereps)
-    return steps.init_state(x, x_start, eps, key, grad_fn=grad_fn, wrong_fn=wrong_fn, norm=norm,
-                            sparsity_from_start=use_largereps)  # fmt: skip
+@functools.partial(jax.jit, static_argnames="config")
+def _begin(loss_fn, judge_fn, x, y, target, key, eps, x_init, *, config: ApgdConfig):
+    grad_fn, wrong_fn = steps.objective(loss_fn, judge_fn, y, target, config)
+    x_start = steps.stage_start(x_init, x, eps, config.use_largereps)
+    return steps.init_state(x, x_start, eps, key, grad_fn=grad_fn, wrong_fn=wrong_fn,
+                            norm=config.norm, sparsity_from_start=config.use_largereps)  # fmt: skip
 
 
-@functools.partial(jax.jit, static_argnames=(*_OBJECTIVE, "norm"), donate_argnames="state")
-def _step(logits_fn, judge_fn, x, y, target, key, eps, rho, i, check, window, state, *, norm,
-          loss, eot_iter, randomized):  # fmt: skip
-    grad_fn, wrong_fn = steps.objective(logits_fn, judge_fn, y, target, loss=loss,
-                                        eot_iter=eot_iter, randomized=randomized)  # fmt: skip
+@functools.partial(jax.jit, static_argnames="config", donate_argnames="state")
+def _step(loss_fn, judge_fn, x, y, target, key, eps, rho, i, check, window, state, *,
+          config: ApgdConfig):  # fmt: skip
+    grad_fn, wrong_fn = steps.objective(loss_fn, judge_fn, y, target, config)
     return steps.step(i, state, x, eps, rho, key, check, window, grad_fn=grad_fn,
-                      wrong_fn=wrong_fn, norm=norm)  # fmt: skip
+                      wrong_fn=wrong_fn, norm=config.norm)  # fmt: skip
 
 
 _merge_jit = jax.jit(_merge)
 
 
-def _run_host(logits_fn, judge_fn, x, y, target, key, eps, rho, robust, x_adv, *, norm, loss,
-              n_iter, eot_iter, randomized, use_largereps):  # fmt: skip
-    """`_run` with the iterations dispatched from Python (no host sync: nothing is read)."""
-    objective = dict(loss=loss, eot_iter=eot_iter, randomized=randomized, norm=norm)
+def _spans_devices(x: jax.Array) -> bool:
+    return isinstance(x, jax.Array) and len(x.devices()) > 1
+
+
+def _run_host(loss_fn, judge_fn, x, y, target, key, eps, rho, robust, x_adv, *,
+              config: ApgdConfig, n_iter: int):  # fmt: skip
+    """`_run` with the iterations dispatched from Python. On one device nothing is read, so
+    the steps queue asynchronously. On several XLA:CPU devices each step waits for the
+    previous one: queued programs whose collectives (the sharded batch's all-gathers) wait
+    for each other can occupy every thread of XLA:CPU's pool, which then starves and aborts
+    the process after 40 s; one program in flight costs about one dispatch per step."""
+    sync = _spans_devices(x)
     key_run = jax.random.split(key)[1]
-    x_init = _first_point(key, x, eps, norm=norm, use_largereps=use_largereps)
-    for stage, (scale, stage_iter) in enumerate(steps.stages(n_iter, use_largereps)):
+    x_init = _first_point(key, x, eps, norm=config.norm, use_largereps=config.use_largereps)
+    for stage, (scale, stage_iter) in enumerate(steps.stages(n_iter, config.use_largereps)):
         stage_eps, stage_key = scale * eps, jax.random.fold_in(key_run, stage)
-        state = _begin(logits_fn, judge_fn, x, y, target, stage_key, stage_eps, x_init,
-                       use_largereps=use_largereps, **objective)  # fmt: skip
-        is_check, window = steps.schedule(stage_iter, norm)
+        state = _begin(loss_fn, judge_fn, x, y, target, stage_key, stage_eps, x_init,
+                       config=config)  # fmt: skip
+        is_check, window = steps.schedule(stage_iter, config.norm)
         for i in range(stage_iter):
-            state = _step(logits_fn, judge_fn, x, y, target, stage_key, stage_eps, rho,
-                          np.int32(i), is_check[i], window[i], state, **objective)  # fmt: skip
+            state = _step(loss_fn, judge_fn, x, y, target, stage_key, stage_eps, rho,
+                          np.int32(i), is_check[i], window[i], state, config=config)  # fmt: skip
+            if sync:
+                jax.block_until_ready(state)
         x_init = state["x_best"]
     return _merge_jit(x_adv, robust, state["broken"], state["adv"])
 
 
-@functools.partial(jax.jit, static_argnames=("logits_fn", "judge_fn", "randomized", "n_top"))
-def _clean(logits_fn, judge_fn, x, y, key, *, randomized, n_top):
-    """(judge correct on x, the n_top classes ranked by logits_fn on x in decreasing order)."""
-    logits = steps.call(logits_fn, x, jax.random.fold_in(key, 0), randomized)
-    judged = logits if judge_fn is None else steps.call(judge_fn, x, jax.random.fold_in(key, 1),
-                                                        randomized)  # fmt: skip
+@functools.partial(jax.jit, static_argnames=("config", "n_top"))
+def _clean(loss_fn, judge_fn, x, y, key, *, config: ApgdConfig, n_top: int):
+    """(judge correct on x, the n_top classes ranked by loss_fn on x in decreasing order)."""
+    logits = contract.call(loss_fn, x, jax.random.fold_in(key, 0), config.randomized)
+    judged = (
+        logits
+        if config.shared_judge
+        else contract.call(judge_fn, x, jax.random.fold_in(key, 1), config.randomized)
+    )
     ranking = jax.lax.top_k(logits, n_top)[1] if n_top else None
     return common.correct(judged, y), ranking
 
@@ -145,25 +168,23 @@ def _use_host_loop(loop: str, x: jax.Array) -> bool:
     return any(d.platform == "cpu" for d in devices)
 
 
-def _check(
-    logits_fn, x, y, key, *, norm, eps, n_iter, n_restarts, eot_iter, rho, use_largereps,
-    randomized, loop,
-) -> tuple[jax.Array, int]:  # fmt: skip
-    """Clear errors for bad arguments; returns eps as a (B,) array and the number of classes."""
-    if np.ndim(eps) == 0:
-        smallest = eps = float(eps)  # check_inputs rejects anything but a positive number
-    else:
-        values = np.asarray(eps, dtype=np.float64)
-        if values.shape != (x.shape[0],) or not np.all(np.isfinite(values) & (values > 0)):
-            raise ValueError(
-                f"eps must be a number > 0 or one finite value > 0 per image, shape "
-                f"({x.shape[0]},); got shape {values.shape} with values {values.ravel()[:4]}."
-            )
-        smallest = float(values.min()) if values.size else 1.0
-    common.check_inputs(x, y, norm=norm, eps=smallest)
+# The classes each loss needs: the DLR losses read the 3rd (targeted: 4th) largest logit.
+_MIN_CLASSES = {
+    "ce": (2, "APGD-CE"),
+    "dlr": (3, "The DLR loss"),
+    "dlr-targeted": (4, "APGD-T's targeted DLR loss"),
+}
+
+
+def _prepare(logits_fn, judge_fn, x, y, *, norm, eps, loss, n_iter, n_restarts, eot_iter, rho,
+             use_largereps, randomized, loop):  # fmt: skip
+    """The contract's checks and APGD's own; (checked inputs, the static config)."""
+    min_classes, needs = _MIN_CLASSES[loss]
+    checked = contract.validate(logits_fn, judge_fn, x, y, norm=norm, eps=eps,
+                                randomized=randomized, min_classes=min_classes,
+                                needs=needs)  # fmt: skip
     for name, value in [("n_iter", n_iter), ("n_restarts", n_restarts), ("eot_iter", eot_iter)]:
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}.")
+        contract.check_int(name, value, 1)
     if not 0.0 <= rho <= 1.0:
         raise ValueError(f"rho must lie in [0, 1], got {rho!r}.")
     if loop not in LOOPS:
@@ -172,24 +193,21 @@ def _check(
         raise ValueError(f"use_largereps is the reference's L1 schedule; norm is {norm!r}.")
     if use_largereps and n_iter < 3:
         raise ValueError(f"use_largereps splits n_iter over 3 stages; got n_iter={n_iter}.")
-    shape = jax.eval_shape(lambda v: steps.call(logits_fn, v, key, randomized), x).shape
-    if len(shape) != 2 or shape[0] != x.shape[0]:
-        raise ValueError(f"logits_fn must return logits of shape (B, C); got {shape}.")
-    if x.shape[0] and not 0 <= int(jnp.min(y)) <= int(jnp.max(y)) < shape[1]:
-        raise ValueError(
-            f"labels must lie in [0, {shape[1] - 1}], got values in "
-            f"[{int(jnp.min(y))}, {int(jnp.max(y))}]."
-        )
-    return jnp.broadcast_to(jnp.asarray(eps, x.dtype), x.shape[:1]), shape[1]
+    config = ApgdConfig(
+        norm=norm, loss=loss, eot_iter=int(eot_iter),
+        randomized=bool(randomized), use_largereps=bool(use_largereps),
+        shared_judge=checked.judge_fn is logits_fn,
+    )  # fmt: skip
+    return checked, config
 
 
-def _attack(logits_fn, judge_fn, x, y, key, eps, rho, targets, n_restarts, loop, **static):
+def _attack(logits_fn, checked, x, y, key, rho, targets, n_restarts, n_iter, loop, config):
     """The restart (and target) loop around one run, stopping once nothing robust is left."""
     x, y = jnp.asarray(x), jnp.asarray(y)  # NumPy input: one transfer, not one per iteration
+    loss_fn, judge_fn = contract.traced(logits_fn), contract.traced(checked.judge_fn)
     key_clean, key_runs = jax.random.split(key)
-    robust, ranking = _clean(logits_fn, judge_fn, x, y, key_clean,
-                             randomized=static["randomized"],
-                             n_top=max(targets) + 1 if targets else 0)  # fmt: skip
+    n_top = max(targets) + 1 if targets else 0
+    robust, ranking = _clean(loss_fn, judge_fn, x, y, key_clean, config=config, n_top=n_top)
     run = _run_host if _use_host_loop(loop, x) else _run
     x_adv, rho = x, jnp.asarray(rho, x.dtype)
     runs = [t for t in (targets or [None]) for _ in range(n_restarts)]
@@ -197,14 +215,14 @@ def _attack(logits_fn, judge_fn, x, y, key, eps, rho, targets, n_restarts, loop,
         if not bool(jnp.any(robust)):  # one host sync per restart: skip useless runs
             break
         target = None if t is None else ranking[:, t]
-        x_adv, robust = run(logits_fn, judge_fn, x, y, target,
-                            jax.random.fold_in(key_runs, index), eps, rho, robust, x_adv,
-                            **static)  # fmt: skip
-    return common.AttackResult(x_adv, robust)
+        x_adv, robust = run(loss_fn, judge_fn, x, y, target, jax.random.fold_in(key_runs, index),
+                            checked.eps, rho, robust, x_adv, config=config,
+                            n_iter=int(n_iter))  # fmt: skip
+    return contract.AttackResult(x_adv, robust)
 
 
 def apgd(
-    logits_fn: Callable[..., jax.Array],
+    logits_fn: contract.LogitsFn,
     x: jax.Array,
     y: jax.Array,
     *,
@@ -217,10 +235,10 @@ def apgd(
     eot_iter: int = 1,
     rho: float = 0.75,
     use_largereps: bool = False,
-    judge_fn: Callable[..., jax.Array] | None = None,
+    judge_fn: contract.LogitsFn | None = None,
     randomized: bool = False,
     loop: str = "auto",
-) -> common.AttackResult:
+) -> contract.AttackResult:
     """APGD on the cross-entropy ("ce") or DLR ("dlr") loss of the true label y.
 
     x: (B, H, W, C) in [0, 1]; y: (B,) int labels; eps: scalar or (B,). Restart r uses
@@ -231,20 +249,16 @@ def apgd(
     """
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}.")
-    eps, n_classes = _check(
-        logits_fn, x, y, key, norm=norm, eps=eps, n_iter=n_iter, n_restarts=n_restarts,
-        eot_iter=eot_iter, rho=rho, use_largereps=use_largereps, randomized=randomized, loop=loop,
+    checked, config = _prepare(
+        logits_fn, judge_fn, x, y, norm=norm, eps=eps, loss=loss, n_iter=n_iter,
+        n_restarts=n_restarts, eot_iter=eot_iter, rho=rho, use_largereps=use_largereps,
+        randomized=randomized, loop=loop,
     )  # fmt: skip
-    if loss == "dlr" and n_classes < 3:
-        raise ValueError(f"The DLR loss needs at least 3 classes; logits_fn gives {n_classes}.")
-    return _attack(
-        logits_fn, judge_fn, x, y, key, eps, rho, None, n_restarts, loop, norm=norm, loss=loss,
-        n_iter=n_iter, eot_iter=eot_iter, randomized=randomized, use_largereps=use_largereps,
-    )  # fmt: skip
+    return _attack(logits_fn, checked, x, y, key, rho, None, n_restarts, n_iter, loop, config)
 
 
 def apgd_targeted(
-    logits_fn: Callable[..., jax.Array],
+    logits_fn: contract.LogitsFn,
     x: jax.Array,
     y: jax.Array,
     *,
@@ -257,29 +271,21 @@ def apgd_targeted(
     eot_iter: int = 1,
     rho: float = 0.75,
     use_largereps: bool = False,
-    judge_fn: Callable[..., jax.Array] | None = None,
+    judge_fn: contract.LogitsFn | None = None,
     randomized: bool = False,
     loop: str = "auto",
-) -> common.AttackResult:
+) -> contract.AttackResult:
     """APGD-T: APGD on the targeted DLR loss, once per target class and restart.
 
     The targets of each point are the 2nd .. (k+1)-th classes of logits_fn on the clean x
     (k = n_target_classes, capped at C - 1); success is still "the judge does not predict y".
     Needs C >= 4 classes. Other arguments as `apgd` (use_largereps: AutoAttack's L1 standard).
     """
-    if not isinstance(n_target_classes, int) or n_target_classes < 1:
-        raise ValueError(f"n_target_classes must be an int >= 1, got {n_target_classes!r}.")
-    eps, n_classes = _check(
-        logits_fn, x, y, key, norm=norm, eps=eps, n_iter=n_iter, n_restarts=n_restarts,
-        eot_iter=eot_iter, rho=rho, use_largereps=use_largereps, randomized=randomized, loop=loop,
+    contract.check_int("n_target_classes", n_target_classes, 1)
+    checked, config = _prepare(
+        logits_fn, judge_fn, x, y, norm=norm, eps=eps, loss="dlr-targeted", n_iter=n_iter,
+        n_restarts=n_restarts, eot_iter=eot_iter, rho=rho, use_largereps=use_largereps,
+        randomized=randomized, loop=loop,
     )  # fmt: skip
-    if n_classes < 4:
-        raise ValueError(
-            f"APGD-T's targeted DLR loss needs at least 4 classes; logits_fn gives {n_classes}."
-        )
-    targets = list(range(1, min(n_target_classes, n_classes - 1) + 1))
-    return _attack(
-        logits_fn, judge_fn, x, y, key, eps, rho, targets, n_restarts, loop, norm=norm,
-        loss="dlr-targeted", n_iter=n_iter, eot_iter=eot_iter, randomized=randomized,
-        use_largereps=use_largereps,
-    )  # fmt: skip
+    targets = list(range(1, min(n_target_classes, checked.num_classes - 1) + 1))
+    return _attack(logits_fn, checked, x, y, key, rho, targets, n_restarts, n_iter, loop, config)

@@ -2,8 +2,8 @@
 
     from hpm_jax.attacks import apgd_steps as steps
     steps.checkpoints(100)                    # [22, 41, 57, 70, 80, 87, 93, 99]
-    grad_fn, wrong_fn = steps.objective(logits_fn, None, y, None, loss="ce", eot_iter=1,
-                                        randomized=False)
+    config = steps.ApgdConfig(norm="Linf", loss="ce")
+    grad_fn, wrong_fn = steps.objective(logits_fn, logits_fn, y, None, config)
     best, broken, adv = steps.run_loop(x, x_start, eps, rho, key, grad_fn=grad_fn,
                                        wrong_fn=wrong_fn, n_iter=100, norm="Linf")
 
@@ -14,6 +14,7 @@ traceable and works on fixed-shape batches with per-sample eps (B,).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any
@@ -23,12 +24,28 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hpm_jax.attacks import common, l1, losses
+from hpm_jax.attacks import common, contract, l1, losses
 
 MOMENTUM = 0.75
 State = dict[str, Any]
 GradFn = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array, jax.Array]]
 WrongFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class ApgdConfig:
+    """The static settings of an APGD iteration (one compiled program per distinct value; the
+    iteration count is not one of them, so the host loop's programs serve any n_iter).
+
+    loss: "ce", "dlr" or "dlr-targeted"; shared_judge: the judge is logits_fn itself, so the
+    logits of the gradient pass also judge (one forward pass saved per iteration)."""
+
+    norm: str
+    loss: str
+    eot_iter: int = 1
+    randomized: bool = False
+    use_largereps: bool = False
+    shared_judge: bool = True
 
 
 def checkpoints(n_iter: int) -> list[int]:
@@ -72,15 +89,12 @@ def schedule(n_iter: int, norm: str) -> tuple[np.ndarray, np.ndarray]:
     return is_check, window
 
 
-def call(fn: Callable[..., jax.Array], x: jax.Array, key: jax.Array, randomized: bool):
-    """fn(x, key) for a randomized model, fn(x) otherwise."""
-    return fn(x, key) if randomized else fn(x)
-
-
-def objective(logits_fn, judge_fn, y, target, *, loss, eot_iter, randomized):
+def objective(logits_fn, judge_fn, y, target, config: ApgdConfig):
     """(grad_fn, wrong_fn): grad_fn(x_adv, key) -> (per-sample loss of logits_fn, its logits,
     the gradient averaged over eot_iter draws); wrong_fn(x_adv, logits, key) -> (B,) bool,
-    the judge misclassifies (judge_fn None: those logits). Both see the whole batch."""
+    the judge misclassifies (with config.shared_judge, judged on those logits). Both see the
+    whole batch."""
+    loss, eot_iter, randomized = config.loss, config.eot_iter, config.randomized
     if loss == "ce":
         loss_fn = losses.cross_entropy
     elif loss == "dlr":
@@ -89,7 +103,7 @@ def objective(logits_fn, judge_fn, y, target, *, loss, eot_iter, randomized):
         loss_fn = lambda logits, y: losses.targeted_dlr(logits, y, target)
 
     def loss_and_logits(x_adv, k):
-        logits = call(logits_fn, x_adv, k, randomized)
+        logits = contract.call(logits_fn, x_adv, k, randomized)
         chex.assert_shape(logits, (x_adv.shape[0], None))
         per_sample = loss_fn(logits, y)
         return jnp.sum(per_sample), (per_sample, logits)
@@ -110,8 +124,8 @@ def objective(logits_fn, judge_fn, y, target, *, loss, eot_iter, randomized):
         return per_sample, logits, grad / eot_iter
 
     def wrong_fn(x_adv, logits, k):
-        if judge_fn is not None:
-            logits = call(judge_fn, x_adv, jax.random.fold_in(k, eot_iter), randomized)
+        if not config.shared_judge:
+            logits = contract.call(judge_fn, x_adv, jax.random.fold_in(k, eot_iter), randomized)
         return ~common.correct(logits, y)
 
     return grad_fn, wrong_fn

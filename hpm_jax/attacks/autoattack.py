@@ -1,8 +1,9 @@
 """The AutoAttack chain (Croce & Hein, 2020) in JAX: versions, compaction, resume, checks.
 
     from hpm_jax.attacks import AutoAttack
-    logits_fn = lambda x: model.apply(variables, x)          # NHWC in [0, 1] -> logits
-    aa = AutoAttack(logits_fn, norm="Linf", eps=8 / 255, version="standard", seed=0)
+    from hpm_jax.models import logits_fn
+    target = logits_fn(model, variables)                      # NHWC in [0, 1] -> logits
+    aa = AutoAttack(target, norm="Linf", eps=8 / 255, version="standard", seed=0)
     report = aa.run(x_test, y_test, batch_size=500, state_path="eval/aa_state.json")
     report.robust_accuracy, report.robust_accuracy_after["apgd-ce"], report.x_adv
     print(report.to_json())
@@ -10,9 +11,13 @@
 The chain follows the reference (pyautoattack's `AutoAttack.run_standard_evaluation`): a
 clean pass, then each attack of the version on the points still robust, starting from the
 clean images; a point is robust only if the judge classifies it correctly on the clean image
-and after every attack. Versions and their settings are the reference's `_set_version`
-(`versions.py`); `version` may also be a list of attack names, whose
-settings are the reference's constructor defaults. It logs the reference's lines ("initial
+and after every attack. The judge is resolved once (`judge_fn`, default `logits_fn`) and
+every attack of the chain receives it: an attack whose gradients come from elsewhere (a
+surrogate, see `msa`) is still judged by the model under evaluation. Pytree logits
+functions (`hpm_jax.models.logits_fn`, `jax.tree_util.Partial(model.apply, variables)`) keep
+the weights out of the compiled programs (see `contract`). Versions and their settings are
+the reference's `_set_version` (`versions.py`); `version` may also be a list of attack names,
+whose settings are the reference's constructor defaults. It logs the reference's lines ("initial
 accuracy: ...", "robust accuracy after APGD-CE: ... (total time ... s)", "robust accuracy:
 ...") to the `hpm_jax.autoattack` logger and to `log` (default `print`).
 
@@ -56,7 +61,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from hpm_jax.attacks import buckets, checks, common, versions
+from hpm_jax.attacks import buckets, checks, contract, versions
 from hpm_jax.attacks.state import ChainState, StateMismatchError, StateStore, data_hash
 from hpm_jax.attacks.versions import AttackSpec
 from hpm_jax.sharding import data_sharding, make_mesh
@@ -119,13 +124,9 @@ class AutoAttackReport:
         return text
 
 
-def _call(fn: Callable, x: jax.Array, key: jax.Array, randomized: bool) -> jax.Array:
-    return fn(x, key) if randomized else fn(x)
-
-
-@functools.partial(jax.jit, static_argnames=("fn", "randomized"))
+@functools.partial(jax.jit, static_argnames="randomized")
 def _judge_correct(fn, x, y, key, *, randomized):
-    return common.correct(_call(fn, x, key, randomized), y)
+    return jnp.argmax(contract.call(fn, x, key, randomized), axis=-1) == y
 
 
 def _put(a: np.ndarray, sharding) -> jax.Array:
@@ -143,11 +144,13 @@ def _to_host(a: jax.Array) -> np.ndarray:
 
 
 def _check_data(x: np.ndarray, y: np.ndarray, norm: str, eps: float, num_classes) -> None:
-    """common.check_inputs on the first images (shapes, dtypes, as every attack checks them),
-    the value ranges of the whole dataset in NumPy (it never goes to the device whole)."""
+    """The contract's checks of shapes and dtypes on the first image (as every attack checks
+    them), the value ranges of the whole dataset in NumPy (it never goes to the device whole)."""
     if y.shape != (len(x),):
         raise ValueError(f"y must hold one label per image, shape ({len(x)},), got {y.shape}.")
-    common.check_inputs(x[:1], y[:1], norm=norm, eps=eps, num_classes=num_classes)
+    contract.check_norm(norm)
+    contract.check_eps(eps, 1)
+    contract.check_images(x[:1], y[:1])
     lo, hi = float(np.min(x)), float(np.max(x))
     if not (0 <= lo and hi <= 1):  # also catches NaN
         raise ValueError(
@@ -183,7 +186,7 @@ class AutoAttack:
     version: "standard", "plus", "rand", or a list of attack names (versions.ATTACK_NAMES)
         and/or AttackSpecs.
     seed: all randomness derives from it.
-    judge_fn: decides success (default logits_fn).
+    judge_fn: decides success (default logits_fn); every attack receives it.
     num_classes: checked against the model's output when given.
     attack_options: {name: {setting: value}} over the version's settings, e.g.
         {"square": {"n_queries": 1000}}.
@@ -218,12 +221,16 @@ class AutoAttack:
         log: Callable[[str], Any] | None = print,
         on_progress: Callable[[str, int, int], Any] | None = None,
     ):
-        common.check_norm(norm)
-        if not np.isscalar(eps) or not np.isfinite(eps) or eps <= 0:
-            raise ValueError(f"eps must be a finite number > 0, got {eps!r}.")
+        contract.check_norm(norm)
+        if np.ndim(eps) != 0:
+            raise ValueError(f"eps must be a finite number > 0 (one radius), got {eps!r}.")
+        contract.check_eps(eps, 1)
         if not isinstance(seed, int | np.integer):
             raise TypeError(f"seed must be an int (all randomness derives from it), got {seed!r}.")
-        self.logits_fn, self.judge_fn = logits_fn, judge_fn
+        # The judge, resolved once: every pass and every attack of the chain receives it.
+        self.logits_fn = logits_fn
+        self.judge_fn = logits_fn if judge_fn is None else judge_fn
+        self.separate_judge = judge_fn is not None and judge_fn is not logits_fn
         self.norm, self.eps, self.seed = norm, float(eps), int(seed)
         self.num_classes = num_classes
         self.randomized = (version == "rand") if randomized is None else bool(randomized)
@@ -252,7 +259,7 @@ class AutoAttack:
     def _judged_correct(self, x, y, plan: _Plan, tag: int) -> np.ndarray:
         """The judge's verdict on x, batch by batch in the original batches (the last padded
         by repeating its points to the largest bucket, one compiled shape)."""
-        judge = self.judge_fn or self.logits_fn
+        judge = contract.traced(self.judge_fn)
         sharding = data_sharding(self.mesh)
         out = np.zeros(len(x), bool)
         for b, idx in enumerate(plan.batches):
@@ -272,7 +279,7 @@ class AutoAttack:
         key = jax.random.fold_in(self._root_key(), _CHECK_TAG)
         bind = (lambda f: lambda v: f(v, key)) if self.randomized else (lambda f: f)
         loss_fn = bind(self.logits_fn)
-        judge = bind(self.judge_fn or self.logits_fn)
+        judge = bind(self.judge_fn)
         xj, yj = jnp.asarray(x), jnp.asarray(y)
         results = []
         if not self.randomized and self.version != "rand":
@@ -345,11 +352,16 @@ class AutoAttack:
         sizes = tuple(sorted(set(sizes), reverse=True))
         if not self.compact:  # whole batches only: one bucket, the smallest that fits
             sizes = (min(s for s in sizes if s >= batch_size),)
-        judge = self.judge_fn or self.logits_fn
         probe = jax.ShapeDtypeStruct((sizes[0], *x.shape[1:]), x.dtype)
-        key = self._root_key()
-        out = jax.eval_shape(lambda v: _call(judge, v, key, self.randomized), probe)
-        num_classes = out.shape[-1]
+        num_classes = contract.output_classes(self.judge_fn, probe, "judge_fn",
+                                              randomized=self.randomized)  # fmt: skip
+        if self.separate_judge:
+            loss_classes = contract.output_classes(self.logits_fn, probe, "logits_fn",
+                                                   randomized=self.randomized)  # fmt: skip
+            if loss_classes != num_classes:
+                raise ValueError(
+                    f"judge_fn scores {num_classes} classes but logits_fn {loss_classes}."
+                )
         if self.num_classes is not None and self.num_classes != num_classes:
             raise ValueError(
                 f"num_classes={self.num_classes} but the model outputs {num_classes} logits."
@@ -365,7 +377,7 @@ class AutoAttack:
             "batch_size": int(batch_size),
             "bucket_sizes": list(sizes),
             "attacks": [[s.name, versions.fn_name(s.fn), settings[s.name]] for s in specs],
-            "separate_judge": self.judge_fn is not None,
+            "separate_judge": self.separate_judge,
             "randomized": self.randomized,
             "compact": self.compact,
         }

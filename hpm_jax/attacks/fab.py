@@ -17,10 +17,10 @@ eps / 2 (then clipped to [0, 1]), as the reference. Targets are the classes rank
 ... by the clean logits of `logits_fn` (the highest classes other than y). Each iteration
 takes one vjp of logits_fn and one call of judge_fn on the whole batch; all targets,
 restarts and iterations are `lax.fori_loop`s inside one jitted function over the fixed-shape
-batch. `logits_fn` and `judge_fn` are static (hashed by identity: reuse the same function
-objects and a shape compiles once); eps (a number or one per image), alpha_max, eta and beta
-are traced. Batches sharded over a mesh stay sharded; a fixed key gives the same result on
-any number of devices.
+batch. The array leaves of `logits_fn` and `judge_fn` are traced (pytree logits functions, see
+`contract`; plain closures are static, hashed by identity); the settings are one static
+`FabConfig`; eps (a number or one per image), alpha_max, eta and beta are traced. Batches
+sharded over a mesh stay sharded; a fixed key gives the same result on any number of devices.
 
 On a linear model every iterate stays on the ray from x to its projection, and the
 reference's update settles at 1.00521 times the minimal perturbation (eta's overshoot against
@@ -36,6 +36,7 @@ couples the samples of a batch).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import chex
@@ -43,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hpm_jax.attacks import common
+from hpm_jax.attacks import common, contract
 from hpm_jax.attacks.fab_projections import boundary_step
 
 # The reference floors step lengths at 1e-8 before forming alpha = |d1| / (|d1| + |d2|).
@@ -66,13 +67,20 @@ def _targets(logits: jax.Array, y: jax.Array, k: int) -> jax.Array:
     return jax.lax.top_k(not_y, k)[1]
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=("logits_fn", "judge_fn", "norm", "n_iter", "n_targets", "n_restarts"),
-)
+@dataclasses.dataclass(frozen=True)
+class FabConfig:
+    """The static settings of FAB-T: n_targets is already capped at C - 1."""
+
+    norm: str
+    n_iter: int
+    n_targets: int
+    n_restarts: int
+
+
+@functools.partial(jax.jit, static_argnames="config")
 def _fab_targeted(
-    logits_fn: common.LogitsFn,
-    judge_fn: common.LogitsFn,
+    logits_fn: contract.LogitsFn,
+    judge_fn: contract.LogitsFn,
     x: jax.Array,
     y: jax.Array,
     key: jax.Array,
@@ -81,11 +89,10 @@ def _fab_targeted(
     eta: jax.Array,
     beta: jax.Array,
     *,
-    norm: str,
-    n_iter: int,
-    n_targets: int,
-    n_restarts: int,
+    config: FabConfig,
 ) -> tuple[jax.Array, jax.Array]:
+    norm, n_iter, n_restarts = config.norm, config.n_iter, config.n_restarts
+    n_targets = config.n_targets
     batch = x.shape[0]
     chex.assert_rank(x, 4)
     chex.assert_shape([y, eps], (batch,))
@@ -154,13 +161,9 @@ def _fab_targeted(
 
 
 def _check_config(n_iter, n_target_classes, n_restarts, alpha_max, eta, beta) -> None:
-    for name, value, low in (
-        ("n_iter", n_iter, 0),
-        ("n_target_classes", n_target_classes, 1),
-        ("n_restarts", n_restarts, 1),
-    ):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
+    contract.check_int("n_iter", n_iter, 0)
+    contract.check_int("n_target_classes", n_target_classes, 1)
+    contract.check_int("n_restarts", n_restarts, 1)
     if not 0.0 <= alpha_max <= 1.0:
         raise ValueError(f"alpha_max must lie in [0, 1], got {alpha_max!r}.")
     if not (np.isfinite(eta) and eta > 0):
@@ -169,34 +172,8 @@ def _check_config(n_iter, n_target_classes, n_restarts, alpha_max, eta, beta) ->
         raise ValueError(f"beta (the backward step) must lie in (0, 1), got {beta!r}.")
 
 
-def _smallest_eps(eps, x: jax.Array) -> float:
-    """eps is a number or one value per image; the smallest goes to common.check_inputs."""
-    if np.ndim(eps) == 0:
-        try:
-            return float(eps)
-        except (TypeError, ValueError):
-            return eps  # not a number: check_inputs says so
-    values = np.asarray(eps, dtype=np.float64)
-    if values.shape != x.shape[:1] or not np.all(np.isfinite(values) & (values > 0)):
-        raise ValueError(
-            f"eps must be a number > 0 or one finite value > 0 per image, shape "
-            f"({x.shape[0]},); got shape {values.shape}."
-        )
-    return float(values.min()) if values.size else 1.0
-
-
-def _num_classes(fn: common.LogitsFn, x: jax.Array, name: str) -> int:
-    shape = jax.eval_shape(fn, jax.ShapeDtypeStruct(x.shape, x.dtype)).shape
-    if len(shape) != 2 or shape[0] != x.shape[0]:
-        raise ValueError(
-            f"{name} must map a batch of {x.shape[0]} images to logits of shape "
-            f"({x.shape[0]}, num_classes), got shape {tuple(shape)}."
-        )
-    return shape[1]
-
-
 def fab_targeted(
-    logits_fn: common.LogitsFn,
+    logits_fn: contract.LogitsFn,
     x: jax.Array,
     y: jax.Array,
     *,
@@ -209,8 +186,8 @@ def fab_targeted(
     alpha_max: float = 0.1,
     eta: float = 1.05,
     beta: float = 0.9,
-    judge_fn: common.LogitsFn | None = None,
-) -> common.AttackResult:
+    judge_fn: contract.LogitsFn | None = None,
+) -> contract.AttackResult:
     """FAB-T (AutoAttack's standard settings by default) against `logits_fn`.
 
     x: (B, H, W, C) images in [0, 1] (may be sharded over the batch); y: (B,) labels.
@@ -224,36 +201,21 @@ def fab_targeted(
     per shape and configuration for the same function objects; eps, alpha_max, eta and beta
     are traced.
     """
-    common.check_inputs(x, y, norm=norm, eps=_smallest_eps(eps, x))
+    checked = contract.validate(logits_fn, judge_fn, x, y, norm=norm, eps=eps, needs="FAB-T")
     _check_config(n_iter, n_target_classes, n_restarts, alpha_max, eta, beta)
-    judge_fn = logits_fn if judge_fn is None else judge_fn
-    num_classes = _num_classes(logits_fn, x, "logits_fn")
-    if num_classes < 2:
-        raise ValueError(f"FAB-T needs at least 2 classes, logits_fn gives {num_classes}.")
-    if judge_fn is not logits_fn and _num_classes(judge_fn, x, "judge_fn") != num_classes:
-        raise ValueError(
-            f"judge_fn must score the same {num_classes} classes as logits_fn, got "
-            f"{_num_classes(judge_fn, x, 'judge_fn')}."
-        )
-    if x.shape[0] > 0 and not isinstance(y, jax.core.Tracer):
-        y_lo, y_hi = int(jnp.min(y)), int(jnp.max(y))
-        if y_lo < 0 or y_hi >= num_classes:
-            raise ValueError(
-                f"labels must lie in [0, {num_classes - 1}], got values in [{y_lo}, {y_hi}]."
-            )
+    num_classes = checked.num_classes
+    config = FabConfig(norm=norm, n_iter=int(n_iter), n_restarts=int(n_restarts),
+                       n_targets=min(int(n_target_classes), num_classes - 1))  # fmt: skip
     x_adv, robust = _fab_targeted(
-        logits_fn,
-        judge_fn,
+        contract.traced(logits_fn),
+        contract.traced(checked.judge_fn),
         x,
         y,
         key,
-        jnp.broadcast_to(jnp.asarray(eps, x.dtype), x.shape[:1]),
+        checked.eps,
         jnp.asarray(alpha_max, x.dtype),
         jnp.asarray(eta, x.dtype),
         jnp.asarray(beta, x.dtype),
-        norm=norm,
-        n_iter=int(n_iter),
-        n_targets=min(int(n_target_classes), num_classes - 1),
-        n_restarts=int(n_restarts),
+        config=config,
     )
-    return common.AttackResult(x_adv, robust)
+    return contract.AttackResult(x_adv, robust)

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from hpm_jax.attacks import common, versions
+from hpm_jax.attacks import contract, versions
 from hpm_jax.attacks.autoattack import AutoAttack, AutoAttackReport
 
 # The surrogates of an HPM model, as head modes: backbone + FC head, l2 against the EMA
@@ -49,15 +49,18 @@ _GRADIENT_FREE = ("square",)
 @dataclasses.dataclass(frozen=True, repr=False)
 class ThroughSurrogate:
     """An attack of the chain whose loss and gradient come from `surrogate` instead of the
-    chain's model; success is still judged by the chain's judge (the target)."""
+    chain's model; success is judged by the chain's judge (the target), which the chain
+    always passes."""
 
     surrogate_name: str
     surrogate: Callable[..., Any]
-    attack: Callable[..., common.AttackResult]
+    attack: Callable[..., contract.AttackResult]
 
-    def __call__(self, logits_fn, x, y, **kwargs) -> common.AttackResult:
-        del logits_fn  # the target: it judges (judge_fn) but gives no gradient here
-        return self.attack(self.surrogate, x, y, **kwargs)
+    def __call__(self, logits_fn, x, y, *, judge_fn, **kwargs) -> contract.AttackResult:
+        if judge_fn is None:  # the surrogate would judge its own attack
+            raise ValueError(f"{self!r} needs the target as judge_fn; got None.")
+        del logits_fn  # the target gives no gradient here; it judges
+        return self.attack(self.surrogate, x, y, judge_fn=judge_fn, **kwargs)
 
     def __repr__(self) -> str:  # stable across runs: the state file's fingerprint uses it
         return f"{versions.fn_name(self.attack)} through surrogate {self.surrogate_name!r}"

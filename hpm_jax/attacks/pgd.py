@@ -30,8 +30,9 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from hpm_jax.attacks import common
+from hpm_jax.attacks import common, contract
 from hpm_jax.attacks.losses import cross_entropy
 
 LOSSES = ("ce", "kl")
@@ -69,7 +70,7 @@ def start_point(key: jax.Array, x: jax.Array, eps: float, norm: str, kind: str) 
 
 
 def _check_static(norm: str, loss: str, random_start: str, num_steps: int, reference) -> None:
-    common.check_norm(norm, NORMS)
+    contract.check_norm(norm, NORMS)
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}.")
     if random_start not in RANDOM_STARTS:
@@ -84,18 +85,19 @@ def _check_static(norm: str, loss: str, random_start: str, num_steps: int, refer
         )
 
 
-@functools.partial(
-    jax.jit, static_argnames=("logits_fn", "norm", "num_steps", "loss", "random_start")
-)
-def _perturb_jit(logits_fn, x, y, key, eps, step_size, reference_logits, **static):
-    return perturb(
+@functools.partial(jax.jit, static_argnames=("norm", "num_steps", "loss", "random_start"))
+def _pgd_jit(logits_fn, judge_fn, x, y, key, eps, step_size, reference_logits, **static):
+    """The attack and the judge's verdict (correct on x and on x_adv, in batch context)."""
+    x_adv = perturb(
         logits_fn, x, y, key=key, eps=eps, step_size=step_size,
         reference_logits=reference_logits, **static,
     )  # fmt: skip
+    robust = common.correct(judge_fn(x), y) & common.correct(judge_fn(x_adv), y)
+    return x_adv, robust
 
 
 def perturb(
-    logits_fn: common.LogitsFn,
+    logits_fn: contract.LogitsFn,
     x: jax.Array,
     y: jax.Array,
     *,
@@ -138,7 +140,7 @@ def perturb(
 
 
 def pgd(
-    logits_fn: common.LogitsFn,
+    logits_fn: contract.LogitsFn,
     x: jax.Array,
     y: jax.Array,
     *,
@@ -150,20 +152,22 @@ def pgd(
     loss: str = "ce",
     reference_logits: jax.Array | None = None,
     random_start: str = "uniform",
-    judge_fn: common.LogitsFn | None = None,
-) -> common.AttackResult:
+    judge_fn: contract.LogitsFn | None = None,
+) -> contract.AttackResult:
     """PGD under the shared attack contract: checks the inputs, runs jitted, judges the result.
 
     `judge_fn` (default `logits_fn`) decides `robust` on the final iterate, on the whole batch
-    at once; a point misclassified already on x counts as not robust. Pass the same
-    `logits_fn` object on every call so the jitted attack compiles once.
+    at once; a point misclassified already on x counts as not robust. The array leaves of a
+    pytree `logits_fn` / `judge_fn` are traced (see `contract`): new weights recompile nothing.
     """
-    common.check_inputs(x, y, norm=norm, eps=eps, allowed_norms=NORMS)
+    if np.ndim(eps) != 0:
+        raise ValueError(f"eps must be a finite number > 0, got {eps!r}.")
+    checked = contract.validate(logits_fn, judge_fn, x, y, norm=norm, eps=eps,
+                                allowed_norms=NORMS)  # fmt: skip
     _check_static(norm, loss, random_start, num_steps, reference_logits)
-    x_adv = _perturb_jit(
-        logits_fn, x, y, key, eps, step_size, reference_logits,
-        norm=norm, num_steps=num_steps, loss=loss, random_start=random_start,
+    x_adv, robust = _pgd_jit(
+        contract.traced(logits_fn), contract.traced(checked.judge_fn), x, y, key, float(eps),
+        step_size, reference_logits, norm=norm, num_steps=num_steps, loss=loss,
+        random_start=random_start,
     )  # fmt: skip
-    judge = logits_fn if judge_fn is None else judge_fn
-    robust = common.correct(judge(x), y) & common.correct(judge(x_adv), y)
-    return common.AttackResult(x_adv, robust)
+    return contract.AttackResult(x_adv, robust)

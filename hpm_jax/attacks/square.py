@@ -32,9 +32,10 @@ come back as x with robust False.
 Shape: one jitted function over the fixed-shape batch, a `lax.while_loop` over iterations
 that stops once every point is broken (inside a `lax.while_loop` over restarts). The window
 side changes with the iteration, so windows are masks built from iota comparisons, never
-shape-changing slices. `logits_fn`, `judge_fn` and the config are static (functions hash by
-identity: reuse the same function objects and a batch shape compiles once); eps is traced,
-a number or one value per image (B,), so eps sweeps do not recompile.
+shape-changing slices. The array leaves of `logits_fn` and `judge_fn` are traced (pytree
+logits functions, see `contract`; plain closures are static, hashed by identity), the
+settings are one static `SquareConfig`; eps is traced, a number or one value per image (B,),
+so eps sweeps do not recompile.
 A fixed key gives the same result on any number of devices.
 
 loss="ce" (the reference's other option) accepts proposals that raise the cross-entropy
@@ -48,6 +49,7 @@ ported. The random streams differ (JAX vs torch), so parity is statistical.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import NamedTuple
@@ -57,7 +59,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hpm_jax.attacks import common, losses
+from hpm_jax.attacks import common, contract, losses
 
 NORMS = ("Linf", "L2")
 LOSSES = ("margin", "ce")
@@ -102,7 +104,7 @@ def p_selection(
 def square_side(p: float, height: int, width: int, channels: int, norm: str) -> int:
     """The side of the square window for fraction p of an image, as the reference computes it:
     round(sqrt(p * H * W)), at least 1 (Linf) or at least 3 and odd (L2), at most min(H, W)."""
-    common.check_norm(norm, NORMS)
+    contract.check_norm(norm, NORMS)
     n_features = channels * height * width
     side = round(math.sqrt(p * n_features / channels))  # round half to even, as Python's
     if norm == "Linf":
@@ -335,17 +337,30 @@ def _single_run(
     return SquareRun(x_best, margin_min, queries)
 
 
-_STATIC = ("norm", "n_queries", "p_init", "loss", "resc_schedule")
+@dataclasses.dataclass(frozen=True)
+class SquareConfig:
+    """The static settings of Square (one compiled program per distinct value)."""
+
+    norm: str
+    n_queries: int
+    p_init: float
+    loss: str
+    resc_schedule: bool
+    n_restarts: int = 1
+
+    def run_settings(self) -> dict:
+        return dict(norm=self.norm, n_queries=self.n_queries, p_init=self.p_init,
+                    loss=self.loss, resc_schedule=self.resc_schedule)  # fmt: skip
 
 
-@functools.partial(jax.jit, static_argnames=("logits_fn", *_STATIC))
-def _square_run_jit(logits_fn, x, y, key, eps, **static):
+@functools.partial(jax.jit, static_argnames="config")
+def _square_run_jit(logits_fn, x, y, key, eps, *, config: SquareConfig):
     active = jnp.ones(x.shape[:1], bool)
-    return _single_run(logits_fn, x, y, x, active, key, eps, **static)
+    return _single_run(logits_fn, x, y, x, active, key, eps, **config.run_settings())
 
 
-@functools.partial(jax.jit, static_argnames=("logits_fn", "judge_fn", "n_restarts", *_STATIC))
-def _square_jit(logits_fn, judge_fn, x, y, key, eps, *, n_restarts, **static):
+@functools.partial(jax.jit, static_argnames="config")
+def _square_jit(logits_fn, judge_fn, x, y, key, eps, *, config: SquareConfig):
     def judge(x_in):  # (B,) bool: the judge's verdict on the whole batch
         logits = judge_fn(x_in)
         chex.assert_rank(logits, 2)
@@ -356,12 +371,12 @@ def _square_jit(logits_fn, judge_fn, x, y, key, eps, *, n_restarts, **static):
 
     def cond(state):
         r, _, robust = state
-        return (r < n_restarts) & jnp.any(robust)
+        return (r < config.n_restarts) & jnp.any(robust)
 
     def body(state):
         r, x_adv, robust = state
         run = _single_run(logits_fn, x, y, x_adv, robust, jax.random.fold_in(key, r), eps,
-                          **static)  # fmt: skip
+                          **config.run_settings())  # fmt: skip
         # run.x_best is x_adv wherever the point was frozen, so the judge sees the batch as is.
         judged = judge(run.x_best)
         newly_broken = robust & ~judged
@@ -372,38 +387,31 @@ def _square_jit(logits_fn, judge_fn, x, y, key, eps, *, n_restarts, **static):
     return x_adv, robust
 
 
-def _check_eps(x: jax.Array, y: jax.Array, eps, norm: str) -> jax.Array:
-    """Clear errors for bad inputs (common.check_inputs); eps as a (B,) array."""
-    scalar = np.ndim(eps) == 0
-    common.check_inputs(x, y, norm=norm, eps=eps if scalar else 1.0, allowed_norms=NORMS)
-    if not scalar:
-        values = np.asarray(eps, np.float64)
-        if values.shape != x.shape[:1] or not np.all(np.isfinite(values) & (values > 0)):
-            raise ValueError(
-                f"eps must be a number > 0 or one finite value > 0 per image, shape "
-                f"({x.shape[0]},); got shape {values.shape}, values {values.ravel()[:4]}."
-            )
-    return jnp.broadcast_to(jnp.asarray(eps, x.dtype), x.shape[:1])
-
-
-def _check_config(n_queries, p_init, n_restarts, loss, norm, shape) -> None:
-    if not isinstance(n_queries, int | np.integer) or n_queries < 0:
-        raise ValueError(f"n_queries must be an int >= 0, got {n_queries!r}.")
+def _prepare(logits_fn, judge_fn, x, y, *, norm, eps, n_queries, p_init, n_restarts, loss,
+             resc_schedule) -> tuple[contract.Checked, SquareConfig]:  # fmt: skip
+    """The contract's checks and Square's own; (checked inputs, the static config)."""
+    checked = contract.validate(logits_fn, judge_fn, x, y, norm=norm, eps=eps,
+                                allowed_norms=NORMS)  # fmt: skip
+    contract.check_int("n_queries", n_queries, 0)
     if not isinstance(p_init, float | int) or not 0 < p_init <= 1:
         raise ValueError(f"p_init must be a fraction of the image in (0, 1], got {p_init!r}.")
-    if not isinstance(n_restarts, int | np.integer) or n_restarts < 1:
-        raise ValueError(f"n_restarts must be an int >= 1, got {n_restarts!r}.")
+    contract.check_int("n_restarts", n_restarts, 1)
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}.")
-    if norm == "L2" and min(shape[1:3]) < 5:
+    if norm == "L2" and min(x.shape[1:3]) < 5:
         raise ValueError(
             f"L2 Square needs images of at least 5 x 5 pixels (its start tiles the image in "
-            f"squares of side H // 5), got {shape[1]} x {shape[2]}."
+            f"squares of side H // 5), got {x.shape[1]} x {x.shape[2]}."
         )
+    config = SquareConfig(
+        norm=norm, n_queries=int(n_queries), p_init=float(p_init), loss=loss,
+        resc_schedule=bool(resc_schedule), n_restarts=int(n_restarts),
+    )  # fmt: skip
+    return checked, config
 
 
 def square_run(
-    logits_fn: common.LogitsFn,
+    logits_fn: contract.LogitsFn,
     x: jax.Array,
     y: jax.Array,
     *,
@@ -419,16 +427,14 @@ def square_run(
     reference's `attack_single_run`): the best point, its margin and the queries per sample.
     With resc_schedule=False, the run with n_queries=k is the first k iterations of any longer
     run with the same key."""
-    eps = _check_eps(x, y, eps, norm)
-    _check_config(n_queries, p_init, 1, loss, norm, x.shape)
-    return _square_run_jit(
-        logits_fn, x, y, key, eps, norm=norm, n_queries=int(n_queries),
-        p_init=float(p_init), loss=loss, resc_schedule=bool(resc_schedule),
-    )  # fmt: skip
+    checked, config = _prepare(logits_fn, None, x, y, norm=norm, eps=eps, n_queries=n_queries,
+                               p_init=p_init, n_restarts=1, loss=loss,
+                               resc_schedule=resc_schedule)  # fmt: skip
+    return _square_run_jit(contract.traced(logits_fn), x, y, key, checked.eps, config=config)
 
 
 def square(
-    logits_fn: common.LogitsFn,
+    logits_fn: contract.LogitsFn,
     x: jax.Array,
     y: jax.Array,
     *,
@@ -438,21 +444,18 @@ def square(
     n_queries: int = 5000,
     p_init: float = 0.8,
     n_restarts: int = 1,
-    judge_fn: common.LogitsFn | None = None,
+    judge_fn: contract.LogitsFn | None = None,
     loss: str = "margin",
     resc_schedule: bool = False,
-) -> common.AttackResult:
+) -> contract.AttackResult:
     """Square Attack under the shared contract (defaults: AutoAttack's standard version).
 
     Restart r runs with `jax.random.fold_in(key, r)` on the points `judge_fn` still finds
     robust; a point broken once stays broken, with the point that broke it as x_adv.
     """
-    eps = _check_eps(x, y, eps, norm)
-    _check_config(n_queries, p_init, n_restarts, loss, norm, x.shape)
-    x_adv, robust = _square_jit(
-        logits_fn, logits_fn if judge_fn is None else judge_fn, x, y, key, eps,
-        n_restarts=int(n_restarts), norm=norm,
-        n_queries=int(n_queries), p_init=float(p_init), loss=loss,
-        resc_schedule=bool(resc_schedule),
-    )  # fmt: skip
-    return common.AttackResult(x_adv, robust)
+    checked, config = _prepare(logits_fn, judge_fn, x, y, norm=norm, eps=eps,
+                               n_queries=n_queries, p_init=p_init, n_restarts=n_restarts,
+                               loss=loss, resc_schedule=resc_schedule)  # fmt: skip
+    x_adv, robust = _square_jit(contract.traced(logits_fn), contract.traced(checked.judge_fn), x,
+                                y, key, checked.eps, config=config)  # fmt: skip
+    return contract.AttackResult(x_adv, robust)

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from hpm_jax.attacks import common
+from hpm_jax.attacks import contract
 
 ATTACK_NAMES = ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t")
 VERSIONS = ("standard", "plus", "rand")
@@ -48,11 +48,11 @@ _FUNCTIONS = {  # name -> (module in hpm_jax.attacks, function)
 @dataclasses.dataclass(frozen=True)
 class AttackSpec:
     """One attack of a chain: `fn(logits_fn, x, y, *, key, norm, eps, judge_fn, **kwargs)`
-    following the attack contract of `common`. Put AttackSpecs in a custom `version` list to
+    following the attack contract of `contract`. Put AttackSpecs in a custom `version` list to
     run attacks of your own in the chain."""
 
     name: str
-    fn: Callable[..., common.AttackResult]
+    fn: Callable[..., contract.AttackResult]
     kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
@@ -109,7 +109,7 @@ def custom_settings(name: str) -> dict[str, Any]:
     return dict(table[name])
 
 
-def attack_fn(name: str) -> Callable[..., common.AttackResult]:
+def attack_fn(name: str) -> Callable[..., contract.AttackResult]:
     """The function that runs the attack called `name` (imported on demand)."""
     module_name, attr = _FUNCTIONS[name]
     module = importlib.import_module(f"hpm_jax.attacks.{module_name}")
@@ -131,7 +131,7 @@ def _check_spec(spec: AttackSpec, norm: str, randomized: bool) -> None:
             "`randomized`); use version='rand' or APGD attacks only."
         )
     module = importlib.import_module(spec.fn.__module__)
-    if norm not in getattr(module, "NORMS", common.NORMS):
+    if norm not in getattr(module, "NORMS", contract.NORMS):
         raise ValueError(
             f"{spec.name} is not ported for norm {norm!r}; leave it out of the chain (custom "
             f"version), e.g. {[n for n in ('apgd-ce', 'apgd-t', 'fab-t') if n != spec.name]}."

@@ -6,6 +6,7 @@
     logits = model.apply(variables, x)                             # eval mode
     logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
     feats = model.apply(variables, x, method="features")           # penultimate features
+    fn = logits_fn(model, variables, mode="fc")    # for the attacks: weights traced (logits.py)
     hpm = get_model("small_cnn", num_classes=10, head="hpm", mixing="count")  # HPM head
 
 This package is the only place Flax modules live; everything else sees `apply`.
@@ -13,6 +14,7 @@ This package is the only place Flax modules live; everything else sees `apply`.
 
 from hpm_jax.models.classifier import Classifier, abstract_variables
 from hpm_jax.models.heads import MIXINGS, MODES, PROTOTYPES, FCHead, HPMHead, L2Head
+from hpm_jax.models.logits import logits_fn
 from hpm_jax.models.registry import BACKBONES, HEADS, get_backbone, get_model
 
 __all__ = [
@@ -28,4 +30,5 @@ __all__ = [
     "abstract_variables",
     "get_backbone",
     "get_model",
+    "logits_fn",
 ]

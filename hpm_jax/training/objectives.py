@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from hpm_jax.attacks import common, pgd
+from hpm_jax.attacks import contract, pgd
 from hpm_jax.attacks.losses import cross_entropy
 
 OBJECTIVES = ("pgd_at", "trades")
@@ -163,7 +163,7 @@ def forward(
 
 def attack_logits_fn(
     model: nn.Module, variables: Mapping[str, Any], attack: AttackSpec
-) -> common.LogitsFn:
+) -> contract.LogitsFn:
     """x -> logits of the model as the attack sees it (its mode and batch-norm mode); the
     batch statistics a train-mode pass would update are dropped."""
     variables = jax.lax.stop_gradient(variables)

@@ -1,0 +1,161 @@
+"""Model weights are data: pytree logits functions enter the attacks as traced arguments.
+
+A second call with new variables of the same shapes compiles nothing and uses the new weights;
+the compiled program's size does not grow with the parameter count (a closure's does).
+"""
+
+import functools
+import importlib
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hpm_jax.attacks import (
+    AutoAttack,
+    apgd,
+    apgd_targeted,
+    contract,
+    fab_targeted,
+    mixed_surrogate_attack,
+    pgd,
+    square,
+)
+from hpm_jax.attacks.apgd_steps import ApgdConfig
+from hpm_jax.models import get_model, logits_fn
+
+apgd_module = importlib.import_module("hpm_jax.attacks.apgd")
+N, SIZE, EPS = 8, 8, 1e-3  # a small eps: most points stay robust under the first weights
+
+
+class _CountCompiles(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def emit(self, record):
+        message = record.getMessage()
+        if message.startswith("Compiling "):
+            self.names.append(message.split(" with ")[0])
+
+
+def compiles(run):
+    """The programs XLA compiled while `run()` ran (jax_log_compiles)."""
+    handler = _CountCompiles()
+    logger = logging.getLogger("jax")
+    logger.addHandler(handler)
+    try:
+        with jax.log_compiles():
+            run()
+    finally:
+        logger.removeHandler(handler)
+    return handler.names
+
+
+@functools.lru_cache(maxsize=1)
+def _setup():
+    model = get_model("small_cnn", num_classes=4, head="hpm", in_channels=1, image_size=SIZE,
+                      channels=(4, 8), num_features=8)  # fmt: skip
+    x = np.random.default_rng(0).uniform(0, 1, (N, SIZE, SIZE, 1)).astype(np.float32)
+    first = model.init(jax.random.key(0), jnp.asarray(x[:1]))
+    # Other weights of the same shapes, with other predictions: the FC layer negated (its bias
+    # is zero at init, so the logits are negated and every clean prediction changes).
+    second = jax.tree_util.tree_map(lambda a: a, first)
+    second["params"]["head"]["fc"]["kernel"] = -first["params"]["head"]["fc"]["kernel"]
+    y = np.asarray(jnp.argmax(model.apply(first, jnp.asarray(x), mode="fc"), 1), np.int32)
+    return model, first, second, x, y
+
+
+ATTACKS = {
+    "apgd-host": lambda f, x, y: apgd(f, x, y, key=jax.random.key(1), eps=EPS, n_iter=3,
+                                      loop="host"),
+    "apgd-lax": lambda f, x, y: apgd(f, x, y, key=jax.random.key(1), eps=EPS, n_iter=3,
+                                     loop="lax"),
+    "apgd-t": lambda f, x, y: apgd_targeted(f, x, y, key=jax.random.key(1), eps=EPS, n_iter=3,
+                                            n_target_classes=2),
+    "fab-t": lambda f, x, y: fab_targeted(f, x, y, key=jax.random.key(1), eps=EPS, n_iter=3,
+                                          n_target_classes=2),
+    "square": lambda f, x, y: square(f, x, y, key=jax.random.key(1), eps=EPS, n_queries=5),
+    "pgd": lambda f, x, y: pgd.pgd(f, x, y, key=jax.random.key(1), eps=EPS, step_size=0.02,
+                                   num_steps=3),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_new_variables_of_the_same_shapes_compile_nothing_and_are_used(name):
+    model, first, second, x, y = _setup()
+    attack = ATTACKS[name]
+    fn_first = logits_fn(model, first, mode="fc")
+    before = attack(fn_first, x, y)
+    jax.block_until_ready(before)
+    results = []
+    names = compiles(lambda: results.append(jax.block_until_ready(
+        attack(jax.tree_util.Partial(fn_first.func, second), x, y))))  # fmt: skip
+    assert names == [], names
+    # The second call saw the second weights (a stale constant would repeat the first
+    # verdicts): the negated FC head (zero bias) ranks the labels last, so nothing is robust.
+    assert np.mean(before.robust) >= 0.5
+    assert not np.any(results[0].robust)
+
+
+def test_the_chain_and_msa_compile_nothing_for_new_variables():
+    model, first, second, x, y = _setup()
+    options = {"apgd-ce": {"n_iter": 3}, "apgd-t": {"n_iter": 3, "n_target_classes": 2},
+               "fab-t": {"n_iter": 3, "n_target_classes": 2}, "square": {"n_queries": 5}}
+
+    def evaluate(variables):
+        target = logits_fn(model, variables)
+        surrogates = {m: logits_fn(model, variables, mode=m) for m in ("fc", "soft")}
+        aa = AutoAttack(logits_fn(model, variables, mode="fc"), eps=EPS, attack_options=options,
+                        log=None).run(x, y, batch_size=N)  # fmt: skip
+        msa = mixed_surrogate_attack(target, surrogates, x, y, eps=EPS, batch_size=N,
+                                     attack_options=options, log=None)  # fmt: skip
+        return aa, msa
+
+    aa_first, _ = evaluate(first)
+    results = []
+    names = compiles(lambda: results.append(evaluate(second)))
+    assert names == [], names
+    aa_second, _ = results[0]
+    assert aa_first.clean_accuracy == 1.0 and aa_second.clean_accuracy == 0.0
+
+
+def _mlp(params, x):
+    hidden = jax.nn.relu(x.reshape(x.shape[0], -1) @ params["w1"])
+    return hidden @ params["w2"]
+
+
+def _lowered_size(fn, width):
+    x = jnp.full((N, SIZE, SIZE, 1), 0.5)
+    y = jnp.zeros(N, jnp.int32)
+    config = ApgdConfig(norm="Linf", loss="ce")
+    loss = contract.traced(fn)
+    lowered = apgd_module._run.lower(
+        loss, loss, x, y, None, jax.random.key(0), jnp.full((N,), EPS), jnp.float32(0.75),
+        jnp.ones(N, bool), x, config=config, n_iter=5,
+    )  # fmt: skip
+    return len(lowered.as_text())
+
+
+def test_compiled_program_size_does_not_grow_with_the_parameter_count():
+    sizes = {}
+    for width in (16, 1024):
+        rng = np.random.default_rng(width)
+        params = {
+            "w1": jnp.asarray(rng.normal(size=(SIZE * SIZE, width)), jnp.float32),
+            "w2": jnp.asarray(rng.normal(size=(width, 4)), jnp.float32),
+        }
+        closure = lambda v, p=params: _mlp(p, v)
+        sizes[width] = (
+            _lowered_size(jax.tree_util.Partial(_mlp, params), width),
+            _lowered_size(closure, width),
+        )
+    traced_small, closure_small = sizes[16]
+    traced_large, closure_large = sizes[1024]
+    # Traced: the same program text up to the shapes written in it (a few characters each).
+    assert traced_large < 1.05 * traced_small, sizes
+    # A closure bakes its 68 * 1024 float32 weights (272 kB) into the program as constants.
+    weight_bytes = (SIZE * SIZE + 4) * 1024 * 4
+    assert closure_large - closure_small > weight_bytes, sizes
