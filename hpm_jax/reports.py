@@ -155,9 +155,9 @@ def markdown(report: Mapping[str, Any], files: Mapping[str, str] | None = None) 
 
 def plot_bars(report: Mapping[str, Any], path: str) -> str:
     """Grouped bars per head: clean, AutoAttack, MSA robust accuracy."""
-    import matplotlib
+    from hpm_jax.extras import optional_import
 
-    matplotlib.use("Agg")
+    optional_import("matplotlib", extra="reports").use("Agg")
     import matplotlib.pyplot as plt
 
     names = list(report["heads"])
@@ -191,9 +191,9 @@ def plot_bars(report: Mapping[str, Any], path: str) -> str:
 
 def plot_curves(report: Mapping[str, Any], path: str) -> str:
     """Robust accuracy against eps, one line per head."""
-    import matplotlib
+    from hpm_jax.extras import optional_import
 
-    matplotlib.use("Agg")
+    optional_import("matplotlib", extra="reports").use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(4.8, 3.6))

@@ -1,10 +1,10 @@
 # Sourced by the launch scripts: create or reuse .venv and install what hpm-jax needs.
-#   HPM_EXTRAS="test,torch" . launch/_env.sh
+#   HPM_EXTRAS="test,torch" . launch/_env.sh      # default extras: all (data, train, reports)
 # Reinstalls only when pyproject.toml or the extras change (a stamp file records them).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${HPM_VENV:-$ROOT/.venv}"
-EXTRAS="${HPM_EXTRAS:-}"
+EXTRAS="${HPM_EXTRAS:-all}"
 
 # Fashion-MNIST offline: Debian's dataset-fashion-mnist (best effort; needs root and apt).
 if [ ! -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] && command -v apt-get >/dev/null; then
@@ -29,7 +29,10 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   "$PY" -m pip install -q --upgrade pip
   if [[ ",$EXTRAS," == *",torch,"* ]]; then
     # The CPU build first: a bare 'torch' requirement would pull several GB of CUDA wheels.
-    "$PY" -m pip install -q "torch==2.13.0"
+    # "+cpu" comes from a local wheel directory (pip's find-links) where there is one, else
+    # from PyTorch's CPU index.
+    "$PY" -m pip install -q "torch==2.13.0+cpu" 2>/dev/null \
+      || "$PY" -m pip install -q "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu
   fi
   "$PY" -m pip install -q -e "$ROOT${EXTRAS:+[$EXTRAS]}"
   if [[ ",$EXTRAS," == *",torch,"* ]]; then

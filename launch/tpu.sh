@@ -84,7 +84,7 @@ on_all_workers "set -e
 mkdir -p ~/hpm-jax && tar -xzf /tmp/hpm-jax.tar.gz -C ~/hpm-jax
 python3 -m venv ~/hpm-venv
 ~/hpm-venv/bin/pip install -q --upgrade pip
-~/hpm-venv/bin/pip install -q 'jax[tpu]' -e ~/hpm-jax
+~/hpm-venv/bin/pip install -q -e ~/hpm-jax'[all,tpu]'
 if ! command -v gcsfuse >/dev/null; then
   echo \"deb https://packages.cloud.google.com/apt gcsfuse-\$(lsb_release -c -s) main\" |
     sudo tee /etc/apt/sources.list.d/gcsfuse.list >/dev/null

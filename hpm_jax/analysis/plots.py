@@ -19,10 +19,17 @@ from typing import Any
 
 import numpy as np
 
+from hpm_jax.extras import optional_import
+
 # Figure objects without pyplot: they draw with Agg, change no global backend and open no
 # window, so plotting is safe on servers and inside other programs.
-from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+Figure = optional_import("matplotlib.figure", extra="reports").Figure
+_ticker = optional_import("matplotlib.ticker", extra="reports")
+FuncFormatter, LogLocator, NullFormatter = (
+    _ticker.FuncFormatter,
+    _ticker.LogLocator,
+    _ticker.NullFormatter,
+)
 
 # Fixed colours per head name, so that every figure (and every run) reads the same way.
 COLORS = {"fc": "tab:red", "l2": "tab:blue", "hpm": "tab:green"}

@@ -18,7 +18,10 @@ import math
 from collections.abc import Callable
 
 import numpy as np
-from PIL import Image
+
+from hpm_jax.extras import optional_import
+
+Image = optional_import("PIL.Image", extra="data")
 
 TrainAugmentation = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 EvalPreprocessing = Callable[[np.ndarray], np.ndarray]

@@ -19,7 +19,6 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,7 +26,10 @@ from jax.sharding import Mesh
 
 from hpm_jax.data import augment as augment_lib
 from hpm_jax.data.sources import Source
+from hpm_jax.extras import optional_import
 from hpm_jax.sharding import check_batch_divisible, data_sharding
+
+grain = optional_import("grain", extra="data")
 
 Batch = dict[str, jax.Array]
 

@@ -25,9 +25,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-import tensorflow_datasets as tfds
 
 from hpm_jax.data import offline
+from hpm_jax.extras import optional_import
+
+tfds = optional_import("tensorflow_datasets", extra="data")
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,10 @@ from typing import Any
 
 import jax
 import numpy as np
-import tensorboardX
+
+from hpm_jax.extras import optional_import
+
+tensorboardX = optional_import("tensorboardX", extra="train")
 
 JSONL = "metrics.jsonl"
 TENSORBOARD = "tensorboard"
