@@ -54,8 +54,10 @@ def robustbench_variables(
     """The table entry and the converted (numpy) variables of a RobustBench checkpoint."""
     # Imported here: the converter needs torch (the `torch` extra), the table does not.
     from hpm_jax.convert import load_state_dict, torch_to_flax
+    from hpm_jax.extras import optional_import
 
     info = entry(name, dataset, threat_model)
+    optional_import("torch", extra="torch")  # before a download it could not read
     path = checkpoint_path(info, model_dir)
     what = f"RobustBench checkpoint {info.name} ({info.dataset}, {info.threat_model})"
     if not os.path.isfile(path) and not download_missing:
