@@ -1,4 +1,4 @@
-"""CIFAR-10: HPM fine-tuning of RobustBench-style Linf models (eps = 8/255), TRADES.
+"""CIFAR-10: HPM fine-tuning of RobustBench-style models (Linf eps = 8/255, or L2 0.5), TRADES.
 
     python -m hpm_jax.convert --arch wide_resnet --checkpoint Carmon2019Unlabeled.pt \
         --arch_kwargs depth=28,width=10 --out /tmp/carmon2019
@@ -6,6 +6,8 @@
         --config.init.checkpoint=/tmp/carmon2019
     python -m hpm_jax.train --config=configs/cifar10.py:dm_wrn --workdir=/tmp/c10_dm_hpm \
         --config.init.checkpoint=/tmp/gowal2020          # a converted DMWideResNet checkpoint
+    python -m hpm_jax.evaluate --config=configs/cifar10.py --checkpoint=/tmp/c10_wrn_hpm/model \
+        --workdir=/tmp/c10_eval        # AutoAttack / MSA at the training threat model
     launch/tpu.sh --tpu=hpm-v4 --zone=us-central2-b --accelerator=v4-8 --bucket=my-bucket \
         --config=configs/cifar10.py --workdir=runs/c10_wrn_hpm \
         -- --config.init.checkpoint=/mnt/my-bucket/carmon2019
@@ -13,8 +15,14 @@
 Variants (comma-separated): `wrn` (default: `wide_resnet`, TRADES-style WRN-28-10, e.g.
 Carmon2019Unlabeled; depth 34 via --config.model.kwargs.depth=34), `dm_wrn`
 (`dm_wide_resnet`, DeepMind's WRN-28-10 with SiLU, e.g. Gowal2020Uncovering_28_10_extra),
-`fc` (fine-tune the FC head instead: the baseline), `local` (a WRN-10-1 trained from
-scratch for a few steps, to try the pipeline on a laptop).
+`fc` (fine-tune the FC head instead: the baseline), `l2` (the L2 threat model, eps = 0.5,
+for RobustBench's L2 models), `local` (a WRN-10-1 trained from scratch for a few steps, to
+try the pipeline on a laptop).
+
+The `evaluation` section (`hpm_jax.evaluate`) attacks at the training threat model
+(`attack.norm`, `attack.eps`: RobustBench's 8/255 Linf or 0.5 L2) with full AutoAttack
+budgets on the first 1000 test images in batches of 200; `--config.evaluation.eps=...`
+changes it.
 
 The backbone, FC weights and batch-norm statistics come from `init.checkpoint`; HPM
 prototypes start at the class means of the training features. Data: TFDS `cifar10`
@@ -25,7 +33,7 @@ import ml_collections
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2471, 0.2435, 0.2616)
-VARIANTS = ("wrn", "dm_wrn", "fc", "local")
+VARIANTS = ("wrn", "dm_wrn", "fc", "l2", "local")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -107,6 +115,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     if "fc" in variants:
         config.model.head = "fc"
+    if "l2" in variants:  # RobustBench's L2 threat model
+        config.attack.norm, config.attack.eps, config.attack.step_size = "L2", 0.5, 0.125
+        config.eval.attack.step_size = 0.125
     if "local" in variants:
         config.model.kwargs.depth, config.model.kwargs.width = 10, 1
         config.init.checkpoint = ""  # from scratch: no checkpoint needed
@@ -122,4 +133,32 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.eval.batch_size = 100
         config.eval.attack.num_steps = 5
         config.checkpoint.every_steps = 25
+
+    # hpm_jax.evaluate (knobs: hpm_jax.evaluate.default_evaluation_config): AutoAttack on the
+    # FC and l2-EMA heads, MSA on HPM, at the threat model the model was trained for.
+    config.evaluation = ml_collections.ConfigDict()
+    config.evaluation.num_examples = 1000 if "local" not in variants else 64
+    # HPM's batch context (part of the result); a multiple of 1, 2, 4 and 8 devices.
+    config.evaluation.batch_size = 200 if "local" not in variants else 32
+    config.evaluation.norm = config.attack.norm
+    config.evaluation.eps = config.attack.eps  # RobustBench: 8/255 Linf, 0.5 L2
+    config.evaluation.seed = 0
+    config.evaluation.version = "standard"
+    # The standard version's full budgets, spelled out so that each is overridable, e.g.
+    # --config.evaluation.attack_options.apgd-t.n_target_classes=3; `local`: the demo's.
+    full = "local" not in variants
+    config.evaluation.attack_options = ml_collections.ConfigDict(
+        {
+            "apgd-ce": {"n_iter": 100 if full else 20},
+            "apgd-t": {"n_iter": 100 if full else 20, "n_target_classes": 9 if full else 1},
+            "fab-t": {"n_iter": 100 if full else 10, "n_target_classes": 9 if full else 1},
+            "square": {"n_queries": 5000 if full else 200},
+        }
+    )
+    config.evaluation.msa = "auto"  # MSA when the model has an HPM head
+    config.evaluation.surrogates = ("fc", "ema_l2", "soft", "ste")
+    config.evaluation.naive_autoattack = True
+    config.evaluation.curve_eps = ()
+    config.evaluation.curve_attacks = ("apgd-ce",)
+    config.evaluation.run_checks = True
     return config

@@ -9,10 +9,11 @@
     python -m hpm_jax.train --config=configs/cifar100.py --workdir=/tmp/c100_wrn_hpm \
         --config.init.checkpoint=/tmp/c100_wrn        # a converted WideResNet checkpoint
 
-The CIFAR-10 config (configs/cifar10.py, same variants: `wrn`, `dm_wrn`, `fc`, `local`)
+The CIFAR-10 config (configs/cifar10.py, same variants: `wrn`, `dm_wrn`, `fc`, `l2`, `local`)
 with 100 classes, CIFAR-100's normalisation for the DeepMind WRN, and a pseudo-count
 scaled to the ~1.3 examples per class of a 128-image batch. Data: TFDS `cifar100` as
-array_record.
+array_record. Evaluation (`hpm_jax.evaluate`) as CIFAR-10's: AutoAttack / MSA at the training
+threat model (8/255 Linf; `:l2` 0.5 L2), full budgets, the first 1000 test images.
 """
 
 import importlib.util

@@ -7,11 +7,15 @@
         --config=configs/imagenet.py --workdir=runs/in_r50_hpm \
         -- --config.init.checkpoint=/mnt/my-bucket/salman_r50
     python -m hpm_jax.train --config=configs/imagenet.py:local --workdir=/tmp/in_local
+    python -m hpm_jax.evaluate --config=configs/imagenet.py --checkpoint=/tmp/in_r50_hpm/model \
+        --workdir=/tmp/in_eval         # AutoAttack / MSA at Linf 4/255 on 5000 val images
 
 Variants (comma-separated): `fc` (fine-tune the FC head instead: the baseline), `local` (a
 tiny ResNet-18-shaped network from scratch for a few steps). The global batch of 512 is
 split over every device of every host; computation in bfloat16 (parameters in float32).
-Data: TFDS `imagenet2012` as array_record (manual download, see hpm_jax.data).
+Data: TFDS `imagenet2012` as array_record (manual download, see hpm_jax.data). The
+`evaluation` section (`hpm_jax.evaluate`) attacks at the training threat model (Linf 4/255,
+RobustBench's) on RobustBench's 5000 validation images with full AutoAttack budgets.
 """
 
 import ml_collections
@@ -110,4 +114,33 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.eval.num_examples = 64
         config.eval.attack.num_steps = 2
         config.checkpoint.every_steps = 10
+
+    # hpm_jax.evaluate (knobs: hpm_jax.evaluate.default_evaluation_config): AutoAttack on the
+    # FC and l2-EMA heads, MSA on HPM, at the threat model the model was trained for.
+    full = "local" not in variants
+    config.evaluation = ml_collections.ConfigDict()
+    config.evaluation.num_examples = 5000 if full else 32  # RobustBench: 5000 val images
+    # HPM's batch context (part of the result), near training's 512; a multiple of 1, 2 or 4
+    # devices (--config.evaluation.batch_size=512 on 8 or 16).
+    config.evaluation.batch_size = 500 if full else 16
+    config.evaluation.norm = config.attack.norm
+    config.evaluation.eps = config.attack.eps  # RobustBench: 4/255 Linf
+    config.evaluation.seed = 0
+    config.evaluation.version = "standard"
+    # The standard version's full budgets, spelled out so that each is overridable, e.g.
+    # --config.evaluation.attack_options.square.n_queries=1000; `local`: tiny ones.
+    config.evaluation.attack_options = ml_collections.ConfigDict(
+        {
+            "apgd-ce": {"n_iter": 100 if full else 5},
+            "apgd-t": {"n_iter": 100 if full else 5, "n_target_classes": 9 if full else 1},
+            "fab-t": {"n_iter": 100 if full else 5, "n_target_classes": 9 if full else 1},
+            "square": {"n_queries": 5000 if full else 20},
+        }
+    )
+    config.evaluation.msa = "auto"  # MSA when the model has an HPM head
+    config.evaluation.surrogates = ("fc", "ema_l2", "soft", "ste")
+    config.evaluation.naive_autoattack = True
+    config.evaluation.curve_eps = ()
+    config.evaluation.curve_attacks = ("apgd-ce",)
+    config.evaluation.run_checks = True
     return config

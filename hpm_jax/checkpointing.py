@@ -41,6 +41,7 @@ class CheckpointMismatchError(ValueError):
         hint: str = "",
     ):
         self.missing, self.unexpected, self.misshaped = list(missing), list(unexpected), misshaped
+        self.hint = hint
 
         def listing(title: str, items: list[str]) -> str:
             if not items:

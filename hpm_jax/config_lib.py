@@ -1,16 +1,21 @@
 """Experiment configs: `configs/NAME.py` files whose `get_config(arg=None)` returns a
 `ConfigDict` of plain values, overridable with dotted keys.
 
-In a program (absl flags, as `--config=configs/fashion_mnist.py:local --config.train.lr=0.1`):
+In a program (absl flags, as `--config=configs/fashion_mnist.py:local --config.train.lr=0.1`;
+`hpm_jax.cli.run` takes the `--config.*` arguments out of argv before absl parses it):
 
     _CONFIG = config_lib.define_config_flag()
-    def main(argv): config = _CONFIG.value
+    def main(argv, overrides): config = load_config(_CONFIG.value, overrides)
+    cli.run("hpm-train", main)
 
 In Python (tests, notebooks):
 
     config = load_config("configs/fashion_mnist.py:local", ["train.num_steps=20"])
 
-`:local` passes "local" to `get_config`, which returns the small laptop variant.
+`:local` passes "local" to `get_config`, which returns the small laptop variant. Keys are
+split at dots only, so names with hyphens override like any other:
+`--config.evaluation.attack_options.apgd-ce.n_iter=10`. A key that is not in the config is
+an error naming the keys that are (`ConfigError`, also a KeyError).
 """
 
 from __future__ import annotations
@@ -23,14 +28,53 @@ from typing import Any
 
 import ml_collections
 from absl import flags
-from ml_collections import config_flags
 
 _PLAIN = (bool, int, float, str, type(None))
 
 
-def define_config_flag(name: str = "config", help_string: str = "Config file.") -> flags.FlagHolder:
-    """The `--config=path.py[:arg]` flag with `--config.a.b=value` overrides (absl programs)."""
-    return config_flags.DEFINE_config_file(name, None, help_string, lock_config=True)
+class ConfigError(KeyError, ValueError):
+    """A config file, variant or override that cannot be used; the message names the fix."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+def define_config_flag(name: str = "config", help_string: str = "") -> flags.FlagHolder:
+    """The `--config=path.py[:arg]` flag (a string: `load_config` reads it). Its `--config.a.b=v`
+    overrides are taken out of argv by `split_overrides` (`hpm_jax.cli.run` does it)."""
+    help_string = help_string or (
+        "Config file, path.py or path.py:variant; override keys as --config.train.lr=0.1."
+    )
+    return flags.DEFINE_string(name, None, help_string)
+
+
+def split_overrides(argv: Sequence[str], name: str = "config") -> tuple[list[str], list[str]]:
+    """(argv without its `--NAME.KEY=VALUE` arguments, those as "KEY=VALUE" strings in order).
+
+    Also `--NAME.KEY VALUE`, and a bare `--NAME.KEY` / `--noNAME.KEY` for True / False."""
+    rest, overrides = [], []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        for prefix, bare in ((f"--{name}.", "True"), (f"-{name}.", "True"),
+                             (f"--no{name}.", "False")):  # fmt: skip
+            if arg.startswith(prefix):
+                key, sep, value = arg[len(prefix) :].partition("=")
+                if (
+                    not sep
+                    and bare == "True"
+                    and i + 1 < len(args)
+                    and not args[i + 1].startswith("-")
+                ):
+                    value, sep = args[i + 1], "="
+                    i += 1
+                overrides.append(f"{key}={value if sep else bare}")
+                break
+        else:
+            rest.append(arg)
+        i += 1
+    return rest, overrides
 
 
 def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
@@ -42,8 +86,11 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
-        raise ValueError(f"{path} defines no get_config(arg=None).")
-    config = module.get_config(arg or None)
+        raise ConfigError(f"{path} defines no get_config(arg=None).")
+    try:
+        config = module.get_config(arg or None)
+    except ValueError as e:  # the file's own check of its variants
+        raise ConfigError(f"{spec}: {e}") from e
     check_plain(config)
     apply_overrides(config, overrides)
     return config
@@ -54,16 +101,49 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str])
     for override in overrides:
         key, sep, text = override.removeprefix("--config.").partition("=")
         if not sep:
-            raise ValueError(f"Override {override!r} must look like train.lr=0.1.")
-        parent, _, leaf = key.rpartition(".")
+            raise ConfigError(f"Override {override!r} must look like train.lr=0.1.")
+        parts = key.split(".")
         node = config
-        for part in parent.split(".") if parent else []:
-            if part not in node:
-                raise KeyError(f"Override {override!r}: no config key {key!r}.")
-            node = node[part]
-        if leaf not in node:
-            raise KeyError(f"Override {override!r}: no config key {key!r}.")
-        node[leaf] = _parse_value(text, node[leaf])
+        for depth, part in enumerate(parts):
+            if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+                raise ConfigError(_unknown_key(config, parts, depth, override))
+            if depth < len(parts) - 1:
+                node = node[part]
+        leaf, current = parts[-1], node[parts[-1]]
+        if isinstance(current, ml_collections.ConfigDict):
+            raise ConfigError(
+                f"Override {override!r}: config.{key} is a section; set one of its keys "
+                f"({', '.join(sorted(current))}), e.g. --config.{key}.{sorted(current)[0]}=..."
+            )
+        value = _parse_value(text, current)
+        try:
+            node[leaf] = value
+        except TypeError:
+            raise ConfigError(
+                f"Override {override!r}: config.{key} holds a {type(current).__name__} "
+                f"({current!r}), not a {type(value).__name__}."
+            ) from None
+
+
+def _unknown_key(config: ml_collections.ConfigDict, parts: list[str], depth: int, override):
+    """The message for parts[depth], which is not in the config at parts[:depth]."""
+    where = "config" + "".join(f".{p}" for p in parts[:depth])
+    node = config
+    for part in parts[:depth]:
+        node = node[part]
+    if not isinstance(node, ml_collections.ConfigDict):
+        return f"Override {override!r}: {where} is a value, not a section."
+    kind = "section" if depth < len(parts) - 1 else "key"
+    hint = ""
+    if depth == 0 and parts[0] == "evaluation":
+        hint = (
+            " This config file has no evaluation section: add one (see configs/fashion_mnist.py"
+            " and hpm_jax.evaluate.default_evaluation_config)."
+        )
+    return (
+        f"Override {override!r}: {where} has no {kind} {parts[depth]!r}; its keys are "
+        f"{', '.join(sorted(node)) or '(none)'}.{hint}"
+    )
 
 
 def _parse_value(text: str, current: Any) -> Any:

@@ -55,9 +55,10 @@ def stage_configs(
     configs = []
     for spec, extra in ((config_spec, []), (hpm_spec, [f"init.checkpoint={at_model}"])):
         config = config_lib.load_config(spec)
-        with config.unlocked():  # a config without the section gets evaluate's defaults
-            config.evaluation = evaluate.evaluation_config(config)
+        with config.unlocked():  # every evaluation knob, so that each can be overridden
+            config.evaluation = evaluate.completed_evaluation(config)
         config_lib.apply_overrides(config, [*DEMO_OVERRIDES, *overrides, *extra])
+        evaluate.evaluation_config(config)  # a bad evaluation setting fails before training
         configs.append(config)
     return configs[0], configs[1]
 
@@ -196,36 +197,30 @@ def run(
 # ---- the command line ------------------------------------------------------------------------
 
 
-def _override_strings(values: dict[str, Any]) -> list[str]:
-    """--config.a.b=v flags as "a.b=repr(v)" (config_lib.apply_overrides parses them back)."""
-    plain = {k: v.to_dict() if isinstance(v, ml_collections.ConfigDict) else v
-             for k, v in values.items()}  # fmt: skip
-    return [f"{k}={v!r}" for k, v in plain.items()]
-
-
 def main() -> None:
-    from absl import app, flags, logging
-    from ml_collections import config_flags
+    """The demo's command line: user errors are one line and exit code 2 (`hpm_jax.cli`)."""
+    from absl import flags, logging
 
-    from hpm_jax import train  # defines --config and --workdir; the demo reads the same flags
+    from hpm_jax import checkpointing, cli, data, train  # train: --config, --workdir
 
-    del train
     flags.FLAGS.set_default("workdir", "/tmp/hpm_demo")
 
-    def run_main(argv: list[str]) -> None:
-        if len(argv) > 1:
-            raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    def run_main(argv: list[str], overrides: list[str]) -> None:
+        del argv  # cli.run refuses positional arguments
         logging.set_verbosity(logging.WARNING)  # Orbax logs every read and write at INFO
         evaluate.quiet_attack_logger()
-        config_flag = flags.FLAGS["config"]
-        if config_flag.value is None:
-            spec, overrides = DEFAULT_CONFIG, []
-        else:
-            spec = config_flags.get_config_filename(config_flag)
-            overrides = _override_strings(config_flags.get_override_values(config_flag))
-        run(spec, flags.FLAGS.workdir, overrides)
+        run(flags.FLAGS.config or DEFAULT_CONFIG, flags.FLAGS.workdir, overrides)
 
-    app.run(run_main)
+    cli.run(
+        "hpm-demo",
+        run_main,
+        user_errors=(
+            *train.SETUP_ERRORS,
+            evaluate.EvaluationSetupError,
+            data.DatasetNotFoundError,
+            checkpointing.CheckpointMismatchError,
+        ),
+    )
 
 
 if __name__ == "__main__":

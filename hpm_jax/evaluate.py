@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -45,7 +44,9 @@ import numpy as np
 
 from hpm_jax import data, models
 from hpm_jax.attacks import AutoAttack, contract, mixed_surrogate_attack, versions
+from hpm_jax.attacks.state import data_hash
 from hpm_jax.checkpointing import MODEL_SPEC, load_model
+from hpm_jax.data import arrays
 from hpm_jax.models import FCHead, HPMHead, L2Head
 
 REPORT, SUMMARY, STATE_DIR, ADV_DIR = "report.json", "summary.md", "state", "adversarial"
@@ -56,19 +57,27 @@ class EvaluationSetupError(ValueError):
     """The checkpoint, data or evaluation config cannot give the evaluation asked for."""
 
 
-def default_evaluation_config() -> ml_collections.ConfigDict:
-    """The `config.evaluation` knobs and their defaults (full AutoAttack budgets)."""
+NORMS = ("Linf", "L2", "L1")
+
+
+def default_evaluation_config(config: ml_collections.ConfigDict | None = None):
+    """The `config.evaluation` knobs and their defaults (full AutoAttack budgets). The threat
+    model (norm, eps) defaults to the training attack's, `config.attack`, when given."""
+    attack = config.get("attack") if config is not None else None
     c = ml_collections.ConfigDict()
     c.num_examples = 1000  # first N of the eval split; 0 = all
     c.batch_size = 250  # fixed batches in order: HPM's batch context, part of the result
-    c.norm = "Linf"
-    c.eps = 0.1
+    c.norm = str(attack.get("norm", "Linf")) if attack is not None else "Linf"
+    # None: the training eps (config.attack.eps); a config with neither is an error.
+    c.eps = attack.get("eps") if attack is not None else None
     c.seed = 0
     # AutoAttack version for every row: "standard", "plus", "rand", or attack names separated
     # by commas ("apgd-ce,apgd-t,square"; those take the reference's constructor defaults).
     c.version = "standard"
     # {attack: {setting: value}} over the version's settings, e.g. reduced budgets:
-    # {"square": {"n_queries": 1000}, "apgd-t": {"n_target_classes": 3}}.
+    # {"square": {"n_queries": 1000}, "apgd-t": {"n_target_classes": 3}}. On the command
+    # line: --config.evaluation.attack_options.apgd-t.n_target_classes=3 (when the config
+    # file lists the attack; the hyphen is fine, keys split at dots only).
     c.attack_options = ml_collections.ConfigDict()
     c.msa = "auto"  # "auto": when the model has an HPM head; "required"; "off"
     c.surrogates = ("fc", "ema_l2", "soft", "ste")  # MSA's surrogates (HPM head modes)
@@ -76,12 +85,17 @@ def default_evaluation_config() -> ml_collections.ConfigDict:
     c.curve_eps = ()  # robust accuracy vs eps at these radii; () = no curves
     c.curve_attacks = ("apgd-ce",)  # the attacks of each curve point (names)
     c.run_checks = True
+    # An .npz with `x` (N, H, W, C) float in [0, 1] and `y` (N,) int labels to evaluate
+    # instead of the dataset's eval split ("" = the split).
+    c.data_file = ""
     return c
 
 
-def evaluation_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """`config.evaluation` over the defaults; unknown keys are an error naming them."""
-    defaults = default_evaluation_config().to_dict()
+def completed_evaluation(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`config.evaluation` with every knob the file leaves out filled in from the defaults,
+    unchecked (`evaluation_config` checks), so that every knob can be overridden. Unknown
+    keys are an error naming them."""
+    defaults = default_evaluation_config(config).to_dict()
     given = config.get("evaluation")
     given = {} if given is None else _plain(given)
     unknown = sorted(set(given) - set(defaults))
@@ -90,6 +104,49 @@ def evaluation_config(config: ml_collections.ConfigDict) -> ml_collections.Confi
             f"config.evaluation has unknown key(s) {unknown}; the knobs are {sorted(defaults)}."
         )
     return ml_collections.ConfigDict({**defaults, **given})
+
+
+def load_evaluation_config(spec: str, overrides=()) -> ml_collections.ConfigDict:
+    """`config_lib.load_config(spec)` with its evaluation section completed, then `overrides`:
+    `--config.evaluation.eps=...` works on a config file without the section (the program's
+    way to read its --config)."""
+    from hpm_jax import config_lib
+
+    config = config_lib.load_config(spec)
+    with config.unlocked():
+        config.evaluation = completed_evaluation(config)
+    config_lib.apply_overrides(config, overrides)
+    return config
+
+
+def evaluation_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`config.evaluation` over the defaults (norm and eps from `config.attack`); unknown
+    keys, a missing or non-positive eps and an unknown norm are errors naming the fix."""
+    ev = completed_evaluation(config)
+    if ev.eps is None:
+        raise EvaluationSetupError(
+            "the config says no threat model: it has neither evaluation.eps nor attack.eps. "
+            "Add an evaluation section (see configs/fashion_mnist.py) with norm and eps."
+        )
+    if ev.norm not in NORMS:
+        raise EvaluationSetupError(
+            f"evaluation.norm={ev.norm!r} is not one of {NORMS}; e.g. "
+            "--config.evaluation.norm=Linf."
+        )
+    for name in ("eps", *(() if not ev.curve_eps else ("curve_eps",))):
+        values = ev[name] if name == "curve_eps" else (ev[name],)
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) and v > 0
+                   for v in values):  # fmt: skip
+            raise EvaluationSetupError(
+                f"evaluation.{name}={ev[name]!r} must be > 0 (the radius of the threat model), "
+                "e.g. --config.evaluation.eps=0.03137 for 8/255."
+            )
+    if int(ev.batch_size) < 1 or int(ev.num_examples) < 0:
+        raise EvaluationSetupError(
+            f"evaluation.batch_size={ev.batch_size} must be >= 1 and evaluation.num_examples="
+            f"{ev.num_examples} >= 0 (0: the whole split)."
+        )
+    return ev
 
 
 def _plain(value: Any) -> Any:
@@ -113,6 +170,11 @@ def _load(directory: str, flag: str):
             f"--{flag}={directory} is not a model directory (no {MODEL_SPEC}).{hint}"
         )
     model, variables = load_model(directory)
+    # load_model restores onto one device; the attacks take the weights as traced arguments
+    # beside inputs sharded over every device, so the weights are replicated over them.
+    from hpm_jax.sharding import make_mesh, replicated
+
+    variables = jax.device_put(variables, replicated(make_mesh()))
     return model, variables, directory
 
 
@@ -141,8 +203,20 @@ def logits_fns(model: Any, variables: Any, modes) -> dict[str, Callable]:
     return fns
 
 
-def load_eval_data(config: ml_collections.ConfigDict, num_examples: int):
-    """(x float32 NHWC in [0, 1], y int32): the first `num_examples` of the eval split."""
+def load_eval_data(config: ml_collections.ConfigDict, num_examples: int, data_file: str = ""):
+    """(x float32 NHWC in [0, 1], y int32): the first `num_examples` of the eval split, or of
+    the arrays in `data_file` (an .npz of x and y, checked by `data.arrays`)."""
+    if data_file:
+        try:
+            x, y = arrays.load_npz(os.path.expanduser(data_file))
+        except arrays.ArrayDataError as e:
+            raise EvaluationSetupError(f"evaluation.data_file: {e}") from None
+        n = len(x) if not num_examples else int(num_examples)
+        if n > len(x):
+            raise EvaluationSetupError(
+                f"evaluation.num_examples={n} but {data_file} has {len(x)} images."
+            )
+        return x[:n], y[:n]
     ds = config.dataset
     source = data.get_source(ds.name, ds.eval_split, data_dir=ds.data_dir or None)
     n = len(source) if not num_examples else int(num_examples)
@@ -157,6 +231,27 @@ def load_eval_data(config: ml_collections.ConfigDict, num_examples: int):
         x = x[..., None]
     y = np.asarray([int(r["label"]) for r in records], np.int32)
     return (x.astype(np.float32) / 255.0), y
+
+
+def check_model_takes(model: Any, variables: Any, x: np.ndarray, y: np.ndarray, where: str):
+    """The images and labels fit the model: NHWC in [0, 1], the model's input shape, labels
+    below its number of classes (else EvaluationSetupError naming the fix)."""
+    try:
+        arrays.check_images(x, y)  # layout and range first: they explain a shape error
+    except arrays.ArrayDataError as e:
+        raise EvaluationSetupError(f"{e} (model: {where})") from None
+    try:
+        out = jax.eval_shape(lambda v, b: model.apply(v, b), variables, x[:1])
+    except Exception as e:  # Flax raises many kinds of errors for a wrong input shape
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise EvaluationSetupError(
+            f"the model in {where} cannot take images of shape {x.shape[1:]} ({first[:200]}); "
+            "evaluate it on the dataset it was trained on (config.dataset)."
+        ) from None
+    try:
+        arrays.check_images(x, y, num_classes=int(out.shape[-1]))
+    except arrays.ArrayDataError as e:
+        raise EvaluationSetupError(f"{e} (model: {where})") from None
 
 
 def clean_accuracy(fn: Callable, x: np.ndarray, y: np.ndarray, batch_size: int) -> np.ndarray:
@@ -276,6 +371,82 @@ def attack_list(version: Any) -> str | list[str]:
     return [str(v) for v in version]
 
 
+IDENTITY = "evaluation.json"  # in STATE_DIR: what the state there belongs to
+OUTPUTS = (REPORT, SUMMARY, STATE_DIR, ADV_DIR, "robustness.png", "eps_curves.png")
+
+
+def _load_baseline(checkpoint: str, x: np.ndarray, y: np.ndarray):
+    b_model, b_vars, b_dir = _load(checkpoint, "baseline_checkpoint")
+    if "fc" not in head_modes(b_model):
+        raise EvaluationSetupError(
+            f"--baseline_checkpoint={b_dir} has a {type(b_model.head).__name__}; the "
+            "baseline is an FC model (e.g. the adversarially trained model HPM started from)."
+        )
+    check_model_takes(b_model, b_vars, x, y, b_dir)
+    return b_model, b_vars, b_dir
+
+
+def _model_identity(directory: str, variables: Any) -> dict[str, Any]:
+    """model.json and a sha256 of the weights: a checkpoint rewritten in place is another."""
+    import hashlib
+
+    with open(os.path.join(directory, MODEL_SPEC)) as f:
+        spec = json.load(f)
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(variables):
+        h.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
+    return {"spec": spec, "variables_sha256": h.hexdigest()}
+
+
+def prepare_workdir(workdir: str, identity: dict[str, Any], *, overwrite: bool = False) -> None:
+    """Make `workdir` ready for the evaluation `identity` describes. Its state and report are
+    resumed when they belong to the same evaluation; another evaluation's are an
+    EvaluationSetupError (nothing is touched) or, with `overwrite`, deleted."""
+    import shutil
+
+    path = os.path.join(workdir, STATE_DIR, IDENTITY)
+    current = json.loads(json.dumps(identity))
+    stored = None
+    if os.path.isfile(path):
+        with open(path) as f:
+            try:
+                stored = json.load(f)
+            except json.JSONDecodeError:
+                stored = {}
+    if stored is not None and stored != current and not overwrite:
+        changed = _differences(stored, current)
+        raise EvaluationSetupError(
+            f"{workdir} holds an evaluation with other settings ({'; '.join(changed[:4])}"
+            f"{'; ...' if len(changed) > 4 else ''}); resuming it would mix the two. Pass "
+            "--overwrite (run(..., overwrite=True)) to discard it, or another --workdir."
+        )
+    if overwrite:
+        for name in OUTPUTS:
+            target = os.path.join(workdir, name)
+            if os.path.isdir(target):
+                shutil.rmtree(target)
+            elif os.path.exists(target):
+                os.remove(target)
+        stored = None
+    if stored is None:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(current, f, indent=1)
+        os.replace(tmp, path)
+
+
+def _differences(stored: Any, current: Any, prefix: str = "") -> list[str]:
+    if isinstance(stored, dict) and isinstance(current, dict):
+        out = []
+        for key in sorted(set(stored) | set(current), key=str):
+            out += _differences(stored.get(key), current.get(key), f"{prefix}{key}.")
+        return out
+    if stored == current:
+        return []
+    return [f"{prefix[:-1] or 'identity'}: {stored!r} -> {current!r}"]
+
+
 def _want_msa(ev, modes, directory: str) -> bool:
     has_hpm = "hpm" in modes
     msa = {True: "required", False: "off"}.get(ev.msa, ev.msa)
@@ -311,9 +482,14 @@ def run(
     *,
     baseline_checkpoint: str | None = None,
     log: Callable[[str], Any] | None = print,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Evaluate `checkpoint` as `config.evaluation` says; write the report files to `workdir`
-    (resuming what is there); returns the report (also `workdir/report.json`)."""
+    (resuming what is there); returns the report (also `workdir/report.json`).
+
+    Everything asked for is checked before the first write. A workdir holding an evaluation
+    of another checkpoint, data or settings is an EvaluationSetupError naming the changes,
+    unless `overwrite`, which discards that evaluation's state and report first."""
     from hpm_jax import reports  # matplotlib is imported only when writing
 
     log = log or (lambda _: None)
@@ -329,8 +505,17 @@ def run(
         raise EvaluationSetupError(
             f"evaluation.batch_size={ev.batch_size} must be a multiple of the {n_dev} devices."
         )
-    x, y = load_eval_data(config, int(ev.num_examples))
-    os.makedirs(workdir, exist_ok=True)
+    x, y = load_eval_data(config, int(ev.num_examples), str(ev.data_file))
+    check_model_takes(model, variables, x, y, directory)
+    baseline = _load_baseline(baseline_checkpoint, x, y) if baseline_checkpoint else None
+    identity = {
+        "checkpoint": directory,
+        "model": _model_identity(directory, variables),
+        "baseline_checkpoint": baseline[2] if baseline else None,
+        "data": data_hash(x, y),
+        "settings": json.loads(ev.to_json()),
+    }
+    prepare_workdir(workdir, identity, overwrite=overwrite)  # the first write
     start = time.perf_counter()
     runner = _Runner(ev, x, y, workdir, log)
     fns = logits_fns(model, variables, [*modes, *(ev.surrogates if want_msa else ())])
@@ -348,12 +533,7 @@ def run(
                 "autoattack": runner.autoattack(f"autoattack_{mode}", fns[mode]),
             }
     if baseline_checkpoint:
-        b_model, b_vars, b_dir = _load(baseline_checkpoint, "baseline_checkpoint")
-        if "fc" not in head_modes(b_model):
-            raise EvaluationSetupError(
-                f"--baseline_checkpoint={b_dir} has a {type(b_model.head).__name__}; the "
-                "baseline is an FC model (e.g. the adversarially trained model HPM started from)."
-            )
+        b_model, b_vars, b_dir = baseline  # checked before anything was written
         b_fn = row_fns["baseline"] = logits_fns(b_model, b_vars, ["fc"])["fc"]
         heads["baseline"] = {
             "mode": "fc",
@@ -399,6 +579,7 @@ def run(
         "order": f"the first {len(x)} of {config.dataset.eval_split}, in order, fixed batches "
         f"of {batch_size}",
         "devices": n_dev,
+        "threat_model": {"norm": ev.norm, "eps": float(ev.eps)},
         "settings": json.loads(ev.to_json()),
         "heads": heads,
         "curves": curves,
@@ -442,40 +623,55 @@ def _define_flags():
         flags.DEFINE_string(
             "baseline_checkpoint", None, "Optional separate FC model, evaluated with AutoAttack."
         ),
+        flags.DEFINE_bool(
+            "overwrite",
+            False,
+            "Discard the workdir's state and report when they belong to an "
+            "evaluation with other settings (instead of stopping with an error).",
+        ),
     )
 
 
 def console_main() -> None:
-    """The `hpm-evaluate` console script (and `python -m hpm_jax.evaluate`)."""
-    from absl import app, logging
+    """The `hpm-evaluate` console script (and `python -m hpm_jax.evaluate`). User errors are
+    one line on stderr and exit code 2 (`hpm_jax.cli`); nothing is written before them."""
+    from absl import logging
 
-    config_flag, checkpoint, workdir, baseline = _define_flags()
+    from hpm_jax import cli
+    from hpm_jax.attacks.state import StateMismatchError
+    from hpm_jax.checkpointing import CheckpointMismatchError
+
+    config_flag, checkpoint, workdir, baseline, overwrite = _define_flags()
     from hpm_jax.flag_help import show_in_help
 
     show_in_help(__name__, config_flag)  # else --help lists neither --config nor, as a script, any
 
-    def main(argv: list[str]) -> None:
-        if len(argv) > 1:
-            raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-        if config_flag.value is None or checkpoint.value is None or workdir.value is None:
-            raise app.UsageError("--config, --checkpoint and --workdir are required.")
+    def main(argv: list[str], overrides: list[str]) -> None:
+        del argv  # cli.run refuses positional arguments
+        cli.require("hpm-evaluate", config=config_flag.value, checkpoint=checkpoint.value,
+                    workdir=workdir.value)  # fmt: skip
+        config = load_evaluation_config(config_flag.value, overrides)
         logging.set_verbosity(logging.WARNING)  # Orbax logs every read at INFO
         quiet_attack_logger()
         try:
             report = run(
-                config_flag.value,
+                config,
                 checkpoint.value,
                 workdir.value,
                 baseline_checkpoint=baseline.value,
+                overwrite=overwrite.value,
             )
-        except (EvaluationSetupError, data.DatasetNotFoundError, FileNotFoundError) as error:
-            print(f"hpm-evaluate: error: {error}", file=sys.stderr)
-            sys.exit(1)
+        except StateMismatchError as error:  # a state file the identity check did not cover
+            cli.fail("hpm-evaluate", f"{cli.one_line(error)} Or pass --overwrite to discard it.")
         from hpm_jax import reports
 
         print(reports.table(report))
 
-    app.run(main)
+    cli.run(
+        "hpm-evaluate",
+        main,
+        user_errors=(EvaluationSetupError, data.DatasetNotFoundError, CheckpointMismatchError),
+    )
 
 
 if __name__ == "__main__":

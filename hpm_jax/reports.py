@@ -37,6 +37,12 @@ def _aa_label(row: Mapping[str, Any]) -> str:
     return "AutoAttack (naive, STE)" if "naive_autoattack" in row else "AutoAttack"
 
 
+def eps_text(eps: float) -> str:
+    """eps as a number, and as k/255 when it is one (8/255 reads better than 0.0313725)."""
+    k = round(eps * 255)
+    return f"{eps:g} ({k}/255)" if k and abs(eps * 255 - k) < 1e-6 else f"{eps:g}"
+
+
 def settings_line(report: Mapping[str, Any]) -> str:
     """n, eps, batches, version and the reduced budgets, in one line."""
     s = report["settings"]
@@ -46,7 +52,7 @@ def settings_line(report: Mapping[str, Any]) -> str:
     )
     return (
         f"n={report['num_examples']} ({report['dataset']} {report['split']}, first n in order, "
-        f"batches of {report['batch_size']}), {s['norm']} eps={s['eps']:g}, AutoAttack "
+        f"batches of {report['batch_size']}), {s['norm']} eps={eps_text(s['eps'])}, AutoAttack "
         f"'{s['version']}'" + (f" with {budget}" if budget else " (full budget)")
     )
 

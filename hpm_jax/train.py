@@ -25,7 +25,6 @@ import functools
 import json
 import os
 import shutil
-import sys
 import time
 from typing import Any
 
@@ -36,7 +35,7 @@ from absl import app, flags, logging
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
-from hpm_jax import config_lib, data
+from hpm_jax import cli, config_lib, data
 from hpm_jax.checkpointing import CheckpointMismatchError, save_model
 from hpm_jax.models import abstract_variables
 from hpm_jax.sharding import check_batch_divisible, data_sharding, make_mesh, replicated
@@ -215,7 +214,16 @@ class _Throughput:
         return rate
 
 
+SECTIONS = ("dataset", "model", "init", "objective", "attack", "train", "eval", "checkpoint")
+
+
 def _check_config(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
+    missing = [name for name in SECTIONS if name not in config]
+    if missing:
+        raise ValueError(
+            f"the config has no section(s) {missing}; a training config has {list(SECTIONS)} "
+            "(copy them from configs/fashion_mnist.py)."
+        )
     check_batch_divisible(config.train.batch_size, mesh)
     check_batch_divisible(config.eval.batch_size, mesh)
     if config.train.num_steps < 1:
@@ -447,27 +455,22 @@ def initialize_distributed() -> None:
         jax.distributed.initialize()
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if _CONFIG.value is None or _WORKDIR.value is None:
-        raise app.UsageError("--config and --workdir are required.")
+def main(argv: list[str], overrides: list[str]) -> None:
+    del argv  # cli.run refuses positional arguments
+    cli.require("hpm-train", config=_CONFIG.value, workdir=_WORKDIR.value)
+    config = config_lib.load_config(_CONFIG.value, overrides)
     logging.set_verbosity(logging.WARNING)  # Orbax logs every read and write at INFO.
     initialize_distributed()
-    try:
-        summary = run(_CONFIG.value, _WORKDIR.value)
-    except SETUP_ERRORS as error:
-        print(f"hpm-train: error: {error}", file=sys.stderr)
-        sys.exit(1)
+    summary = run(config, _WORKDIR.value)
     _print(json.dumps(summary, indent=2))
 
 
 def console_main() -> None:
-    """The `hpm-train` console script."""
+    """The `hpm-train` console script: setup errors as one line, exit code 2 (hpm_jax.cli)."""
     from hpm_jax.flag_help import show_in_help
 
     show_in_help(__name__, _CONFIG)  # else --help lists neither --config nor, as hpm-train, any
-    app.run(main)
+    cli.run("hpm-train", main, user_errors=SETUP_ERRORS)
 
 
 if __name__ == "__main__":

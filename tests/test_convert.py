@@ -134,5 +134,7 @@ def test_command_line_errors_are_one_line(tmp_path):
          "--checkpoint", os.fspath(tmp_path / "nope.pt"), "--out", os.fspath(tmp_path / "o")],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
-    assert result.returncode == 1
-    assert result.stderr.strip() == f"error: No checkpoint file at {str(tmp_path / 'nope.pt')!r}."
+    assert result.returncode == 2  # hpm_jax.cli.EXIT_USER_ERROR, as argparse's usage errors
+    assert result.stderr.strip() == (
+        f"hpm-convert: error: No checkpoint file at {str(tmp_path / 'nope.pt')!r}."
+    )

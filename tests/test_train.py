@@ -362,7 +362,7 @@ def test_command_line_reports_setup_errors_without_a_traceback(tmp_path):
         cwd=REPO,
         timeout=120,
     )
-    assert result.returncode == 1, result.stderr[-2000:]
+    assert result.returncode == 2, result.stderr[-2000:]  # hpm_jax.cli.EXIT_USER_ERROR
     assert "hpm-train: error: init.checkpoint='/nonexistent/model' does not exist" in result.stderr
     assert "Traceback" not in result.stderr
 

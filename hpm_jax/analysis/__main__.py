@@ -16,21 +16,21 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from typing import Any
 
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from jax.sharding import Mesh
 
-from hpm_jax import data
+from hpm_jax import cli, data
 from hpm_jax.analysis import plots, sensitivity
 from hpm_jax.checkpointing import MODEL_SPEC, load_model
 from hpm_jax.models import Classifier, FCHead, HPMHead
 from hpm_jax.sharding import make_mesh
 
+PROG = "python -m hpm_jax.analysis"
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Model directory (with model.json).")
 _OUT = flags.DEFINE_string("out", None, "Where summary.json, per_sample.npz and PNGs go.")
 _DATASET = flags.DEFINE_string("dataset", "fashion_mnist", "Dataset name (hpm_jax.data).")
@@ -212,11 +212,10 @@ def report(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str]) -> None:
-    del argv
+def main(argv: list[str], overrides: list[str] = ()) -> None:
+    del argv, overrides  # cli.run refuses positional arguments; no --config here
     logging.set_verbosity(logging.WARNING)  # Orbax logs every read at INFO
-    if not _CHECKPOINT.value or not _OUT.value:
-        raise app.UsageError("--checkpoint and --out are required.")
+    cli.require(PROG, checkpoint=_CHECKPOINT.value, out=_OUT.value)
     try:
         radii = tuple(float(r) for r in _RADII.value)
         result = run(
@@ -227,12 +226,12 @@ def main(argv: list[str]) -> None:
             prototype_examples=_PROTOTYPE_EXAMPLES.value, data_dir=_DATA_DIR.value or None,
             seed=_SEED.value,
         )  # fmt: skip
-    except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    except (FileNotFoundError, ValueError) as e:  # every check above names the fix
+        cli.fail(PROG, cli.one_line(e))
     summary = result["summary"]
     print(report(summary))
     print(f"({summary['seconds']} s on {jax.device_count()} devices) -> {_OUT.value}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(PROG, main, config=False)

@@ -96,11 +96,14 @@ def _convert_robustbench(args: argparse.Namespace) -> str:
 
 
 def run() -> None:
-    """Console-script entry point: errors as one clear line, not a traceback."""
+    """Console-script entry point: errors as one clear line and exit code 2 (as argparse's own
+    usage errors), not a traceback (`hpm_jax.cli`)."""
+    from hpm_jax import cli
+
     try:
         main()
     except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
-        sys.exit(f"error: {e}")
+        cli.fail("hpm-convert", cli.one_line(e))
 
 
 if __name__ == "__main__":

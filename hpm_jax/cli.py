@@ -1,0 +1,111 @@
+"""How the programs meet their users: flags, config overrides, and user errors as one line.
+
+    from hpm_jax import cli, config_lib
+    _CONFIG = config_lib.define_config_flag()
+
+    def main(argv: list[str], overrides: list[str]) -> None:
+        config = config_lib.load_config(_CONFIG.value, overrides)
+        ...
+
+    cli.run("hpm-train", main, user_errors=(ConfigError,))
+
+`run` takes the `--config.KEY=VALUE` arguments out of argv (`config_lib.split_overrides`:
+keys split at dots only, so `--config.evaluation.attack_options.apgd-ce.n_iter=10` works)
+and runs `main` under absl. Every user error (a bad or missing flag, a config file, variant
+or key that does not exist, a value of the wrong type, and the `user_errors` the program
+names: a missing dataset, a checkpoint of another architecture, settings changed under an
+existing state file...) ends the program with one line on stderr, `PROG: error: MESSAGE`,
+naming the fix, and exit code 2 (`EXIT_USER_ERROR`), without a traceback. The programs check
+what they are asked for before they write anything, so such an error never loses output.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+from absl import app, flags
+
+from hpm_jax import config_lib
+
+EXIT_USER_ERROR = 2
+# Errors of what the user asked for, in every program (each program adds its own).
+COMMON_USER_ERRORS: tuple[type[BaseException], ...] = (
+    config_lib.ConfigError,
+    FileNotFoundError,
+    FileExistsError,
+    app.UsageError,
+)
+_MAX_LISTED = 3
+
+
+class UserError(ValueError):
+    """A mistake in what the user asked for; the message names the fix."""
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message on one line. A checkpoint mismatch (lists of keys) is summarised:
+    how many keys are missing, unexpected and mis-shaped, the first few of each, the hint."""
+    missing = getattr(error, "missing", None)
+    if isinstance(missing, list) and hasattr(error, "misshaped"):
+        head = str(error).splitlines()[0]
+        parts = []
+        for title, items in (
+            ("missing from the checkpoint", missing),
+            ("unexpected", list(getattr(error, "unexpected", []))),
+            ("mis-shaped", [f"{k} {a} vs {b}" for k, (a, b) in error.misshaped.items()]),
+        ):
+            if items:
+                more = ", ..." if len(items) > _MAX_LISTED else ""
+                shown = ", ".join(items[:_MAX_LISTED]) + more
+                parts.append(f"{len(items)} {title} ({shown})")
+        hint = getattr(error, "hint", "")
+        return " ".join(f"{head} {'; '.join(parts)}. {hint}".split())
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def fail(prog: str, message: str) -> NoReturn:
+    """Print `PROG: error: MESSAGE` (one line) to stderr and exit with code 2."""
+    print(f"{prog}: error: {' '.join(message.split())}", file=sys.stderr, flush=True)
+    sys.exit(EXIT_USER_ERROR)
+
+
+def run(
+    prog: str,
+    main: Callable[[list[str], list[str]], None],
+    *,
+    user_errors: Sequence[type[BaseException]] = (),
+    argv: Sequence[str] | None = None,
+    config: bool = True,
+) -> None:
+    """absl's `app.run(main)`, with `main(argv, config_overrides)` and user errors as one line
+    (see the module docstring). Errors not named stay tracebacks: they are bugs. A program
+    without a --config flag passes config=False (its overrides are then unknown flags)."""
+    argv = list(sys.argv if argv is None else argv)
+    rest, overrides = config_lib.split_overrides(argv) if config else (argv, [])
+    errors = (*COMMON_USER_ERRORS, *user_errors)
+
+    def parse(args: list[str]) -> list[str]:
+        try:
+            return flags.FLAGS(args)
+        except flags.Error as error:
+            fail(prog, f"{one_line(error)} (--helpshort lists the flags)")
+
+    def body(args: list[str]) -> None:
+        if len(args) > 1:
+            fail(prog, f"unexpected arguments {args[1:]}; flags look like --name=value.")
+        try:
+            main(args, overrides)
+        except errors as error:
+            fail(prog, one_line(error))
+
+    app.run(body, argv=rest, flags_parser=parse)
+
+
+def require(prog: str, **values: object) -> None:
+    """Fail (one line) when any of these flags was not given: `require("hpm-train", workdir=w)`."""
+    missing = [f"--{name}" for name, value in values.items() if value in (None, "")]
+    if missing:
+        fail(prog, f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} required "
+                   f"(e.g. --{missing[0][2:]}=...); --helpshort lists the flags.")  # fmt: skip
