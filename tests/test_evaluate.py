@@ -145,7 +145,16 @@ def test_report_fields_and_consistency(evaluated):
     # HPM is a dynamic, batch-coupled defense: the naive evaluation's checks must say so.
     naive = report["heads"]["hpm"]["naive_autoattack"]
     assert {"dynamic", "batch_dependence"} <= set(naive["flagged"])
-    assert "fc/autoattack" not in report["flagged"]  # a plain FC head raises no flag
+    # A plain FC head raises none of the structural flags: those checks look at the model
+    # (primitives, determinism, batch coupling: float32 noise ~1e-6 against a 1e-3 bound), so
+    # no CPU can change them. The Square flag is not structural: with 3 APGD-CE iterations and
+    # 4 Square queries on 24 points, whether Square breaks one point more (1/24 > 0.002) is a
+    # coin flip of each CPU's rounding (flagged on an AMD EPYC, not on a Xeon). For it, only
+    # the rule itself is checked, against the figures the report holds.
+    fc = report["heads"]["fc"]["autoattack"]
+    assert set(fc["flagged"]) <= {"square"}, fc["flagged"]
+    after = fc["robust_accuracy_after"]
+    assert ("square" in fc["flagged"]) == (after["apgd-ce"] - after["square"] > 0.002)
     with open(workdir / "report.json") as f:
         assert json.load(f) == {k: v for k, v in report.items() if k != "files"}
 
@@ -175,7 +184,12 @@ def test_interrupted_evaluation_resumes_to_the_same_report(evaluated, checkpoint
     report, _ = evaluated
 
     def stop_inside_msa(line):
-        if line.startswith("apgd-ce@ste - 1/3"):  # MSA's second attack, first batch saved
+        # MSA's first attack, its first batch done and saved. That line comes on every CPU:
+        # a batch is logged whether or not it breaks points, and every attack runs as long as
+        # a point is robust (the HPM model classifies ~2/3 of the 24 points correctly; 0 of 24
+        # would need every one wrong). A later attack's line, as this test once used, never
+        # comes where the first attack already broke every point.
+        if line.startswith("apgd-ce@fc - 1/3 - "):
             raise _Stop
 
     # Without the naive AutoAttack (a section of its own, with its own state and seeds, so

@@ -100,4 +100,6 @@ class ResNet50(nn.Module):
                 else:
                     layer = BasicBlock(planes, stride, self.dtype, "downsample", name=name)
                 x = layer(x, train=train)
-        return global_avg_pool(x).astype(jnp.float32)
+        # Heads see float32 features (bfloat16 compute is promoted); float64 stays float64, so
+        # a float64 model is float64 end to end (the exactness tests rely on it).
+        return global_avg_pool(x).astype(jnp.promote_types(self.dtype, jnp.float32))
