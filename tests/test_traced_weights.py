@@ -159,3 +159,30 @@ def test_compiled_program_size_does_not_grow_with_the_parameter_count():
     # A closure bakes its 68 * 1024 float32 weights (272 kB) into the program as constants.
     weight_bytes = (SIZE * SIZE + 4) * 1024 * 4
     assert closure_large - closure_small > weight_bytes, sizes
+
+
+def test_weights_on_one_device_attack_a_batch_sharded_over_four():
+    """A model restored onto one device (as load_model does) and a batch sharded over the
+    mesh: attacks place the weights beside the batch; the chain and MSA place them once."""
+    model, first, _, x, y = _setup()
+    device = jax.devices()[0]
+    committed = jax.device_put(first, device)
+    fn = logits_fn(model, committed, mode="fc")
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:4]), ("data",))
+    batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    xs, ys = jax.device_put((x, y), batch)
+    sharded = apgd(fn, xs, ys, key=jax.random.key(1), eps=EPS, n_iter=3)
+    single = apgd(fn, jax.device_put(x, device), jax.device_put(y, device),
+                  key=jax.random.key(1), eps=EPS, n_iter=3)  # fmt: skip
+    np.testing.assert_array_equal(np.asarray(sharded.robust), np.asarray(single.robust))
+    placed = contract.place(fn, mesh)
+    assert placed.args[0]["params"]["head"]["fc"]["kernel"].sharding.device_set == set(
+        jax.devices()[:4]
+    )
+    kernel = placed.args[0]["params"]["head"]["fc"]["kernel"]
+    assert contract.place(placed, mesh).args[0]["params"]["head"]["fc"]["kernel"] is kernel  # once
+    report = mixed_surrogate_attack(
+        fn, {"fc": fn}, x, y, eps=EPS, batch_size=N, version=["apgd-ce"],
+        attack_options={"apgd-ce": {"n_iter": 3}}, mesh=mesh, log=None,
+    )  # fmt: skip
+    assert report.chain.num_devices == 4 and report.clean_accuracy == 1.0

@@ -204,7 +204,7 @@ def _prepare(logits_fn, judge_fn, x, y, *, norm, eps, loss, n_iter, n_restarts, 
 def _attack(logits_fn, checked, x, y, key, rho, targets, n_restarts, n_iter, loop, config):
     """The restart (and target) loop around one run, stopping once nothing robust is left."""
     x, y = jnp.asarray(x), jnp.asarray(y)  # NumPy input: one transfer, not one per iteration
-    loss_fn, judge_fn = contract.traced(logits_fn), contract.traced(checked.judge_fn)
+    loss_fn, judge_fn = contract.traced_pair(logits_fn, checked.judge_fn, x)
     key_clean, key_runs = jax.random.split(key)
     n_top = max(targets) + 1 if targets else 0
     robust, ranking = _clean(loss_fn, judge_fn, x, y, key_clean, config=config, n_top=n_top)

@@ -59,7 +59,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from hpm_jax.attacks import buckets, checks, contract, versions
 from hpm_jax.attacks.state import ChainState, StateMismatchError, StateStore, data_hash
@@ -227,14 +227,17 @@ class AutoAttack:
         contract.check_eps(eps, 1)
         if not isinstance(seed, int | np.integer):
             raise TypeError(f"seed must be an int (all randomness derives from it), got {seed!r}.")
+        self.mesh = make_mesh() if mesh is None else mesh
         # The judge, resolved once: every pass and every attack of the chain receives it.
-        self.logits_fn = logits_fn
-        self.judge_fn = logits_fn if judge_fn is None else judge_fn
+        # Weights (pytree logits functions) are replicated on the mesh once, here.
         self.separate_judge = judge_fn is not None and judge_fn is not logits_fn
+        self.logits_fn = contract.place(logits_fn, self.mesh)
+        self.judge_fn = (
+            contract.place(judge_fn, self.mesh) if self.separate_judge else self.logits_fn
+        )
         self.norm, self.eps, self.seed = norm, float(eps), int(seed)
         self.num_classes = num_classes
         self.randomized = (version == "rand") if randomized is None else bool(randomized)
-        self.mesh = make_mesh() if mesh is None else mesh
         self.bucket_sizes = None if bucket_sizes is None else tuple(int(s) for s in bucket_sizes)
         self.compact = bool(compact)
         self.run_checks, self.log, self.on_progress = run_checks, log, on_progress
@@ -259,7 +262,7 @@ class AutoAttack:
     def _judged_correct(self, x, y, plan: _Plan, tag: int) -> np.ndarray:
         """The judge's verdict on x, batch by batch in the original batches (the last padded
         by repeating its points to the largest bucket, one compiled shape)."""
-        judge = contract.traced(self.judge_fn)
+        judge = contract.traced(self.judge_fn)  # already on the mesh
         sharding = data_sharding(self.mesh)
         out = np.zeros(len(x), bool)
         for b, idx in enumerate(plan.batches):
@@ -280,7 +283,8 @@ class AutoAttack:
         bind = (lambda f: lambda v: f(v, key)) if self.randomized else (lambda f: f)
         loss_fn = bind(self.logits_fn)
         judge = bind(self.judge_fn)
-        xj, yj = jnp.asarray(x), jnp.asarray(y)
+        # Beside the weights: replicated on the mesh.
+        xj, yj = jax.device_put((x, y), NamedSharding(self.mesh, PartitionSpec()))
         results = []
         if not self.randomized and self.version != "rand":
             results.append(checks.check_randomized(judge, xj))

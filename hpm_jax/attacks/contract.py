@@ -5,7 +5,7 @@
     target = logits_fn(model, variables)                    # a pytree: weights are traced
     checked = contract.validate(target, None, x, y, norm="Linf", eps=8 / 255)
     checked.eps, checked.num_classes, checked.judge_fn      # (B,) eps, C, never None
-    loss, judge = contract.traced(target), contract.traced(checked.judge_fn)  # jit arguments
+    loss, judge = contract.traced_pair(target, checked.judge_fn, x)  # jit arguments
 
 Every attack is `attack(logits_fn, x, y, *, key, norm, eps, judge_fn=None, ...)` returning
 `AttackResult(x_adv, robust)`. `logits_fn` maps NHWC images in [0, 1] to logits (B, C) and
@@ -37,6 +37,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 NORMS = ("Linf", "L2", "L1")
 LogitsFn = Callable[..., jax.Array]
@@ -109,15 +110,60 @@ class Traced:
         return cls(jax.tree_util.tree_unflatten(treedef, leaves))
 
 
-def traced(fn: LogitsFn) -> Traced:
-    """`fn` as the pytree the jitted attack programs take (see the module docstring)."""
-    if isinstance(fn, Traced):
+def traced(fn: LogitsFn, like: Any = None) -> Traced:
+    """`fn` as the pytree the jitted attack programs take (see the module docstring). With
+    `like` (the batch, or a Mesh), its arrays are first `place`d beside it."""
+    if not isinstance(fn, Traced):
+        if not callable(fn):
+            raise TypeError(f"a logits function must be callable, got {type(fn).__name__}.")
+        fn = Traced(fn)
+        fn.tree_flatten()  # unhashable static leaves fail here, not inside jit
+    return fn if like is None else place(fn, like)
+
+
+def traced_pair(logits_fn: LogitsFn, judge_fn: LogitsFn, like: Any) -> tuple[Traced, Traced]:
+    """(loss, judge) as jit arguments placed beside `like`; one copy when they are one."""
+    loss = traced(logits_fn, like)
+    return loss, loss if judge_fn is logits_fn else traced(judge_fn, like)
+
+
+def _replicated(like: Any) -> jax.sharding.Sharding | None:
+    """A sharding that replicates over the devices of `like` (a Mesh or a concrete array)."""
+    if isinstance(like, Mesh):
+        return NamedSharding(like, PartitionSpec())
+    if not isinstance(like, jax.Array) or isinstance(like, jax.core.Tracer):
+        return None  # a NumPy batch goes to the default device, as the weights do
+    if isinstance(like.sharding, NamedSharding):
+        return NamedSharding(like.sharding.mesh, PartitionSpec())
+    devices = sorted(like.sharding.device_set, key=lambda d: d.id)
+    if len(devices) == 1:
+        return jax.sharding.SingleDeviceSharding(devices[0])
+    return NamedSharding(Mesh(np.asarray(devices), ("devices",)), PartitionSpec())
+
+
+def place(fn: LogitsFn, like: Any, memo: dict[int, Any] | None = None) -> LogitsFn:
+    """`fn` with its arrays replicated on the devices of `like` (a batch or a Mesh), so a
+    model restored onto one device can attack a batch sharded over many. Arrays already
+    replicated there are not copied: place a model once (the chain and MSA do) rather than
+    have every attack call copy it. Functions placed with one `memo` dict share the copies
+    of the arrays they share (the head modes of one model)."""
+    target = _replicated(like)
+    if target is None:
         return fn
-    if not callable(fn):
-        raise TypeError(f"a logits function must be callable, got {type(fn).__name__}.")
-    wrapped = Traced(fn)
-    wrapped.tree_flatten()  # unhashable static leaves fail here, not inside jit
-    return wrapped
+    memo = {} if memo is None else memo
+
+    def move(leaf):
+        if not _is_array(leaf) or isinstance(leaf, jax.core.Tracer):
+            return leaf
+        if isinstance(leaf, jax.Array) and leaf.sharding.is_equivalent_to(target, leaf.ndim):
+            return leaf
+        if id(leaf) not in memo:
+            value = leaf if target.is_fully_addressable else np.asarray(leaf)  # multi-process
+            memo[id(leaf)] = (leaf, jax.device_put(value, target))  # keeps id(leaf) unique
+        return memo[id(leaf)][1]
+
+    leaves, tree = jax.tree_util.tree_flatten(fn)
+    return jax.tree_util.tree_unflatten(tree, [move(leaf) for leaf in leaves])
 
 
 def call(fn: LogitsFn, x: jax.Array, key: jax.Array | None, randomized: bool) -> jax.Array:

@@ -207,8 +207,7 @@ def fab_targeted(
     config = FabConfig(norm=norm, n_iter=int(n_iter), n_restarts=int(n_restarts),
                        n_targets=min(int(n_target_classes), num_classes - 1))  # fmt: skip
     x_adv, robust = _fab_targeted(
-        contract.traced(logits_fn),
-        contract.traced(checked.judge_fn),
+        *contract.traced_pair(logits_fn, checked.judge_fn, x),
         x,
         y,
         key,

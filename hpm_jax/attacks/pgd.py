@@ -166,7 +166,7 @@ def pgd(
                                 allowed_norms=NORMS)  # fmt: skip
     _check_static(norm, loss, random_start, num_steps, reference_logits)
     x_adv, robust = _pgd_jit(
-        contract.traced(logits_fn), contract.traced(checked.judge_fn), x, y, key, float(eps),
+        *contract.traced_pair(logits_fn, checked.judge_fn, x), x, y, key, float(eps),
         step_size, reference_logits, norm=norm, num_steps=num_steps, loss=loss,
         random_start=random_start,
     )  # fmt: skip

@@ -430,7 +430,7 @@ def square_run(
     checked, config = _prepare(logits_fn, None, x, y, norm=norm, eps=eps, n_queries=n_queries,
                                p_init=p_init, n_restarts=1, loss=loss,
                                resc_schedule=resc_schedule)  # fmt: skip
-    return _square_run_jit(contract.traced(logits_fn), x, y, key, checked.eps, config=config)
+    return _square_run_jit(contract.traced(logits_fn, x), x, y, key, checked.eps, config=config)
 
 
 def square(
@@ -456,6 +456,6 @@ def square(
     checked, config = _prepare(logits_fn, judge_fn, x, y, norm=norm, eps=eps,
                                n_queries=n_queries, p_init=p_init, n_restarts=n_restarts,
                                loss=loss, resc_schedule=resc_schedule)  # fmt: skip
-    x_adv, robust = _square_jit(contract.traced(logits_fn), contract.traced(checked.judge_fn), x,
-                                y, key, checked.eps, config=config)  # fmt: skip
+    loss_fn, judge = contract.traced_pair(logits_fn, checked.judge_fn, x)
+    x_adv, robust = _square_jit(loss_fn, judge, x, y, key, checked.eps, config=config)
     return contract.AttackResult(x_adv, robust)
