@@ -110,12 +110,16 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str])
             if depth < len(parts) - 1:
                 node = node[part]
         leaf, current = parts[-1], node[parts[-1]]
+        value = _parse_value(text, current)
+        if isinstance(current, ml_collections.ConfigDict) and isinstance(value, dict):
+            node[leaf] = ml_collections.ConfigDict(value)  # a whole section, as a dict literal
+            continue
         if isinstance(current, ml_collections.ConfigDict):
             raise ConfigError(
                 f"Override {override!r}: config.{key} is a section; set one of its keys "
-                f"({', '.join(sorted(current))}), e.g. --config.{key}.{sorted(current)[0]}=..."
+                f"({', '.join(sorted(current)) or 'none'}) or give a dict, e.g. "
+                f"--config.{key}.{next(iter(sorted(current)), 'KEY')}=... or --config.{key}={{}}"
             )
-        value = _parse_value(text, current)
         try:
             node[leaf] = value
         except TypeError:

@@ -42,3 +42,25 @@ def test_objects_in_configs_are_refused():
     config = ml_collections.ConfigDict({"fn": print})
     with pytest.raises(TypeError, match="fn"):
         config_lib.check_plain(config)
+
+
+def test_hyphenated_keys_sections_and_argv_overrides():
+    config = config_lib.load_config(
+        os.path.join(os.path.dirname(__file__), "..", "configs", "fashion_mnist.py"),
+        ["evaluation.attack_options.apgd-ce.n_iter=7"],
+    )
+    assert config.evaluation.attack_options["apgd-ce"].n_iter == 7
+    config_lib.apply_overrides(config, ["evaluation.attack_options={'square': {'n_queries': 3}}"])
+    assert config.evaluation.attack_options.to_dict() == {"square": {"n_queries": 3}}
+    with pytest.raises(config_lib.ConfigError, match=r"is a section; .*square"):
+        config_lib.apply_overrides(config, ["evaluation.attack_options=3"])
+    with pytest.raises(config_lib.ConfigError, match=r"holds a float \(0\.1\), not a str"):
+        config_lib.apply_overrides(config, ["evaluation.eps=abc"])
+    with pytest.raises(config_lib.ConfigError, match=r"no section 'evalution'; its keys are"):
+        config_lib.apply_overrides(config, ["evalution.eps=0.1"])
+    rest, overrides = config_lib.split_overrides(
+        ["prog", "--config=c.py", "--config.a.b-c=1", "--workdir=w", "--config.d", "2",
+         "--config.e", "--noconfig.f"]
+    )  # fmt: skip
+    assert rest == ["prog", "--config=c.py", "--workdir=w"]
+    assert overrides == ["a.b-c=1", "d=2", "e=True", "f=False"]
