@@ -1,8 +1,9 @@
-"""FAB-T: the targeted Fast Adaptive Boundary attack of AutoAttack (Croce & Hein, 2020).
+"""FAB: the Fast Adaptive Boundary attack of AutoAttack (Croce & Hein, 2020), FAB-T and FAB.
 
-    from hpm_jax.attacks.fab import fab_targeted
+    from hpm_jax.attacks.fab import fab, fab_targeted
     res = fab_targeted(logits_fn, x, y, key=jax.random.key(0), norm="Linf", eps=8 / 255)
     res.x_adv, res.robust      # (B, H, W, C) within eps of x, (B,) bool
+    res = fab(logits_fn, x, y, key=jax.random.key(0), norm="L1", eps=12.0)   # untargeted
 
 A minimum-norm attack: for each target class t, FAB linearises the margin z_t - z_y around
 its iterate, steps onto that hyperplane ∩ [0, 1]^n by the smallest Lp step (and, mixed in
@@ -21,6 +22,11 @@ batch. The array leaves of `logits_fn` and `judge_fn` are traced (pytree logits 
 `contract`; plain closures are static, hashed by identity); the settings are one static
 `FabConfig`; eps (a number or one per image), alpha_max, eta and beta are traced. Batches
 sharded over a mesh stay sharded; a fixed key gives the same result on any number of devices.
+
+The untargeted `fab` (AutoAttack's `plus`) runs the same iteration, but each step heads for
+the class whose linearised boundary is closest to the iterate, |z_c - z_y| / ||grad||_dual
+over c != y (the reference's get_diff_logits_grads_batch): C backward passes per iteration,
+from one vjp. Its defaults are `plus`'s: 100 iterations, 5 runs (from x, then 4 random starts).
 
 On a linear model every iterate stays on the ray from x to its projection, and the
 reference's update settles at 1.00521 times the minimal perturbation (eta's overshoot against
@@ -49,6 +55,10 @@ from hpm_jax.attacks.fab_projections import boundary_step
 
 # The reference floors step lengths at 1e-8 before forming alpha = |d1| / (|d1| + |d2|).
 _MIN_STEP = 1e-8
+# ... and adds 1e-12 to the gradient norms that scale the untargeted distances.
+_TINY = 1e-12
+# The distance to a hyperplane {w·d = m} in a norm is |m| / ||w|| in its dual norm.
+_DUAL = {"Linf": "L1", "L2": "L2", "L1": "Linf"}
 
 
 def _random_start(key: jax.Array, x: jax.Array, radius: jax.Array, norm: str) -> jax.Array:
@@ -67,18 +77,41 @@ def _targets(logits: jax.Array, y: jax.Array, k: int) -> jax.Array:
     return jax.lax.top_k(not_y, k)[1]
 
 
+def _closest_boundary(z: jax.Array, vjp, y: jax.Array, norm: str):
+    """The untargeted FAB's choice (the reference's get_diff_logits_grads_batch): of the
+    linearised boundaries z_c - z_y = 0, c != y, the one closest to the iterate in `norm`,
+    |z_c - z_y| / ||grad (z_c - z_y)||_dual. Returns its (B,) value and (B, ...) gradient.
+    All C gradients come from one vjp, vmapped over the cotangents e_c - e_y (C backward
+    passes, as the reference's full Jacobian)."""
+    batch, num_classes = z.shape
+    is_y = jax.nn.one_hot(y, num_classes, dtype=bool)
+    cotangents = jnp.eye(num_classes, dtype=z.dtype)[:, None, :] - is_y.astype(z.dtype)
+    grads = jax.vmap(lambda c: vjp(c)[0])(cotangents)  # (C, B, ...): grad of z_c - z_y
+    diffs = z - jnp.take_along_axis(z, y[:, None], 1)  # (B, C)
+    flat = grads.reshape(num_classes * batch, -1)
+    scale = common.per_sample_norm(flat, _DUAL[norm]).reshape(num_classes, batch).T
+    dist = jnp.where(is_y, jnp.inf, jnp.abs(diffs) / (_TINY + scale))
+    closest = jnp.argmin(dist, axis=1)  # ties to the lowest class, as torch's min
+    f = jnp.take_along_axis(diffs, closest[:, None], 1)[:, 0]
+    grad = jnp.take_along_axis(grads, common.expand(closest, grads[0])[None], 0)[0]
+    return f, grad
+
+
 @dataclasses.dataclass(frozen=True)
 class FabConfig:
-    """The static settings of FAB-T: n_targets is already capped at C - 1."""
+    """The static settings of FAB: targeted (FAB-T: n_targets already capped at C - 1, each
+    target n_restarts runs) or untargeted (n_targets 1: n_restarts runs, each iteration
+    towards the closest linearised boundary)."""
 
     norm: str
     n_iter: int
     n_targets: int
     n_restarts: int
+    targeted: bool = True
 
 
 @functools.partial(jax.jit, static_argnames="config")
-def _fab_targeted(
+def _fab(
     logits_fn: contract.LogitsFn,
     judge_fn: contract.LogitsFn,
     x: jax.Array,
@@ -104,7 +137,11 @@ def _fab_targeted(
     attackable = common.correct(judge_fn(x), y)
 
     def margin_and_grad(x1: jax.Array, target: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """z_t - z_y at x1 (< 0 while y beats t) and its gradient: one vjp for the batch."""
+        """z_t - z_y at x1 (< 0 while y beats t) and its gradient: one vjp for the batch
+        (FAB-T), or the same for the closest boundary's class t (untargeted)."""
+        if not config.targeted:
+            z, vjp = jax.vjp(logits_fn, x1)
+            return _closest_boundary(z, vjp, y, norm)
 
         def diff(z_in: jax.Array) -> jax.Array:
             z = logits_fn(z_in)
@@ -203,10 +240,43 @@ def fab_targeted(
     """
     checked = contract.validate(logits_fn, judge_fn, x, y, norm=norm, eps=eps, needs="FAB-T")
     _check_config(n_iter, n_target_classes, n_restarts, alpha_max, eta, beta)
-    num_classes = checked.num_classes
     config = FabConfig(norm=norm, n_iter=int(n_iter), n_restarts=int(n_restarts),
-                       n_targets=min(int(n_target_classes), num_classes - 1))  # fmt: skip
-    x_adv, robust = _fab_targeted(
+                       n_targets=min(int(n_target_classes), checked.num_classes - 1))  # fmt: skip
+    return _run(logits_fn, checked, x, y, key, alpha_max, eta, beta, config)
+
+
+def fab(
+    logits_fn: contract.LogitsFn,
+    x: jax.Array,
+    y: jax.Array,
+    *,
+    key: jax.Array,
+    norm: str = "Linf",
+    eps: float | jax.Array,
+    n_iter: int = 100,
+    n_restarts: int = 5,
+    alpha_max: float = 0.1,
+    eta: float = 1.05,
+    beta: float = 0.9,
+    judge_fn: contract.LogitsFn | None = None,
+) -> contract.AttackResult:
+    """Untargeted FAB (AutoAttack's `plus` settings by default: 100 iterations, 5 restarts).
+
+    As `fab_targeted`, but every iteration heads for the linearised boundary closest to its
+    iterate (over all classes c != y, |z_c - z_y| / ||grad||_dual), which costs C backward
+    passes per iteration instead of one. Run 0 starts at x, runs 1.. at random points at
+    distance eps / 2 from x; the smallest adversarial perturbation over all runs is kept and
+    counts where its norm is <= eps. Returns AttackResult(x_adv, robust) as `fab_targeted`.
+    """
+    checked = contract.validate(logits_fn, judge_fn, x, y, norm=norm, eps=eps, needs="FAB")
+    _check_config(n_iter, 1, n_restarts, alpha_max, eta, beta)
+    config = FabConfig(norm=norm, n_iter=int(n_iter), n_targets=1, n_restarts=int(n_restarts),
+                       targeted=False)  # fmt: skip
+    return _run(logits_fn, checked, x, y, key, alpha_max, eta, beta, config)
+
+
+def _run(logits_fn, checked, x, y, key, alpha_max, eta, beta, config) -> contract.AttackResult:
+    x_adv, robust = _fab(
         *contract.traced_pair(logits_fn, checked.judge_fn, x),
         x,
         y,
