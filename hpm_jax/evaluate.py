@@ -169,12 +169,7 @@ def _load(directory: str, flag: str):
         raise EvaluationSetupError(
             f"--{flag}={directory} is not a model directory (no {MODEL_SPEC}).{hint}"
         )
-    model, variables = load_model(directory)
-    # load_model restores onto one device; the attacks take the weights as traced arguments
-    # beside inputs sharded over every device, so the weights are replicated over them.
-    from hpm_jax.sharding import make_mesh, replicated
-
-    variables = jax.device_put(variables, replicated(make_mesh()))
+    model, variables = load_model(directory)  # on one device: the attacks place them
     return model, variables, directory
 
 
