@@ -29,10 +29,7 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   "$PY" -m pip install -q --upgrade pip
   if [[ ",$EXTRAS," == *",torch,"* ]]; then
     # The CPU build first: a bare 'torch' requirement would pull several GB of CUDA wheels.
-    # "+cpu" comes from a local wheel directory (pip's find-links) where there is one, else
-    # from PyTorch's CPU index.
-    "$PY" -m pip install -q "torch==2.13.0+cpu" 2>/dev/null \
-      || "$PY" -m pip install -q "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu
+    "$PY" -m pip install -q "torch==2.13.0"
   fi
   "$PY" -m pip install -q -e "$ROOT${EXTRAS:+[$EXTRAS]}"
   if [[ ",$EXTRAS," == *",torch,"* ]]; then
