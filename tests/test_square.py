@@ -1,6 +1,7 @@
 """Square Attack: the p schedule and window sides against the reference's published numbers, the
-L2 pattern against pyautoattack's, the Linf vertices and L2 norm budget, known answers on a
-linear model, accept-if-better, the judge's role, frozen points, 1 vs 4 devices, bad inputs."""
+L2 and L1 patterns against pyautoattack's, the Linf vertices, the L2 norm budget and the L1
+projection, known answers on a linear model (Linf, L2, L1), accept-if-better, the judge's role,
+frozen points, 1 vs 4 devices, bad inputs."""
 
 import importlib
 
@@ -10,8 +11,10 @@ import numpy as np
 import pytest
 from jax.experimental import io_callback
 
-from hpm_jax.attacks import common, losses
+from hpm_jax.attacks import common, l1, losses
 from hpm_jax.attacks.square import (
+    l1_init,
+    l1_pattern,
     l2_init,
     l2_pattern,
     p_selection,
@@ -42,11 +45,11 @@ def linear(x):
 def min_ratio(x, y, eps, norm):
     """Per sample: the smallest perturbation (Linf or L2) that makes another class win, over
     eps, in float64. A vertex delta = -eps * sign(w_y - w_c) lowers z_y - z_c by exactly
-    eps * ||w_y - w_c||_1 (Linf); no L2 delta of norm eps lowers it by more than
-    eps * ||w_y - w_c||_2."""
+    eps * ||w_y - w_c||_1 (Linf); no L2 (L1) delta of norm eps lowers it by more than
+    eps * ||w_y - w_c||_2 (eps * ||w_y - w_c||_inf)."""
     w = WEIGHTS.reshape(-1, K)
     z = np.asarray(x, np.float64).reshape(len(x), -1) @ w
-    dual = {"Linf": 1, "L2": 2}[norm]
+    dual = {"Linf": 1, "L2": 2, "L1": np.inf}[norm]
     out = []
     for zi, yi in zip(z, np.asarray(y), strict=True):
         out.append(
@@ -80,6 +83,9 @@ X_LINF, Y_LINF = jnp.asarray(POOL_X[LINF_IDX]), jnp.asarray(POOL_Y[LINF_IDX])
 # L2: at eps 0.5 the first 8 need < 0.1 eps; the last 8 need > 0.7 * 0.5 / 0.3 > 1.1 eps at 0.3.
 L2_IDX = _batch(min_ratio(POOL_X, POOL_Y, 0.5, "L2"), 0.1, 0.7)
 X_L2, Y_L2 = jnp.asarray(POOL_X[L2_IDX]), jnp.asarray(POOL_Y[L2_IDX])
+# L1: at eps 2 the first 8 need < 0.1 eps; the last 8 need > 0.7 * 2 / 1.2 > 1.1 eps at 1.2.
+L1_IDX = _batch(min_ratio(POOL_X, POOL_Y, 2.0, "L1"), 0.1, 0.7)
+X_L1, Y_L1 = jnp.asarray(POOL_X[L1_IDX]), jnp.asarray(POOL_Y[L1_IDX])
 # Images over the whole box, with exact 0 and 1 pixels, so that clipping is exercised.
 X_BOX = jnp.asarray(
     np.clip(_rng.uniform(-0.2, 1.2, (B, H, W, C)), 0.0, 1.0).astype(np.float32)
@@ -295,6 +301,93 @@ def test_l2_known_answers_on_a_linear_model():
     assert np.asarray(res.robust)[8:].all()
 
 
+# ---- L1 --------------------------------------------------------------------------------------
+
+# float32 rounding of x_adv = x + delta, ~6e-8 per moved coordinate, summed by the L1 norm.
+L1_ATOL = 2e-5
+
+
+def test_l1_pattern_equals_pyautoattack():
+    torch = pytest.importorskip("torch")
+    reference = pytest.importorskip("pyautoattack.square").SquareAttack
+    ref = reference(None, norm="L1", n_queries=700, device="cpu", resc_schedule=False)
+    torch.manual_seed(0)
+    for side in (3, 4, 5, 7, 9, 12, 29):
+        theirs = ref.eta(side).numpy()  # randomly transposed
+        ours = l1_pattern(side)
+        assert np.abs(ours).sum() == pytest.approx(1.0)
+        assert np.allclose(theirs, ours, atol=1e-7) or np.allclose(theirs, ours.T, atol=1e-7)
+    assert not np.allclose(l1_pattern(5), l2_pattern(5) / np.abs(l2_pattern(5)).sum())
+
+
+def test_l1_start_is_the_tiled_pattern_projected_onto_the_ball():
+    # 15x15: tiles of side 3 in a 5x5 grid, each of unit L1 norm per channel before the
+    # projection: 25 x 2 = 50 in all, and x = 0.5 keeps every pixel inside the box.
+    x = jnp.full((8, 15, 15, 2), 0.5, jnp.float32)
+    init = jax.jit(l1_init)
+    whole = np.asarray(init(jax.random.key(2), x, 60.0) - x, np.float64)  # eps above the mass
+    np.testing.assert_allclose(np.abs(whole).sum(axis=(1, 2, 3)), 50.0, rtol=1e-5)
+    pattern = l1_pattern(3)
+    for b, i, j in [(0, 0, 0), (3, 2, 4), (7, 4, 1)]:
+        tile = whole[b, 3 * i : 3 * i + 3, 3 * j : 3 * j + 3]
+        assert any(
+            all(np.allclose(tile[..., c], s * p, atol=1e-6) for c, s in enumerate(signs))
+            for p in (pattern, pattern.T)
+            for signs in ((1, 1), (1, -1), (-1, 1), (-1, -1))
+        )
+    # A smaller eps: the same draw, projected onto the ball of radius eps (1 - 1e-6).
+    x0 = init(jax.random.key(2), x, 4.0)
+    norms = common.per_sample_norm(x0 - x, "L1")
+    np.testing.assert_allclose(norms, 4.0 * (1 - 1e-6), rtol=0, atol=L1_ATOL)
+    np.testing.assert_allclose(x0, l1.project(x + whole, x, 4.0 * (1 - 1e-6)), atol=1e-6)
+
+
+def test_l1_proposal_moves_mass_into_window_1_then_projects():
+    x = jnp.full((8, 15, 15, 2), 0.5, jnp.float32)
+    eps, side = 4.0, 3
+    x_best = jax.jit(l1_init)(jax.random.key(10), x, eps)
+    pattern = jnp.zeros((5, 5)).at[:side, :side].set(jnp.asarray(l1_pattern(side)))
+    propose = jax.jit(square_module._l1_proposal)
+    eps_b = jnp.full((8, 1, 1, 1), eps)
+    x_new = propose(jax.random.key(11), x, x_best, eps_b, jnp.int32(side), pattern)
+    # The new window's mass (2 channels x the windows' mass) overshoots eps: projected back.
+    norms = common.per_sample_norm(x_new - x, "L1")
+    np.testing.assert_allclose(norms, eps * (1 - 1e-6), rtol=0, atol=L1_ATOL)
+    before, after = np.asarray(x_best - x), np.asarray(x_new - x)
+    # Outside window 1 the projection only shrinks (soft threshold): same sign, no larger.
+    shrunk = (np.abs(after) <= np.abs(before) + 1e-6) & (after * before >= 0)
+    shrunk = shrunk.all(-1)  # (8, 15, 15)
+    for k in range(8):
+        rows, cols = np.nonzero(~shrunk[k])
+        assert len(rows) and np.ptp(rows) < side and np.ptp(cols) < side  # window 1 only
+        # The mass moved into window 1 exceeds what it held before.
+        window = (slice(rows.min(), rows.min() + side), slice(cols.min(), cols.min() + side))
+        assert np.abs(after[k][window]).sum() > np.abs(before[k][window]).sum()
+
+
+def test_l1_search_stays_within_eps_and_the_box():
+    eps = np.linspace(0.5, 6.0, B).astype(np.float32)  # one eps per image
+    run = square_run(linear, X_BOX, Y_BOX, key=jax.random.key(6), norm="L1", eps=eps, n_queries=Q)
+    x_best = np.asarray(run.x_best)
+    assert x_best.min() >= 0.0 and x_best.max() <= 1.0
+    assert np.all(np.asarray(common.per_sample_norm(run.x_best - X_BOX, "L1")) <= eps + L1_ATOL)
+    np.testing.assert_allclose(run.margin, margins(run.x_best, Y_BOX), atol=1e-4)
+    assert np.all(np.diff(np.asarray(run.margin)) != 0)  # every point searched on its own
+
+
+def test_l1_known_answers_on_a_linear_model():
+    key = jax.random.key(7)
+    res = square(linear, X_L1, Y_L1, key=key, norm="L1", eps=2.0, n_queries=Q)
+    robust = np.asarray(res.robust)
+    assert not robust[:8].any()  # they need less than 0.1 eps
+    assert np.all(margins(res.x_adv, Y_L1)[~robust] <= 0)
+    assert np.all(np.asarray(common.per_sample_norm(res.x_adv - X_L1, "L1")) <= 2.0 + L1_ATOL)
+    np.testing.assert_array_equal(res.x_adv[robust], X_L1[robust])
+    # they need more than 1.1 eps: no L1 perturbation of norm eps can break them
+    res = square(linear, X_L1, Y_L1, key=key, norm="L1", eps=1.2, n_queries=Q)
+    assert np.asarray(res.robust)[8:].all()
+
+
 # ---- judge, freezing, devices ----------------------------------------------------------------
 
 
@@ -374,7 +467,7 @@ def test_one_and_four_devices_give_the_same_result():
 @pytest.mark.parametrize(
     ("change", "error", "match"),
     [
-        ({"norm": "L1"}, ValueError, "norm must be one of"),
+        ({"norm": "L0"}, ValueError, "norm must be one of"),
         ({"eps": 0.0}, ValueError, "eps must be"),
         ({"eps": float("nan")}, ValueError, "eps must be"),
         ({"eps": np.full(3, 0.1)}, ValueError, "one finite value > 0 per image"),
@@ -390,6 +483,7 @@ def test_one_and_four_devices_give_the_same_result():
         ({"n_restarts": 0}, ValueError, "n_restarts"),
         ({"loss": "dlr"}, ValueError, "loss must be one of"),
         ({"x": X_LINF[:, :4, :4], "norm": "L2"}, ValueError, "at least 5 x 5"),
+        ({"x": X_LINF[:, :4, :4], "norm": "L1"}, ValueError, "L1 Square needs images of at"),
     ],
 )
 def test_bad_inputs_raise_clear_errors(change, error, match):

@@ -4,6 +4,7 @@
     res = square(logits_fn, x, y, key=jax.random.key(0), norm="Linf", eps=8 / 255)
     res.x_adv, res.robust                   # (B, H, W, C) within eps of x, (B,) bool
     res = square(logits_fn, x, y, key=key, norm="L2", eps=0.5, n_queries=1000)
+    res = square(logits_fn, x, y, key=key, norm="L1", eps=12.0)
     run = square_run(logits_fn, x, y, key=key, eps=8 / 255)   # one run, no judge:
     run.x_best, run.margin, run.n_queries   # best point, its margin, queries used per sample
 
@@ -14,6 +15,9 @@ kept where it lowers the loss (the margin z_y - max_{c != y} z_c by default) or
 misclassifies. L2 starts from a grid of squares carrying the reference's meta-pattern
 (concentric rectangles, positive in one half and negative in the other) and each proposal
 moves the perturbation mass of a second window into the first, keeping ||delta||_2 = eps.
+L1 does the same with the L1 meta-pattern and L1 norms, and projects each start and proposal
+onto the L1 ball (radius eps (1 - 1e-6)) intersected with the box, as the reference's L1
+version (starts and proposals: `square_proposals`).
 The fraction p of the image a square covers starts at p_init and halves after 10, 50, 200,
 500, 1000, 2000, 4000, 6000 and 8000 iterations (`p_selection`; with resc_schedule=True
 those counts are read per 10000 of the budget).
@@ -43,8 +47,8 @@ instead; a misclassifying proposal is kept either way.
 
 Differences from the reference (pyautoattack's SquareAttack): window positions, the Linf
 per-channel signs and the L2 pattern's random transpositions are drawn per sample, where the
-reference draws them once per iteration (or start tile) for the whole batch; L1 is not
-ported. The random streams differ (JAX vs torch), so parity is statistical.
+reference draws them once per iteration (or start tile) for the whole batch. The random
+streams differ (JAX vs torch), so parity is statistical.
 """
 
 from __future__ import annotations
@@ -60,13 +64,22 @@ import jax.numpy as jnp
 import numpy as np
 
 from hpm_jax.attacks import common, contract, losses
+from hpm_jax.attacks.square_proposals import (  # noqa: F401  (l2_init etc.: public here too)
+    _l1_proposal,
+    _l2_proposal,
+    _linf_proposal,
+    _radius,
+    l1_init,
+    l1_pattern,
+    l2_init,
+    l2_pattern,
+    linf_init,
+)
 
-NORMS = ("Linf", "L2")
+NORMS = ("Linf", "L2", "L1")
 LOSSES = ("margin", "ce")
 # The iteration counts after which p halves (the reference's p_selection), in increasing order.
 P_THRESHOLDS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
-# Added to norms before dividing, as the reference does.
-_TINY = 1e-12
 
 
 class SquareRun(NamedTuple):
@@ -124,152 +137,6 @@ def _schedule(n_queries, p_init, resc_schedule, shape, norm):
     return np.asarray(levels, np.int32), sides
 
 
-# ---- the L2 meta-pattern (host side, static) --------------------------------------------------
-
-
-def _rectangles(rows: int, cols: int) -> np.ndarray:
-    """Concentric rectangles around (rows // 2, cols // 2): ring k (Chebyshev distance k from
-    the centre) holds sum_{j >= k} 1 / (j + 1)^2, the sum of the nested rectangles covering it;
-    unit L2 norm."""
-    if rows == 0:
-        return np.zeros((0, cols))
-    dist = np.maximum(
-        np.abs(np.arange(rows)[:, None] - rows // 2), np.abs(np.arange(cols)[None, :] - cols // 2)
-    )
-    n_rings = max(rows // 2, cols // 2) + 1
-    tail = np.cumsum((1.0 / np.arange(1, n_rings + 1) ** 2)[::-1])[::-1]
-    out = tail[dist]
-    return out / np.sqrt(np.sum(out**2))
-
-
-def l2_pattern(side: int) -> np.ndarray:
-    """(side, side) float64: the reference's L2 square pattern (its `eta`) before the random
-    transposition: rectangles, positive on the top side // 2 rows and negative below; unit L2
-    norm."""
-    out = np.concatenate([_rectangles(side // 2, side), -_rectangles(side - side // 2, side)])
-    return out / np.sqrt(np.sum(out**2))
-
-
-# ---- starts and proposals (traced) -----------------------------------------------------------
-
-
-def _sign(u: jax.Array, dtype) -> jax.Array:
-    """+1 or -1 with equal chance, from uniforms in [0, 1)."""
-    return jnp.where(u < 0.5, -1.0, 1.0).astype(dtype)
-
-
-def _radius(eps: jax.Array | float, x: jax.Array) -> jax.Array:
-    """eps, a number or (B,), as (B, 1, 1, 1) to broadcast against the batch."""
-    return common.expand(jnp.broadcast_to(jnp.asarray(eps, x.dtype), x.shape[:1]), x)
-
-
-def linf_init(key: jax.Array, x: jax.Array, eps: jax.Array | float) -> jax.Array:
-    """Vertical stripes: every pixel at x +- eps (clipped to [0, 1]), one sign per column and
-    channel of each sample. eps: a number or (B,)."""
-    b, _, w, c = x.shape
-    eps = _radius(eps, x)
-    sign = _sign(jax.random.uniform(key, (b, 1, w, c)), x.dtype)
-    return jnp.clip(x + eps * sign, 0.0, 1.0)
-
-
-def _tiling(h: int, w: int):
-    """The reference's start grid, as static per-pixel maps: the tile index (-1 off the grid)
-    and the pattern value at each pixel, untransposed and transposed. Tiles of side H // 5 from
-    offset (H - 5 * side) // 2 on both axes (as the reference, which takes both from H); tiles
-    running past the edge are cut."""
-    side = h // 5
-    start = (h - 5 * side) // 2
-    n_rows, n_cols = h // side, w // side
-    pattern = l2_pattern(side)
-
-    def axis(size, n_tiles):  # per pixel: tile number along the axis, offset inside the tile
-        pos = np.arange(size) - start
-        tile, local = pos // side, pos % side
-        return np.where((pos >= 0) & (tile < n_tiles), tile, -1), local
-
-    tile_r, local_r = axis(h, n_rows)
-    tile_c, local_c = axis(w, n_cols)
-    on_grid = (tile_r[:, None] >= 0) & (tile_c[None, :] >= 0)
-    tile = np.where(on_grid, tile_r[:, None] * n_cols + tile_c[None, :], -1)
-    plain = np.where(on_grid, pattern[local_r[:, None], local_c[None, :]], 0.0)
-    transposed = np.where(on_grid, pattern.T[local_r[:, None], local_c[None, :]], 0.0)
-    return tile, n_rows * n_cols, plain, transposed
-
-
-def l2_init(key: jax.Array, x: jax.Array, eps: jax.Array | float) -> jax.Array:
-    """The reference's L2 start: a grid of tiles of side H // 5, each the meta-pattern
-    (transposed or not) times a random sign per channel, scaled to L2 norm eps and clipped to
-    [0, 1]. eps: a number or (B,)."""
-    b, h, w, c = x.shape
-    eps = _radius(eps, x)
-    tile, n_tiles, plain, transposed = _tiling(h, w)
-    # One draw for every random choice: each jax.random call site costs compile time.
-    u = jax.random.uniform(key, (b, n_tiles, c + 1))
-    index = np.maximum(tile, 0)  # pixels off the grid have plain == transposed == 0
-    flip = u[:, index, c] < 0.5
-    value = jnp.where(flip, jnp.asarray(transposed, x.dtype), jnp.asarray(plain, x.dtype))
-    delta = value[..., None] * _sign(u[:, index, :c], x.dtype)
-    return jnp.clip(x + eps * common.normalize(delta, "L2"), 0.0, 1.0)
-
-
-def _corner(u: jax.Array, side: jax.Array, size: int) -> jax.Array:
-    """(B,) int32: window corners drawn as the reference's random_int, floor(u * (size - side)),
-    so in [0, size - side) (0 when the window spans the axis); the min guards float rounding."""
-    span = size - side
-    return jnp.minimum(jnp.floor(u * span), jnp.maximum(span - 1, 0)).astype(jnp.int32)
-
-
-def _window(top, left, side, h, w):
-    """(B, H, W, 1) bool, True inside each sample's window: iota comparisons, since `side` is
-    traced."""
-    rows = jnp.arange(h)[None, :] - top[:, None]
-    cols = jnp.arange(w)[None, :] - left[:, None]
-    in_rows = (rows >= 0) & (rows < side)
-    in_cols = (cols >= 0) & (cols < side)
-    return (in_rows[:, :, None] & in_cols[:, None, :])[..., None]
-
-
-def _linf_proposal(key, x, x_best, eps, side):
-    """x_best with one window per sample moved to the vertex x +- eps, one sign per channel."""
-    b, h, w, c = x.shape
-    u = jax.random.uniform(key, (b, 2 + c))
-    window = _window(_corner(u[:, 0], side, h), _corner(u[:, 1], side, w), side, h, w)
-    sign = _sign(u[:, None, None, 2:], x.dtype)
-    return jnp.where(window, jnp.clip(x + eps * sign, 0.0, 1.0), x_best)
-
-
-def _l2_proposal(key, x, x_best, eps, side, pattern):
-    """The reference's L2 step per sample: window 2 is emptied and window 1 gets the pattern
-    plus its old (normalised) content, rescaled per channel to carry window 1 and 2's mass
-    plus whatever norm budget clipping lost; then the whole delta is rescaled to norm eps."""
-    b, h, w, c = x.shape
-    u = jax.random.uniform(key, (b, 5 + c))
-    top, left = _corner(u[:, 0], side, h), _corner(u[:, 1], side, w)
-    win1 = _window(top, left, side, h, w)
-    win2 = _window(_corner(u[:, 2], side, h), _corner(u[:, 3], side, w), side, h, w)
-    delta = x_best - x
-
-    def channel_norm(v):  # (B, 1, 1, C): L2 norm per sample and channel
-        return jnp.sqrt(jnp.sum(v * v, axis=(1, 2), keepdims=True))
-
-    norm_image = common.expand(common.per_sample_norm(delta, "L2"), x)
-    norm_windows = channel_norm(jnp.where(win1 | win2, delta, 0.0))
-    # The pattern at each sample's window: pattern[i - top, j - left] (zero-padded beyond
-    # `side`, so only indices below 0 need the window mask).
-    rows = jnp.clip(jnp.arange(h)[None, :] - top[:, None], 0, pattern.shape[0] - 1)
-    cols = jnp.clip(jnp.arange(w)[None, :] - left[:, None], 0, pattern.shape[1] - 1)
-    rows, cols = rows[:, :, None], cols[:, None, :]
-    flip = u[:, 4, None, None] < 0.5
-    placed = jnp.where(flip, pattern.T[rows, cols], pattern[rows, cols])
-    sign = _sign(u[:, None, None, 5:], x.dtype)
-    old = jnp.where(win1, delta, 0.0)
-    new = jnp.where(win1, placed[..., None] * sign + old / (_TINY + channel_norm(old)), 0.0)
-    budget = jnp.maximum(eps**2 - norm_image**2, 0.0) / c + norm_windows**2
-    new = new / (_TINY + channel_norm(new)) * jnp.sqrt(budget)
-    delta = jnp.where(win1, new, jnp.where(win2, 0.0, delta))
-    return jnp.clip(x + eps * common.normalize(delta, "L2"), 0.0, 1.0)
-
-
 def _scores(logits_fn, x_in, y, loss):
     """(margin, loss to minimise), both (B,), from one query of the whole batch."""
     logits = logits_fn(x_in)
@@ -291,15 +158,15 @@ def _single_run(
     chex.assert_equal_shape([x, x_start])
     chex.assert_shape([y, active, eps], x.shape[:1])
     levels, sides = _schedule(n_queries, p_init, resc_schedule, x.shape, norm)
-    if norm == "L2":  # each level's pattern, zero-padded to the largest side
+    if norm != "Linf":  # each level's pattern, zero-padded to the largest side
         table = np.zeros((len(sides), max(sides), max(sides)))
         for k, side in enumerate(sides):
-            table[k, :side, :side] = l2_pattern(side)
+            table[k, :side, :side] = l2_pattern(side, norm)
         table = jnp.asarray(table, x.dtype)
     levels, sides = jnp.asarray(levels), jnp.asarray(sides, jnp.int32)
     k_init, k_loop = jax.random.split(key)
 
-    start = (linf_init if norm == "Linf" else l2_init)(k_init, x, eps)
+    start = {"Linf": linf_init, "L2": l2_init, "L1": l1_init}[norm](k_init, x, eps)
     eps = _radius(eps, x)  # (B, 1, 1, 1) for the proposals
     x_best = jnp.where(common.expand(active, x), start, x_start)
     margin, score = _scores(logits_fn, x_best, y, loss)
@@ -319,7 +186,8 @@ def _single_run(
         if norm == "Linf":
             x_new = _linf_proposal(k_i, x, x_best, eps, sides[level])
         else:
-            x_new = _l2_proposal(k_i, x, x_best, eps, sides[level], table[level])
+            propose = _l2_proposal if norm == "L2" else _l1_proposal
+            x_new = propose(k_i, x, x_best, eps, sides[level], table[level])
         x_new = jnp.where(common.expand(todo, x), x_new, x_best)
         margin, score = _scores(logits_fn, x_new, y, loss)
         lower = todo & (score < loss_min)
@@ -390,6 +258,12 @@ def _square_jit(logits_fn, judge_fn, x, y, key, eps, *, config: SquareConfig):
 def _prepare(logits_fn, judge_fn, x, y, *, norm, eps, n_queries, p_init, n_restarts, loss,
              resc_schedule) -> tuple[contract.Checked, SquareConfig]:  # fmt: skip
     """The contract's checks and Square's own; (checked inputs, the static config)."""
+    # The image size first: a model built for larger images could not even be traced on these.
+    if norm in ("L2", "L1") and np.ndim(x) == 4 and min(x.shape[1:3]) < 5:
+        raise ValueError(
+            f"{norm} Square needs images of at least 5 x 5 pixels (its start tiles the image in "
+            f"squares of side H // 5), got {x.shape[1]} x {x.shape[2]}."
+        )
     checked = contract.validate(logits_fn, judge_fn, x, y, norm=norm, eps=eps,
                                 allowed_norms=NORMS)  # fmt: skip
     contract.check_int("n_queries", n_queries, 0)
@@ -398,11 +272,6 @@ def _prepare(logits_fn, judge_fn, x, y, *, norm, eps, n_queries, p_init, n_resta
     contract.check_int("n_restarts", n_restarts, 1)
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}.")
-    if norm == "L2" and min(x.shape[1:3]) < 5:
-        raise ValueError(
-            f"L2 Square needs images of at least 5 x 5 pixels (its start tiles the image in "
-            f"squares of side H // 5), got {x.shape[1]} x {x.shape[2]}."
-        )
     config = SquareConfig(
         norm=norm, n_queries=int(n_queries), p_init=float(p_init), loss=loss,
         resc_schedule=bool(resc_schedule), n_restarts=int(n_restarts),
