@@ -103,6 +103,15 @@ def run(
     app.run(body, argv=rest, flags_parser=parse)
 
 
+def default_verbosity(level: int = -1) -> None:
+    """absl verbosity `level` (default WARNING: Orbax and TFDS log every read at INFO) unless
+    the user chose one with --verbosity / -v, which is then honoured."""
+    from absl import logging
+
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(level)
+
+
 def require(prog: str, **values: object) -> None:
     """Fail (one line) when any of these flags was not given: `require("hpm-train", workdir=w)`."""
     missing = [f"--{name}" for name, value in values.items() if value in (None, "")]

@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from hpm_jax import data, models
+from hpm_jax import data, evaluation_log, models, provenance
 from hpm_jax.attacks import AutoAttack, contract, mixed_surrogate_attack, versions
 from hpm_jax.attacks.state import data_hash
 from hpm_jax.checkpointing import MODEL_SPEC, load_model
@@ -88,6 +88,9 @@ def default_evaluation_config(config: ml_collections.ConfigDict | None = None):
     # An .npz with `x` (N, H, W, C) float in [0, 1] and `y` (N,) int labels to evaluate
     # instead of the dataset's eval split ("" = the split).
     c.data_file = ""
+    # "source": the first num_examples in the data source's order; "robustbench": RobustBench's
+    # subset and order (CIFAR's original test order, ImageNet's listed ids; hpm_jax.zoo.evaluation).
+    c.order = "source"
     return c
 
 
@@ -198,9 +201,22 @@ def logits_fns(model: Any, variables: Any, modes) -> dict[str, Callable]:
     return fns
 
 
-def load_eval_data(config: ml_collections.ConfigDict, num_examples: int, data_file: str = ""):
+def load_eval_data(config: ml_collections.ConfigDict, num_examples: int, data_file: str = "",
+                   order: str = "source"):  # fmt: skip
     """(x float32 NHWC in [0, 1], y int32): the first `num_examples` of the eval split, or of
-    the arrays in `data_file` (an .npz of x and y, checked by `data.arrays`)."""
+    the arrays in `data_file` (an .npz of x and y, checked by `data.arrays`). `order`
+    "robustbench" takes RobustBench's subset and order of the split (`hpm_jax.zoo.evaluation`)."""
+    x, y, _ = load_eval_subset(config, num_examples, data_file, order)
+    return x, y
+
+
+def load_eval_subset(config: ml_collections.ConfigDict, num_examples: int, data_file: str = "",
+                     order: str = "source"):  # fmt: skip
+    """`load_eval_data`'s arrays and a sentence naming the images and their order."""
+    from hpm_jax.zoo import evaluation as rb_eval
+
+    if order not in rb_eval.ORDERS:
+        raise EvaluationSetupError(f"evaluation.order={order!r} is not one of {rb_eval.ORDERS}.")
     if data_file:
         try:
             x, y = arrays.load_npz(os.path.expanduser(data_file))
@@ -211,7 +227,7 @@ def load_eval_data(config: ml_collections.ConfigDict, num_examples: int, data_fi
             raise EvaluationSetupError(
                 f"evaluation.num_examples={n} but {data_file} has {len(x)} images."
             )
-        return x[:n], y[:n]
+        return x[:n], y[:n], f"the first {n} of {data_file}, in its order"
     ds = config.dataset
     source = data.get_source(ds.name, ds.eval_split, data_dir=ds.data_dir or None)
     n = len(source) if not num_examples else int(num_examples)
@@ -220,12 +236,19 @@ def load_eval_data(config: ml_collections.ConfigDict, num_examples: int, data_fi
             f"evaluation.num_examples={n} but {ds.name}:{ds.eval_split} has {len(source)}."
         )
     preprocess = data.eval_preprocessing("auto", getattr(source, "name", ds.name))
-    records = [source[i] for i in range(n)]
+    indices, described = np.arange(n), f"the first {n} of {ds.eval_split}, in order"
+    if order == "robustbench":
+        try:
+            indices, described = rb_eval.robustbench_indices(source, ds.name, n)
+        except rb_eval.SubsetError as e:
+            raise EvaluationSetupError(f"evaluation.order=robustbench: {e}") from None
+        described = f"{described} ({ds.name}:{ds.eval_split})"
+    records = [source[int(i)] for i in indices]
     x = np.stack([preprocess(np.asarray(r["image"])) for r in records])
     if x.ndim == 3:
         x = x[..., None]
     y = np.asarray([int(r["label"]) for r in records], np.int32)
-    return (x.astype(np.float32) / 255.0), y
+    return (x.astype(np.float32) / 255.0), y, described
 
 
 def check_model_takes(model: Any, variables: Any, x: np.ndarray, y: np.ndarray, where: str):
@@ -319,7 +342,14 @@ class _Runner:
         version = attack_list(self.ev.version if version is None else version)
         self.log(f"[evaluate] AutoAttack on {name}")
         t0 = time.perf_counter()
-        report = AutoAttack(
+        with self.log.section(name) as on_progress:
+            report = self._autoattack(fn, version, eps, name, on_progress)
+        self.seconds[name] = time.perf_counter() - t0
+        self._save(name, report.x_adv, report.robust)
+        return _autoattack_entry(report)
+
+    def _autoattack(self, fn, version, eps, name, on_progress):
+        return AutoAttack(
             fn,
             norm=self.ev.norm,
             eps=self.ev.eps if eps is None else eps,
@@ -328,16 +358,21 @@ class _Runner:
             attack_options=self._options(version),
             run_checks=bool(self.ev.run_checks),
             log=self.log,
+            on_progress=on_progress,
         ).run(self.x, self.y, batch_size=int(self.ev.batch_size), state_path=self._state(name))
-        self.seconds[name] = time.perf_counter() - t0
-        self._save(name, report.x_adv, report.robust)
-        return _autoattack_entry(report)
 
     def msa(self, name: str, target, surrogates, *, version=None, eps=None) -> dict[str, Any]:
         version = attack_list(self.ev.version if version is None else version)
         self.log(f"[evaluate] MSA on {name} through {', '.join(surrogates)}")
         t0 = time.perf_counter()
-        report = mixed_surrogate_attack(
+        with self.log.section(name, line_progress=True):  # MSA takes no progress hook
+            report = self._msa(target, surrogates, version, eps, name)
+        self.seconds[name] = time.perf_counter() - t0
+        self._save(name, report.x_adv, report.robust)
+        return _msa_entry(report)
+
+    def _msa(self, target, surrogates, version, eps, name):
+        return mixed_surrogate_attack(
             target,
             surrogates,
             self.x,
@@ -352,9 +387,6 @@ class _Runner:
             run_checks=bool(self.ev.run_checks),
             log=self.log,
         )
-        self.seconds[name] = time.perf_counter() - t0
-        self._save(name, report.x_adv, report.robust)
-        return _msa_entry(report)
 
 
 def attack_list(version: Any) -> str | list[str]:
@@ -367,7 +399,9 @@ def attack_list(version: Any) -> str | list[str]:
 
 
 IDENTITY = "evaluation.json"  # in STATE_DIR: what the state there belongs to
-OUTPUTS = (REPORT, SUMMARY, STATE_DIR, ADV_DIR, "robustness.png", "eps_curves.png")
+MODEL_INFO = "model_info.json"  # RobustBench's fields, for --robustbench models
+OUTPUTS = (REPORT, SUMMARY, STATE_DIR, ADV_DIR, "robustness.png", "eps_curves.png", MODEL_INFO,
+           evaluation_log.LOG, evaluation_log.TENSORBOARD)  # fmt: skip
 
 
 def _load_baseline(checkpoint: str, x: np.ndarray, y: np.ndarray):
@@ -381,16 +415,37 @@ def _load_baseline(checkpoint: str, x: np.ndarray, y: np.ndarray):
     return b_model, b_vars, b_dir
 
 
-def _model_identity(directory: str, variables: Any) -> dict[str, Any]:
-    """model.json and a sha256 of the weights: a checkpoint rewritten in place is another."""
+def _model_identity(directory: str, variables: Any, spec: dict | None = None) -> dict[str, Any]:
+    """model.json (or `spec`) and a sha256 of the weights: a checkpoint rewritten in place is
+    another."""
     import hashlib
 
-    with open(os.path.join(directory, MODEL_SPEC)) as f:
-        spec = json.load(f)
+    if spec is None:
+        with open(os.path.join(directory, MODEL_SPEC)) as f:
+            spec = json.load(f)
     h = hashlib.sha256()
     for leaf in jax.tree.leaves(variables):
         h.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
     return {"spec": spec, "variables_sha256": h.hexdigest()}
+
+
+def _load_robustbench(name: str, dataset: str = "cifar10", threat_model: str = "Linf",
+                      model_dir: str = "./models", download: bool = True):  # fmt: skip
+    """(model, variables, label, table entry, model spec) of a RobustBench model by name."""
+    from hpm_jax import zoo
+
+    try:
+        info = zoo.entry(name, dataset, threat_model)
+    except ValueError as e:  # an unknown name, with the close ones
+        raise EvaluationSetupError(f"--robustbench: {e}") from None
+    model, variables = zoo.load_robustbench(name, dataset=dataset, threat_model=threat_model,
+                                            model_dir=model_dir, download_missing=download)
+    path = zoo.checkpoint_path(info, model_dir)
+    spec = {"robustbench": info.name, "dataset": info.dataset, "threat_model": info.threat_model,
+            "arch": info.arch, "kwargs": zoo.robustbench.model_kwargs(info),
+            "file": path}  # fmt: skip
+    label = f"robustbench:{info.dataset}/{info.threat_model}/{info.name}"
+    return model, variables, label, info, spec
 
 
 def prepare_workdir(workdir: str, identity: dict[str, Any], *, overwrite: bool = False) -> None:
@@ -478,19 +533,29 @@ def run(
     baseline_checkpoint: str | None = None,
     log: Callable[[str], Any] | None = print,
     overwrite: bool = False,
+    robustbench: dict[str, str] | None = None,
+    progress: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate `checkpoint` as `config.evaluation` says; write the report files to `workdir`
     (resuming what is there); returns the report (also `workdir/report.json`).
 
+    `robustbench={"name": ..., "dataset": "cifar10", "threat_model": "Linf", "model_dir":
+    "./models"}` evaluates a RobustBench model by name instead (`checkpoint` is then None) and
+    adds RobustBench's model_info fields (`report["robustbench"]`, `model_info.json`).
+    `progress`: bars / lines / off / auto (`hpm_jax.progress`; None: auto when `log` is
+    given, else off). Every logged line also goes to `workdir/log.txt`, and the results and
+    settings to TensorBoard event files in `workdir/tensorboard`.
+
     Everything asked for is checked before the first write. A workdir holding an evaluation
     of another checkpoint, data or settings is an EvaluationSetupError naming the changes,
     unless `overwrite`, which discards that evaluation's state and report first."""
-    from hpm_jax import reports  # matplotlib is imported only when writing
-
-    log = log or (lambda _: None)
     ev = evaluation_config(config)
     workdir = os.path.abspath(workdir)
-    model, variables, directory = _load(checkpoint, "checkpoint")
+    rb_info = spec = None
+    if robustbench is not None:
+        model, variables, directory, rb_info, spec = _load_robustbench(**robustbench)
+    else:
+        model, variables, directory = _load(checkpoint, "checkpoint")
     modes = head_modes(model)
     want_msa = _want_msa(ev, modes, directory)
     if want_msa:
@@ -500,17 +565,32 @@ def run(
         raise EvaluationSetupError(
             f"evaluation.batch_size={ev.batch_size} must be a multiple of the {n_dev} devices."
         )
-    x, y = load_eval_data(config, int(ev.num_examples), str(ev.data_file))
+    x, y, order = load_eval_subset(config, int(ev.num_examples), str(ev.data_file), str(ev.order))
     check_model_takes(model, variables, x, y, directory)
     baseline = _load_baseline(baseline_checkpoint, x, y) if baseline_checkpoint else None
     identity = {
         "checkpoint": directory,
-        "model": _model_identity(directory, variables),
+        "model": _model_identity(directory, variables, spec),
         "baseline_checkpoint": baseline[2] if baseline else None,
         "data": data_hash(x, y),
         "settings": json.loads(ev.to_json()),
     }
     prepare_workdir(workdir, identity, overwrite=overwrite)  # the first write
+    progress = progress or ("auto" if log is not None else "off")
+    logger = evaluation_log.EvaluationLog(workdir, console=log, progress=progress)
+    try:
+        return _evaluate(config, ev, workdir, model, variables, directory, modes, want_msa,
+                         x, y, order, baseline, rb_info, logger)  # fmt: skip
+    finally:
+        logger.close()
+
+
+def _evaluate(config, ev, workdir, model, variables, directory, modes, want_msa, x, y, order,
+              baseline, rb_info, log) -> dict[str, Any]:  # fmt: skip
+    from hpm_jax import reports  # matplotlib is imported only when writing
+
+    n_dev = jax.device_count()
+    baseline_checkpoint = baseline[2] if baseline else None
     start = time.perf_counter()
     runner = _Runner(ev, x, y, workdir, log)
     fns = logits_fns(model, variables, [*modes, *(ev.surrogates if want_msa else ())])
@@ -571,8 +651,7 @@ def run(
         "split": config.dataset.eval_split,
         "num_examples": len(x),
         "batch_size": batch_size,
-        "order": f"the first {len(x)} of {config.dataset.eval_split}, in order, fixed batches "
-        f"of {batch_size}",
+        "order": f"{order}, fixed batches of {batch_size}",
         "devices": n_dev,
         "threat_model": {"norm": ev.norm, "eps": float(ev.eps)},
         "settings": json.loads(ev.to_json()),
@@ -586,10 +665,19 @@ def run(
         },
         "seconds": {k: round(v, 1) for k, v in runner.seconds.items()},
         "total_seconds": round(time.perf_counter() - start, 1),
+        "provenance": provenance.record(x, y, variables),
     }
+    if rb_info is not None:
+        from hpm_jax.zoo import evaluation as rb_eval
+
+        report["robustbench"] = rb_eval.model_info(rb_info, report)
+        with open(os.path.join(workdir, MODEL_INFO), "w") as f:
+            json.dump(report["robustbench"], f, indent=2)
     with open(os.path.join(workdir, REPORT), "w") as f:
         json.dump(report, f, indent=1)
     report["files"] = reports.write_all(report, workdir)
+    if evaluation_log.write_tensorboard(report, workdir) is None:
+        log("[evaluate] tensorboardX is not installed: no TensorBoard record (the 'train' extra)")
     log(f"[evaluate] report: {os.path.join(workdir, REPORT)}")
     return report
 
@@ -598,10 +686,12 @@ def run(
 
 
 def quiet_attack_logger() -> None:
-    """Programs print the attacks' lines (log=print); their logger would print warnings twice."""
+    """Programs print the attacks' lines themselves (log=..., and log.txt): the logger's records
+    stop there instead of reaching absl's handler too, which printed each line (and each
+    warning) a second time at the verbosity that shows them. Its level is left alone."""
     import logging as std_logging
 
-    std_logging.getLogger("hpm_jax.autoattack").setLevel(std_logging.ERROR)
+    std_logging.getLogger("hpm_jax.autoattack").propagate = False
 
 
 def _define_flags():
@@ -614,6 +704,22 @@ def _define_flags():
     return (
         config_lib.define_config_flag(),
         flags.DEFINE_string("checkpoint", None, "Model directory (model.json) to evaluate."),
+        flags.DEFINE_string(
+            "robustbench", None, "A RobustBench model name to evaluate instead of --checkpoint "
+            "(e.g. Carmon2019Unlabeled): the leaderboard's eps, RobustBench's subset and order."
+        ),
+        flags.DEFINE_string(
+            "dataset", "cifar10", "With --robustbench: cifar10, cifar100 or imagenet."
+        ),
+        flags.DEFINE_string("threat_model", "Linf", "With --robustbench: Linf or L2."),
+        flags.DEFINE_string(
+            "model_dir", "./models", "With --robustbench: RobustBench's checkpoint cache, "
+            "MODEL_DIR/<dataset>/<threat_model>/<name>.pt."
+        ),
+        flags.DEFINE_bool(
+            "download", True, "With --robustbench: download a missing checkpoint (--nodownload: "
+            "fail naming the file to place)."
+        ),
         flags.DEFINE_string("workdir", None, "report.json, summary.md, plots, state go here."),
         flags.DEFINE_string(
             "baseline_checkpoint", None, "Optional separate FC model, evaluated with AutoAttack."
@@ -630,23 +736,34 @@ def _define_flags():
 def console_main() -> None:
     """The `hpm-evaluate` console script (and `python -m hpm_jax.evaluate`). User errors are
     one line on stderr and exit code 2 (`hpm_jax.cli`); nothing is written before them."""
-    from absl import logging
-
     from hpm_jax import cli
     from hpm_jax.attacks.state import StateMismatchError
     from hpm_jax.checkpointing import CheckpointMismatchError
 
-    config_flag, checkpoint, workdir, baseline, overwrite = _define_flags()
+    (config_flag, checkpoint, robustbench, dataset, threat_model, model_dir, download, workdir,
+     baseline, overwrite) = _define_flags()  # fmt: skip
     from hpm_jax.flag_help import show_in_help
 
     show_in_help(__name__, config_flag)  # else --help lists neither --config nor, as a script, any
 
     def main(argv: list[str], overrides: list[str]) -> None:
         del argv  # cli.run refuses positional arguments
-        cli.require("hpm-evaluate", config=config_flag.value, checkpoint=checkpoint.value,
-                    workdir=workdir.value)  # fmt: skip
-        config = load_evaluation_config(config_flag.value, overrides)
-        logging.set_verbosity(logging.WARNING)  # Orbax logs every read at INFO
+        rb = None
+        if robustbench.value:
+            from hpm_jax.zoo import evaluation as rb_eval
+
+            if checkpoint.value:
+                cli.fail("hpm-evaluate", "give --checkpoint or --robustbench, not both.")
+            cli.require("hpm-evaluate", workdir=workdir.value)
+            rb = {"name": robustbench.value, "dataset": dataset.value,
+                  "threat_model": threat_model.value, "model_dir": model_dir.value,
+                  "download": download.value}  # fmt: skip
+            config = rb_eval.load_config(rb, config_flag.value, overrides)
+        else:
+            cli.require("hpm-evaluate", config=config_flag.value, checkpoint=checkpoint.value,
+                        workdir=workdir.value)  # fmt: skip
+            config = load_evaluation_config(config_flag.value, overrides)
+        cli.default_verbosity()  # WARNING unless --verbosity/-v says otherwise (Orbax's INFO)
         quiet_attack_logger()
         try:
             report = run(
@@ -655,6 +772,8 @@ def console_main() -> None:
                 workdir.value,
                 baseline_checkpoint=baseline.value,
                 overwrite=overwrite.value,
+                robustbench=rb,
+                progress="auto",
             )
         except StateMismatchError as error:  # a state file the identity check did not cover
             cli.fail("hpm-evaluate", f"{cli.one_line(error)} Or pass --overwrite to discard it.")

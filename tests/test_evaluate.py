@@ -109,9 +109,10 @@ def evaluated(checkpoints, tmp_path_factory):
 
 
 def _comparable(tree):
-    """The report without what differs between runs (wall-clock times, resume marks, paths)."""
+    """The report without what differs between runs (wall-clock times, dates, resume marks,
+    paths)."""
     if isinstance(tree, dict):
-        drop = {"times", "seconds", "total_seconds", "resumed", "files"}
+        drop = {"times", "seconds", "total_seconds", "resumed", "files", "date"}
         return {k: _comparable(v) for k, v in tree.items() if k not in drop}
     if isinstance(tree, list):
         return [_comparable(v) for v in tree]

@@ -113,6 +113,10 @@ class TfdsSource:
         record = self._source[index]
         return {"image": np.asarray(record["image"], np.uint8), "label": int(record["label"])}
 
+    def raw(self, index: int) -> dict[str, Any]:
+        """The whole TFDS record (e.g. CIFAR's `id`, ImageNet's `file_name`)."""
+        return self._source[index]
+
     def __repr__(self) -> str:
         return f"TfdsSource({self.name!r}, split={self.split!r}, num_records={len(self)})"
 

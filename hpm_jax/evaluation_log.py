@@ -1,0 +1,166 @@
+"""The evaluation's console, log file, progress bars and TensorBoard record.
+
+    log = EvaluationLog(workdir, console=print, progress="auto")   # appends to workdir/log.txt
+    with log.section("autoattack_fc") as on_progress:
+        AutoAttack(fn, ..., log=log, on_progress=on_progress).run(x, y, batch_size=250)
+    log.close()
+    write_tensorboard(report, workdir)      # results and settings: workdir/tensorboard
+
+Every line the attacks log (AutoAttack's wording: "initial accuracy: ...", "apgd-ce - 2/4 -
+...", "robust accuracy: ...") goes to `log.txt` and to `console`. One progress bar per attack
+of a section, per batch, with rate and ETA (`hpm_jax.progress`): AutoAttack calls the section's
+`on_progress(attack, batch, n_batches)` hook; MSA, whose function takes no hook, drives it by
+its per-batch log lines (`line_progress=True`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from typing import Any
+
+from hpm_jax import progress, provenance
+
+LOG = "log.txt"
+TENSORBOARD = "tensorboard"  # as the training's (hpm_jax.training.metrics)
+_RUNNING = re.compile(r"^running (\S+)$")
+_BATCH = re.compile(r"^(\S+) - (\d+)/(\d+) - ")
+
+
+class _Section:
+    def __init__(self, owner: EvaluationLog, name: str, line_progress: bool):
+        self.owner, self.name, self.line_progress = owner, name, line_progress
+        self.bar: progress.Bar | None = None
+        self.attack: str | None = None
+
+    def on_progress(self, attack: str, batch: int, n_batches: int) -> None:
+        """AutoAttack's hook: `batch` (0-based) of attack `attack` is done."""
+        if self.bar is None or attack != self.attack:
+            self._open(attack, n_batches, initial=batch)
+        self.bar.set(batch + 1, total=n_batches)
+        if batch + 1 == n_batches:
+            self._close()
+
+    def _open(self, attack: str, total: int | None, initial: int = 0) -> None:
+        self._close()
+        self.attack = attack
+        self.bar = progress.Bar(f"{self.name} {attack}", total, unit="batch", initial=initial,
+                                mode=self.owner.progress)  # fmt: skip
+
+    def _close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.bar, self.attack = None, None
+
+    def line(self, text: str) -> None:
+        running = _RUNNING.match(text)
+        if running:  # the attack starts: its bar's clock starts now, before the first batch
+            self._open(running.group(1), None)
+            return
+        batch = _BATCH.match(text)
+        if batch and self.line_progress:
+            b, n = int(batch.group(2)), int(batch.group(3))
+            self.on_progress(batch.group(1), b - 1, n)
+
+
+class EvaluationLog:
+    """A `log` callable for the attacks: each line to log.txt and to `console`."""
+
+    def __init__(self, workdir: str, *, console: Callable[[str], Any] | None = print,
+                 progress: str | None = "auto"):  # fmt: skip
+        # print would write through live bars; echo writes above them
+        self.console = progress_echo if console is print else console
+        self.progress = "off" if progress is None else progress
+        self.path = os.path.join(workdir, LOG)
+        self._file = open(self.path, "a")
+        self._file.write(f"# {provenance.now()} evaluation (hpm-jax "
+                         f"{provenance.package_version('hpm-jax')})\n")  # fmt: skip
+        self._file.flush()
+        self._section: _Section | None = None
+
+    def __call__(self, text: str) -> None:
+        self._file.write(text + "\n")
+        self._file.flush()
+        if self._section is not None:
+            self._section.line(text)
+        if self.console is not None:
+            self.console(text)
+
+    def section(self, name: str, *, line_progress: bool = False) -> _Sectioned:
+        """A context for one attack run: yields its `on_progress` hook; closes its bars."""
+        return _Sectioned(self, name, line_progress)
+
+    def close(self) -> None:
+        if self._section is not None:
+            self._section._close()
+        self._file.close()
+
+
+class _Sectioned:
+    def __init__(self, owner: EvaluationLog, name: str, line_progress: bool):
+        self.owner, self.section = owner, _Section(owner, name, line_progress)
+
+    def __enter__(self) -> Callable[[str, int, int], None]:
+        self.owner._section = self.section
+        return self.section.on_progress
+
+    def __exit__(self, *exc) -> None:
+        self.section._close()
+        self.owner._section = None
+
+
+def progress_echo(text: str) -> None:
+    progress.echo(text)
+
+
+def _scalars(report: dict[str, Any]) -> dict[str, float]:
+    """The report's accuracies as TensorBoard tags: HEAD/clean_accuracy, HEAD/KIND/... ."""
+    out: dict[str, float] = {}
+    for head, row in report["heads"].items():
+        out[f"{head}/clean_accuracy"] = row["clean_accuracy"]
+        for kind, entry in row.items():
+            if not isinstance(entry, dict):
+                continue
+            for key in ("robust_accuracy", "final_reevaluation_accuracy"):
+                if isinstance(entry.get(key), int | float):
+                    out[f"{head}/{kind}/{key}"] = entry[key]
+            for attack, acc in entry.get("robust_accuracy_after", {}).items():
+                out[f"{head}/{kind}/after/{attack}"] = acc
+    return out
+
+
+def hparams(report: dict[str, Any]) -> dict[str, Any]:
+    """The settings as TensorBoard hparams (scalars and strings only)."""
+    out: dict[str, Any] = {"checkpoint": str(report["checkpoint"]), "dataset": report["dataset"],
+                           "num_examples": report["num_examples"]}  # fmt: skip
+    for key, value in report["settings"].items():
+        if isinstance(value, bool | int | float | str):
+            out[f"evaluation.{key}"] = value
+        elif value is not None:
+            out[f"evaluation.{key}"] = str(value)
+    return out
+
+
+def write_tensorboard(report: dict[str, Any], workdir: str) -> str | None:
+    """Results (scalars at step 0; robust accuracy vs eps curves at step = 1e4 * eps) and the
+    settings (hparams) to event files under workdir/tensorboard. None without tensorboardX."""
+    try:
+        from tensorboardX import SummaryWriter
+    except ModuleNotFoundError:
+        return None
+    logdir = os.path.join(workdir, TENSORBOARD)
+    writer = SummaryWriter(logdir)
+    try:
+        scalars = _scalars(report)
+        for tag, value in scalars.items():
+            writer.add_scalar(tag, value, global_step=0)
+        for head, points in report.get("curves", {}).items():
+            for eps, acc in points.items():
+                writer.add_scalar(f"{head}/curve_robust_accuracy", acc,
+                                  global_step=round(1e4 * float(eps)))  # fmt: skip
+        metrics = {f"hparam/{k}": v for k, v in scalars.items() if not k.count("/after/")}
+        writer.add_hparams(hparams(report), metrics, name="hparams")
+    finally:
+        writer.close()
+    return logdir
