@@ -320,6 +320,21 @@ def test_l1_pattern_equals_pyautoattack():
     assert not np.allclose(l1_pattern(5), l2_pattern(5) / np.abs(l2_pattern(5)).sum())
 
 
+@pytest.mark.parametrize("scale, eps", [(0.1, 20.0), (0.5, 20.0), (0.02, 20.0), (0.3, 5.0)])
+def test_l1_projection_without_a_sort_is_the_exact_projection(scale, eps):
+    # Images with exact 0 and 1 pixels, so the box binds; 0.02: already inside the ball.
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(np.clip(rng.uniform(-0.3, 1.3, (16, 28, 28, 1)), 0, 1), jnp.float32)
+    x_adv = x + scale * jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+    fast = jax.jit(l1.project_bisect)(x_adv, x, eps)
+    np.testing.assert_allclose(fast, jax.jit(l1.project)(x_adv, x, eps), rtol=0, atol=3e-6)
+    assert np.asarray(fast).min() >= 0 and np.asarray(fast).max() <= 1
+    norms = np.asarray(common.per_sample_norm(fast - x, "L1"))
+    assert np.all(norms <= eps + L1_ATOL)
+    if scale >= 0.1:
+        np.testing.assert_allclose(norms, eps, rtol=0, atol=L1_ATOL)
+
+
 def test_l1_start_is_the_tiled_pattern_projected_onto_the_ball():
     # 15x15: tiles of side 3 in a 5x5 grid, each of unit L1 norm per channel before the
     # projection: 25 x 2 = 50 in all, and x = 0.5 keeps every pixel inside the box.

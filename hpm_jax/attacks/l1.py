@@ -3,6 +3,7 @@ the sparse gradient step of Croce & Hein ("Mind the box", 2021).
 
     from hpm_jax.attacks import l1
     x1 = l1.project(x_adv, x, eps)               # nearest point of the L1 ball ∩ [0, 1]^d
+    x1 = l1.project_bisect(x_adv, x, eps)        # the same, without a sort (faster on CPU)
     direction = l1.sparse_direction(grad, topk)  # signs of the top-k fraction of |grad|, unit L1
     n_nonzero = l1.l0_norm(x_best - x)           # (B,) how many coordinates moved
 
@@ -55,6 +56,44 @@ def project(x_adv: jax.Array, x: jax.Array, eps: jax.Array | float) -> jax.Array
 
     needs_ball = jnp.sum(in_box, axis=1) > eps
     magnitude = jnp.where(needs_ball[:, None], jnp.clip(a - lam[:, None], 0.0, room), in_box)
+    return (xc + jnp.sign(y) * magnitude).reshape(x.shape)
+
+
+def project_bisect(
+    x_adv: jax.Array, x: jax.Array, eps: jax.Array | float, n_steps: int = 40
+) -> jax.Array:
+    """The projection of `project`, with its multiplier found without sorting: `n_steps`
+    bisection steps on lam (each one clip-and-sum over the image), then the exact lam by
+    linear interpolation on the bracket, where g is linear unless a breakpoint lies closer
+    than max|y| / 2^n_steps to the solution (far below float32 resolution at the default 40).
+    Same answer as `project` up to float rounding; several times faster on XLA:CPU, whose sort
+    dominates `project` for image-sized rows (Square L1 projects every proposal).
+    """
+    batch = x.shape[0]
+    eps = jnp.broadcast_to(jnp.asarray(eps, x.dtype), (batch,))[:, None]
+    xc = x.reshape(batch, -1)
+    y = x_adv.reshape(batch, -1) - xc
+    a = jnp.abs(y)
+    room = jnp.where(y >= 0, 1.0 - xc, xc)
+
+    def g(lam):  # (B, 1) -> (B, 1): the L1 norm after shrinking by lam, decreasing in lam
+        return jnp.sum(jnp.clip(a - lam, 0.0, room), axis=1, keepdims=True)
+
+    def step(_, bracket):
+        lo, hi = bracket
+        mid = 0.5 * (lo + hi)
+        above = g(mid) > eps
+        return jnp.where(above, mid, lo), jnp.where(above, hi, mid)
+
+    zero = jnp.zeros((batch, 1), x.dtype)
+    lo, hi = jax.lax.fori_loop(0, n_steps, step, (zero, jnp.max(a, axis=1, keepdims=True)))
+    # On [lo, hi] g falls by one per unit of lam for each coordinate strictly inside its range.
+    mid = 0.5 * (lo + hi)
+    shrinking = jnp.sum((a - mid > 0) & (a - mid < room), axis=1, keepdims=True)
+    lam = lo + (g(lo) - eps) / jnp.maximum(shrinking, 1).astype(x.dtype)
+    lam = jnp.clip(lam, lo, hi)
+    needs_ball = g(zero) > eps
+    magnitude = jnp.clip(a - jnp.where(needs_ball, lam, 0.0), 0.0, room)
     return (xc + jnp.sign(y) * magnitude).reshape(x.shape)
 
 
