@@ -438,8 +438,13 @@ def _load_robustbench(name: str, dataset: str = "cifar10", threat_model: str = "
         info = zoo.entry(name, dataset, threat_model)
     except ValueError as e:  # an unknown name, with the close ones
         raise EvaluationSetupError(f"--robustbench: {e}") from None
-    model, variables = zoo.load_robustbench(name, dataset=dataset, threat_model=threat_model,
-                                            model_dir=model_dir, download_missing=download)
+    model, variables = zoo.load_robustbench(
+        name,
+        dataset=dataset,
+        threat_model=threat_model,
+        model_dir=model_dir,
+        download_missing=download,
+    )
     path = zoo.checkpoint_path(info, model_dir)
     spec = {"robustbench": info.name, "dataset": info.dataset, "threat_model": info.threat_model,
             "arch": info.arch, "kwargs": zoo.robustbench.model_kwargs(info),
@@ -705,20 +710,26 @@ def _define_flags():
         config_lib.define_config_flag(),
         flags.DEFINE_string("checkpoint", None, "Model directory (model.json) to evaluate."),
         flags.DEFINE_string(
-            "robustbench", None, "A RobustBench model name to evaluate instead of --checkpoint "
-            "(e.g. Carmon2019Unlabeled): the leaderboard's eps, RobustBench's subset and order."
+            "robustbench",
+            None,
+            "A RobustBench model name to evaluate instead of --checkpoint "
+            "(e.g. Carmon2019Unlabeled): the leaderboard's eps, RobustBench's subset and order.",
         ),
         flags.DEFINE_string(
             "dataset", "cifar10", "With --robustbench: cifar10, cifar100 or imagenet."
         ),
         flags.DEFINE_string("threat_model", "Linf", "With --robustbench: Linf or L2."),
         flags.DEFINE_string(
-            "model_dir", "./models", "With --robustbench: RobustBench's checkpoint cache, "
-            "MODEL_DIR/<dataset>/<threat_model>/<name>.pt."
+            "model_dir",
+            "./models",
+            "With --robustbench: RobustBench's checkpoint cache, "
+            "MODEL_DIR/<dataset>/<threat_model>/<name>.pt.",
         ),
         flags.DEFINE_bool(
-            "download", True, "With --robustbench: download a missing checkpoint (--nodownload: "
-            "fail naming the file to place)."
+            "download",
+            True,
+            "With --robustbench: download a missing checkpoint (--nodownload: "
+            "fail naming the file to place).",
         ),
         flags.DEFINE_string("workdir", None, "report.json, summary.md, plots, state go here."),
         flags.DEFINE_string(

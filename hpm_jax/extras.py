@@ -4,7 +4,7 @@
     Figure = optional_import("matplotlib.figure", extra="reports").Figure
 
 `pip install hpm-jax` gives the models, heads, attacks and checkpoints. The extras of
-pyproject.toml add the rest: `data` (TFDS, grain, Pillow), `train` (data + tensorboardX),
+pyproject.toml add the rest: `data` (TFDS, grain, Pillow), `train` (data + tensorboardX + tqdm),
 `reports` (matplotlib), `torch` (PyTorch checkpoint import), `all`; and `cuda12` / `tpu`
 for the accelerator builds of jax.
 """

@@ -31,11 +31,11 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
-from hpm_jax import cli, config_lib, data
+from hpm_jax import cli, config_lib, data, progress
 from hpm_jax.checkpointing import CheckpointMismatchError, save_model
 from hpm_jax.models import abstract_variables
 from hpm_jax.sharding import check_batch_divisible, data_sharding, make_mesh, replicated
@@ -117,7 +117,7 @@ def _sync(name: str) -> None:
 
 def _print(*args: Any) -> None:
     if jax.process_index() == 0:
-        print(*args, flush=True)
+        progress.echo(" ".join(str(a) for a in args))  # above a live progress bar
 
 
 def evaluate(
@@ -212,6 +212,15 @@ class _Throughput:
         rate = self._steps * self.batch_size / self._seconds if self._steps else None
         self._seconds, self._steps = 0.0, 0
         return rate
+
+
+def _rate_and_eta(bar: progress.Bar) -> str:
+    """'  3.10 steps/s  ETA 0:05:12' over this run's steps (compiling and evaluation included,
+    as the remaining steps will include them)."""
+    rate, eta = bar.rate(), bar.eta()
+    if rate is None:
+        return ""
+    return f"  {rate:.2f} steps/s" + (f"  ETA {progress.format_seconds(eta)}" if eta else "")
 
 
 SECTIONS = ("dataset", "model", "init", "objective", "attack", "train", "eval", "checkpoint")
@@ -361,7 +370,10 @@ def _train(
         )
         return result
 
-    with contextlib.closing(writer):  # flushed and closed on errors too
+    # A bar (steps/s, ETA) on a terminal; elsewhere the step lines carry the rate and ETA.
+    bar_mode = "bars" if jax.process_index() == 0 and progress.resolve_mode() == "bars" else "off"
+    bar = progress.Bar("train", num_steps, unit="step", initial=start, mode=bar_mode)
+    with contextlib.closing(writer), bar:  # flushed and closed on errors too
         log_every, eval_every = config.train.log_every_steps, config.eval.every_steps
         meter = _Throughput(config.train.batch_size)
         last_eval: dict[str, float] = {}
@@ -382,9 +394,11 @@ def _train(
                     scalars["images_per_second"] = rate
                 scalars["learning_rate"] = float(schedule(step - 1))
                 writer.write(step, scalars)
+                bar.set(step, postfix=f"loss {float(scalars.get('loss', float('nan'))):.4f}")
                 _print(
                     metrics_lib.format_progress(step, num_steps, scalars, _CONSOLE_KEYS)
                     + (f"  {rate:.0f} images/s" if rate is not None else "")
+                    + _rate_and_eta(bar)
                 )
                 meter.start()
             checkpoints.save(step, state, run_info, force=is_last)
@@ -459,7 +473,7 @@ def main(argv: list[str], overrides: list[str]) -> None:
     del argv  # cli.run refuses positional arguments
     cli.require("hpm-train", config=_CONFIG.value, workdir=_WORKDIR.value)
     config = config_lib.load_config(_CONFIG.value, overrides)
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every read and write at INFO.
+    cli.default_verbosity()  # WARNING unless --verbosity/-v is given: Orbax logs reads at INFO
     initialize_distributed()
     summary = run(config, _WORKDIR.value)
     _print(json.dumps(summary, indent=2))

@@ -87,7 +87,7 @@ def test_robustbench_report_fields_and_provenance(evaluated):
 
 
 def test_log_file_progress_and_tensorboard(evaluated):
-    report, workdir, result, _ = evaluated
+    _, workdir, result, _ = evaluated
     log = (workdir / "log.txt").read_text()
     assert "initial accuracy:" in log and "robust accuracy:" in log
     assert "initial accuracy: 100.00%" in log and "apgd-ce - 2/2 - " in log
