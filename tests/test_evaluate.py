@@ -175,6 +175,11 @@ def test_summary_and_plots_written(evaluated):
     with open(workdir / "robustness.png", "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert set(report["files"]) == {"robustness", "summary"}
+    # The attacks' lines reach log.txt even with log=None; results reach TensorBoard.
+    log = (workdir / "log.txt").read_text()
+    assert "initial accuracy:" in log and "robust accuracy:" in log and "apgd-ce@fc - 1/3 - " in log
+    assert any(n.startswith("events.out.tfevents") for n in os.listdir(workdir / "tensorboard"))
+    assert report["provenance"]["devices"]["count"] == 4
 
 
 class _Stop(Exception):
