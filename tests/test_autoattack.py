@@ -417,10 +417,11 @@ def test_versions_are_the_reference_settings_and_capped_at_c_minus_1():
 
 
 def test_configuration_errors_are_clear():
-    with pytest.raises(NotImplementedError, match=r"untargeted FAB .* not ported"):
-        AutoAttack(mean_model, eps=EPS, version="plus")
-    with pytest.raises(ValueError, match="square is not ported for norm 'L1'"):
-        AutoAttack(mean_model, eps=EPS, norm="L1")
+    for norm in ("Linf", "L2", "L1"):  # every attack of every version is ported
+        for version in ("standard", "plus"):
+            assert AutoAttack(mean_model, eps=EPS, norm=norm, version=version).attacks
+    with pytest.raises(ValueError, match="norm must be one of"):
+        AutoAttack(mean_model, eps=EPS, norm="L0")
     with pytest.raises(ValueError, match="unknown attack 'pgd'"):
         AutoAttack(mean_model, eps=EPS, version=["apgd-ce", "pgd"])
     with pytest.raises(ValueError, match="once in a chain"):
@@ -523,6 +524,63 @@ def test_standard_autoattack_breaks_exactly_the_points_below_eps_on_1_2_and_4_de
     for n in (2, 4):
         assert reports[n].robust_accuracy_after == reports[1].robust_accuracy_after
         np.testing.assert_array_equal(reports[n].robust, reports[1].robust)
+
+
+PLUS_OPTIONS = {
+    "apgd-ce": {"n_iter": 10, "n_restarts": 1},
+    "apgd-dlr": {"n_iter": 10, "n_restarts": 1},
+    "fab": {"n_iter": 20, "n_restarts": 2},
+    "square": {"n_queries": 50},
+    "apgd-t": {"n_iter": 10, "n_target_classes": 2},
+    "fab-t": {"n_iter": 20, "n_target_classes": 2},
+}
+W_PLUS = RNG.normal(size=(5 * 5 * 2, 10)).astype(np.float32)
+DUAL = {"Linf": 1, "L2": 2, "L1": np.inf}
+
+
+def plus_data(n, norm, seed):
+    """5x5x2 images (Square's L2 and L1 starts need 5x5) for `x @ W_PLUS`, whose minimal
+    perturbation in `norm` (closed form: margin / ||w_y - w_c||_dual; the box is never
+    reached) is below 0.75 eps or above 1.33 eps; eps is the median."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0.35, 0.65, size=(20 * n, 5, 5, 2)).astype(np.float32)
+    w = W_PLUS.astype(np.float64)
+    z = x.reshape(len(x), -1).astype(np.float64) @ w
+    y = z.argmax(1)
+    dist = np.full(len(x), np.inf)
+    for c in range(10):
+        dual = np.linalg.norm(w[:, y] - w[:, [c]], DUAL[norm], axis=0)
+        d = (z[np.arange(len(x)), y] - z[:, c]) / np.where(y == c, 1.0, dual)
+        dist = np.minimum(dist, np.where(y == c, np.inf, d))
+    eps = float(np.median(dist[:n]))
+    keep = (dist < 0.75 * eps) | (dist > 1.33 * eps)
+    return x[keep][:n], y[keep][:n].astype(np.int32), dist[keep][:n], eps
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("norm", ["Linf", "L2", "L1"])
+def test_plus_runs_for_every_norm_and_breaks_exactly_the_points_below_eps(norm):
+    x, y, dist, eps = plus_data(16, norm, seed=4)
+    assert 4 <= (dist < eps).sum() <= 12
+    # Pixels have room >= 0.35 both ways, so no minimal perturbation (L1: one pixel) hits the box.
+    assert np.all(dist[dist < eps] < 0.3)
+
+    def model(v):
+        return v.reshape(v.shape[0], -1) @ W_PLUS
+
+    aa = AutoAttack(model, norm=norm, eps=eps, version="plus", attack_options=PLUS_OPTIONS,
+                    bucket_sizes=(8,), log=None)  # fmt: skip
+    report = aa.run(x, y, batch_size=8)
+    assert report.attacks == ["apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"]
+    np.testing.assert_array_equal(report.robust, dist > eps)
+    broken = ~report.robust
+    norms = np.linalg.norm(
+        (report.x_adv - x).reshape(16, -1), {"Linf": np.inf, "L2": 2, "L1": 1}[norm], axis=1
+    )
+    assert np.all(norms[broken] <= eps * (1 + 1e-5) + 1e-6)
+    assert (model(report.x_adv).argmax(1)[broken] != y[broken]).all()
+    np.testing.assert_array_equal(report.x_adv[~broken], x[~broken])
+    assert report.attack_settings["fab"]["n_restarts"] == 2
 
 
 APGD_CE = {"apgd-ce": {"n_iter": 20, "n_restarts": 1}}  # as REAL_OPTIONS: shared programs

@@ -12,12 +12,14 @@
 | standard | apgd-ce (1 restart), apgd-t (9 targets), fab-t (9 targets), square (5000 queries);  |
 |          | L1: apgd-ce with 5 restarts and largereps, apgd-t with 5 targets and largereps      |
 | plus     | apgd-ce, apgd-dlr (5 restarts each), fab (5 restarts), square, apgd-t, fab-t        |
+|          | (9 targets each); L1: the same settings (no largereps), as the reference            |
 | rand     | apgd-ce, apgd-dlr with eot_iter=20 on a randomized model f(x, key)                  |
 | [names]  | the reference's constructor defaults: APGD and FAB 5 restarts, FAB-T 1, 9 targets   |
 
 APGD runs 100 iterations with rho 0.75, FAB 100 iterations, Square p_init 0.8, as the
-reference. The untargeted FAB of `plus` is not ported: asking for it raises
-NotImplementedError. Square has no L1 port: L1 chains must leave it out.
+reference. Every attack is ported for Linf, L2 and L1. For L1 the reference's `plus` only
+logs "please check" and runs the Linf/L2 settings; so does ours (`standard` L1 is the one
+with largereps and 5 restarts).
 """
 
 from __future__ import annotations
@@ -114,11 +116,6 @@ def attack_fn(name: str) -> Callable[..., contract.AttackResult]:
     module_name, attr = _FUNCTIONS[name]
     module = importlib.import_module(f"hpm_jax.attacks.{module_name}")
     if not hasattr(module, attr):
-        if name == "fab":
-            raise NotImplementedError(
-                "the untargeted FAB of the 'plus' version is not ported (hpm_jax.attacks.fab "
-                "has only fab_targeted); use version='standard' or a custom list without 'fab'."
-            )
         raise NotImplementedError(f"hpm_jax.attacks.{module_name} has no {attr} for {name!r}.")
     return getattr(module, attr)
 
