@@ -190,18 +190,29 @@ def _figures(report: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _changed(stored: Any, current: Any, prefix: str = "") -> list[str]:
+    """Keys whose values differ where both configs have them. A key only one side has is a
+    knob added (or dropped) by a newer hpm-jax, whose default keeps the old behaviour."""
+    if isinstance(stored, dict) and isinstance(current, dict):
+        return [d for k in sorted(set(stored) & set(current))
+                for d in _changed(stored[k], current[k], f"{prefix}{k}.")]  # fmt: skip
+    return [] if stored == current else [f"{prefix[:-1]}: {stored!r} -> {current!r}"]
+
+
 def _check_point(directory: str, record: dict[str, Any]) -> None:
-    """Write point.json, or refuse when the directory holds another point under this name."""
+    """Write point.json, or refuse when the directory holds another point under this name:
+    other overrides, seed, or a base config value changed since it ran."""
     path = os.path.join(directory, POINT_JSON)
     record = json.loads(json.dumps(record))
     if os.path.isfile(path):
         with open(path) as f:
             stored = json.load(f)
-        if stored != record:
+        changed = _changed(stored, record)
+        if changed:
             raise StudyError(
-                f"{directory} holds a run with other settings (overrides "
-                f"{stored.get('overrides')} -> {record['overrides']}, or a changed base "
-                "config); give the point another name, or delete that directory."
+                f"{directory} holds a run with other settings ({'; '.join(changed[:3])}"
+                f"{'; ...' if len(changed) > 3 else ''}); give the point another name, or "
+                "delete that directory."
             )
         return
     os.makedirs(directory, exist_ok=True)
