@@ -68,7 +68,7 @@ from parity_models import (
 from hpm_jax.attacks import common
 from hpm_jax.attacks.apgd import apgd, apgd_targeted
 from hpm_jax.attacks.autoattack import AutoAttack
-from hpm_jax.attacks.fab import fab_targeted
+from hpm_jax.attacks.fab import fab, fab_targeted
 from hpm_jax.attacks.losses import cross_entropy
 from hpm_jax.attacks.square import square
 from hpm_jax.sharding import make_mesh
@@ -79,7 +79,7 @@ from pyautoattack.fab_pt import FABAttack_PT  # noqa: E402
 from pyautoattack.square import SquareAttack  # noqa: E402
 
 N_POINTS = 300
-EPS = {"Linf": 0.1, "L2": 1.5}  # robust accuracy ~45-70% for this model
+EPS = {"Linf": 0.1, "L2": 1.5, "L1": 5.0}  # robust accuracy ~45-70% for this model
 N_TARGETS = 2  # APGD-T and FAB-T; standard: 9
 SQUARE_QUERIES = 500  # standard: 5000
 SEED = 0
@@ -262,3 +262,104 @@ def test_standard_chain_matches_reference(setup, norm):
         p = (ours_p + theirs_p) / 2
         bound = 3 * np.sqrt(2 * p * (1 - p) / n) + 2 / n
         assert abs(ours_p - theirs_p) <= bound, (name, ours_p, theirs_p, bound)
+
+
+# ------------------------------------------------------------------ the plus version's attacks
+# Untargeted FAB computes all C = 10 gradients per iteration (both sides), so it runs on fewer
+# points and runs than plus asks: FAB_POINTS points, FAB_RESTARTS runs (plus: 5).
+FAB_POINTS = 150
+FAB_RESTARTS = 2
+# Square L1 alone breaks little at the chain's L1 eps (5: ~4%); at 20 it is mid-range.
+SQUARE_L1_EPS = 20.0
+# The plus chain: the first PLUS_POINTS points, 1 APGD restart and 1 FAB run (plus: 5 each;
+# FAB's random runs are test_untargeted_fab's), N_TARGETS targets and SQUARE_QUERIES queries,
+# identically on both sides (about 3 minutes per norm on 2 cores with 150 points and 2 runs).
+PLUS_POINTS = 100
+PLUS_OPTIONS = {
+    "apgd-ce": {"n_restarts": 1},
+    "apgd-dlr": {"n_restarts": 1},
+    "fab": {"n_restarts": 1},
+    "square": {"n_queries": SQUARE_QUERIES},
+    "apgd-t": {"n_target_classes": N_TARGETS},
+    "fab-t": {"n_target_classes": N_TARGETS},
+}
+PLUS_ATTACKS = ["apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"]
+
+
+def _assert_valid_and_fooling(net, x_adv, x, y, robust, norm, eps):
+    """Our points lie in the box within eps (L1: up to float32 rounding of x + delta) and the
+    broken ones fool the reference model too, up to a few left at the boundary."""
+    norms = np.asarray(common.per_sample_norm(jnp.asarray(x_adv - x), norm))
+    assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0
+    # L1 sums the float32 rounding of x + delta (~6e-8) over up to 784 moved pixels; APGD-L1's
+    # sorted projection was measured 8.8e-5 over eps = 5 (the reference's float32 has the same).
+    rounding = 2e-4 if norm == "L1" else 1e-6
+    assert norms.max() <= eps * (1 + 1e-5) + rounding
+    broken = ~robust
+    torch_correct = _torch_correct(net, _nchw(x_adv), y)
+    assert np.sum(broken & torch_correct) <= 2 + 0.01 * broken.sum()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("norm", ["Linf", "L2", "L1"])
+def test_untargeted_fab_matches_reference(setup, norm):
+    net, logits_fn, x, y = setup
+    x, y, eps = x[:FAB_POINTS], y[:FAB_POINTS], EPS[norm]
+    result = fab(logits_fn, jnp.asarray(x), jnp.asarray(y.astype(np.int32)),
+                 key=jax.random.key(SEED), norm=norm, eps=eps, n_iter=100,
+                 n_restarts=FAB_RESTARTS)  # fmt: skip
+    ours = np.asarray(result.robust)
+    attack = FABAttack_PT(net, norm=norm, eps=eps, seed=SEED, device="cpu", n_iter=100,
+                          n_restarts=FAB_RESTARTS, targeted=False)  # fmt: skip
+    with torch_threads(1):
+        theirs = _torch_correct(net, attack.perturb(_nchw(x), torch.from_numpy(y)), y)
+    assert 0.2 <= theirs.mean() <= 0.8, f"fab {norm}: choose another eps"
+    assert_paired_parity(f"fab {norm} eps={eps}", ours, theirs)
+    _assert_valid_and_fooling(net, np.asarray(result.x_adv), x, y, ours, norm, eps)
+
+
+@pytest.mark.slow
+def test_square_l1_matches_reference(setup):
+    net, logits_fn, x, y = setup
+    eps = SQUARE_L1_EPS
+    result = square(logits_fn, jnp.asarray(x), jnp.asarray(y.astype(np.int32)),
+                    key=jax.random.key(SEED), norm="L1", eps=eps, n_queries=SQUARE_QUERIES,
+                    p_init=0.8)  # fmt: skip
+    ours = np.asarray(result.robust)
+    attack = SquareAttack(net, norm="L1", eps=eps, seed=SEED, device="cpu", p_init=0.8,
+                          n_queries=SQUARE_QUERIES, resc_schedule=False)  # fmt: skip
+    with torch_threads(1):
+        theirs = _torch_correct(net, attack.perturb(_nchw(x), torch.from_numpy(y)), y)
+    assert 0.2 <= theirs.mean() <= 0.8, "square L1: choose another eps"
+    assert_paired_parity(f"square L1 eps={eps}", ours, theirs)
+    _assert_valid_and_fooling(net, np.asarray(result.x_adv), x, y, ours, "L1", eps)
+
+
+def reference_plus(net, x: np.ndarray, y: np.ndarray, norm: str) -> np.ndarray:
+    """pyautoattack's plus AutoAttack with the budgets of PLUS_OPTIONS: per-point flags."""
+    aa = pyautoattack.AutoAttack(net, norm=norm, eps=EPS[norm], seed=SEED, version="plus")
+    aa.apgd.n_restarts = 1
+    aa.fab.n_restarts = 1
+    aa.apgd_targeted.n_target_classes = N_TARGETS
+    aa.fab.n_target_classes = N_TARGETS
+    aa.square.n_queries = SQUARE_QUERIES
+    assert aa.attacks_to_run == PLUS_ATTACKS
+    with torch_threads(1):
+        _, y_adv = aa.run_standard_evaluation(_nchw(x), torch.from_numpy(y), batch_size=len(x))
+    return y_adv.numpy() == y
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("norm", ["Linf", "L2", "L1"])
+def test_plus_chain_matches_reference(setup, norm):
+    net, logits_fn, x, y = setup
+    x, y = x[:PLUS_POINTS], y[:PLUS_POINTS]
+    report = AutoAttack(
+        logits_fn, norm=norm, eps=EPS[norm], version="plus", seed=SEED,
+        attack_options=PLUS_OPTIONS, log=None, mesh=make_mesh(),
+    ).run(x, y.astype(np.int32), batch_size=len(x))  # fmt: skip
+    theirs = reference_plus(net, x, y, norm)
+    assert report.attacks == PLUS_ATTACKS
+    assert 0.2 <= theirs.mean() <= 0.8, f"plus chain {norm}: choose another eps"
+    assert_paired_parity(f"plus chain {norm} eps={EPS[norm]}", report.robust, theirs)
+    _assert_valid_and_fooling(net, report.x_adv, x, y, report.robust, norm, EPS[norm])
