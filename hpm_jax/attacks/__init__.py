@@ -1,6 +1,6 @@
 """Attacks under one contract, and the AutoAttack chain that runs them.
 
-    from hpm_jax.attacks import AutoAttack, apgd, apgd_targeted, fab_targeted, square
+    from hpm_jax.attacks import AutoAttack, apgd, apgd_targeted, fab, fab_targeted, square
     logits_fn = hpm_jax.models.logits_fn(model, variables)         # a pytree: weights traced
     report = AutoAttack(logits_fn, norm="Linf", eps=8 / 255).run(x, y, batch_size=500)
     report.robust_accuracy, report.robust_accuracy_after, report.checks
@@ -22,7 +22,7 @@ from hpm_jax.attacks.apgd import apgd, apgd_targeted
 from hpm_jax.attacks.autoattack import AutoAttack, AutoAttackReport
 from hpm_jax.attacks.checks import CheckResult
 from hpm_jax.attacks.contract import AttackResult
-from hpm_jax.attacks.fab import fab_targeted
+from hpm_jax.attacks.fab import fab, fab_targeted
 from hpm_jax.attacks.msa import MSAReport, mixed_surrogate_attack
 from hpm_jax.attacks.square import square
 from hpm_jax.attacks.state import StateMismatchError
@@ -38,6 +38,7 @@ __all__ = [
     "StateMismatchError",
     "apgd",
     "apgd_targeted",
+    "fab",
     "fab_targeted",
     "mixed_surrogate_attack",
     "square",
