@@ -5,4 +5,5 @@
 HPM_EXTRAS="test,torch" . "$(dirname "$0")/_env.sh"
 cd "$ROOT"
 ruff check --quiet .
-exec python -m pytest -q -n "${HPM_TEST_WORKERS:-2}" --durations=10 "$@"
+# loadfile: a module's fixtures (a trained model, a finished evaluation) are built once, not per worker.
+exec python -m pytest -q -n "${HPM_TEST_WORKERS:-2}" --dist loadfile --durations=10 "$@"

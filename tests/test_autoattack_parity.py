@@ -48,6 +48,7 @@ benchmark `benchmarks/autoattack_vs_reference.py` runs the full standard setting
 from __future__ import annotations
 
 import logging
+import os
 import re
 
 import jax
@@ -300,8 +301,19 @@ def _assert_valid_and_fooling(net, x_adv, x, y, robust, norm, eps):
     assert np.sum(broken & torch_correct) <= 2 + 0.01 * broken.sum()
 
 
+def _full_only(*norms):
+    """Norms whose slow chain-level parity runs only with HPM_FULL_PARITY=1: the suite keeps
+    one norm of each (about 1.5 minutes each on 2 cores) within CI's time; every norm's
+    geometry is checked against the reference on a small MLP in test_fab_untargeted.py and
+    by known answers in test_autoattack.py."""
+    skip = pytest.mark.skipif(
+        os.environ.get("HPM_FULL_PARITY") != "1", reason="set HPM_FULL_PARITY=1 to run"
+    )
+    return [pytest.param(n, marks=skip) for n in norms]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("norm", ["Linf", "L2", "L1"])
+@pytest.mark.parametrize("norm", [*_full_only("Linf", "L2"), "L1"])
 def test_untargeted_fab_matches_reference(setup, norm):
     net, logits_fn, x, y = setup
     x, y, eps = x[:FAB_POINTS], y[:FAB_POINTS], EPS[norm]
@@ -350,7 +362,7 @@ def reference_plus(net, x: np.ndarray, y: np.ndarray, norm: str) -> np.ndarray:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("norm", ["Linf", "L2", "L1"])
+@pytest.mark.parametrize("norm", ["Linf", *_full_only("L2", "L1")])
 def test_plus_chain_matches_reference(setup, norm):
     net, logits_fn, x, y = setup
     x, y = x[:PLUS_POINTS], y[:PLUS_POINTS]
