@@ -235,8 +235,8 @@ def fab_targeted(
     (default logits_fn) decides success, always on the whole batch. Returns
     AttackResult(x_adv, robust): x_adv is the smallest adversarial point found where it lies
     within eps, else x; robust is the judge's verdict on the returned batch. Compiles once
-    per shape and configuration for the same function objects; eps, alpha_max, eta and beta
-    are traced.
+    per shape and configuration (a pytree logits function's weights are traced, see
+    `contract`); eps, alpha_max, eta and beta are traced.
     """
     checked = contract.validate(logits_fn, judge_fn, x, y, norm=norm, eps=eps, needs="FAB-T")
     _check_config(n_iter, n_target_classes, n_restarts, alpha_max, eta, beta)
