@@ -92,23 +92,10 @@ CASES = {
 }
 
 
-def _randomize_batch_norm(ref, model) -> None:
-    """Affine parameters and running statistics far from their init (1, 0, 0, 1)."""
-    torch = ref.torch
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                c = module.num_features
-                module.weight.copy_(0.5 + torch.rand(c))
-                module.bias.copy_(0.2 * torch.randn(c))
-                module.running_mean.copy_(0.2 * torch.randn(c))
-                module.running_var.copy_(0.5 + torch.rand(c))
-
-
 def _build(ref, case: str):
     arch, kwargs, builder, size = CASES[case]
     model = builder(ref)
-    _randomize_batch_norm(ref, model)
+    ref.randomize_batch_norm(model)
     # Copies: a train-mode forward updates the running statistics of the model in place.
     state_dict = {k: v.clone() for k, v in model.state_dict().items()}
     if case == "preact_wong":

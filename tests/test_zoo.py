@@ -32,17 +32,6 @@ def ref():
     return torch_reference
 
 
-def _randomize_batch_norm(torch, model) -> None:
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                c = module.num_features
-                module.weight.copy_(0.5 + torch.rand(c))
-                module.bias.copy_(0.2 * torch.randn(c))
-                module.running_mean.copy_(0.2 * torch.randn(c))
-                module.running_var.copy_(0.5 + torch.rand(c))
-
-
 def _place(torch, obj, model_dir, dataset: str, threat_model: str, name: str) -> str:
     path = os.path.join(model_dir, dataset, threat_model, f"{name}.pt")
     os.makedirs(os.path.dirname(path))
@@ -122,7 +111,7 @@ def test_carmon2019_loads_by_name_and_matches_robustbench(ref, tmp_path):
     torch_model = ref.robustbench_architecture("wide_resnet").WideResNet(
         depth=28, widen_factor=10, sub_block1=True
     )
-    _randomize_batch_norm(torch, torch_model)
+    ref.randomize_batch_norm(torch_model)
     wrapped = {"state_dict": {f"module.{k}": v for k, v in torch_model.state_dict().items()}}
     path = _place(torch, wrapped, tmp_path, "cifar10", "Linf", "Carmon2019Unlabeled")
 
@@ -140,7 +129,7 @@ def test_nested_checkpoint_and_hpm_convert_by_name(ref, tmp_path):
     torch = ref.torch
     arch = ref.robustbench_architecture("resnet")
     torch_model = arch.PreActResNet(arch.PreActBlock, [2, 2, 2, 2])
-    _randomize_batch_norm(torch, torch_model)
+    ref.randomize_batch_norm(torch_model)
     # "best" differs from "last", so reading the wrong one fails the comparison.
     best = {k: torch.zeros_like(v) for k, v in torch_model.state_dict().items()}
     checkpoint = {"last": torch_model.state_dict(), "best": best}

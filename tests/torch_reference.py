@@ -47,3 +47,16 @@ def pyautoattack_example(file_stem: str) -> ModuleType:
 def pyautoattack_example_path(filename: str) -> str:
     """Path of a file shipped in pyautoattack's examples (e.g. the `model_test.pt` weights)."""
     return os.path.join(_package_dir("pyautoattack"), "examples", filename)
+
+
+def randomize_batch_norm(model) -> None:
+    """Affine parameters and running statistics far from their init (1, 0, 0, 1), so a
+    conversion that drops or swaps them shows in the logits."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                c = module.num_features
+                module.weight.copy_(0.5 + torch.rand(c))
+                module.bias.copy_(0.2 * torch.randn(c))
+                module.running_mean.copy_(0.2 * torch.randn(c))
+                module.running_var.copy_(0.5 + torch.rand(c))
