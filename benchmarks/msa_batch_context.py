@@ -27,7 +27,7 @@ from common import hardware_summary
 
 from hpm_jax import config_lib, evaluate
 from hpm_jax.attacks import pgd
-from hpm_jax.checkpointing import load_model
+from hpm_jax.model_export import load_model
 from hpm_jax.models import logits_fn
 
 

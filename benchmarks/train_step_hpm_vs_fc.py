@@ -29,7 +29,7 @@ import optax
 from hpm_jax.models import get_model
 from hpm_jax.sharding import data_sharding, make_mesh, replicated
 from hpm_jax.training import objectives, steps
-from hpm_jax.training import state as state_lib
+from hpm_jax.training import train_state as state_lib
 
 
 def _kwargs(text: str) -> dict:

@@ -86,7 +86,7 @@ def _analysis(config, checkpoint: str, directory: str, log) -> dict[str, Any]:
     import jax.numpy as jnp
 
     from hpm_jax import analysis
-    from hpm_jax.checkpointing import load_model
+    from hpm_jax.model_export import load_model
 
     ev = evaluate.evaluation_config(config)
     batch_size = int(ev.batch_size)
@@ -201,7 +201,7 @@ def main() -> None:
     """The demo's command line: user errors are one line and exit code 2 (`hpm_jax.cli`)."""
     from absl import flags, logging
 
-    from hpm_jax import checkpointing, cli, data, train  # train: --config, --workdir
+    from hpm_jax import model_export, cli, data, train  # train: --config, --workdir
 
     flags.FLAGS.set_default("workdir", "/tmp/hpm_demo")
 
@@ -218,7 +218,7 @@ def main() -> None:
             *train.SETUP_ERRORS,
             evaluate.EvaluationSetupError,
             data.DatasetNotFoundError,
-            checkpointing.CheckpointMismatchError,
+            model_export.CheckpointMismatchError,
         ),
     )
 

@@ -44,8 +44,8 @@ import numpy as np
 
 from hpm_jax import data, evaluation_log, models, provenance
 from hpm_jax.attacks import AutoAttack, contract, mixed_surrogate_attack, versions
-from hpm_jax.attacks.state import data_hash
-from hpm_jax.checkpointing import MODEL_SPEC, load_model
+from hpm_jax.attacks.resume import data_hash
+from hpm_jax.model_export import MODEL_SPEC, load_model
 from hpm_jax.data import arrays
 from hpm_jax.models import FCHead, HPMHead, L2Head
 
@@ -748,8 +748,8 @@ def console_main() -> None:
     """The `hpm-evaluate` console script (and `python -m hpm_jax.evaluate`). User errors are
     one line on stderr and exit code 2 (`hpm_jax.cli`); nothing is written before them."""
     from hpm_jax import cli
-    from hpm_jax.attacks.state import StateMismatchError
-    from hpm_jax.checkpointing import CheckpointMismatchError
+    from hpm_jax.attacks.resume import StateMismatchError
+    from hpm_jax.model_export import CheckpointMismatchError
 
     (config_flag, checkpoint, robustbench, dataset, threat_model, model_dir, download, workdir,
      baseline, overwrite) = _define_flags()  # fmt: skip

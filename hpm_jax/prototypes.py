@@ -26,7 +26,7 @@ from flax import traverse_util
 from flax.core import unfreeze
 from jax.sharding import NamedSharding, PartitionSpec
 
-from hpm_jax.checkpointing import CheckpointMismatchError
+from hpm_jax.model_export import CheckpointMismatchError
 from hpm_jax.models import PROTOTYPES, Classifier, abstract_variables
 
 # Leaves a head conversion may create (fresh init) or drop (FC -> l2 has no `fc`).

@@ -24,7 +24,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from hpm_jax.attacks.state import data_hash
+from hpm_jax.attacks.resume import data_hash
 
 PACKAGES = ("jax", "jaxlib", "flax", "hpm-jax", "numpy", "optax", "orbax-checkpoint")
 

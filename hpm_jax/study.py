@@ -378,7 +378,7 @@ def main() -> None:
     """`python -m hpm_jax.study`: user errors are one line and exit code 2 (`hpm_jax.cli`)."""
     from absl import flags, logging
 
-    from hpm_jax import checkpointing, cli, data, train  # train: --config, --workdir
+    from hpm_jax import model_export, cli, data, train  # train: --config, --workdir
 
     def run_main(argv: list[str], overrides: list[str]) -> None:
         del argv  # cli.run refuses positional arguments
@@ -395,7 +395,7 @@ def main() -> None:
             *train.SETUP_ERRORS,
             evaluate.EvaluationSetupError,
             data.DatasetNotFoundError,
-            checkpointing.CheckpointMismatchError,
+            model_export.CheckpointMismatchError,
         ),
     )
 

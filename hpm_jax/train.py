@@ -14,7 +14,7 @@ sharded over the mesh's `data` axis, global-batch semantics). WORKDIR receives:
 started again in the same WORKDIR resumes from the newest complete one and ends where an
 uninterrupted run would), `metrics.jsonl` and `tensorboard/` (loss terms, training and
 held-out clean / PGD accuracy, images/s), `model/` (the final weights, averaged when
-`train.ema_decay` > 0, loadable with `hpm_jax.checkpointing.load_model`) and `summary.json`.
+`train.ema_decay` > 0, loadable with `hpm_jax.model_export.load_model`) and `summary.json`.
 """
 
 from __future__ import annotations
@@ -36,13 +36,13 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
 from hpm_jax import cli, config_lib, data, progress
-from hpm_jax.checkpointing import CheckpointMismatchError, save_model
+from hpm_jax.model_export import CheckpointMismatchError, save_model
 from hpm_jax.models import abstract_variables
 from hpm_jax.sharding import check_batch_divisible, data_sharding, make_mesh, replicated
-from hpm_jax.training import checkpoints as checkpoints_lib
+from hpm_jax.training import train_checkpoints as checkpoints_lib
 from hpm_jax.training import metrics as metrics_lib
 from hpm_jax.training import model_init, objectives, steps
-from hpm_jax.training import state as state_lib
+from hpm_jax.training import train_state as state_lib
 
 MODEL_DIR = "model"
 SUMMARY = "summary.json"

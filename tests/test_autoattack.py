@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from hpm_jax.attacks import AttackSpec, AutoAttack, buckets, common, contract, versions
-from hpm_jax.attacks.state import StateMismatchError, StateStore
+from hpm_jax.attacks.resume import StateMismatchError, StateStore
 from hpm_jax.sharding import make_mesh
 
 EPS = 0.1

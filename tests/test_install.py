@@ -37,7 +37,7 @@ def _run(code: str) -> subprocess.CompletedProcess:
 def test_core_imports_need_no_optional_package():
     result = _run(
         """
-        import hpm_jax.attacks, hpm_jax.models, hpm_jax.checkpointing, hpm_jax.zoo
+        import hpm_jax.attacks, hpm_jax.models, hpm_jax.model_export, hpm_jax.zoo
         from hpm_jax.attacks import apgd, mixed_surrogate_attack
         from hpm_jax.models import get_model
         get_model("small_cnn", num_classes=10, head="hpm", in_channels=1)

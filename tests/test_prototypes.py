@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from hpm_jax import data
-from hpm_jax.checkpointing import CheckpointMismatchError, load_model, save_model
+from hpm_jax.model_export import CheckpointMismatchError, load_model, save_model
 from hpm_jax.models import get_model
 from hpm_jax.prototypes import init_prototypes, with_head
 from hpm_jax.sharding import make_mesh

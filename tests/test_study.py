@@ -50,7 +50,7 @@ def base_model(tmp_path_factory):
     import jax
     import jax.numpy as jnp
 
-    from hpm_jax.checkpointing import save_model
+    from hpm_jax.model_export import save_model
     from hpm_jax.training import model_init
 
     config = config_lib.load_config(

@@ -34,10 +34,10 @@ from test_train_support import (
 )
 
 from hpm_jax import data, train
-from hpm_jax.checkpointing import load_model
+from hpm_jax.model_export import load_model
 from hpm_jax.config_lib import load_config
 from hpm_jax.sharding import make_mesh
-from hpm_jax.training import checkpoints, metrics, model_init
+from hpm_jax.training import metrics, model_init, train_checkpoints
 
 STEPS, BATCH = 3, 8  # the FC run's; the reference run trains REFERENCE_STEPS
 REFERENCE_STEPS = 4
@@ -129,7 +129,7 @@ def _check_run(workdir, summary, objective, head, steps=STEPS):
     assert steps in events["eval_pgd_accuracy"]
 
     # Checkpoints every 2 steps, the last one forced, the newest 2 kept.
-    kept = checkpoints.TrainCheckpoints(workdir, every_steps=2, keep=2).all_steps()
+    kept = train_checkpoints.TrainCheckpoints(workdir, every_steps=2, keep=2).all_steps()
     assert kept == sorted({*range(2, steps + 1, 2), steps})[-2:]
     model, variables = load_model(summary["model_dir"])
     assert type(model.head).__name__ == {"fc": "FCHead", "hpm": "HPMHead"}[head]
@@ -240,7 +240,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(reference, tmp_path):
         child.kill()
         child.wait(timeout=60)
     assert child.returncode == -signal.SIGKILL, "".join(log[-50:])
-    assert checkpoints.TrainCheckpoints(workdir, every_steps=2, keep=2).latest_step() == 2
+    assert train_checkpoints.TrainCheckpoints(workdir, every_steps=2, keep=2).latest_step() == 2
     assert not os.path.exists(workdir / "model")  # it never got to the end
 
     summary = run(workdir, root, reference_overrides(root))
@@ -313,7 +313,7 @@ def test_resume_extends_a_finished_run_and_ignores_half_written_checkpoints(fc_r
     partial = workdir / "checkpoints" / "4.orbax-checkpoint-tmp-1234"
     subprocess.run(["cp", "-r", os.fspath(workdir / "checkpoints" / "3"), os.fspath(partial)])
     subprocess.run(["rm", "-r", os.fspath(partial / "state")], check=True)
-    assert checkpoints.TrainCheckpoints(workdir, every_steps=2, keep=2).latest_step() == 3
+    assert train_checkpoints.TrainCheckpoints(workdir, every_steps=2, keep=2).latest_step() == 3
 
     summary = run(workdir, root, tiny_overrides(root, **{"train.num_steps": 4}))
     assert summary["resumed_from"] == 3 and summary["steps"] == 4
@@ -324,9 +324,9 @@ def test_resume_extends_a_finished_run_and_ignores_half_written_checkpoints(fc_r
 
 def test_a_workdir_of_another_run_is_refused_with_the_differences(fc_run):
     workdir, root, _ = fc_run
-    with pytest.raises(checkpoints.RunMismatchError, match=r"model\.head: 'fc' -> 'hpm'"):
+    with pytest.raises(train_checkpoints.RunMismatchError, match=r"model\.head: 'fc' -> 'hpm'"):
         run(workdir, root, tiny_overrides(root, **{"model.head": "hpm"}))
-    with pytest.raises(checkpoints.RunMismatchError, match="--workdir"):
+    with pytest.raises(train_checkpoints.RunMismatchError, match="--workdir"):
         run(workdir, root, tiny_overrides(root, **{"seed": 1}))
 
 

@@ -78,7 +78,7 @@ def final_params(workdir) -> dict[str, np.ndarray]:
     """
     import jax
 
-    from hpm_jax.checkpointing import load_model
+    from hpm_jax.model_export import load_model
 
     _, variables = load_model(os.path.join(workdir, "model"))
     return {

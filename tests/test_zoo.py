@@ -124,7 +124,7 @@ def test_carmon2019_loads_by_name_and_matches_robustbench(ref, tmp_path):
 def test_nested_checkpoint_and_hpm_convert_by_name(ref, tmp_path):
     """Andriushchenko2020Understanding's file holds {"last", "best"}; hpm-convert --robustbench
     writes the model directory that load_model restores."""
-    from hpm_jax.checkpointing import load_model
+    from hpm_jax.model_export import load_model
 
     torch = ref.torch
     arch = ref.robustbench_architecture("resnet")

@@ -26,7 +26,7 @@ from jax.sharding import Mesh
 
 from hpm_jax import cli, data
 from hpm_jax.analysis import plots, sensitivity
-from hpm_jax.checkpointing import MODEL_SPEC, load_model
+from hpm_jax.model_export import MODEL_SPEC, load_model
 from hpm_jax.models import Classifier, FCHead, HPMHead
 from hpm_jax.sharding import make_mesh
 

@@ -62,7 +62,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from hpm_jax.attacks import buckets, checks, contract, versions
-from hpm_jax.attacks.state import ChainState, StateMismatchError, StateStore, data_hash
+from hpm_jax.attacks.resume import ChainState, StateMismatchError, StateStore, data_hash
 from hpm_jax.attacks.versions import AttackSpec
 from hpm_jax.sharding import data_sharding, make_mesh
 

@@ -3,7 +3,7 @@
     from hpm_jax.convert import load_state_dict, torch_to_flax
     variables = torch_to_flax("resnet18", load_state_dict("model_test.pt"))
 
-or from the shell, writing an Orbax checkpoint that `hpm_jax.checkpointing` restores:
+or from the shell, writing an Orbax checkpoint that `hpm_jax.model_export` restores:
 
     python -m hpm_jax.convert --arch wide_resnet --checkpoint ckpt.pt --out /tmp/wrn \
         --arch_kwargs depth=28,width=10

@@ -8,7 +8,7 @@
 `--robustbench NAME` takes the architecture from `hpm_jax.zoo`'s table and the file from
 RobustBench's cache layout, MODEL_DIR/DATASET/THREAT_MODEL/NAME.pt (downloaded if missing).
 
-The result loads with `hpm_jax.checkpointing.load_model(OUT)`.
+The result loads with `hpm_jax.model_export.load_model(OUT)`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import ast
 from collections.abc import Sequence
 from typing import Any
 
-from hpm_jax.checkpointing import save_model
+from hpm_jax.model_export import save_model
 from hpm_jax.convert.core import RENAMES, torch_to_flax
 from hpm_jax.convert.torch_io import load_state_dict
 

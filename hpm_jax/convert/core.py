@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from flax import traverse_util
 
-from hpm_jax.checkpointing import CheckpointMismatchError
+from hpm_jax.model_export import CheckpointMismatchError
 from hpm_jax.models import abstract_variables, get_model
 
 NORMALIZATION = "<normalization>"

@@ -4,7 +4,7 @@
     variables = initial_variables(model, config, train_source=source, mesh=mesh)
 
 From scratch: `model.init` with `config.seed`. From `config.init.checkpoint` (a directory
-written by `python -m hpm_jax.convert` or `checkpointing.save_model`): the stored model
+written by `python -m hpm_jax.convert` or `model_export.save_model`): the stored model
 must be the configured backbone with the same options. An FC checkpoint fine-tuned with an
 HPM (or l2) head keeps its backbone, batch-norm statistics and FC weights (the HPM head's
 `fc` sits at the FC head's path), and its prototypes start at the class means of the
@@ -23,7 +23,7 @@ import ml_collections
 from jax.sharding import Mesh
 
 from hpm_jax import data
-from hpm_jax.checkpointing import MODEL_SPEC, load_model
+from hpm_jax.model_export import MODEL_SPEC, load_model
 from hpm_jax.models import Classifier, get_model
 
 # Backbone options that change how a model computes, not what it is: a checkpoint trained
@@ -79,7 +79,7 @@ def _check_pretrained(directory: str, config, kwargs: dict[str, Any]) -> dict[st
         raise InitCheckpointError(
             f"init.checkpoint={directory!r} is not a model checkpoint (no {spec_path}). Write "
             "one with `python -m hpm_jax.convert --arch ... --checkpoint FILE.pt --out DIR` or "
-            "hpm_jax.checkpointing.save_model, or set --config.init.checkpoint='' to train "
+            "hpm_jax.model_export.save_model, or set --config.init.checkpoint='' to train "
             "from scratch."
         )
     with open(spec_path) as f:

@@ -23,7 +23,7 @@ import optax
 
 from hpm_jax.attacks import common, pgd
 from hpm_jax.training import objectives
-from hpm_jax.training import state as state_lib
+from hpm_jax.training import train_state as state_lib
 
 Batch = dict[str, jax.Array]
 

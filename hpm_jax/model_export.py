@@ -100,7 +100,7 @@ def model_from_spec(directory: str) -> tuple[Classifier, dict[str, Any]]:
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"{directory} is not an hpm-jax model checkpoint (no {MODEL_SPEC}); write one with "
-            "`python -m hpm_jax.convert` or hpm_jax.checkpointing.save_model."
+            "`python -m hpm_jax.convert` or hpm_jax.model_export.save_model."
         )
     with open(path) as f:
         spec = json.load(f)
