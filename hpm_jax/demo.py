@@ -201,7 +201,7 @@ def main() -> None:
     """The demo's command line: user errors are one line and exit code 2 (`hpm_jax.cli`)."""
     from absl import flags, logging
 
-    from hpm_jax import model_export, cli, data, train  # train: --config, --workdir
+    from hpm_jax import cli, data, model_export, train  # train: --config, --workdir
 
     flags.FLAGS.set_default("workdir", "/tmp/hpm_demo")
 

@@ -45,8 +45,8 @@ import numpy as np
 from hpm_jax import data, evaluation_log, models, provenance
 from hpm_jax.attacks import AutoAttack, contract, mixed_surrogate_attack, versions
 from hpm_jax.attacks.resume import data_hash
-from hpm_jax.model_export import MODEL_SPEC, load_model
 from hpm_jax.data import arrays
+from hpm_jax.model_export import MODEL_SPEC, load_model
 from hpm_jax.models import FCHead, HPMHead, L2Head
 
 REPORT, SUMMARY, STATE_DIR, ADV_DIR = "report.json", "summary.md", "state", "adversarial"

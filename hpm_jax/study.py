@@ -378,7 +378,7 @@ def main() -> None:
     """`python -m hpm_jax.study`: user errors are one line and exit code 2 (`hpm_jax.cli`)."""
     from absl import flags, logging
 
-    from hpm_jax import model_export, cli, data, train  # train: --config, --workdir
+    from hpm_jax import cli, data, model_export, train  # train: --config, --workdir
 
     def run_main(argv: list[str], overrides: list[str]) -> None:
         del argv  # cli.run refuses positional arguments

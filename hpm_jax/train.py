@@ -39,9 +39,9 @@ from hpm_jax import cli, config_lib, data, progress
 from hpm_jax.model_export import CheckpointMismatchError, save_model
 from hpm_jax.models import abstract_variables
 from hpm_jax.sharding import check_batch_divisible, data_sharding, make_mesh, replicated
-from hpm_jax.training import train_checkpoints as checkpoints_lib
 from hpm_jax.training import metrics as metrics_lib
 from hpm_jax.training import model_init, objectives, steps
+from hpm_jax.training import train_checkpoints as checkpoints_lib
 from hpm_jax.training import train_state as state_lib
 
 MODEL_DIR = "model"

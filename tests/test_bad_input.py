@@ -77,8 +77,8 @@ import numpy as np
 import pytest
 
 from hpm_jax import config_lib, evaluate
-from hpm_jax.model_export import save_model
 from hpm_jax.data import offline
+from hpm_jax.model_export import save_model
 from hpm_jax.models import get_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

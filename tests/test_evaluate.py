@@ -17,8 +17,8 @@ import optax
 import pytest
 
 from hpm_jax import config_lib, data, evaluate
-from hpm_jax.model_export import save_model
 from hpm_jax.data import offline
+from hpm_jax.model_export import save_model
 from hpm_jax.models import get_model
 from hpm_jax.prototypes import init_prototypes
 

@@ -21,8 +21,8 @@ import pytest
 
 from hpm_jax.analysis import __main__ as cli
 from hpm_jax.analysis import sensitivity as S
-from hpm_jax.model_export import save_model
 from hpm_jax.data import offline
+from hpm_jax.model_export import save_model
 from hpm_jax.models import PROTOTYPES, get_model
 
 B, C, D = 24, 5, 12

@@ -34,8 +34,8 @@ from test_train_support import (
 )
 
 from hpm_jax import data, train
-from hpm_jax.model_export import load_model
 from hpm_jax.config_lib import load_config
+from hpm_jax.model_export import load_model
 from hpm_jax.sharding import make_mesh
 from hpm_jax.training import metrics, model_init, train_checkpoints
 

@@ -24,8 +24,8 @@ from hpm_jax.attacks.checks import CheckResult
 from hpm_jax.attacks.contract import AttackResult
 from hpm_jax.attacks.fab import fab, fab_targeted
 from hpm_jax.attacks.msa import MSAReport, mixed_surrogate_attack
-from hpm_jax.attacks.square import square
 from hpm_jax.attacks.resume import StateMismatchError
+from hpm_jax.attacks.square import square
 from hpm_jax.attacks.versions import AttackSpec
 
 __all__ = [

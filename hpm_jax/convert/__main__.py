@@ -18,9 +18,9 @@ import ast
 from collections.abc import Sequence
 from typing import Any
 
-from hpm_jax.model_export import save_model
 from hpm_jax.convert.core import RENAMES, torch_to_flax
 from hpm_jax.convert.torch_io import load_state_dict
+from hpm_jax.model_export import save_model
 
 
 def parse_kwargs(text: str) -> dict[str, Any]:
