@@ -4,7 +4,7 @@
 In a program (absl flags, as `--config=configs/fashion_mnist.py:local --config.train.lr=0.1`;
 `hpm_jax.cli.run` takes the `--config.*` arguments out of argv before absl parses it):
 
-    _CONFIG = config_lib.define_config_flag()
+    _CONFIG = cli.define_config_flag()
     def main(argv, overrides): config = load_config(_CONFIG.value, overrides)
     cli.run("hpm-train", main)
 
@@ -27,7 +27,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import ml_collections
-from absl import flags
 
 _PLAIN = (bool, int, float, str, type(None))
 
@@ -37,15 +36,6 @@ class ConfigError(KeyError, ValueError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
-
-
-def define_config_flag(name: str = "config", help_string: str = "") -> flags.FlagHolder:
-    """The `--config=path.py[:arg]` flag (a string: `load_config` reads it). Its `--config.a.b=v`
-    overrides are taken out of argv by `split_overrides` (`hpm_jax.cli.run` does it)."""
-    help_string = help_string or (
-        "Config file, path.py or path.py:variant; override keys as --config.train.lr=0.1."
-    )
-    return flags.DEFINE_string(name, None, help_string)
 
 
 def split_overrides(argv: Sequence[str], name: str = "config") -> tuple[list[str], list[str]]:

@@ -1,9 +1,8 @@
 """The end-to-end demo: adversarial training -> HPM fine-tuning -> sensitivity -> AutoAttack/MSA.
 
-    python -m hpm_jax.demo --workdir=/tmp/hpm_demo                      # launch/demo.sh
-    python -m hpm_jax.demo --config=configs/fashion_mnist.py --workdir=/tmp/hpm_demo \
-        --config.evaluation.num_examples=1000                            # any override
-    summary = run("configs/fashion_mnist.py", "/tmp/hpm_demo", ["train.num_steps=50"])
+    at_config, hpm_config = stage_configs("configs/fashion_mnist.py", ["train.num_steps=50"])
+    summary = run(at_config, hpm_config, "/tmp/hpm_demo")
+    python -m hpm_jax.demo --workdir=/tmp/hpm_demo    # the command line: hpm_jax.cli.demo
 
 On Fashion-MNIST (the Debian package's files offline, TFDS when prepared), five stages, each
 in its own directory of WORKDIR and skipped when its output is already there (so a killed
@@ -20,8 +19,9 @@ demo started again resumes; the two training stages also resume from their check
 5. the table (rows FC, l2-EMA, HPM; clean, AutoAttack, MSA robust accuracy) and
    `WORKDIR/summary.json`.
 
-Config overrides (`--config.a.b=v`) apply to both training stages and the evaluation, after
-the demo's own `DEMO_OVERRIDES` (held-out PGD evaluation of training on 1000 images).
+`stage_configs` applies the config overrides (`--config.a.b=v` on the command line) to both
+training stages and the evaluation, after the demo's own `DEMO_OVERRIDES` (held-out PGD
+evaluation of training on 1000 images).
 """
 
 from __future__ import annotations
@@ -46,18 +46,19 @@ STAGES = ("at", "hpm", "analysis", "eval")
 
 
 def stage_configs(
-    config_spec: str, overrides: Sequence[str], at_model: str
+    config_spec: str = DEFAULT_CONFIG, overrides: Sequence[str] = ()
 ) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict]:
     """(adversarial training config, HPM fine-tuning config): the file's plain and `hpm`
-    variants with the same overrides; the second starts from `at_model`."""
+    variants with the same overrides (`run` points the second's init.checkpoint at the first
+    stage's model)."""
     path, _, variant = config_spec.partition(":")
     hpm_spec = f"{path}:{variant + ',' if variant else ''}hpm"
     configs = []
-    for spec, extra in ((config_spec, []), (hpm_spec, [f"init.checkpoint={at_model}"])):
+    for spec in (config_spec, hpm_spec):
         config = config_lib.load_config(spec)
         with config.unlocked():  # every evaluation knob, so that each can be overridden
             config.evaluation = evaluate.completed_evaluation(config)
-        config_lib.apply_overrides(config, [*DEMO_OVERRIDES, *overrides, *extra])
+        config_lib.apply_overrides(config, [*DEMO_OVERRIDES, *overrides])
         evaluate.evaluation_config(config)  # a bad evaluation setting fails before training
         configs.append(config)
     return configs[0], configs[1]
@@ -68,7 +69,7 @@ def _done(directory: str, marker: str) -> bool:
 
 
 def _train(config, directory: str, log) -> dict[str, Any]:
-    from hpm_jax import train  # defines --config / --workdir flags; imported on use
+    from hpm_jax import train  # jax and the training stack, imported on use
 
     if _done(directory, train.SUMMARY) and _done(directory, "model/model.json"):
         log(f"[demo] {directory} is complete; skipped.")
@@ -127,18 +128,23 @@ def analysis_lines(summary: dict[str, Any]) -> list[str]:
 
 
 def run(
-    config_spec: str,
+    at_config: ml_collections.ConfigDict,
+    hpm_config: ml_collections.ConfigDict,
     workdir: str,
-    overrides: Sequence[str] = (),
     *,
     log: Callable[[str], Any] = print,
 ) -> dict[str, Any]:
-    """Run (or resume) the demo in `workdir`; returns the summary (also WORKDIR/summary.json)."""
+    """Run (or resume) the demo in `workdir` with the stages' configs (`stage_configs`);
+    returns the summary (also WORKDIR/summary.json). The HPM stage fine-tunes the first
+    stage's model, whatever `hpm_config.init.checkpoint` says."""
     workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
     dirs = {stage: os.path.join(workdir, stage) for stage in STAGES}
     at_model, hpm_model = (os.path.join(dirs[s], "model") for s in ("at", "hpm"))
-    at_config, hpm_config = stage_configs(config_spec, overrides, at_model)
+    hpm_config = hpm_config.copy_and_resolve_references()
+    hpm_config.init.checkpoint = at_model
+    for config in (at_config, hpm_config):
+        evaluate.evaluation_config(config)  # a bad evaluation setting fails before training
+    os.makedirs(workdir, exist_ok=True)
     seconds: dict[str, float] = {}
     start = time.perf_counter()
 
@@ -194,34 +200,7 @@ def run(
     return summary
 
 
-# ---- the command line ------------------------------------------------------------------------
+if __name__ == "__main__":  # the program lives in hpm_jax.cli.demo (flags, errors)
+    from hpm_jax.cli.demo import console_main
 
-
-def main() -> None:
-    """The demo's command line: user errors are one line and exit code 2 (`hpm_jax.cli`)."""
-    from absl import flags, logging
-
-    from hpm_jax import cli, data, model_export, train  # train: --config, --workdir
-
-    flags.FLAGS.set_default("workdir", "/tmp/hpm_demo")
-
-    def run_main(argv: list[str], overrides: list[str]) -> None:
-        del argv  # cli.run refuses positional arguments
-        logging.set_verbosity(logging.WARNING)  # Orbax logs every read and write at INFO
-        evaluate.quiet_attack_logger()
-        run(flags.FLAGS.config or DEFAULT_CONFIG, flags.FLAGS.workdir, overrides)
-
-    cli.run(
-        "hpm-demo",
-        run_main,
-        user_errors=(
-            *train.SETUP_ERRORS,
-            evaluate.EvaluationSetupError,
-            data.DatasetNotFoundError,
-            model_export.CheckpointMismatchError,
-        ),
-    )
-
-
-if __name__ == "__main__":
-    main()
+    console_main()

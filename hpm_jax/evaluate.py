@@ -1,12 +1,9 @@
 """Evaluate a checkpoint: clean accuracy, AutoAttack on FC and l2-EMA, MSA on HPM; resumable.
 
-    python -m hpm_jax.evaluate --config=configs/fashion_mnist.py \
-        --checkpoint=/tmp/fmnist_hpm/model --workdir=/tmp/fmnist_eval
-    hpm-evaluate --config=configs/fashion_mnist.py --checkpoint=DIR --workdir=OUT \
-        --baseline_checkpoint=/tmp/fmnist_at/model --config.evaluation.num_examples=1000
-
     report = run(load_config("configs/fashion_mnist.py"), "/tmp/fmnist_hpm/model", "/tmp/ev")
-    report["heads"]["hpm"]["msa"]["robust_accuracy"]                 # in Python
+    report["heads"]["hpm"]["msa"]["robust_accuracy"]
+    python -m hpm_jax.evaluate --config=configs/fashion_mnist.py \
+        --checkpoint=/tmp/fmnist_hpm/model --workdir=/tmp/fmnist_eval    # hpm_jax.cli.evaluate
 
 The checkpoint is a `model/` directory (`hpm_jax.train`, `hpm_jax.convert`). Rows of the
 result, one per head (DESIGN.md section 2):
@@ -16,7 +13,7 @@ result, one per head (DESIGN.md section 2):
 * `hpm`: the HPM model itself (the target), the Mixed Surrogate Attack with the surrogates of
   `evaluation.surrogates`; beside it plain AutoAttack through HPM's own straight-through
   gradient ("naive"), to show what an evaluation that ignores the dynamic defense reports.
-* `baseline`: with `--baseline_checkpoint`, a separate FC model, AutoAttack.
+* `baseline`: with `baseline_checkpoint`, a separate FC model, AutoAttack.
 
 The evaluation set is the first `evaluation.num_examples` of the eval split, cut into fixed
 batches of `evaluation.batch_size` in order: HPM classifies a point in its batch's context,
@@ -687,117 +684,7 @@ def _evaluate(config, ev, workdir, model, variables, directory, modes, want_msa,
     return report
 
 
-# ---- the command line ------------------------------------------------------------------------
+if __name__ == "__main__":  # the program lives in hpm_jax.cli.evaluate (flags, errors)
+    from hpm_jax.cli.evaluate import console_main
 
-
-def quiet_attack_logger() -> None:
-    """Programs print the attacks' lines themselves (log=..., and log.txt): the logger's records
-    stop there instead of reaching absl's handler too, which printed each line (and each
-    warning) a second time at the verbosity that shows them. Its level is left alone."""
-    import logging as std_logging
-
-    std_logging.getLogger("hpm_jax.autoattack").propagate = False
-
-
-def _define_flags():
-    """Flags are defined only when this module is the program, so that the demo (which also
-    imports hpm_jax.train and its --config / --workdir) can import `run`."""
-    from absl import flags
-
-    from hpm_jax import config_lib
-
-    return (
-        config_lib.define_config_flag(),
-        flags.DEFINE_string("checkpoint", None, "Model directory (model.json) to evaluate."),
-        flags.DEFINE_string(
-            "robustbench",
-            None,
-            "A RobustBench model name to evaluate instead of --checkpoint "
-            "(e.g. Carmon2019Unlabeled): the leaderboard's eps, RobustBench's subset and order.",
-        ),
-        flags.DEFINE_string(
-            "dataset", "cifar10", "With --robustbench: cifar10, cifar100 or imagenet."
-        ),
-        flags.DEFINE_string("threat_model", "Linf", "With --robustbench: Linf or L2."),
-        flags.DEFINE_string(
-            "model_dir",
-            "./models",
-            "With --robustbench: RobustBench's checkpoint cache, "
-            "MODEL_DIR/<dataset>/<threat_model>/<name>.pt.",
-        ),
-        flags.DEFINE_bool(
-            "download",
-            True,
-            "With --robustbench: download a missing checkpoint (--nodownload: "
-            "fail naming the file to place).",
-        ),
-        flags.DEFINE_string("workdir", None, "report.json, summary.md, plots, state go here."),
-        flags.DEFINE_string(
-            "baseline_checkpoint", None, "Optional separate FC model, evaluated with AutoAttack."
-        ),
-        flags.DEFINE_bool(
-            "overwrite",
-            False,
-            "Discard the workdir's state and report when they belong to an "
-            "evaluation with other settings (instead of stopping with an error).",
-        ),
-    )
-
-
-def console_main() -> None:
-    """The `hpm-evaluate` console script (and `python -m hpm_jax.evaluate`). User errors are
-    one line on stderr and exit code 2 (`hpm_jax.cli`); nothing is written before them."""
-    from hpm_jax import cli
-    from hpm_jax.attacks.resume import StateMismatchError
-    from hpm_jax.model_export import CheckpointMismatchError
-
-    (config_flag, checkpoint, robustbench, dataset, threat_model, model_dir, download, workdir,
-     baseline, overwrite) = _define_flags()  # fmt: skip
-    from hpm_jax.flag_help import show_in_help
-
-    show_in_help(__name__, config_flag)  # else --help lists neither --config nor, as a script, any
-
-    def main(argv: list[str], overrides: list[str]) -> None:
-        del argv  # cli.run refuses positional arguments
-        rb = None
-        if robustbench.value:
-            from hpm_jax.zoo import evaluation as rb_eval
-
-            if checkpoint.value:
-                cli.fail("hpm-evaluate", "give --checkpoint or --robustbench, not both.")
-            cli.require("hpm-evaluate", workdir=workdir.value)
-            rb = {"name": robustbench.value, "dataset": dataset.value,
-                  "threat_model": threat_model.value, "model_dir": model_dir.value,
-                  "download": download.value}  # fmt: skip
-            config = rb_eval.load_config(rb, config_flag.value, overrides)
-        else:
-            cli.require("hpm-evaluate", config=config_flag.value, checkpoint=checkpoint.value,
-                        workdir=workdir.value)  # fmt: skip
-            config = load_evaluation_config(config_flag.value, overrides)
-        cli.default_verbosity()  # WARNING unless --verbosity/-v says otherwise (Orbax's INFO)
-        quiet_attack_logger()
-        try:
-            report = run(
-                config,
-                checkpoint.value,
-                workdir.value,
-                baseline_checkpoint=baseline.value,
-                overwrite=overwrite.value,
-                robustbench=rb,
-                progress="auto",
-            )
-        except StateMismatchError as error:  # a state file the identity check did not cover
-            cli.fail("hpm-evaluate", f"{cli.one_line(error)} Or pass --overwrite to discard it.")
-        from hpm_jax import reports
-
-        print(reports.table(report))
-
-    cli.run(
-        "hpm-evaluate",
-        main,
-        user_errors=(EvaluationSetupError, data.DatasetNotFoundError, CheckpointMismatchError),
-    )
-
-
-if __name__ == "__main__":
     console_main()

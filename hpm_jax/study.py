@@ -9,6 +9,8 @@ same adversarially trained FC model and judged by the Mixed Surrogate Attack.
 
     table = run(load_study_config("configs/fashion_mnist_study.py", overrides), "/tmp/study")
 
+The command line (`hpm-study`, `python -m hpm_jax.study`) is `hpm_jax.cli.study`.
+
 The config is the file's `hpm` variant (as the demo's fine-tuning stage) with a `study`
 section (`default_study_config`): `points` maps a name to a tuple of overrides in the
 `--config.KEY=VALUE` syntax without the prefix (e.g. "objective.fc_weight=0.0"; every field of
@@ -371,34 +373,7 @@ def summarize(study, names, seeds, per_seed, baseline) -> dict[str, Any]:
     }
 
 
-# ---- the command line ------------------------------------------------------------------------
+if __name__ == "__main__":  # the program lives in hpm_jax.cli.study (flags, errors)
+    from hpm_jax.cli.study import console_main
 
-
-def main() -> None:
-    """`python -m hpm_jax.study`: user errors are one line and exit code 2 (`hpm_jax.cli`)."""
-    from absl import flags, logging
-
-    from hpm_jax import cli, data, model_export, train  # train: --config, --workdir
-
-    def run_main(argv: list[str], overrides: list[str]) -> None:
-        del argv  # cli.run refuses positional arguments
-        cli.require("hpm-study", config=flags.FLAGS.config, workdir=flags.FLAGS.workdir)
-        logging.set_verbosity(logging.WARNING)  # Orbax logs every read and write at INFO
-        evaluate.quiet_attack_logger()
-        run(load_study_config(flags.FLAGS.config, overrides), flags.FLAGS.workdir)
-
-    cli.run(
-        "hpm-study",
-        run_main,
-        user_errors=(
-            StudyError,
-            *train.SETUP_ERRORS,
-            evaluate.EvaluationSetupError,
-            data.DatasetNotFoundError,
-            model_export.CheckpointMismatchError,
-        ),
-    )
-
-
-if __name__ == "__main__":
-    main()
+    console_main()

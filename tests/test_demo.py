@@ -35,7 +35,8 @@ TINY = [
 )
 def test_demo_end_to_end_then_resumes_by_skipping(tmp_path):
     lines = []
-    summary = demo.run(CONFIG, os.fspath(tmp_path), TINY, log=lines.append)
+    at_config, hpm_config = demo.stage_configs(CONFIG, TINY)
+    summary = demo.run(at_config, hpm_config, os.fspath(tmp_path), log=lines.append)
     text = "\n".join(lines)
     for stage in ("1/4: adversarial training", "2/4: HPM fine-tuning", "3/4: sensitivity",
                   "4/4: AutoAttack"):  # fmt: skip
@@ -57,6 +58,6 @@ def test_demo_end_to_end_then_resumes_by_skipping(tmp_path):
         assert set(json.load(f)["heads"]) == {"fc", "l2", "hpm"}
 
     again = []
-    rerun = demo.run(CONFIG, os.fspath(tmp_path), TINY, log=again.append)
+    rerun = demo.run(*demo.stage_configs(CONFIG, TINY), os.fspath(tmp_path), log=again.append)
     assert sum("complete; skipped" in line for line in again) == 4
     assert rerun["table"] == summary["table"]

@@ -10,6 +10,10 @@ a workdir whose summary.json names one (the demo's). An HPM checkpoint gives the
 P_ema the class means of `--prototype_examples` training images (s = 1; the relative
 quantities do not depend on s). Writes OUT/summary.json, OUT/per_sample.npz (samples first),
 OUT/histograms.png and OUT/perturbations.png.
+
+    result = run("/tmp/hpm_demo/hpm/model", "/tmp/analysis", num_examples=1000)   # in Python
+
+The command line (its flags, `hpm-analysis`) is `hpm_jax.cli.analysis`.
 """
 
 from __future__ import annotations
@@ -19,41 +23,16 @@ import os
 import time
 from typing import Any
 
-import jax
 import numpy as np
-from absl import flags, logging
 from jax.sharding import Mesh
 
-from hpm_jax import cli, data
+from hpm_jax import data
 from hpm_jax.analysis import plots, sensitivity
 from hpm_jax.model_export import MODEL_SPEC, load_model
 from hpm_jax.models import Classifier, FCHead, HPMHead
 from hpm_jax.sharding import make_mesh
 
 PROG = "python -m hpm_jax.analysis"
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Model directory (with model.json).")
-_OUT = flags.DEFINE_string("out", None, "Where summary.json, per_sample.npz and PNGs go.")
-_DATASET = flags.DEFINE_string("dataset", "fashion_mnist", "Dataset name (hpm_jax.data).")
-_SPLIT = flags.DEFINE_string("split", "test", "Split to analyse.")
-_DATA_DIR = flags.DEFINE_string("data_dir", "", "TFDS data directory ('' = default).")
-_NUM_EXAMPLES = flags.DEFINE_integer("num_examples", 1000, "First N examples of the split.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 250, "Batch size (HPM's batch context).")
-_HEADS = flags.DEFINE_list("heads", [], "Subset of fc,l2,hpm to analyse (default: all).")
-_RADII = flags.DEFINE_list(
-    "relative_radii",
-    [str(r) for r in sensitivity.DEFAULT_RELATIVE_RADII],
-    "Perturbation radii as fractions of the mean feature norm.",
-)
-_NUM_DRAWS = flags.DEFINE_integer("num_draws", 4, "Random directions per sample.")
-_NUM_STEPS = flags.DEFINE_integer("num_steps", 10, "Projected gradient steps (worst case).")
-_CONTEXT = flags.DEFINE_enum(
-    "context", "joint", sensitivity.CONTEXTS, "Batch context of HPM's perturbations."
-)
-_TRAIN_SPLIT = flags.DEFINE_string("train_split", "train", "Split for FC models' prototypes.")
-_PROTOTYPE_EXAMPLES = flags.DEFINE_integer(
-    "prototype_examples", 10000, "Training images whose class means become P_ema (FC models)."
-)
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the random directions.")
 
 
 def resolve_checkpoint(directory: str) -> str:
@@ -212,26 +191,7 @@ def report(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str], overrides: list[str] = ()) -> None:
-    del argv, overrides  # cli.run refuses positional arguments; no --config here
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every read at INFO
-    cli.require(PROG, checkpoint=_CHECKPOINT.value, out=_OUT.value)
-    try:
-        radii = tuple(float(r) for r in _RADII.value)
-        result = run(
-            _CHECKPOINT.value, os.path.abspath(_OUT.value), dataset=_DATASET.value,
-            split=_SPLIT.value, num_examples=_NUM_EXAMPLES.value, batch_size=_BATCH_SIZE.value,
-            heads=tuple(_HEADS.value), relative_radii=radii, num_draws=_NUM_DRAWS.value,
-            num_steps=_NUM_STEPS.value, context=_CONTEXT.value, train_split=_TRAIN_SPLIT.value,
-            prototype_examples=_PROTOTYPE_EXAMPLES.value, data_dir=_DATA_DIR.value or None,
-            seed=_SEED.value,
-        )  # fmt: skip
-    except (FileNotFoundError, ValueError) as e:  # every check above names the fix
-        cli.fail(PROG, cli.one_line(e))
-    summary = result["summary"]
-    print(report(summary))
-    print(f"({summary['seconds']} s on {jax.device_count()} devices) -> {_OUT.value}")
+if __name__ == "__main__":  # the program lives in hpm_jax.cli.analysis (flags, errors)
+    from hpm_jax.cli.analysis import console_main
 
-
-if __name__ == "__main__":
-    cli.run(PROG, main, config=False)
+    console_main(PROG)

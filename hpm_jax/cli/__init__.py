@@ -1,7 +1,15 @@
-"""How the programs meet their users: flags, config overrides, and user errors as one line.
+"""The programs' command lines: one thin module per program, and what they share.
+
+    hpm_jax/cli/train.py     hpm-train      (python -m hpm_jax.train)     -> hpm_jax.train.run
+    hpm_jax/cli/evaluate.py  hpm-evaluate   (python -m hpm_jax.evaluate)  -> hpm_jax.evaluate.run
+    hpm_jax/cli/demo.py      hpm-demo       (python -m hpm_jax.demo)      -> hpm_jax.demo.run
+    hpm_jax/cli/study.py     hpm-study      (python -m hpm_jax.study)     -> hpm_jax.study.run
+    hpm_jax/cli/analysis.py  hpm-analysis   (python -m hpm_jax.analysis)  -> hpm_jax.analysis run
+
+Only these modules define absl flags: the library takes ConfigDicts and paths. A program:
 
     from hpm_jax import cli, config_lib
-    _CONFIG = config_lib.define_config_flag()
+    _CONFIG = cli.define_config_flag()
 
     def main(argv: list[str], overrides: list[str]) -> None:
         config = config_lib.load_config(_CONFIG.value, overrides)
@@ -118,3 +126,37 @@ def require(prog: str, **values: object) -> None:
     if missing:
         fail(prog, f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} required "
                    f"(e.g. --{missing[0][2:]}=...); --helpshort lists the flags.")  # fmt: skip
+
+
+def define_config_flag(name: str = "config", help_string: str = "") -> flags.FlagHolder:
+    """The `--config=path.py[:arg]` flag (a string: `config_lib.load_config` reads it). Its
+    `--config.a.b=v` overrides are taken out of argv by `config_lib.split_overrides` (`run`)."""
+    help_string = help_string or (
+        "Config file, path.py or path.py:variant; override keys as --config.train.lr=0.1."
+    )
+    return flags.DEFINE_string(name, None, help_string)
+
+
+def show_in_help(module_name: str, *holders: flags.FlagHolder) -> None:
+    """Make the flags defined by `module_name` (pass `__name__`) and `holders` (flags defined
+    elsewhere, like `--config`) key flags of the main module, so that `--help` lists them.
+
+    absl's `--help` prints the "key flags" of the main module, which it finds by the name
+    `sys.argv[0]`, and a flag is key to the module whose code defined it. So `--config`
+    (defined here) never showed, and under a console script (`bin/hpm-train`, a wrapper that
+    defines no flags) nothing showed at all: only "Try --helpfull". Call it before `run`."""
+    values = flags.FLAGS
+    main = sys.argv[0]
+    # absl registers the flags of the module run as __main__ under sys.argv[0].
+    defined = values.flags_by_module_dict().get(main if module_name == "__main__" else module_name)
+    for flag in [*(defined or []), *(values[holder.name] for holder in holders)]:
+        values.register_key_flag_for_module(main, flag)
+
+
+def quiet_attack_logger() -> None:
+    """Programs print the attacks' lines themselves (log=..., and log.txt): the logger's records
+    stop there instead of reaching absl's handler too, which printed each line (and each
+    warning) a second time at the verbosity that shows them. Its level is left alone."""
+    import logging as std_logging
+
+    std_logging.getLogger("hpm_jax.autoattack").propagate = False

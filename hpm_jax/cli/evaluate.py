@@ -1,0 +1,82 @@
+"""`hpm-evaluate` (and `python -m hpm_jax.evaluate`): the flags around `hpm_jax.evaluate.run`.
+
+    hpm-evaluate --config=configs/fashion_mnist.py --checkpoint=DIR --workdir=OUT \\
+        --baseline_checkpoint=/tmp/fmnist_at/model --config.evaluation.num_examples=1000
+    hpm-evaluate --robustbench Carmon2019Unlabeled --workdir /tmp/carmon_eval
+"""
+
+from __future__ import annotations
+
+from absl import flags
+
+from hpm_jax import cli, data, evaluate, reports
+from hpm_jax.attacks.resume import StateMismatchError
+from hpm_jax.model_export import CheckpointMismatchError
+
+PROG = "hpm-evaluate"
+_CONFIG = cli.define_config_flag()
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Model directory (model.json) to evaluate.")
+_ROBUSTBENCH = flags.DEFINE_string(
+    "robustbench", None, "A RobustBench model name to evaluate instead of --checkpoint "
+    "(e.g. Carmon2019Unlabeled): the leaderboard's eps, RobustBench's subset and order.",
+)  # fmt: skip
+_DATASET = flags.DEFINE_string(
+    "dataset", "cifar10", "With --robustbench: cifar10, cifar100 or imagenet."
+)
+_THREAT_MODEL = flags.DEFINE_string("threat_model", "Linf", "With --robustbench: Linf or L2.")
+_MODEL_DIR = flags.DEFINE_string(
+    "model_dir", "./models", "With --robustbench: RobustBench's checkpoint cache, "
+    "MODEL_DIR/<dataset>/<threat_model>/<name>.pt.",
+)  # fmt: skip
+_DOWNLOAD = flags.DEFINE_bool(
+    "download", True, "With --robustbench: download a missing checkpoint (--nodownload: "
+    "fail naming the file to place).",
+)  # fmt: skip
+_WORKDIR = flags.DEFINE_string("workdir", None, "report.json, summary.md, plots, state go here.")
+_BASELINE = flags.DEFINE_string(
+    "baseline_checkpoint", None, "Optional separate FC model, evaluated with AutoAttack."
+)
+_OVERWRITE = flags.DEFINE_bool(
+    "overwrite", False, "Discard the workdir's state and report when they belong to an "
+    "evaluation with other settings (instead of stopping with an error).",
+)  # fmt: skip
+
+
+def main(argv: list[str], overrides: list[str]) -> None:
+    del argv  # cli.run refuses positional arguments
+    rb = None
+    if _ROBUSTBENCH.value:
+        from hpm_jax.zoo import evaluation as rb_eval
+
+        if _CHECKPOINT.value:
+            cli.fail(PROG, "give --checkpoint or --robustbench, not both.")
+        cli.require(PROG, workdir=_WORKDIR.value)
+        rb = {"name": _ROBUSTBENCH.value, "dataset": _DATASET.value,
+              "threat_model": _THREAT_MODEL.value, "model_dir": _MODEL_DIR.value,
+              "download": _DOWNLOAD.value}  # fmt: skip
+        config = rb_eval.load_config(rb, _CONFIG.value, overrides)
+    else:
+        cli.require(PROG, config=_CONFIG.value, checkpoint=_CHECKPOINT.value,
+                    workdir=_WORKDIR.value)  # fmt: skip
+        config = evaluate.load_evaluation_config(_CONFIG.value, overrides)
+    cli.default_verbosity()  # WARNING unless --verbosity/-v says otherwise (Orbax's INFO)
+    cli.quiet_attack_logger()
+    try:
+        report = evaluate.run(config, _CHECKPOINT.value, _WORKDIR.value, robustbench=rb,
+                              baseline_checkpoint=_BASELINE.value, overwrite=_OVERWRITE.value,
+                              progress="auto")  # fmt: skip
+    except StateMismatchError as error:  # a state file the identity check did not cover
+        cli.fail(PROG, f"{cli.one_line(error)} Or pass --overwrite to discard it.")
+    print(reports.table(report))
+
+
+def console_main() -> None:
+    """The `hpm-evaluate` console script. User errors are one line on stderr and exit code 2
+    (`hpm_jax.cli`); nothing is written before them."""
+    cli.show_in_help(__name__, _CONFIG)  # else --help lists neither --config nor, as a script, any
+    errors = (evaluate.EvaluationSetupError, data.DatasetNotFoundError, CheckpointMismatchError)
+    cli.run(PROG, main, user_errors=errors)
+
+
+if __name__ == "__main__":
+    console_main()

@@ -1,0 +1,40 @@
+"""`hpm-study` (and `python -m hpm_jax.study`): the flags around `hpm_jax.study.run`.
+
+    hpm-study --config=configs/fashion_mnist_study.py --workdir=/tmp/study \\
+        --config.init.checkpoint=/tmp/hpm_demo/at/model           # the demo's PGD-AT model
+"""
+
+from __future__ import annotations
+
+from absl import flags, logging
+
+from hpm_jax import cli, data, evaluate, model_export, study, train
+
+PROG = "hpm-study"
+_CONFIG = cli.define_config_flag(
+    help_string="Config file, path.py or path.py:variant (its :hpm variant is fine-tuned) with "
+    "an optional study section; override keys as --config.study.seeds='(0, 1)'."
+)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "points/NAME/seed_S/, baseline/, study.json, study.md and study.png."
+)
+
+
+def main(argv: list[str], overrides: list[str]) -> None:
+    del argv  # cli.run refuses positional arguments
+    cli.require(PROG, config=_CONFIG.value, workdir=_WORKDIR.value)
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every read and write at INFO
+    cli.quiet_attack_logger()
+    study.run(study.load_study_config(_CONFIG.value, overrides), _WORKDIR.value)
+
+
+def console_main() -> None:
+    """`hpm-study`: user errors are one line and exit code 2 (`hpm_jax.cli`)."""
+    cli.show_in_help(__name__, _CONFIG)
+    errors = (study.StudyError, *train.SETUP_ERRORS, evaluate.EvaluationSetupError,
+              data.DatasetNotFoundError, model_export.CheckpointMismatchError)  # fmt: skip
+    cli.run(PROG, main, user_errors=errors)
+
+
+if __name__ == "__main__":
+    console_main()

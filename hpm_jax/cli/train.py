@@ -1,0 +1,72 @@
+"""`hpm-train` (and `python -m hpm_jax.train`): the flags around `hpm_jax.train.run`.
+
+    hpm-train --config=configs/fashion_mnist.py --workdir=/tmp/fmnist_at
+    hpm-train --config=configs/cifar10_wrn.py --workdir=/tmp/wrn \\
+        --config.init.checkpoint=/tmp/carmon2019 --config.train.num_steps=2000
+    # several hosts: the same command on each, plus
+    #   --coordinator_address=HOST0:1234 --num_processes=N --process_id=I   (or --multihost)
+"""
+
+from __future__ import annotations
+
+import json
+
+import jax
+from absl import app, flags
+
+from hpm_jax import cli, config_lib, train
+
+PROG = "hpm-train"
+_CONFIG = cli.define_config_flag()
+_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and the final model go here.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0, for multi-host runs."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-host run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0..N-1.")
+_MULTIHOST = flags.DEFINE_bool(
+    "multihost", False, "jax.distributed.initialize() with settings detected from the "
+    "environment (Cloud TPU pods, SLURM); instead of the three flags above."
+)  # fmt: skip
+_CPU_COLLECTIVES = flags.DEFINE_string(
+    "cpu_collectives", "gloo", "Collectives of the CPU backend in multi-process runs."
+)
+
+
+def initialize_distributed() -> None:
+    """Join the processes of a multi-host run (before anything touches a device)."""
+    explicit = [_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value]
+    if any(v is not None for v in explicit):
+        if any(v is None for v in explicit):
+            raise app.UsageError(
+                "Give all of --coordinator_address, --num_processes and --process_id, or none."
+            )
+        jax.config.update("jax_cpu_collectives_implementation", _CPU_COLLECTIVES.value)
+        jax.distributed.initialize(
+            coordinator_address=_COORDINATOR.value,
+            num_processes=_NUM_PROCESSES.value,
+            process_id=_PROCESS_ID.value,
+        )
+    elif _MULTIHOST.value:
+        jax.distributed.initialize()
+
+
+def main(argv: list[str], overrides: list[str]) -> None:
+    del argv  # cli.run refuses positional arguments
+    cli.require(PROG, config=_CONFIG.value, workdir=_WORKDIR.value)
+    config = config_lib.load_config(_CONFIG.value, overrides)
+    cli.default_verbosity()  # WARNING unless --verbosity/-v is given: Orbax logs reads at INFO
+    initialize_distributed()
+    summary = train.run(config, _WORKDIR.value)
+    if jax.process_index() == 0:
+        print(json.dumps(summary, indent=2), flush=True)
+
+
+def console_main() -> None:
+    """The `hpm-train` console script: setup errors as one line, exit code 2 (hpm_jax.cli)."""
+    cli.show_in_help(__name__, _CONFIG)  # else --help lists neither --config nor, as hpm-train, any
+    cli.run(PROG, main, user_errors=train.SETUP_ERRORS)
+
+
+if __name__ == "__main__":
+    console_main()
