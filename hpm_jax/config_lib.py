@@ -86,6 +86,19 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
     return config
 
 
+def parse_variants(arg: str | None, known: Sequence[str]) -> frozenset[str]:
+    """The variants in a config file's `:arg` ("local,hpm"; None or "" = none), each one of
+    `known`; an unknown one is a ValueError naming it and the known ones (`load_config`
+    prefixes the spec). Whitespace around names and empty names are ignored."""
+    variants = frozenset(v.strip() for v in (arg or "").split(",")) - {""}
+    unknown = sorted(variants - set(known))
+    if unknown:
+        example = ",".join(known[:2])
+        offer = f"its variants are {', '.join(known)}, e.g. :{example}" if known else "it has none"
+        raise ValueError(f"Unknown variant(s) {unknown} of this config; {offer}.")
+    return variants
+
+
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:
     """Apply "a.b=value" strings; values are Python literals, or bare strings."""
     for override in overrides:

@@ -64,3 +64,25 @@ def test_hyphenated_keys_sections_and_argv_overrides():
     )  # fmt: skip
     assert rest == ["prog", "--config=c.py", "--workdir=w"]
     assert overrides == ["a.b-c=1", "d=2", "e=True", "f=False"]
+
+
+def test_parse_variants_names_the_unknown_and_the_known(tmp_path):
+    known = ("local", "hpm")
+    assert config_lib.parse_variants(None, known) == frozenset()
+    assert config_lib.parse_variants("", known) == frozenset()
+    assert config_lib.parse_variants("hpm, local,", known) == {"local", "hpm"}
+    with pytest.raises(ValueError, match=r"\['nope', 'zz'\] .*variants are local, hpm"):
+        config_lib.parse_variants("local,zz,nope", known)
+    with pytest.raises(ValueError, match=r"\['local'\] of this config; it has none"):
+        config_lib.parse_variants("local", ())
+    path = tmp_path / "c.py"  # load_config names the file and the variant
+    path.write_text(
+        "from hpm_jax import config_lib\n"
+        "import ml_collections\n"
+        "def get_config(arg=None):\n"
+        "    variants = config_lib.parse_variants(arg, ('small',))\n"
+        "    return ml_collections.ConfigDict({'small': 'small' in variants})\n"
+    )
+    assert config_lib.load_config(f"{path}:small").small is True
+    with pytest.raises(config_lib.ConfigError, match=r"c\.py:big: Unknown variant\(s\) \['big'\]"):
+        config_lib.load_config(f"{path}:big")
