@@ -1,14 +1,17 @@
 """The model a config describes, and its starting variables: from scratch or a checkpoint.
 
+    check_init_checkpoint(config)                        # first: before a run writes anything
     model, kwargs = build_model(config)                  # get_model(name, **kwargs)
     variables = initial_variables(model, config, train_source=source, mesh=mesh)
 
-From scratch: `model.init` with `config.seed`. From `config.init.checkpoint` (a directory
-written by `python -m hpm_jax.convert` or `model_export.save_model`): the stored model
-must be the configured backbone with the same options. An FC checkpoint fine-tuned with an
-HPM (or l2) head keeps its backbone, batch-norm statistics and FC weights (the HPM head's
-`fc` sits at the FC head's path), and its prototypes start at the class means of the
-training features (`init.prototype_examples` of them, without augmentation).
+From scratch (`init.checkpoint` ""): `model.init` with `config.seed`. None: the config
+fine-tunes a pretrained model that the user has to name, an error naming
+--config.init.checkpoint=DIR (configs have no default paths). From a directory written by
+`python -m hpm_jax.convert` or `model_export.save_model`: the stored model must be the
+configured backbone with the same options. An FC checkpoint fine-tuned with an HPM (or l2)
+head keeps its backbone, batch-norm statistics and FC weights (the HPM head's `fc` sits at
+the FC head's path), and its prototypes start at the class means of the training features
+(`init.prototype_examples` of them, without augmentation).
 """
 
 from __future__ import annotations
@@ -61,6 +64,20 @@ def build_model(config: ml_collections.ConfigDict) -> tuple[Classifier, dict[str
     # JSON (model.json) has no tuples: lists throughout, so a reloaded model compares equal.
     kwargs = json.loads(json.dumps(kwargs))
     return get_model(config.model.name, **kwargs), kwargs
+
+
+def check_init_checkpoint(config: ml_collections.ConfigDict) -> None:
+    """Raise InitCheckpointError if the config fine-tunes a pretrained model
+    (`init.checkpoint` None, as the config files say so) but names none. `initial_variables`
+    checks it too; a program calls this first, so that a run fails before it writes."""
+    if config.init.checkpoint is None:
+        raise InitCheckpointError(
+            f"This config fine-tunes a pretrained {config.model.name} (init.checkpoint is "
+            "None): name its directory with --config.init.checkpoint=DIR (written by "
+            "`python -m hpm_jax.convert --arch ... --checkpoint FILE.pt --out DIR`, or an "
+            "hpm_jax.train WORKDIR/model), or pass --config.init.checkpoint='' to train "
+            "from scratch."
+        )
 
 
 def _backbone_options(arch: str, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -122,6 +139,7 @@ def initial_variables(
     mesh: Mesh,
 ) -> dict[str, Any]:
     """Variables to start training from (see the module docstring)."""
+    check_init_checkpoint(config)
     directory = config.init.checkpoint
     if not directory:
         info = data.dataset_info(config.dataset.name)
