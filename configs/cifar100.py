@@ -2,46 +2,37 @@
 
     python -m hpm_jax.convert --arch dm_wide_resnet --checkpoint Gowal2020_70_16_extra.pt \
         --arch_kwargs "depth=70,width=16,mean=(0.5071,0.4865,0.4409),std=(0.2673,0.2564,0.2762)" \
-        --out /tmp/gowal_c100
-    python -m hpm_jax.train --config=configs/cifar100.py:dm_wrn --workdir=/tmp/c100_dm_hpm \
-        --config.init.checkpoint=/tmp/gowal_c100 --config.model.kwargs.depth=70 \
+        --out runs/gowal_c100
+    python -m hpm_jax.train --config=configs/cifar100.py:dm_wrn --workdir=runs/c100_dm_hpm \
+        --config.init.checkpoint=runs/gowal_c100 --config.model.kwargs.depth=70 \
         --config.model.kwargs.width=16
-    python -m hpm_jax.train --config=configs/cifar100.py --workdir=/tmp/c100_wrn_hpm \
-        --config.init.checkpoint=/tmp/c100_wrn        # a converted WideResNet checkpoint
+    python -m hpm_jax.train --config=configs/cifar100.py --workdir=runs/c100_wrn_hpm \
+        --config.init.checkpoint=runs/c100_wrn        # a converted WideResNet checkpoint
 
-The CIFAR-10 config (configs/cifar10.py, same variants: `wrn`, `dm_wrn`, `fc`, `l2`, `local`)
-with 100 classes, CIFAR-100's normalisation for the DeepMind WRN, and a pseudo-count
-scaled to the ~1.3 examples per class of a 128-image batch. Data: TFDS `cifar100` as
-array_record. Evaluation (`hpm_jax.evaluate`) as CIFAR-10's: AutoAttack / MSA at the training
-threat model (8/255 Linf; `:l2` 0.5 L2), full budgets, the first 1000 test images.
+The CIFAR-10 config (configs/cifar10.py, same variants: `wrn`, `dm_wrn`, `fc`, `l2`, `local`;
+both are `hpm_jax.config_sections.cifar_config`) with 100 classes, CIFAR-100's
+normalisation for the DeepMind WRN, and a pseudo-count scaled to the ~1.3 examples per class
+of a 128-image batch. `init.checkpoint` is required but for `local`. Data: TFDS `cifar100`
+as array_record. Evaluation (`hpm_jax.evaluate`) as CIFAR-10's: AutoAttack / MSA at the
+training threat model (8/255 Linf; `:l2` 0.5 L2), full budgets, the first 1000 test images.
 """
-
-import importlib.util
-import os
 
 import ml_collections
 
+from hpm_jax import config_lib, config_sections
+
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
-
-
-def _cifar10_config(arg):
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cifar10.py")
-    spec = importlib.util.spec_from_file_location("_hpm_cifar10_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+VARIANTS = config_sections.CIFAR_VARIANTS
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    config = _cifar10_config(arg)
-    config.dataset.name = "cifar100"
-    config.model.num_classes = 100
-    if config.model.name == "dm_wide_resnet":
-        config.model.kwargs.mean, config.model.kwargs.std = CIFAR100_MEAN, CIFAR100_STD
-    # Few examples of each class per batch: weigh P_ema more against a class's batch mean.
-    config.model.head_kwargs.pseudo_count = 2.0
-    if config.init.checkpoint:  # the docstring's conversions
-        dm = config.model.name == "dm_wide_resnet"
-        config.init.checkpoint = "/tmp/gowal_c100" if dm else "/tmp/c100_wrn"
-    return config
+    return config_sections.cifar_config(
+        config_lib.parse_variants(arg, VARIANTS),
+        name="cifar100",
+        num_classes=100,
+        mean=CIFAR100_MEAN,
+        std=CIFAR100_STD,
+        # Few examples of each class per batch: weigh P_ema more against a class's batch mean.
+        pseudo_count=2.0,
+    )

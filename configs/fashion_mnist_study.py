@@ -3,33 +3,29 @@
     python -m hpm_jax.study --config=configs/fashion_mnist_study.py --workdir=/tmp/study \
         --config.init.checkpoint=/tmp/hpm_demo/at/model      # the demo's PGD-AT model
     python -m hpm_jax.study --config=configs/fashion_mnist_study.py --workdir=/tmp/study \
+        --config.init.checkpoint=/tmp/hpm_demo/at/model \
         --config.study.seeds="(0, 1, 2)" --config.evaluation.num_examples=1000   # larger
 
-configs/fashion_mnist.py (the study fine-tunes with its `hpm` variant: 200 steps, lr 0.01)
-with a `study` section: the default HPM head and single-knob changes of it, 2 training
-seeds, and the demo's reduced evaluation budgets (256 test points in batches of 128, MSA
-with surrogates fc, ema_l2, soft, ste) without the naive AutoAttack row, which a study does
-not need. Every point starts from `init.checkpoint`, by default the demo's PGD-AT model.
+configs/fashion_mnist.py (the study fine-tunes with its `hpm` variant: 200 steps, lr 0.01;
+`:local` as that file's) with a `study` section: the default HPM head and single-knob
+changes of it, 2 training seeds, and the demo's reduced evaluation budgets (256 test points
+in batches of 128, MSA with surrogates fc, ema_l2, soft, ste) without the naive AutoAttack
+row, which a study does not need. Every point starts from `init.checkpoint`, an FC model
+the user names (e.g. the demo's WORKDIR/at/model); the study refuses to start without it.
 """
-
-import importlib.util
-import os
 
 import ml_collections
 
+from hpm_jax import config_lib, config_sections
 
-def _fashion_mnist_config(arg):
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fashion_mnist.py")
-    spec = importlib.util.spec_from_file_location("_hpm_fashion_mnist_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+VARIANTS = config_sections.FASHION_MNIST_VARIANTS  # `hpm` is always on
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    variants = set(arg.split(",")) if arg else set()
-    config = _fashion_mnist_config(",".join(sorted(variants | {"hpm"})))
-    config.init.checkpoint = "/tmp/hpm_demo/at/model"  # launch/demo.sh's default workdir
+    variants = config_lib.parse_variants(arg, VARIANTS)
+    config = config_sections.fashion_mnist_config(variants | {"hpm"})
+    # "": hpm_jax.study names the missing --config.init.checkpoint=DIR itself.
+    config.init.checkpoint = ""
     config.evaluation.naive_autoattack = False
     config.evaluation.run_checks = False  # the demo reports them for the default point
 
