@@ -23,7 +23,8 @@ import json
 import os
 import shutil
 import time
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
 import jax
 import ml_collections
@@ -278,6 +279,15 @@ class _Setup:
         self.judge_mode = _judge_mode(config.model.head)
 
 
+class _Steps(NamedTuple):
+    """The jitted steps of a run and its random keys, placed on the mesh."""
+
+    train: Callable
+    eval: Callable
+    train_key: jax.Array
+    eval_key: jax.Array
+
+
 def _train(
     config: ml_collections.ConfigDict,
     setup: _Setup,
@@ -285,62 +295,18 @@ def _train(
     mesh: Mesh,
     checkpoints: checkpoints_lib.TrainCheckpoints,
 ) -> dict[str, Any]:
-    model, model_kwargs = setup.model, setup.model_kwargs
-    objective, optimizer, schedule = setup.objective, setup.optimizer, setup.schedule
-    use_ema = config.train.ema_decay > 0
+    # ---- setup: the data, and the state restored from the newest checkpoint or initialised
     run_info = {"identity": identity(config), "config": json.loads(config.to_json())}
-
-    data_dir = config.dataset.data_dir or None
     train_source = data.get_source(
-        config.dataset.name, config.dataset.train_split, data_dir=data_dir
+        config.dataset.name, config.dataset.train_split, data_dir=config.dataset.data_dir or None
     )
     eval_source = _eval_source(config)
+    start, state = _initial_state(config, setup, mesh, checkpoints, run_info, train_source)
 
-    rep = replicated(mesh)
-    start = checkpoints.latest_step()
-    if start is not None:
-        changed = checkpoints_lib.differences(
-            checkpoints.run_info(start)["config"], run_info["config"]
-        )
-        abstract = jax.eval_shape(
-            lambda v: state_lib.create_state(v, optimizer, ema=use_ema),
-            abstract_variables(model),
-        )
-        abstract = jax.tree.map(
-            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), abstract
-        )
-        state = checkpoints.restore(start, abstract, run_info)
-        _print(f"Resuming from {checkpoints.directory} at step {start}.")
-        if changed:
-            _print("  config changes since that checkpoint:\n    " + "\n    ".join(changed))
-    else:
-        start = 0
-        variables = model_init.initial_variables(
-            model, config, train_source=train_source, mesh=mesh
-        )
-        state = jax.jit(
-            functools.partial(state_lib.create_state, optimizer=optimizer, ema=use_ema),
-            out_shardings=rep,
-        )(_global(variables, rep))
+    # ---- compile: the train and eval steps, jitted over the mesh ----------------------------
+    compiled = _compile_steps(config, setup, mesh)
 
-    train_key = _global_key(config.seed, _TRAIN_STREAM, rep)
-    eval_key = _global_key(config.seed, _EVAL_STREAM, rep)
-    batch_sharding = data_sharding(mesh)
-    step_fn = jax.jit(
-        functools.partial(
-            steps.train_step, model, optimizer, objective, float(config.train.ema_decay)
-        ),
-        in_shardings=(rep, batch_sharding, rep),
-        out_shardings=(rep, rep),
-        donate_argnums=0,
-    )
-    eval_fn = jax.jit(
-        functools.partial(steps.eval_step, model, setup.eval_attack, setup.judge_mode),
-        in_shardings=(rep, batch_sharding, rep, rep),
-        out_shardings=rep,
-    )
-
-    num_steps = int(config.train.num_steps)
+    # ---- the loop: train, log, checkpoint and evaluate up to train.num_steps ----------------
     writer = metrics_lib.MetricWriter(workdir, start_step=start)
     batches = data.train_iterator(
         train_source,
@@ -352,72 +318,31 @@ def _train(
     )
     _print(
         f"{config.model.name} ({config.model.head} head) on {config.dataset.name}: "
-        f"{objective.name}, {num_steps} steps of {config.train.batch_size}, "
-        f"{mesh.devices.size} devices, {jax.process_count()} process(es)"
+        f"{setup.objective.name}, {int(config.train.num_steps)} steps of "
+        f"{config.train.batch_size}, {mesh.devices.size} devices, {jax.process_count()} process(es)"
     )
+    evaluate_and_log = functools.partial(
+        _evaluate_and_log, compiled, eval_source, config, mesh, writer
+    )
+    with contextlib.closing(writer):  # flushed and closed on errors too
+        state, step, last_eval, meter = _loop(
+            config, setup, state, start, compiled, batches, writer, evaluate_and_log,
+            lambda step, state, last: checkpoints.save(step, state, run_info, force=last),
+        )  # fmt: skip
 
-    def evaluate_and_log(step: int) -> dict[str, float]:
-        variables = state_lib.eval_variables(state)
-        result = evaluate(eval_fn, variables, eval_source, config, mesh, eval_key)
-        writer.write(step, result)
-        _print(
-            f"  eval at step {step}: clean {result['eval_clean_accuracy']:.4f}  "
-            f"PGD {result['eval_pgd_accuracy']:.4f}  ({result['eval_examples']} examples)"
-        )
-        return result
-
-    # A bar (steps/s, ETA) on a terminal; elsewhere the step lines carry the rate and ETA.
-    bar_mode = "bars" if jax.process_index() == 0 and progress.resolve_mode() == "bars" else "off"
-    bar = progress.Bar("train", num_steps, unit="step", initial=start, mode=bar_mode)
-    with contextlib.closing(writer), bar:  # flushed and closed on errors too
-        log_every, eval_every = config.train.log_every_steps, config.eval.every_steps
-        meter = _Throughput(config.train.batch_size)
-        last_eval: dict[str, float] = {}
-        step = start
-        for step in range(start + 1, num_steps + 1):
-            state, step_metrics = step_fn(state, next(batches), train_key)
-            if step == start + 1:  # the first step compiles: time from its end
-                jax.block_until_ready(step_metrics)
-                meter.start()
-            else:
-                meter.tick()
-            is_last = step == num_steps
-            if step % log_every == 0 or is_last:
-                scalars = _host(step_metrics)  # waits for the step
-                meter.stop()
-                rate = meter.rate()
-                if rate is not None:
-                    scalars["images_per_second"] = rate
-                scalars["learning_rate"] = float(schedule(step - 1))
-                writer.write(step, scalars)
-                bar.set(step, postfix=f"loss {float(scalars.get('loss', float('nan'))):.4f}")
-                _print(
-                    metrics_lib.format_progress(step, num_steps, scalars, _CONSOLE_KEYS)
-                    + (f"  {rate:.0f} images/s" if rate is not None else "")
-                    + _rate_and_eta(bar)
-                )
-                meter.start()
-            checkpoints.save(step, state, run_info, force=is_last)
-            if (eval_every and step % eval_every == 0) or is_last:
-                jax.block_until_ready(state)
-                meter.stop()
-                last_eval = evaluate_and_log(step)
-                meter.start()
-
-        if start == num_steps:  # nothing left to train: evaluate what the checkpoint holds
-            last_eval = evaluate_and_log(step)
-    checkpoints.close()  # the last checkpoint is complete before the final model is written
+    # ---- finish: the last checkpoint complete, then the final model and summary.json ----
+    checkpoints.close()
     model_dir = _save_final_model(
-        workdir, state_lib.eval_variables(state), model_kwargs, config.model.name, step
+        workdir, state_lib.eval_variables(state), setup.model_kwargs, config.model.name, step
     )
     summary = {
         "dataset": config.dataset.name,
         "model": config.model.name,
         "head": config.model.head,
-        "objective": objective.name,
+        "objective": setup.objective.name,
         "devices": int(mesh.devices.size),
         "processes": jax.process_count(),
-        "steps": num_steps,
+        "steps": int(config.train.num_steps),
         "resumed_from": start,
         "train_seconds": round(meter.total_seconds, 1),  # this invocation's training steps
         **last_eval,
@@ -427,6 +352,155 @@ def _train(
         with open(os.path.join(workdir, SUMMARY), "w") as f:
             json.dump(summary, f, indent=2)
     return summary
+
+
+def _initial_state(
+    config: ml_collections.ConfigDict,
+    setup: _Setup,
+    mesh: Mesh,
+    checkpoints: checkpoints_lib.TrainCheckpoints,
+    run_info: dict[str, Any],
+    train_source: data.Source,
+) -> tuple[int, Any]:
+    """(step, state): the newest checkpoint's (its config changes printed), else step 0 and a
+    state from `model_init.initial_variables`, replicated over the mesh."""
+    use_ema = config.train.ema_decay > 0
+    rep = replicated(mesh)
+    start = checkpoints.latest_step()
+    if start is None:
+        variables = model_init.initial_variables(
+            setup.model, config, train_source=train_source, mesh=mesh
+        )
+        state = jax.jit(
+            functools.partial(state_lib.create_state, optimizer=setup.optimizer, ema=use_ema),
+            out_shardings=rep,
+        )(_global(variables, rep))
+        return 0, state
+    changed = checkpoints_lib.differences(checkpoints.run_info(start)["config"], run_info["config"])
+    abstract = jax.eval_shape(
+        lambda v: state_lib.create_state(v, setup.optimizer, ema=use_ema),
+        abstract_variables(setup.model),
+    )
+    abstract = jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), abstract
+    )
+    state = checkpoints.restore(start, abstract, run_info)
+    _print(f"Resuming from {checkpoints.directory} at step {start}.")
+    if changed:
+        _print("  config changes since that checkpoint:\n    " + "\n    ".join(changed))
+    return start, state
+
+
+def _compile_steps(config: ml_collections.ConfigDict, setup: _Setup, mesh: Mesh) -> _Steps:
+    """`steps.train_step` (the state donated) and `steps.eval_step`, jitted with the batch
+    sharded over the mesh's data axis and everything else replicated."""
+    rep, batch_sharding = replicated(mesh), data_sharding(mesh)
+    train_step = jax.jit(
+        functools.partial(
+            steps.train_step,
+            setup.model,
+            setup.optimizer,
+            setup.objective,
+            float(config.train.ema_decay),
+        ),
+        in_shardings=(rep, batch_sharding, rep),
+        out_shardings=(rep, rep),
+        donate_argnums=0,
+    )
+    eval_step = jax.jit(
+        functools.partial(steps.eval_step, setup.model, setup.eval_attack, setup.judge_mode),
+        in_shardings=(rep, batch_sharding, rep, rep),
+        out_shardings=rep,
+    )
+    return _Steps(
+        train_step,
+        eval_step,
+        _global_key(config.seed, _TRAIN_STREAM, rep),
+        _global_key(config.seed, _EVAL_STREAM, rep),
+    )
+
+
+def _loop(
+    config: ml_collections.ConfigDict,
+    setup: _Setup,
+    state: Any,
+    start: int,
+    compiled: _Steps,
+    batches: Iterator[Any],
+    writer: metrics_lib.MetricWriter,
+    evaluate_and_log: Callable[[Any, int], dict[str, float]],
+    save: Callable[[int, Any, bool], None],
+) -> tuple[Any, int, dict[str, float], _Throughput]:
+    """Steps start+1 .. train.num_steps: every `log_every_steps` the scalars (console, bar,
+    writer), every step `save` (the checkpoints keep what they are told to), every
+    `eval.every_steps` and at the end `evaluate_and_log`. Returns (state, last step, last
+    evaluation, the throughput meter)."""
+    num_steps = int(config.train.num_steps)
+    # A bar (steps/s, ETA) on a terminal; elsewhere the step lines carry the rate and ETA.
+    bar_mode = "bars" if jax.process_index() == 0 and progress.resolve_mode() == "bars" else "off"
+    bar = progress.Bar("train", num_steps, unit="step", initial=start, mode=bar_mode)
+    log_every, eval_every = config.train.log_every_steps, config.eval.every_steps
+    meter = _Throughput(config.train.batch_size)
+    last_eval: dict[str, float] = {}
+    step = start
+    with bar:
+        for step in range(start + 1, num_steps + 1):
+            state, step_metrics = compiled.train(state, next(batches), compiled.train_key)
+            if step == start + 1:  # the first step compiles: time from its end
+                jax.block_until_ready(step_metrics)
+                meter.start()
+            else:
+                meter.tick()
+            is_last = step == num_steps
+            if step % log_every == 0 or is_last:
+                _log_step(step, num_steps, step_metrics, meter, setup.schedule, writer, bar)
+            save(step, state, is_last)
+            if (eval_every and step % eval_every == 0) or is_last:
+                jax.block_until_ready(state)
+                meter.stop()
+                last_eval = evaluate_and_log(state, step)
+                meter.start()
+        if start == num_steps:  # nothing left to train: evaluate what the checkpoint holds
+            last_eval = evaluate_and_log(state, step)
+    return state, step, last_eval, meter
+
+
+def _evaluate_and_log(
+    compiled: _Steps,
+    source: data.Source,
+    config: ml_collections.ConfigDict,
+    mesh: Mesh,
+    writer: metrics_lib.MetricWriter,
+    state: Any,
+    step: int,
+) -> dict[str, float]:
+    """`evaluate` of the state's evaluation variables (the EMA when kept), written and printed."""
+    variables = state_lib.eval_variables(state)
+    result = evaluate(compiled.eval, variables, source, config, mesh, compiled.eval_key)
+    writer.write(step, result)
+    _print(
+        f"  eval at step {step}: clean {result['eval_clean_accuracy']:.4f}  "
+        f"PGD {result['eval_pgd_accuracy']:.4f}  ({result['eval_examples']} examples)"
+    )
+    return result
+
+
+def _log_step(step, num_steps, step_metrics, meter, schedule, writer, bar) -> None:
+    """The step's scalars, images/s and learning rate: to the writer, the bar and the console."""
+    scalars = _host(step_metrics)  # waits for the step
+    meter.stop()
+    rate = meter.rate()
+    if rate is not None:
+        scalars["images_per_second"] = rate
+    scalars["learning_rate"] = float(schedule(step - 1))
+    writer.write(step, scalars)
+    bar.set(step, postfix=f"loss {float(scalars.get('loss', float('nan'))):.4f}")
+    _print(
+        metrics_lib.format_progress(step, num_steps, scalars, _CONSOLE_KEYS)
+        + (f"  {rate:.0f} images/s" if rate is not None else "")
+        + _rate_and_eta(bar)
+    )
+    meter.start()
 
 
 if __name__ == "__main__":  # the program lives in hpm_jax.cli.train (flags, errors)
