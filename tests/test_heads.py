@@ -3,13 +3,15 @@ the straight-through gradient, smoothness of `soft`, tuple modes, and 1 vs 4 dev
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from hpm_jax.models import MODES, FCHead, HPMHead, L2Head, get_model
+from hpm_jax import models
+from hpm_jax.models import MODES, Classifier, FCHead, HPMHead, L2Head, get_model
 from hpm_jax.sharding import data_sharding, make_mesh, replicated
 
 C, D, B = 6, 5, 4  # fewer examples than classes: some classes are always absent from a batch
@@ -123,10 +125,16 @@ HEADS = {
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("name", list(HEADS))
 def test_every_head_and_mode_matches_numpy(name, mode, jit):
+    """Every mode a head declares matches NumPy; every other mode is refused (an FC head
+    asked for "ema_l2" used to answer with its FC logits)."""
     head, options = HEADS[name]
     v, f = random_values(0), features(1)
     apply = functools.partial(head.apply, mode=mode)
     apply = jax.jit(apply) if jit else apply
+    if ("hpm" if mode == "ste" else mode) not in type(head).logits_modes:
+        with pytest.raises(ValueError, match=f"{type(head).__name__} has no logits mode"):
+            apply(to_variables(v, head), jnp.asarray(f))
+        return
     got = apply(to_variables(v, head), jnp.asarray(f))
     want = np_head(v, f, "hpm" if mode == "ste" else mode, **options)
     assert got.shape == (B, C) and got.dtype == jnp.float32
@@ -188,14 +196,54 @@ def test_tuple_modes_equal_single_calls_and_update_the_ema_once():
     np.testing.assert_array_equal(updates["prototypes"]["seen"], seen)  # added once, not 5x
 
 
-@pytest.mark.parametrize("head", [FCHead(C), L2Head(C)])
-def test_static_heads_give_the_same_logits_for_every_mode_of_a_tuple(head):
+def test_heads_declare_their_modes_the_judge_and_the_batch_coupled_ones():
+    want = {
+        FCHead: (("fc",), "fc", set()),
+        L2Head: (("ema_l2",), "ema_l2", set()),
+        HPMHead: (("fc", "ema_l2", "soft", "hpm"), "hpm", {"soft", "hpm"}),
+    }
+    for cls, (modes, judge, coupled) in want.items():
+        assert (cls.logits_modes, cls.judge_mode, set(cls.coupled_modes)) == (modes, judge, coupled)
+        assert judge in modes and set(coupled) <= set(modes) and set(modes) <= set(MODES)
+        # Declarations are class attributes, not module fields (get_model routes by field).
+        assert not {"logits_modes", "judge_mode", "coupled_modes"} & set(cls.__dataclass_fields__)
+    for name, cls in models.HEADS.items():
+        model = get_model("small_cnn", num_classes=C, head=name)
+        assert models.head_modes(model) == cls.logits_modes
+        assert models.judge_mode(model) == cls.judge_mode
+        assert [models.is_coupled(model, m) for m in cls.logits_modes] == [
+            m in want[cls][2] for m in want[cls][0]
+        ]
+    hpm = get_model("small_cnn", num_classes=C, head="hpm")
+    assert models.is_coupled(hpm, "ste")  # the alias of "hpm"
+    fc = get_model("small_cnn", num_classes=C)
+    with pytest.raises(ValueError, match=r"FCHead has no logits mode.*'ema_l2'.*\['fc'\]"):
+        models.is_coupled(fc, "ema_l2")
+    with pytest.raises(ValueError, match="does not declare its modes"):
+        models.head_modes(Classifier(backbone=fc.backbone, head=_UndeclaredHead()))
+
+
+class _UndeclaredHead(nn.Module):
+    @nn.compact
+    def __call__(self, features, labels=None, *, train=False, mode=None):
+        return nn.Dense(C)(features)
+
+
+@pytest.mark.parametrize("name", list(HEADS))
+def test_the_default_mode_is_the_judge_mode_and_tuples_of_own_modes_work(name):
+    head, _ = HEADS[name]
     variables = to_variables(random_values(4), head)
     f = jnp.asarray(features(5))
-    out = head.apply(variables, f, mode=("hpm", "fc", "soft"))
-    single = head.apply(variables, f)
-    for logits in out.values():
-        np.testing.assert_array_equal(logits, single)
+    judge = type(head).judge_mode
+    np.testing.assert_array_equal(head.apply(variables, f), head.apply(variables, f, mode=judge))
+    out = head.apply(variables, f, mode=type(head).logits_modes)
+    assert set(out) == set(type(head).logits_modes)
+    for mode, logits in out.items():
+        np.testing.assert_array_equal(logits, head.apply(variables, f, mode=mode))
+    missing = [m for m in ("fc", "ema_l2", "soft", "hpm") if m not in type(head).logits_modes]
+    if missing:  # one missing mode in a tuple refuses the whole call
+        with pytest.raises(ValueError, match=repr(missing[0])):
+            head.apply(variables, f, mode=(judge, missing[0]))
 
 
 # ---- the EMA update ------------------------------------------------------------------------

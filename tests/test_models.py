@@ -130,3 +130,124 @@ def test_classifier_passes_labels_and_modes_to_the_head():
     y = jnp.arange(6)
     _, updates = model.apply(variables, x, y, train=True, mutable=["batch_stats", "prototypes"])
     np.testing.assert_array_equal(updates["prototypes"]["head"]["seen"], [1] * 6 + [0] * 4)
+
+
+# ---- logits functions and the training forward (hpm_jax.models.logits) --------------------
+
+
+def _hpm_with_prototypes():
+    """A small HPM classifier whose prototypes and running statistics are not init's: eval
+    and train mode, and every head mode, give different logits."""
+    model = get_model("small_cnn", num_classes=4, head="hpm", channels=(4, 8), num_features=8)
+    x = jax.random.uniform(jax.random.key(0), (6, 28, 28, 1))
+    variables = jax.tree.map(lambda a: a, model.init(jax.random.key(1), x[:1]))
+    rng = np.random.default_rng(0)
+    variables["prototypes"]["head"]["ema"] = jnp.asarray(rng.normal(size=(4, 8)), jnp.float32)
+    variables["prototypes"]["head"]["seen"] = jnp.full(4, 3, jnp.int32)
+    variables["batch_stats"] = jax.tree.map(
+        lambda a: jnp.asarray(rng.uniform(0.5, 1.5, a.shape), a.dtype), variables["batch_stats"]
+    )
+    return model, variables, x
+
+
+def test_logits_fns_are_exactly_model_apply_in_every_mode():
+    from hpm_jax.models import head_logits_fn, head_modes, logits_fn
+
+    model, variables, x = _hpm_with_prototypes()
+    feats = model.apply(variables, x, method="features")
+    outputs = {}
+    for mode in head_modes(model):
+        want = model.apply(variables, x, mode=mode)
+        np.testing.assert_array_equal(logits_fn(model, variables, mode=mode)(x), want)
+        # The head alone on the features: what sensitivity.head_logits_fn computed by hand.
+        head_want = model.apply(
+            variables, feats, method=lambda m, f, mode=mode: m.head(f, mode=mode)
+        )
+        head_got = head_logits_fn(model, variables, mode=mode)(feats)
+        np.testing.assert_array_equal(head_got, head_want)
+        outputs[mode] = np.asarray(want)
+    # Distinct modes are distinct logits, so the checks above could tell them apart.
+    assert all(not np.allclose(outputs[a], outputs[b]) for a in outputs for b in outputs if a < b)
+    np.testing.assert_array_equal(logits_fn(model, variables)(x), outputs["hpm"])  # own output
+    np.testing.assert_array_equal(logits_fn(model, variables, mode="ste")(x), outputs["hpm"])
+    # Same logits, same function: None and "ste" are "hpm" (one compiled program for all).
+    assert logits_fn(model, variables).func == logits_fn(model, variables, mode="ste").func
+
+
+def test_train_mode_logits_fn_uses_batch_statistics_and_changes_nothing():
+    from hpm_jax.models import logits_fn
+
+    model, variables, x = _hpm_with_prototypes()
+    before = jax.tree.map(np.array, variables)
+    for mode in ("fc", "hpm"):
+        fn = logits_fn(model, variables, mode=mode, train=True)
+        got = fn(x)
+        want, _ = model.apply(variables, x, train=True, mode=mode, mutable=["batch_stats"])
+        np.testing.assert_array_equal(got, want)
+        assert not np.allclose(got, model.apply(variables, x, mode=mode))  # not eval mode
+        np.testing.assert_array_equal(fn(x), got)  # no statistics carried between calls
+        assert jax.tree.leaves(fn) == jax.tree.leaves(variables)  # the leaves are the weights
+    jax.tree.map(np.testing.assert_array_equal, variables, before)
+
+
+def test_logits_fns_share_one_function_for_hpm_and_ste():
+    from hpm_jax.models import logits_fn, logits_fns
+
+    model, variables, x = _hpm_with_prototypes()
+    fns = logits_fns(model, variables, ["fc", "hpm", "ste", "soft"])
+    assert list(fns) == ["fc", "hpm", "ste", "soft"]
+    assert fns["ste"] is fns["hpm"] and fns["fc"] is not fns["hpm"]
+    for mode, fn in fns.items():
+        assert fn.func == logits_fn(model, variables, mode=mode).func
+        np.testing.assert_array_equal(fn(x), model.apply(variables, x, mode=mode))
+    alias_first = logits_fns(model, variables, ["ste", "hpm"])
+    assert alias_first["hpm"] is alias_first["ste"]
+    trained = logits_fns(model, variables, ["hpm"], train=True)["hpm"]
+    assert trained.func == logits_fn(model, variables, mode="hpm", train=True).func
+
+
+def test_an_fc_classifier_refuses_modes_it_does_not_have():
+    from hpm_jax.models import forward, head_logits_fn, logits_fn, logits_fns
+
+    model = get_model("small_cnn", num_classes=4, channels=(4, 8), num_features=8)
+    x = jax.random.uniform(jax.random.key(0), (3, 28, 28, 1))
+    variables = model.init(jax.random.key(1), x[:1])
+    feats = model.apply(variables, x, method="features")
+    np.testing.assert_array_equal(logits_fn(model, variables)(x), model.apply(variables, x))
+    for mode in ("ema_l2", "soft", "hpm", "ste"):
+        match = rf"FCHead has no logits mode.*'{mode}'.*\['fc'\]"
+        with pytest.raises(ValueError, match=match):
+            logits_fn(model, variables, mode=mode)
+        with pytest.raises(ValueError, match=match):
+            logits_fns(model, variables, ["fc", mode])
+        with pytest.raises(ValueError, match=match):
+            head_logits_fn(model, variables, mode=mode)
+        with pytest.raises(ValueError, match=match):
+            forward(model, variables, x, None, train=False, modes=("fc", mode))
+        with pytest.raises(ValueError, match=match):
+            model.apply(variables, x, mode=mode)
+        with pytest.raises(ValueError, match=match):
+            model.apply(variables, feats, mode=mode, method="head_logits")
+
+
+def test_forward_is_one_train_mode_apply_with_its_updates():
+    from hpm_jax.models import forward
+
+    model, variables, x = _hpm_with_prototypes()
+    y = jnp.arange(6) % 4
+    mutable = ["batch_stats", "prototypes"]
+    out, updates = forward(model, variables, x, y, train=True, modes=("hpm", "fc"),
+                           mutable=mutable)  # fmt: skip
+    want, want_updates = model.apply(variables, x, y, train=True, mode=("hpm", "fc"),
+                                     mutable=mutable)  # fmt: skip
+    assert set(out) == {"hpm", "fc"}
+    for mode in out:
+        np.testing.assert_array_equal(out[mode], want[mode])
+    jax.tree.map(np.testing.assert_array_equal, updates, dict(want_updates))
+    single, _ = forward(model, variables, x, None, train=False, modes=("ema_l2",))
+    np.testing.assert_array_equal(single["ema_l2"], model.apply(variables, x, mode="ema_l2"))
+    # Collections a model lacks are skipped: an FC model has no prototypes.
+    fc = get_model("small_cnn", num_classes=4, channels=(4, 8), num_features=8)
+    fc_vars = fc.init(jax.random.key(1), x[:1])
+    _, fc_updates = forward(fc, fc_vars, x, y, train=True, modes=("fc",), mutable=mutable)
+    assert set(fc_updates) == {"batch_stats"}

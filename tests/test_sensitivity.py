@@ -13,17 +13,19 @@ import os
 import subprocess
 import sys
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import matplotlib.image
 import numpy as np
 import pytest
 
+from hpm_jax import models as hpm_models
 from hpm_jax.analysis import __main__ as cli
 from hpm_jax.analysis import sensitivity as S
 from hpm_jax.data import offline
 from hpm_jax.model_export import save_model
-from hpm_jax.models import PROTOTYPES, get_model
+from hpm_jax.models import PROTOTYPES, HPMHead, get_model
 
 B, C, D = 24, 5, 12
 
@@ -361,6 +363,35 @@ def test_analyze_drops_padding_and_refuses_it_for_coupled_heads(tiny_hpm):
                                    full["per_sample"]["l2"][name][:5], rtol=1e-5)  # fmt: skip
     with pytest.raises(ValueError, match="padding"):
         S.analyze(model, variables, batches, **settings)
+
+
+class _UncoupledHPM(HPMHead):
+    """HPM declaring its batch-mixed modes uncoupled: model_heads must follow the class."""
+
+    coupled_modes = frozenset()
+
+
+class _Undeclared(nn.Module):
+    @nn.compact
+    def __call__(self, features, labels=None, *, train=False, mode=None):
+        return nn.Dense(4)(features)
+
+
+def test_model_heads_come_from_the_head_declarations():
+    def described(model):
+        return [(h.name, h.mode, h.coupled) for h in S.model_heads(model)]
+
+    models = {h: get_model("small_cnn", num_classes=4, head=h) for h in ("fc", "l2", "hpm")}
+    assert described(models["fc"]) == [("fc", "fc", False)]
+    assert described(models["l2"]) == [("l2", "ema_l2", False)]
+    assert described(models["hpm"]) == [
+        ("fc", "fc", False), ("l2", "ema_l2", False), ("hpm", "hpm", True)
+    ]  # fmt: skip
+    uncoupled = models["hpm"].clone(head=_UncoupledHPM(4))
+    assert [h.coupled for h in S.model_heads(uncoupled)] == [False, False, False]
+    with pytest.raises(ValueError, match="No sensitivity analysis for a _Undeclared head"):
+        S.model_heads(models["fc"].clone(head=_Undeclared()))
+    assert S.head_logits_fn is hpm_models.head_logits_fn  # the one in hpm_jax.models
 
 
 def test_missing_checkpoints_fail_with_the_recipe(tmp_path):

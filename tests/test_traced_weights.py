@@ -24,7 +24,7 @@ from hpm_jax.attacks import (
     square,
 )
 from hpm_jax.attacks.apgd_steps import ApgdConfig
-from hpm_jax.models import get_model, logits_fn
+from hpm_jax.models import forward, get_model, head_logits_fn, logits_fn, logits_fns
 
 apgd_module = importlib.import_module("hpm_jax.attacks.apgd")
 N, SIZE, EPS = 8, 8, 1e-3  # a small eps: most points stay robust under the first weights
@@ -102,8 +102,12 @@ def test_new_variables_of_the_same_shapes_compile_nothing_and_are_used(name):
 
 def test_the_chain_and_msa_compile_nothing_for_new_variables():
     model, first, second, x, y = _setup()
-    options = {"apgd-ce": {"n_iter": 3}, "apgd-t": {"n_iter": 3, "n_target_classes": 2},
-               "fab-t": {"n_iter": 3, "n_target_classes": 2}, "square": {"n_queries": 5}}
+    options = {
+        "apgd-ce": {"n_iter": 3},
+        "apgd-t": {"n_iter": 3, "n_target_classes": 2},
+        "fab-t": {"n_iter": 3, "n_target_classes": 2},
+        "square": {"n_queries": 5},
+    }
 
     def evaluate(variables):
         target = logits_fn(model, variables)
@@ -120,6 +124,52 @@ def test_the_chain_and_msa_compile_nothing_for_new_variables():
     assert names == [], names
     aa_second, _ = results[0]
     assert aa_first.clean_accuracy == 1.0 and aa_second.clean_accuracy == 0.0
+
+
+def test_every_kind_of_logits_function_takes_the_weights_as_traced_leaves():
+    """Train-mode, head-only and per-mode dicts of logits functions are pytrees of the
+    variables like eval mode's: a jitted consumer compiles nothing for new weights, and uses
+    them. (A closure over the variables would be recompiled, or would keep the first ones.)"""
+    model, first, second, x, _ = _setup()
+    feats = model.apply(first, jnp.asarray(x), method="features")
+    makers = {
+        "train": (lambda v: logits_fn(model, v, mode="fc", train=True), x),
+        "head": (lambda v: head_logits_fn(model, v, mode="fc"), feats),
+        "dict": (lambda v: logits_fns(model, v, ("fc", "hpm", "ste")), x),
+    }
+
+    @jax.jit
+    def evaluate(fns, inputs):
+        return jax.tree.map(lambda f: f(inputs), fns, is_leaf=callable)
+
+    for name, (make, inputs) in makers.items():
+        fn = make(first)
+        copies = len(fn) if name == "dict" else 1
+        assert jax.tree.leaves(fn) == jax.tree.leaves([first] * copies), name
+        out_first = evaluate(fn, inputs)
+        results = []
+
+        def run_second(make=make, inputs=inputs, results=results):
+            results.append(jax.block_until_ready(evaluate(make(second), inputs)))
+
+        names = compiles(run_second)
+        assert names == [], (name, names)
+        fc_first = out_first["fc"] if name == "dict" else out_first
+        fc_second = results[0]["fc"] if name == "dict" else results[0]
+        # The second weights negate the FC layer (zero bias): the FC logits are negated.
+        np.testing.assert_allclose(fc_second, -fc_first, rtol=1e-6, atol=1e-6)
+
+
+def test_the_training_forward_is_differentiable_in_the_variables():
+    model, first, _, x, y = _setup()
+
+    def loss(params):
+        out, _ = forward(model, {**first, "params": params}, jnp.asarray(x), jnp.asarray(y),
+                         train=True, modes=("hpm", "fc"), mutable=("batch_stats",))  # fmt: skip
+        return out["hpm"].sum() + out["fc"].sum()
+
+    grads = jax.grad(loss)(first["params"])
+    assert float(jnp.abs(grads["head"]["fc"]["kernel"]).sum()) > 0
 
 
 def _mlp(params, x):

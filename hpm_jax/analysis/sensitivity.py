@@ -56,9 +56,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hpm_jax.models import FCHead, HPMHead, L2Head
+from hpm_jax import models
 
 LogitsFn = Callable[[jax.Array], jax.Array]
+# features (B, D) -> logits (B, C) of a model's head alone, a pytree with traced weights; the
+# name hpm_jax.analysis exports.
+head_logits_fn = models.head_logits_fn
 CONTEXTS = ("isolated", "joint")
 DEFAULT_RELATIVE_RADII = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
@@ -293,18 +296,23 @@ def measure_features(
 def model_heads(model: Any) -> tuple[Head, ...]:
     """The heads a model provides: FC -> fc; l2 -> l2; HPM -> fc, l2 (against P_ema), hpm.
 
-    One HPM model gives all three from one backbone, so they see the same features.
+    A head is each of the model's modes (`models.head_modes`) that is the own output of a
+    registered head class (`models.HEADS`, whose name it takes: "ema_l2" is the "l2" head's);
+    HPM's smooth "soft" surrogate is left out. `coupled` is the head's declaration. One HPM
+    model gives all three from one backbone, so they see the same features.
     """
-    head = model.head
-    if isinstance(head, HPMHead):
-        return (Head("fc", "fc"), Head("l2", "ema_l2"), Head("hpm", "hpm", coupled=True))
-    if isinstance(head, L2Head):
-        return (Head("l2", "ema_l2"),)
-    if isinstance(head, FCHead):
-        return (Head("fc", "fc"),)
-    raise ValueError(
-        f"No sensitivity analysis for a {type(head).__name__} head; pass heads=(Head(name, "
-        "mode, coupled), ...) naming the modes to call it with."
+    try:
+        modes = models.head_modes(model)
+    except ValueError:
+        raise ValueError(
+            f"No sensitivity analysis for a {type(model.head).__name__} head; pass heads="
+            "(Head(name, mode, coupled), ...) naming the modes to call it with."
+        ) from None
+    names = {cls.judge_mode: name for name, cls in models.HEADS.items()}
+    return tuple(
+        Head(names[mode], mode, coupled=models.is_coupled(model, mode))
+        for mode in modes
+        if mode in names
     )
 
 
@@ -312,17 +320,6 @@ def logit_scale(variables: Mapping[str, Any]) -> float | None:
     """s = exp(log_scale) of an l2 / HPM head, None for an FC head."""
     log_scale = variables.get("params", {}).get("head", {}).get("log_scale")
     return None if log_scale is None else float(np.exp(np.asarray(log_scale)))
-
-
-def head_logits_fn(model: Any, variables: Any, mode: str) -> LogitsFn:
-    """features (B, D) -> logits (B, C) of `model`'s head called in eval mode with `mode`."""
-
-    def logits_fn(features: jax.Array) -> jax.Array:
-        return model.apply(
-            variables, features, method=lambda m, f: m.head(f, train=False, mode=mode)
-        )
-
-    return logits_fn
 
 
 class _Same:
@@ -343,7 +340,7 @@ class _Same:
 # process for every batch, head and later analysis of the same model object.
 @functools.partial(jax.jit, static_argnames=("model", "head", "context", "num_steps"))
 def _measure_head(variables, features, labels, radii, directions, *, model, head, **kwargs):
-    logits_fn = head_logits_fn(model.value, variables, head.mode)
+    logits_fn = models.head_logits_fn(model.value, variables, mode=head.mode)
     return measure_features(
         logits_fn, features, labels, radii, directions, coupled=head.coupled, **kwargs
     )

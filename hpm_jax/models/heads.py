@@ -10,7 +10,17 @@
 Every head shares one call signature, `head(features, labels=None, *, train, mode)`.
 `mode` picks the logits (the surrogates of the Mixed Surrogate Attack share the same
 variables): "hpm" (alias "ste"), "fc", "ema_l2", "soft"; a tuple of modes returns a dict
-{mode: logits}. The maths is DESIGN.md section 1:
+{mode: logits}; None (the default) the head's own output. Each head class declares the
+modes it really has and the one that judges it:
+
+    FCHead.logits_modes == ("fc",);  L2Head.logits_modes == ("ema_l2",)
+    HPMHead.logits_modes == ("fc", "ema_l2", "soft", "hpm");  HPMHead.judge_mode == "hpm"
+    HPMHead.coupled_modes == {"soft", "hpm"}      # a row's logits depend on the whole batch
+
+Asking a head for a mode it lacks is a ValueError (an FC head has no prototypes, so its
+"ema_l2" logits would be its FC logits under another name).
+
+The maths is DESIGN.md section 1:
 
 * FC: z_fc = f W + b (a Dense named `fc`).
 * l2: z[c] = -s ||f - P[c]||_2 (or its square), s = exp(log_scale) learned.
@@ -35,7 +45,8 @@ import jax.numpy as jnp
 
 from hpm_jax.ops import straight_through_onehot
 
-MODES = ("hpm", "ste", "fc", "ema_l2", "soft")
+MODES = ("hpm", "ste", "fc", "ema_l2", "soft")  # every mode name of any head
+ALIASES = {"ste": "hpm"}  # the straight-through "ste" logits are the "hpm" logits
 MIXINGS = ("count", "convex")
 PROTOTYPES = "prototypes"  # the Flax collection holding `ema` and `seen`
 
@@ -44,8 +55,19 @@ Logits = jax.Array | dict[str, jax.Array]
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
-def parse_modes(mode: Mode) -> tuple[tuple[str, ...], bool]:
-    """(mode names, whether a single name was given); ValueError for unknown names."""
+def canonical_mode(mode: str) -> str:
+    """The mode a name stands for: "ste" -> "hpm", any other name itself."""
+    return ALIASES.get(mode, mode)
+
+
+def parse_modes(mode: Mode | None, head: nn.Module | None = None) -> tuple[tuple[str, ...], bool]:
+    """(mode names, whether a single name was given); ValueError for unknown names.
+
+    With `head` (a head module or class declaring `logits_modes` and `judge_mode`), None
+    stands for its `judge_mode`, and a name the head does not have is a ValueError.
+    """
+    if mode is None and head is not None:
+        mode = head.judge_mode
     if isinstance(mode, str):
         names, single = (mode,), True
     elif isinstance(mode, (tuple, list)) and mode and all(isinstance(m, str) for m in mode):
@@ -55,6 +77,16 @@ def parse_modes(mode: Mode) -> tuple[tuple[str, ...], bool]:
     unknown = [m for m in names if m not in MODES]
     if unknown:
         raise ValueError(f"Unknown head mode(s) {unknown}; choose from {list(MODES)}.")
+    if head is not None:
+        missing = [m for m in names if canonical_mode(m) not in head.logits_modes]
+        if missing:
+            cls = head if isinstance(head, type) else type(head)
+            raise ValueError(
+                f"{cls.__name__} has no logits mode(s) {missing}: its modes are "
+                f"{list(head.logits_modes)}. Other modes need another head, e.g. an FC model "
+                "as an HPM model (fc, ema_l2, soft, hpm) by hpm_jax.prototypes.with_head and "
+                "init_prototypes."
+            )
     return names, single
 
 
@@ -194,8 +226,15 @@ class _PrototypeHead(nn.Module):
 class FCHead(nn.Module):
     """The fully connected head of a standard classifier: z = f W + b (a Dense named `fc`).
 
-    Static: every mode gives the same logits (a tuple of modes gives a dict of them).
+    Its one mode is "fc" (a tuple ("fc", ...) gives a dict); it has no prototypes, so "ema_l2",
+    "soft" and "hpm" are ValueErrors.
     """
+
+    # The head's declarations (see the module docstring): plain class attributes, since any
+    # annotation, ClassVar included, makes Flax's dataclass transform turn them into fields.
+    logits_modes = ("fc",)
+    judge_mode = "fc"
+    coupled_modes = frozenset()
 
     num_classes: int
 
@@ -206,10 +245,10 @@ class FCHead(nn.Module):
         labels: jax.Array | None = None,
         *,
         train: bool = False,
-        mode: Mode = "fc",
+        mode: Mode | None = None,
     ) -> Logits:
         del train
-        names, single = parse_modes(mode)
+        names, single = parse_modes(mode, self)
         _check_inputs(features, labels)
         logits = nn.Dense(self.num_classes, name="fc")(features)
         return _output(names, single, lambda _: logits)
@@ -219,8 +258,12 @@ class L2Head(_PrototypeHead):
     """l2 logits against EMA prototypes: z[c] = -s ||f - P_ema[c]|| (squared: its square).
 
     Fields: num_classes; squared (False); ema_decay (0.99); init_scale (1.0, the initial s).
-    Every mode gives these logits (a tuple of modes gives a dict of them).
+    Its one mode is "ema_l2"; it has no FC layer, so "fc", "soft" and "hpm" are ValueErrors.
     """
+
+    logits_modes = ("ema_l2",)
+    judge_mode = "ema_l2"
+    coupled_modes = frozenset()
 
     @nn.compact
     def __call__(
@@ -229,9 +272,9 @@ class L2Head(_PrototypeHead):
         labels: jax.Array | None = None,
         *,
         train: bool = False,
-        mode: Mode = "ema_l2",
+        mode: Mode | None = None,
     ) -> Logits:
-        names, single = parse_modes(mode)
+        names, single = parse_modes(mode, self)
         _check_inputs(features, labels)
         scale, ema, seen = self._scale_and_prototypes(features)
         logits = l2_logits(features, ema.value, scale, squared=self.squared)
@@ -259,8 +302,14 @@ class HPMHead(_PrototypeHead):
 
     Modes: "hpm" / "ste" (hard argmax assignments, straight-through gradient), "fc" (z_fc),
     "ema_l2" (l2 against P_ema only), "soft" (A = softmax(z_fc / T) forward too: smooth).
-    "hpm" logits depend on the whole batch (through n and S).
+    "hpm" and "soft" logits depend on the whole batch (through n and S). The default (None)
+    is "hpm", the model's real output.
     """
+
+    # In the order evaluation reports them: the surrogates, then the real output.
+    logits_modes = ("fc", "ema_l2", "soft", "hpm")
+    judge_mode = "hpm"
+    coupled_modes = frozenset({"soft", "hpm"})
 
     mixing: str = "count"
     pseudo_count: float = 10.0
@@ -287,9 +336,9 @@ class HPMHead(_PrototypeHead):
         labels: jax.Array | None = None,
         *,
         train: bool = False,
-        mode: Mode = "hpm",
+        mode: Mode | None = None,
     ) -> Logits:
-        names, single = parse_modes(mode)
+        names, single = parse_modes(mode, self)
         _check_inputs(features, labels)
         # fc and the prototypes are always created, so any mode initialises every variable.
         z_fc = nn.Dense(self.num_classes, name="fc")(features)
@@ -314,7 +363,7 @@ class HPMHead(_PrototypeHead):
         computed: dict[str, jax.Array] = {}
 
         def logits_of(name: str) -> jax.Array:
-            name = "hpm" if name == "ste" else name
+            name = canonical_mode(name)
             if name not in computed:  # shared pieces are computed once per call
                 if name == "fc":
                     computed[name] = z_fc

@@ -9,11 +9,13 @@ PGD-AT (Madry et al. 2018): minimise CE(f(x_adv), y) with x_adv = PGD maximising
 TRADES (Zhang et al. 2019): minimise CE(f(x), y) + beta * KL(f(x) || f(x_adv)) with x_adv =
 PGD maximising that KL from a 0.001 * N(0, 1) start.
 
-Heads: an FC model trains its logits (mode "fc"), an l2 model its l2 logits against the
-prototype EMA (mode "ema_l2", weighted by `hpm_weight`). An HPM model returns the logits of
-several modes from one backbone pass; the objective is applied to each and weighted:
-`hpm_weight * objective(hpm logits) + fc_weight * objective(fc logits)` (the auxiliary FC
-term keeps the FC head, which HPM's batch prototypes are assigned by, discriminative).
+Heads: each model trains its own output, the mode its head declares as judging it
+(`hpm_jax.models.judge_mode`): an FC model its logits (mode "fc"), an l2 model its l2
+logits against the prototype EMA (mode "ema_l2", weighted by `hpm_weight`). An HPM model
+returns the logits of several modes from one backbone pass; the objective is applied to
+each and weighted: `hpm_weight * objective(hpm logits) + fc_weight * objective(fc logits)`
+(the auxiliary FC term keeps the FC head, which HPM's batch prototypes are assigned by,
+discriminative).
 The prototype EMA (collection `prototypes`) is updated once per step, from the clean or
 the adversarial features (`prototype_features`; "auto": clean for TRADES, adversarial for
 PGD-AT, the passes each makes anyway; clean features under PGD-AT cost one more forward
@@ -24,13 +26,14 @@ Batch norm during the attack (`attack.bn_mode`): "auto" follows each reference, 
 for PGD-AT (Madry et al.'s and Rice et al.'s code craft the attack with the model in train
 mode; the statistics it would update are discarded) and "eval" for TRADES (its code calls
 model.eval() to craft the attack). The attack differentiates the model in `attack.mode`:
-for HPM the true forward with the straight-through gradient ("hpm") by default.
+for HPM the true forward with the straight-through gradient ("hpm") by default. The model's
+logits functions and its training forward come from `hpm_jax.models` (`logits_fn`, `forward`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -38,11 +41,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from hpm_jax.attacks import contract, pgd
+from hpm_jax import models
+from hpm_jax.attacks import pgd
 from hpm_jax.attacks.losses import cross_entropy
 
 OBJECTIVES = ("pgd_at", "trades")
-HEADS = ("fc", "l2", "hpm")
+HEADS = tuple(models.HEADS)  # config.model.head names: "fc", "l2", "hpm"
 PROTOTYPE_FEATURES = ("auto", "clean", "adversarial")
 BN_MODES = ("auto", "train", "eval")
 
@@ -81,7 +85,14 @@ class AttackSpec:
                 "attack.eps and attack.step_size must be > 0 and attack.num_steps >= 1, got "
                 f"eps={attack.eps}, step_size={attack.step_size}, num_steps={attack.num_steps}."
             )
-        mode = {"fc": "fc", "l2": "ema_l2", "hpm": attack.get("mode", "hpm")}[head]
+        if head not in models.HEADS:
+            raise ValueError(f"model.head must be one of {HEADS}, got {head!r}.")
+        head_cls = models.HEADS[head]
+        if len(head_cls.logits_modes) == 1:  # nothing to choose: the head's one output
+            mode = head_cls.judge_mode
+        else:
+            mode = attack.get("mode", head_cls.judge_mode)
+            models.check_mode(head_cls, mode)  # a ValueError naming the head's modes
         return cls(
             norm=attack.norm,
             eps=float(attack.eps),
@@ -118,13 +129,13 @@ class Objective:
                 "--config.objective.name=trades."
             )
         attack = AttackSpec.from_config(config.attack, head=head, objective=name)
-        if head == "fc":
+        head_cls = models.HEADS[head]
+        judge = head_cls.judge_mode
+        if judge == "fc":  # a plain classifier: no prototypes, no auxiliary term
             return cls(name, (("fc", 1.0),), attack, float(config.objective.trades_beta))
-        if head == "l2":  # l2 logits against P_ema: the head has no FC layer to aux-train
-            weights = [("ema_l2", float(config.objective.hpm_weight))]
-        else:
-            weights = [("hpm", float(config.objective.hpm_weight))]
-        if head == "hpm" and config.objective.fc_weight:
+        weights = [(judge, float(config.objective.hpm_weight))]
+        # The auxiliary FC term needs an FC layer (an l2 head has none).
+        if "fc" in head_cls.logits_modes and config.objective.fc_weight:
             weights.append(("fc", float(config.objective.fc_weight)))
         features = config.objective.prototype_features
         if features not in PROTOTYPE_FEATURES:
@@ -135,47 +146,6 @@ class Objective:
         if features == "auto":  # whichever features the objective computes anyway
             features = "clean" if name == "trades" else "adversarial"
         return cls(name, tuple(weights), attack, float(config.objective.trades_beta), features)
-
-
-def forward(
-    model: nn.Module,
-    variables: Mapping[str, Any],
-    x: jax.Array,
-    labels: jax.Array | None,
-    *,
-    train: bool,
-    modes: Sequence[str],
-    mutable: Sequence[str] = (),
-) -> tuple[dict[str, jax.Array], dict[str, Any]]:
-    """{mode: logits} from one backbone pass, and the updated mutable collections.
-
-    `labels` are passed only when the HPM head should update its prototype EMA (train mode,
-    "prototypes" in `mutable`); with None the head leaves the EMA alone.
-    """
-    mode = modes[0] if len(modes) == 1 else tuple(modes)
-    mutable = [c for c in mutable if c in variables]
-    out = model.apply(variables, x, labels, train=train, mode=mode, mutable=mutable or False)
-    logits, updates = out if mutable else (out, {})
-    if not isinstance(logits, Mapping):
-        logits = {modes[0]: logits}
-    return dict(logits), dict(updates)
-
-
-def attack_logits_fn(
-    model: nn.Module, variables: Mapping[str, Any], attack: AttackSpec
-) -> contract.LogitsFn:
-    """x -> logits of the model as the attack sees it (its mode and batch-norm mode); the
-    batch statistics a train-mode pass would update are dropped."""
-    variables = jax.lax.stop_gradient(variables)
-
-    def logits_fn(x):
-        logits, _ = forward(
-            model, variables, x, None, train=attack.bn_train, modes=(attack.mode,),
-            mutable=("batch_stats",) if attack.bn_train else (),
-        )  # fmt: skip
-        return logits[attack.mode]
-
-    return logits_fn
 
 
 def adversarial_examples(
@@ -189,7 +159,11 @@ def adversarial_examples(
     """The objective's inner maximisation: PGD on CE (PGD-AT) or on KL to the clean output
     (TRADES), against the model with its current weights."""
     attack = objective.attack
-    logits_fn = attack_logits_fn(model, variables, attack)
+    # The model as the attack sees it: its mode and batch-norm mode, the batch statistics a
+    # train-mode pass would update dropped; no gradient reaches the weights through x_adv.
+    logits_fn = models.logits_fn(
+        model, jax.lax.stop_gradient(variables), mode=attack.mode, train=attack.bn_train
+    )
     reference = logits_fn(x) if objective.name == "trades" else None
     return pgd.perturb(
         logits_fn, x, y, key=key, eps=attack.eps, step_size=attack.step_size,
@@ -226,7 +200,7 @@ def objective_loss(
         return {"params": params, **collections}
 
     if objective.name == "trades":
-        clean, updates = forward(
+        clean, updates = models.forward(
             model, variables(), x, y if proto == "clean" else None, train=True, modes=modes,
             mutable=("batch_stats", "prototypes") if proto == "clean" else ("batch_stats",),
         )  # fmt: skip
@@ -234,15 +208,16 @@ def objective_loss(
     elif proto == "clean":
         # PGD-AT trains on adversarial inputs only; the prototypes still want clean class
         # means, so a gradient-free clean pass updates them (its batch statistics are dropped).
-        # Mode "fc" is the cheapest (static heads give their one output in every mode): the
-        # EMA update reads the features, whatever the logits.
-        _, updates = forward(
-            model, jax.lax.stop_gradient(variables()), x, y, train=True, modes=("fc",),
+        # The EMA update reads the features, whatever the logits: the cheapest mode will do,
+        # "fc" where the head has it (HPM), else its only one (l2).
+        cheapest = "fc" if "fc" in models.head_modes(model) else models.judge_mode(model)
+        _, updates = models.forward(
+            model, jax.lax.stop_gradient(variables()), x, y, train=True, modes=(cheapest,),
             mutable=("batch_stats", "prototypes"),
         )  # fmt: skip
         collections["prototypes"] = updates["prototypes"]
 
-    adv, updates = forward(
+    adv, updates = models.forward(
         model, variables(), x_adv, y if proto == "adversarial" else None, train=True,
         modes=modes,
         mutable=("batch_stats", "prototypes") if proto == "adversarial" else ("batch_stats",),

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from hpm_jax import models
 from hpm_jax.attacks import common, pgd
 from hpm_jax.training import objectives
 from hpm_jax.training import train_state as state_lib
@@ -72,7 +73,7 @@ def train_step(
 def eval_step(
     model: nn.Module,
     attack: objectives.AttackSpec,
-    judge_mode: str,
+    judge_mode: str | None,
     variables: dict[str, Any],
     batch: Batch,
     key: jax.Array,
@@ -81,24 +82,17 @@ def eval_step(
     """Clean and PGD correct counts over the real (unmasked) examples of eval batch `index`.
 
     The model runs in eval mode. The attack differentiates `attack.mode`'s logits; the head
-    in `judge_mode` (the model's real output) decides correctness, on the whole batch, so a
+    in `judge_mode` (the model's real output, `hpm_jax.models.judge_mode(model)`; None is
+    the same) decides correctness, on the whole batch, so a
     batch-dependent head is judged in batch context. A point wrong on the clean input counts
     as broken.
     """
-
-    def logits(mode):
-        def logits_fn(x):
-            return objectives.forward(model, variables, x, None, train=False, modes=(mode,))[0][
-                mode
-            ]
-
-        return logits_fn
-
     x, y, mask = batch["image"], batch["label"], batch["mask"]
-    judge = logits(judge_mode)
+    fns = models.logits_fns(model, variables, (judge_mode, attack.mode))  # one if they agree
+    judge = fns[judge_mode]
     clean_correct = common.correct(judge(x), y)
     x_adv = pgd.perturb(
-        logits(attack.mode), x, y, key=jax.random.fold_in(key, index), eps=attack.eps,
+        fns[attack.mode], x, y, key=jax.random.fold_in(key, index), eps=attack.eps,
         step_size=attack.step_size, num_steps=attack.num_steps, norm=attack.norm,
         random_start=attack.random_start,
     )  # fmt: skip
