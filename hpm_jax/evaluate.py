@@ -28,6 +28,7 @@ stopped and ends with the same report).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -35,25 +36,34 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from hpm_jax import data, evaluation_log, models, provenance
-from hpm_jax.attacks import AutoAttack, contract, mixed_surrogate_attack, versions
+from hpm_jax import evaluation_log, models, provenance
 from hpm_jax.attacks.resume import data_hash
-from hpm_jax.data import arrays
-from hpm_jax.model_export import MODEL_SPEC, load_model
+from hpm_jax.evaluation_attacks import AttackRunner, attack_list, clean_accuracy  # noqa: F401
+from hpm_jax.evaluation_data import (  # noqa: F401  (re-exported: evaluate.load_eval_data etc.)
+    EvaluationSetupError,
+    check_model_takes,
+    load_eval_data,
+    load_eval_subset,
+    load_model_dir,
+    load_robustbench,
+    model_identity,
+)
+from hpm_jax.evaluation_workdir import (  # noqa: F401  (re-exported: evaluate.REPORT etc.)
+    ADV_DIR,
+    IDENTITY,
+    MODEL_INFO,
+    OUTPUTS,
+    REPORT,
+    STATE_DIR,
+    SUMMARY,
+    prepare_workdir,
+)
 from hpm_jax.models import FCHead, HPMHead, L2Head
 
-REPORT, SUMMARY, STATE_DIR, ADV_DIR = "report.json", "summary.md", "state", "adversarial"
 FORMAT = "hpm_jax.evaluate/1"
-
-
-class EvaluationSetupError(ValueError):
-    """The checkpoint, data or evaluation config cannot give the evaluation asked for."""
-
-
 NORMS = ("Linf", "L2", "L1")
 
 
@@ -153,24 +163,7 @@ def _plain(value: Any) -> Any:
     return value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
 
 
-# ---- model, data ---------------------------------------------------------------------------
-
-
-def _load(directory: str, flag: str):
-    directory = os.path.abspath(os.path.expanduser(directory))
-    if not os.path.isfile(os.path.join(directory, MODEL_SPEC)):
-        nested = os.path.join(directory, "model", MODEL_SPEC)
-        hint = (
-            f" It holds model/{MODEL_SPEC}: pass {os.path.join(directory, 'model')}."
-            if os.path.isfile(nested)
-            else " Train one with `python -m hpm_jax.train --config=configs/fashion_mnist.py "
-            "--workdir=DIR` (then pass DIR/model) or convert one with `python -m hpm_jax.convert`."
-        )
-        raise EvaluationSetupError(
-            f"--{flag}={directory} is not a model directory (no {MODEL_SPEC}).{hint}"
-        )
-    model, variables = load_model(directory)  # on one device: the attacks place them
-    return model, variables, directory
+# ---- the model and what it is evaluated on ---------------------------------------------------
 
 
 def head_modes(model: Any) -> tuple[str, ...]:
@@ -198,211 +191,8 @@ def logits_fns(model: Any, variables: Any, modes) -> dict[str, Callable]:
     return fns
 
 
-def load_eval_data(config: ml_collections.ConfigDict, num_examples: int, data_file: str = "",
-                   order: str = "source"):  # fmt: skip
-    """(x float32 NHWC in [0, 1], y int32): the first `num_examples` of the eval split, or of
-    the arrays in `data_file` (an .npz of x and y, checked by `data.arrays`). `order`
-    "robustbench" takes RobustBench's subset and order of the split (`hpm_jax.zoo.evaluation`)."""
-    x, y, _ = load_eval_subset(config, num_examples, data_file, order)
-    return x, y
-
-
-def load_eval_subset(config: ml_collections.ConfigDict, num_examples: int, data_file: str = "",
-                     order: str = "source"):  # fmt: skip
-    """`load_eval_data`'s arrays and a sentence naming the images and their order."""
-    from hpm_jax.zoo import evaluation as rb_eval
-
-    if order not in rb_eval.ORDERS:
-        raise EvaluationSetupError(f"evaluation.order={order!r} is not one of {rb_eval.ORDERS}.")
-    if data_file:
-        try:
-            x, y = arrays.load_npz(os.path.expanduser(data_file))
-        except arrays.ArrayDataError as e:
-            raise EvaluationSetupError(f"evaluation.data_file: {e}") from None
-        n = len(x) if not num_examples else int(num_examples)
-        if n > len(x):
-            raise EvaluationSetupError(
-                f"evaluation.num_examples={n} but {data_file} has {len(x)} images."
-            )
-        return x[:n], y[:n], f"the first {n} of {data_file}, in its order"
-    ds = config.dataset
-    source = data.get_source(ds.name, ds.eval_split, data_dir=ds.data_dir or None)
-    n = len(source) if not num_examples else int(num_examples)
-    if n > len(source):
-        raise EvaluationSetupError(
-            f"evaluation.num_examples={n} but {ds.name}:{ds.eval_split} has {len(source)}."
-        )
-    preprocess = data.eval_preprocessing("auto", getattr(source, "name", ds.name))
-    indices, described = np.arange(n), f"the first {n} of {ds.eval_split}, in order"
-    if order == "robustbench":
-        try:
-            indices, described = rb_eval.robustbench_indices(source, ds.name, n)
-        except rb_eval.SubsetError as e:
-            raise EvaluationSetupError(f"evaluation.order=robustbench: {e}") from None
-        described = f"{described} ({ds.name}:{ds.eval_split})"
-    records = [source[int(i)] for i in indices]
-    x = np.stack([preprocess(np.asarray(r["image"])) for r in records])
-    if x.ndim == 3:
-        x = x[..., None]
-    y = np.asarray([int(r["label"]) for r in records], np.int32)
-    return (x.astype(np.float32) / 255.0), y, described
-
-
-def check_model_takes(model: Any, variables: Any, x: np.ndarray, y: np.ndarray, where: str):
-    """The images and labels fit the model: NHWC in [0, 1], the model's input shape, labels
-    below its number of classes (else EvaluationSetupError naming the fix)."""
-    try:
-        arrays.check_images(x, y)  # layout and range first: they explain a shape error
-    except arrays.ArrayDataError as e:
-        raise EvaluationSetupError(f"{e} (model: {where})") from None
-    try:
-        out = jax.eval_shape(lambda v, b: model.apply(v, b), variables, x[:1])
-    except Exception as e:  # Flax raises many kinds of errors for a wrong input shape
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise EvaluationSetupError(
-            f"the model in {where} cannot take images of shape {x.shape[1:]} ({first[:200]}); "
-            "evaluate it on the dataset it was trained on (config.dataset)."
-        ) from None
-    try:
-        arrays.check_images(x, y, num_classes=int(out.shape[-1]))
-    except arrays.ArrayDataError as e:
-        raise EvaluationSetupError(f"{e} (model: {where})") from None
-
-
-def clean_accuracy(fn: Callable, x: np.ndarray, y: np.ndarray, batch_size: int) -> np.ndarray:
-    """Per-sample correctness of `fn` on the fixed batches (the last one as it is)."""
-    fn = contract.traced(fn)
-    out = [
-        np.asarray(_predict(fn, x[i : i + batch_size])) == y[i : i + batch_size]
-        for i in range(0, len(x), batch_size)
-    ]
-    return np.concatenate(out)
-
-
-@jax.jit
-def _predict(fn, x):
-    return jnp.argmax(fn(x), axis=-1)
-
-
-# ---- the evaluation ------------------------------------------------------------------------
-
-
-def _strip(d: dict[str, Any]) -> dict[str, Any]:
-    """A report dict without per-sample lists (they go to adversarial/*.npz)."""
-    out = {k: v for k, v in d.items() if k not in ("robust", "clean")}
-    if "chain" in out:
-        out["chain"] = _strip(out["chain"])
-    return out
-
-
-def _flags(checks: list[dict[str, Any]]) -> list[str]:
-    return [c["name"] for c in checks if c["flagged"]]
-
-
-def _autoattack_entry(report) -> dict[str, Any]:
-    d = _strip(report.to_dict())
-    d["flagged"] = _flags(d["checks"])
-    return d
-
-
-def _msa_entry(report) -> dict[str, Any]:
-    d = _strip(report.to_dict())
-    d["flagged"] = _flags(d["chain"]["checks"])
-    d["attack_settings"] = d["chain"]["attack_settings"]
-    d["times"] = d["chain"]["times"]
-    return d
-
-
-class _Runner:
-    """Runs the sections of one evaluation, each with its state file, saving x_adv."""
-
-    def __init__(self, ev, x, y, workdir: str, log):
-        self.ev, self.x, self.y, self.workdir, self.log = ev, x, y, workdir, log
-        os.makedirs(os.path.join(workdir, STATE_DIR), exist_ok=True)
-        os.makedirs(os.path.join(workdir, ADV_DIR), exist_ok=True)
-        self.seconds: dict[str, float] = {}
-
-    def _state(self, name: str) -> str:
-        return os.path.join(self.workdir, STATE_DIR, f"{name}.json")
-
-    def _save(self, name: str, x_adv: np.ndarray, robust: np.ndarray) -> None:
-        path = os.path.join(self.workdir, ADV_DIR, f"{name}.npz")
-        np.savez_compressed(path, x_adv=x_adv, robust=np.asarray(robust, bool))
-
-    def _options(self, attacks: str | list[str]) -> dict[str, Any]:
-        opts = _plain(self.ev.attack_options)
-        if isinstance(attacks, str):
-            return opts
-        return {k: v for k, v in opts.items() if k in attacks}
-
-    def autoattack(self, name: str, fn, *, version=None, eps=None) -> dict[str, Any]:
-        version = attack_list(self.ev.version if version is None else version)
-        self.log(f"[evaluate] AutoAttack on {name}")
-        t0 = time.perf_counter()
-        with self.log.section(name) as on_progress:
-            report = self._autoattack(fn, version, eps, name, on_progress)
-        self.seconds[name] = time.perf_counter() - t0
-        self._save(name, report.x_adv, report.robust)
-        return _autoattack_entry(report)
-
-    def _autoattack(self, fn, version, eps, name, on_progress):
-        return AutoAttack(
-            fn,
-            norm=self.ev.norm,
-            eps=self.ev.eps if eps is None else eps,
-            version=version,
-            seed=int(self.ev.seed),
-            attack_options=self._options(version),
-            run_checks=bool(self.ev.run_checks),
-            log=self.log,
-            on_progress=on_progress,
-        ).run(self.x, self.y, batch_size=int(self.ev.batch_size), state_path=self._state(name))
-
-    def msa(self, name: str, target, surrogates, *, version=None, eps=None) -> dict[str, Any]:
-        version = attack_list(self.ev.version if version is None else version)
-        self.log(f"[evaluate] MSA on {name} through {', '.join(surrogates)}")
-        t0 = time.perf_counter()
-        with self.log.section(name, line_progress=True):  # MSA takes no progress hook
-            report = self._msa(target, surrogates, version, eps, name)
-        self.seconds[name] = time.perf_counter() - t0
-        self._save(name, report.x_adv, report.robust)
-        return _msa_entry(report)
-
-    def _msa(self, target, surrogates, version, eps, name):
-        return mixed_surrogate_attack(
-            target,
-            surrogates,
-            self.x,
-            self.y,
-            norm=self.ev.norm,
-            eps=self.ev.eps if eps is None else eps,
-            batch_size=int(self.ev.batch_size),
-            version=version,
-            seed=int(self.ev.seed),
-            attack_options=self._options(version),
-            state_path=self._state(name),
-            run_checks=bool(self.ev.run_checks),
-            log=self.log,
-        )
-
-
-def attack_list(version: Any) -> str | list[str]:
-    """A version name as it is; "a,b" or a sequence of attack names as a list of names."""
-    if isinstance(version, str):
-        if version in versions.VERSIONS:
-            return version
-        return [v.strip() for v in version.split(",") if v.strip()]
-    return [str(v) for v in version]
-
-
-IDENTITY = "evaluation.json"  # in STATE_DIR: what the state there belongs to
-MODEL_INFO = "model_info.json"  # RobustBench's fields, for --robustbench models
-OUTPUTS = (REPORT, SUMMARY, STATE_DIR, ADV_DIR, "robustness.png", "eps_curves.png", MODEL_INFO,
-           evaluation_log.LOG, evaluation_log.TENSORBOARD)  # fmt: skip
-
-
 def _load_baseline(checkpoint: str, x: np.ndarray, y: np.ndarray):
-    b_model, b_vars, b_dir = _load(checkpoint, "baseline_checkpoint")
+    b_model, b_vars, b_dir = load_model_dir(checkpoint, "baseline_checkpoint")
     if "fc" not in head_modes(b_model):
         raise EvaluationSetupError(
             f"--baseline_checkpoint={b_dir} has a {type(b_model.head).__name__}; the "
@@ -412,91 +202,45 @@ def _load_baseline(checkpoint: str, x: np.ndarray, y: np.ndarray):
     return b_model, b_vars, b_dir
 
 
-def _model_identity(directory: str, variables: Any, spec: dict | None = None) -> dict[str, Any]:
-    """model.json (or `spec`) and a sha256 of the weights: a checkpoint rewritten in place is
-    another."""
-    import hashlib
+@dataclasses.dataclass(frozen=True)
+class _Inputs:
+    """What one evaluation evaluates, loaded and checked (`_load_inputs`)."""
 
-    if spec is None:
-        with open(os.path.join(directory, MODEL_SPEC)) as f:
-            spec = json.load(f)
-    h = hashlib.sha256()
-    for leaf in jax.tree.leaves(variables):
-        h.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
-    return {"spec": spec, "variables_sha256": h.hexdigest()}
-
-
-def _load_robustbench(name: str, dataset: str = "cifar10", threat_model: str = "Linf",
-                      model_dir: str = "./models", download: bool = True):  # fmt: skip
-    """(model, variables, label, table entry, model spec) of a RobustBench model by name."""
-    from hpm_jax import zoo
-
-    try:
-        info = zoo.entry(name, dataset, threat_model)
-    except ValueError as e:  # an unknown name, with the close ones
-        raise EvaluationSetupError(f"--robustbench: {e}") from None
-    model, variables = zoo.load_robustbench(
-        name,
-        dataset=dataset,
-        threat_model=threat_model,
-        model_dir=model_dir,
-        download_missing=download,
-    )
-    path = zoo.checkpoint_path(info, model_dir)
-    spec = {"robustbench": info.name, "dataset": info.dataset, "threat_model": info.threat_model,
-            "arch": info.arch, "kwargs": zoo.robustbench.model_kwargs(info),
-            "file": path}  # fmt: skip
-    label = f"robustbench:{info.dataset}/{info.threat_model}/{info.name}"
-    return model, variables, label, info, spec
+    model: Any
+    variables: Any
+    directory: str  # the model directory, or robustbench:DATASET/THREAT_MODEL/NAME
+    modes: tuple[str, ...]  # head_modes(model)
+    want_msa: bool
+    x: np.ndarray
+    y: np.ndarray
+    order: str  # a sentence naming the images and their order
+    baseline: tuple[Any, Any, str] | None  # (model, variables, directory)
+    rb_info: Any = None  # the RobustBench table entry
+    spec: dict[str, Any] | None = None  # model.json's content, for RobustBench models
 
 
-def prepare_workdir(workdir: str, identity: dict[str, Any], *, overwrite: bool = False) -> None:
-    """Make `workdir` ready for the evaluation `identity` describes. Its state and report are
-    resumed when they belong to the same evaluation; another evaluation's are an
-    EvaluationSetupError (nothing is touched) or, with `overwrite`, deleted."""
-    import shutil
-
-    path = os.path.join(workdir, STATE_DIR, IDENTITY)
-    current = json.loads(json.dumps(identity))
-    stored = None
-    if os.path.isfile(path):
-        with open(path) as f:
-            try:
-                stored = json.load(f)
-            except json.JSONDecodeError:
-                stored = {}
-    if stored is not None and stored != current and not overwrite:
-        changed = _differences(stored, current)
+def _load_inputs(config, ev, checkpoint, baseline_checkpoint, robustbench) -> _Inputs:
+    """The model (a directory or RobustBench's), the images and the baseline, each checked
+    against `ev` and the others (EvaluationSetupError naming the fix); nothing is written."""
+    rb_info = spec = None
+    if robustbench is not None:
+        model, variables, directory, rb_info, spec = load_robustbench(**robustbench)
+    else:
+        model, variables, directory = load_model_dir(checkpoint, "checkpoint")
+    modes = head_modes(model)
+    want_msa = _want_msa(ev, modes, directory)
+    if want_msa:
+        _check_surrogates(tuple(ev.surrogates), modes)
+    n_dev = jax.device_count()
+    if int(ev.batch_size) % n_dev:
         raise EvaluationSetupError(
-            f"{workdir} holds an evaluation with other settings ({'; '.join(changed[:4])}"
-            f"{'; ...' if len(changed) > 4 else ''}); resuming it would mix the two. Pass "
-            "--overwrite (run(..., overwrite=True)) to discard it, or another --workdir."
+            f"evaluation.batch_size={ev.batch_size} must be a multiple of the {n_dev} devices."
         )
-    if overwrite:
-        for name in OUTPUTS:
-            target = os.path.join(workdir, name)
-            if os.path.isdir(target):
-                shutil.rmtree(target)
-            elif os.path.exists(target):
-                os.remove(target)
-        stored = None
-    if stored is None:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(current, f, indent=1)
-        os.replace(tmp, path)
-
-
-def _differences(stored: Any, current: Any, prefix: str = "") -> list[str]:
-    if isinstance(stored, dict) and isinstance(current, dict):
-        out = []
-        for key in sorted(set(stored) | set(current), key=str):
-            out += _differences(stored.get(key), current.get(key), f"{prefix}{key}.")
-        return out
-    if stored == current:
-        return []
-    return [f"{prefix[:-1] or 'identity'}: {stored!r} -> {current!r}"]
+    x, y, order = load_eval_subset(config, int(ev.num_examples), str(ev.data_file), str(ev.order))
+    check_model_takes(model, variables, x, y, directory)
+    baseline = _load_baseline(baseline_checkpoint, x, y) if baseline_checkpoint else None
+    return _Inputs(model, variables, directory, modes, want_msa, x, y, order, baseline,
+                   rb_info, spec)  # fmt: skip
 
 
 def _want_msa(ev, modes, directory: str) -> bool:
@@ -551,66 +295,56 @@ def run(
     Everything asked for is checked before the first write. A workdir holding an evaluation
     of another checkpoint, data or settings is an EvaluationSetupError naming the changes,
     unless `overwrite`, which discards that evaluation's state and report first."""
+    # ---- check: everything asked for is loaded and checked before the first write ----------
     ev = evaluation_config(config)
     workdir = os.path.abspath(workdir)
-    rb_info = spec = None
-    if robustbench is not None:
-        model, variables, directory, rb_info, spec = _load_robustbench(**robustbench)
-    else:
-        model, variables, directory = _load(checkpoint, "checkpoint")
-    modes = head_modes(model)
-    want_msa = _want_msa(ev, modes, directory)
-    if want_msa:
-        _check_surrogates(tuple(ev.surrogates), modes)
-    n_dev = jax.device_count()
-    if int(ev.batch_size) % n_dev:
-        raise EvaluationSetupError(
-            f"evaluation.batch_size={ev.batch_size} must be a multiple of the {n_dev} devices."
-        )
-    x, y, order = load_eval_subset(config, int(ev.num_examples), str(ev.data_file), str(ev.order))
-    check_model_takes(model, variables, x, y, directory)
-    baseline = _load_baseline(baseline_checkpoint, x, y) if baseline_checkpoint else None
+    inputs = _load_inputs(config, ev, checkpoint, baseline_checkpoint, robustbench)
+
+    # ---- the workdir: this evaluation's state resumed, another's refused (or discarded) ----
     identity = {
-        "checkpoint": directory,
-        "model": _model_identity(directory, variables, spec),
-        "baseline_checkpoint": baseline[2] if baseline else None,
-        "data": data_hash(x, y),
+        "checkpoint": inputs.directory,
+        "model": model_identity(inputs.directory, inputs.variables, inputs.spec),
+        "baseline_checkpoint": inputs.baseline[2] if inputs.baseline else None,
+        "data": data_hash(inputs.x, inputs.y),
         "settings": json.loads(ev.to_json()),
     }
     prepare_workdir(workdir, identity, overwrite=overwrite)  # the first write
     progress = progress or ("auto" if log is not None else "off")
     logger = evaluation_log.EvaluationLog(workdir, console=log, progress=progress)
     try:
-        return _evaluate(config, ev, workdir, model, variables, directory, modes, want_msa,
-                         x, y, order, baseline, rb_info, logger)  # fmt: skip
+        # ---- the attacks: one row per head, then robust accuracy vs eps -------------------
+        start = time.perf_counter()
+        runner = AttackRunner(ev, inputs.x, inputs.y, workdir, logger)
+        surrogates = tuple(ev.surrogates) if inputs.want_msa else ()
+        fns = logits_fns(inputs.model, inputs.variables, [*inputs.modes, *surrogates])
+        heads, row_fns = _head_rows(ev, inputs, runner, fns)
+        curves = _curves(ev, inputs.want_msa, heads, row_fns, fns, runner)
+
+        # ---- the report: report.json, summary.md, plots, TensorBoard ----------------------
+        report = _report(config, ev, inputs, heads, curves, runner.seconds, start)
+        _write(report, inputs.rb_info, workdir, logger)
+        return report
     finally:
         logger.close()
 
 
-def _evaluate(config, ev, workdir, model, variables, directory, modes, want_msa, x, y, order,
-              baseline, rb_info, log) -> dict[str, Any]:  # fmt: skip
-    from hpm_jax import reports  # matplotlib is imported only when writing
-
-    n_dev = jax.device_count()
-    baseline_checkpoint = baseline[2] if baseline else None
-    start = time.perf_counter()
-    runner = _Runner(ev, x, y, workdir, log)
-    fns = logits_fns(model, variables, [*modes, *(ev.surrogates if want_msa else ())])
-    batch_size = int(ev.batch_size)
-
+def _head_rows(ev, inputs: _Inputs, runner: AttackRunner, fns: dict[str, Callable]):
+    """({row name: row}, {row name: its logits function}): clean accuracy and AutoAttack on
+    the FC and l2-EMA heads and the baseline; on HPM, clean accuracy, MSA and naive AutoAttack."""
+    x, y, batch_size = inputs.x, inputs.y, int(ev.batch_size)
     heads: dict[str, dict[str, Any]] = {}
     row_fns: dict[str, Callable] = {}  # the logits function of each row
     for mode in ("fc", "ema_l2"):
-        if mode in modes:
+        if mode in inputs.modes:
             row_fns[mode] = fns[mode]
             heads[mode] = {
                 "mode": mode,
-                "model": directory,
+                "model": inputs.directory,
                 "clean_accuracy": float(clean_accuracy(fns[mode], x, y, batch_size).mean()),
                 "autoattack": runner.autoattack(f"autoattack_{mode}", fns[mode]),
             }
-    if baseline_checkpoint:
-        b_model, b_vars, b_dir = baseline  # checked before anything was written
+    if inputs.baseline:
+        b_model, b_vars, b_dir = inputs.baseline  # checked before anything was written
         b_fn = row_fns["baseline"] = logits_fns(b_model, b_vars, ["fc"])["fc"]
         heads["baseline"] = {
             "mode": "fc",
@@ -618,20 +352,25 @@ def _evaluate(config, ev, workdir, model, variables, directory, modes, want_msa,
             "clean_accuracy": float(clean_accuracy(b_fn, x, y, batch_size).mean()),
             "autoattack": runner.autoattack("autoattack_baseline", b_fn),
         }
-    if "hpm" in modes:
+    if "hpm" in inputs.modes:
         row_fns["hpm"] = fns["hpm"]
         row: dict[str, Any] = {
             "mode": "hpm",
-            "model": directory,
+            "model": inputs.directory,
             "clean_accuracy": float(clean_accuracy(fns["hpm"], x, y, batch_size).mean()),
         }
-        if want_msa:
+        if inputs.want_msa:
             surrogates = {s: fns[s] for s in ev.surrogates}
             row["msa"] = runner.msa("msa_hpm", fns["hpm"], surrogates)
         if ev.naive_autoattack:
             row["naive_autoattack"] = runner.autoattack("autoattack_hpm_naive", fns["hpm"])
         heads["hpm"] = row
+    return heads, row_fns
 
+
+def _curves(ev, want_msa: bool, heads, row_fns, fns, runner) -> dict[str, dict[str, float]]:
+    """{row: {eps: robust accuracy}} at each `evaluation.curve_eps` with `curve_attacks` (MSA
+    for HPM when the evaluation runs it)."""
     curves: dict[str, dict[str, float]] = {}
     for eps in ev.curve_eps:
         attacks = tuple(ev.curve_attacks)
@@ -643,18 +382,23 @@ def _evaluate(config, ev, workdir, model, variables, directory, modes, want_msa,
             else:
                 res = runner.autoattack(tag, row_fns[name], version=attacks, eps=float(eps))
             curves.setdefault(name, {})[f"{float(eps):g}"] = res["robust_accuracy"]
+    return curves
 
-    report = {
+
+def _report(config, ev, inputs: _Inputs, heads, curves, seconds, start: float) -> dict[str, Any]:
+    """report.json's content: the rows, curves and flags with the settings that made them."""
+    batch_size = int(ev.batch_size)
+    return {
         "format": FORMAT,
-        "checkpoint": directory,
+        "checkpoint": inputs.directory,
         "baseline_checkpoint": heads.get("baseline", {}).get("model"),
-        "head": type(model.head).__name__,
+        "head": type(inputs.model.head).__name__,
         "dataset": config.dataset.name,
         "split": config.dataset.eval_split,
-        "num_examples": len(x),
+        "num_examples": len(inputs.x),
         "batch_size": batch_size,
-        "order": f"{order}, fixed batches of {batch_size}",
-        "devices": n_dev,
+        "order": f"{inputs.order}, fixed batches of {batch_size}",
+        "devices": jax.device_count(),
         "threat_model": {"norm": ev.norm, "eps": float(ev.eps)},
         "settings": json.loads(ev.to_json()),
         "heads": heads,
@@ -665,10 +409,17 @@ def _evaluate(config, ev, workdir, model, variables, directory, modes, want_msa,
             for kind, entry in row.items()
             if isinstance(entry, dict) and entry.get("flagged")
         },
-        "seconds": {k: round(v, 1) for k, v in runner.seconds.items()},
+        "seconds": {k: round(v, 1) for k, v in seconds.items()},
         "total_seconds": round(time.perf_counter() - start, 1),
-        "provenance": provenance.record(x, y, variables),
+        "provenance": provenance.record(inputs.x, inputs.y, inputs.variables),
     }
+
+
+def _write(report: dict[str, Any], rb_info: Any, workdir: str, log) -> None:
+    """report.json (and model_info.json for RobustBench models), then summary.md, the plots
+    (`report["files"]`) and the TensorBoard record."""
+    from hpm_jax import reports  # matplotlib is imported only when writing
+
     if rb_info is not None:
         from hpm_jax.zoo import evaluation as rb_eval
 
@@ -681,7 +432,6 @@ def _evaluate(config, ev, workdir, model, variables, directory, modes, want_msa,
     if evaluation_log.write_tensorboard(report, workdir) is None:
         log("[evaluate] tensorboardX is not installed: no TensorBoard record (the 'train' extra)")
     log(f"[evaluate] report: {os.path.join(workdir, REPORT)}")
-    return report
 
 
 if __name__ == "__main__":  # the program lives in hpm_jax.cli.evaluate (flags, errors)

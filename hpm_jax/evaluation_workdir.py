@@ -1,0 +1,74 @@
+"""What an evaluation's workdir holds, and making it ready: resume the same evaluation, refuse
+(or, with overwrite, discard) another one.
+
+    prepare_workdir(workdir, identity)    # identity: checkpoint, model hash, data hash, settings
+
+WORKDIR/state/evaluation.json records the identity of the evaluation the state files belong
+to; an evaluation of another checkpoint, data or settings is an `EvaluationSetupError` naming
+what changed, before anything is touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from hpm_jax import evaluation_log
+from hpm_jax.evaluation_data import EvaluationSetupError
+
+REPORT, SUMMARY, STATE_DIR, ADV_DIR = "report.json", "summary.md", "state", "adversarial"
+IDENTITY = "evaluation.json"  # in STATE_DIR: what the state there belongs to
+MODEL_INFO = "model_info.json"  # RobustBench's fields, for --robustbench models
+# Everything an evaluation writes: what `overwrite` deletes.
+OUTPUTS = (REPORT, SUMMARY, STATE_DIR, ADV_DIR, "robustness.png", "eps_curves.png", MODEL_INFO,
+           evaluation_log.LOG, evaluation_log.TENSORBOARD)  # fmt: skip
+
+
+def prepare_workdir(workdir: str, identity: dict[str, Any], *, overwrite: bool = False) -> None:
+    """Make `workdir` ready for the evaluation `identity` describes. Its state and report are
+    resumed when they belong to the same evaluation; another evaluation's are an
+    EvaluationSetupError (nothing is touched) or, with `overwrite`, deleted."""
+    import shutil
+
+    path = os.path.join(workdir, STATE_DIR, IDENTITY)
+    current = json.loads(json.dumps(identity))
+    stored = None
+    if os.path.isfile(path):
+        with open(path) as f:
+            try:
+                stored = json.load(f)
+            except json.JSONDecodeError:
+                stored = {}
+    if stored is not None and stored != current and not overwrite:
+        changed = _differences(stored, current)
+        raise EvaluationSetupError(
+            f"{workdir} holds an evaluation with other settings ({'; '.join(changed[:4])}"
+            f"{'; ...' if len(changed) > 4 else ''}); resuming it would mix the two. Pass "
+            "--overwrite (run(..., overwrite=True)) to discard it, or another --workdir."
+        )
+    if overwrite:
+        for name in OUTPUTS:
+            target = os.path.join(workdir, name)
+            if os.path.isdir(target):
+                shutil.rmtree(target)
+            elif os.path.exists(target):
+                os.remove(target)
+        stored = None
+    if stored is None:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(current, f, indent=1)
+        os.replace(tmp, path)
+
+
+def _differences(stored: Any, current: Any, prefix: str = "") -> list[str]:
+    if isinstance(stored, dict) and isinstance(current, dict):
+        out = []
+        for key in sorted(set(stored) | set(current), key=str):
+            out += _differences(stored.get(key), current.get(key), f"{prefix}{key}.")
+        return out
+    if stored == current:
+        return []
+    return [f"{prefix[:-1] or 'identity'}: {stored!r} -> {current!r}"]
