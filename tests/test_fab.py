@@ -278,7 +278,8 @@ def test_relu_mlp_matches_a_dense_grid(norm):
     # Images of 1 x 2 pixels, so the minimal adversarial perturbation can be read off a grid.
     x = jnp.asarray(0.2 + 0.6 * np.random.default_rng(6).random((8, 1, 2, 1)), jnp.float32)
     y = jnp.argmax(GRID_MLP(x), 1)
-    res = fab_targeted(GRID_MLP, x, y, key=jax.random.key(0), norm=norm, eps=1.0)
+    # compact=False: every target attacks every point, so the smallest norm over them is kept.
+    res = fab_targeted(GRID_MLP, x, y, key=jax.random.key(0), norm=norm, eps=1.0, compact=False)
     h = 1e-3
     g = np.linspace(0, 1, 1001, dtype=np.float32)
     grid = np.stack(np.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2)
@@ -344,8 +345,10 @@ def test_judge_decides_success_on_the_whole_batch():
         seen.append(xb.shape)
         return model(xb) + bonus
 
-    plain = fab_targeted(model, x, y, key=jax.random.key(0), eps=10.0, n_iter=30)
-    judged = fab_targeted(model, x, y, key=jax.random.key(0), eps=10.0, n_iter=30, judge_fn=judge)
+    # The bonus couples rows by position: compact=False keeps every row in its batch.
+    kw = dict(key=jax.random.key(0), eps=10.0, n_iter=30, compact=False)
+    plain = fab_targeted(model, x, y, **kw)
+    judged = fab_targeted(model, x, y, judge_fn=judge, **kw)
     assert seen and all(s == x.shape for s in seen)
     robust = np.asarray(judged.robust)
     assert robust[0] and not robust[1] and not robust[2:].any()

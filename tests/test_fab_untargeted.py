@@ -73,7 +73,8 @@ def test_untargeted_fab_heads_for_the_closest_boundary(norm):
 def test_untargeted_restarts_keep_the_best_point():
     x = jnp.asarray(0.2 + 0.6 * np.random.default_rng(12).random((16, 1, 2, 1)), jnp.float32)
     y = jnp.argmax(MLP(x), 1)
-    kw = dict(key=jax.random.key(1), norm="L2", eps=1.0, n_iter=20)
+    # compact=False: every run attacks every point, so the smallest norm over runs is kept.
+    kw = dict(key=jax.random.key(1), norm="L2", eps=1.0, n_iter=20, compact=False)
     one, five = fab(MLP, x, y, n_restarts=1, **kw), fab(MLP, x, y, n_restarts=5, **kw)
     d1, d5 = _norms(one.x_adv - x, "L2"), _norms(five.x_adv - x, "L2")
     found = ~np.asarray(one.robust)
@@ -125,7 +126,8 @@ def test_untargeted_judge_decides_success_on_the_whole_batch():
         seen.append(xb.shape)
         return model(xb) + bonus
 
-    kw = dict(key=jax.random.key(0), norm="L2", eps=10.0, n_iter=30, n_restarts=2)
+    # The judge couples rows by position: compact=False keeps every row in its batch.
+    kw = dict(key=jax.random.key(0), norm="L2", eps=10.0, n_iter=30, n_restarts=2, compact=False)
     plain, judged = fab(model, x, y, **kw), fab(model, x, y, judge_fn=judge, **kw)
     assert seen and all(s == x.shape for s in seen)
     robust = np.asarray(judged.robust)

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import json
 import logging
 import time
@@ -197,6 +198,8 @@ class AutoAttack:
         every attack runs on whole batches, so a batch-dependent judge always sees a point
         among the other points of its own batch (the Mixed Surrogate Attack needs this);
         points already broken are attacked again but keep their first adversarial image.
+        Passed on to attacks that shrink their batch inside (FAB-T and FAB between runs,
+        Square between queries), with the chain's bucket sizes.
     run_checks: run the sanity checks on the first batch.
     log: receives each log line (default print; None: the `hpm_jax.autoattack` logger only).
     on_progress(attack, batch, n_batches): called after each batch is done and saved.
@@ -419,6 +422,18 @@ class AutoAttack:
         if store is not None:
             store.save(state)
 
+    def _shrink_options(self, spec: AttackSpec, plan: _Plan) -> dict[str, Any]:
+        """compact (and the chain's bucket sizes) for attacks that shrink their batch inside
+        (FAB-T, FAB, Square; through a surrogate too): compact=False keeps every point in
+        its batch for every model call, as the chain's own compact=False does."""
+        params = inspect.signature(getattr(spec.fn, "attack", spec.fn)).parameters
+        options: dict[str, Any] = {}
+        if "compact" in params:
+            options["compact"] = self.compact
+        if "bucket_sizes" in params and self.compact:
+            options["bucket_sizes"] = plan.sizes
+        return options
+
     def _attack_batch(self, a, spec, b, x, y, x_adv, state, store, plan) -> None:
         """Attack the robust points of batch b with attack a, in one bucket; scatter back."""
         t0 = time.perf_counter()
@@ -438,7 +453,7 @@ class AutoAttack:
                 norm=self.norm,
                 eps=self.eps,
                 judge_fn=self.judge_fn,
-                **spec.kwargs,
+                **{**self._shrink_options(spec, plan), **spec.kwargs},
             )
             # Only the first bucket.n rows are real points; the padding is never read.
             # Newly broken only: a point already broken keeps its first adversarial image.

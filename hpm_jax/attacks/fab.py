@@ -16,9 +16,23 @@ Defaults are those of AutoAttack's `standard` version: 100 iterations, 9 targets
 C - 1), one restart from x itself; further restarts start at a random point at distance
 eps / 2 (then clipped to [0, 1]), as the reference. Targets are the classes ranked 2nd, 3rd,
 ... by the clean logits of `logits_fn` (the highest classes other than y). Each iteration
-takes one vjp of logits_fn and one call of judge_fn on the whole batch; all targets,
-restarts and iterations are `lax.fori_loop`s inside one jitted function over the fixed-shape
-batch. The array leaves of `logits_fn` and `judge_fn` are traced (pytree logits functions, see
+takes one vjp of logits_fn and one call of judge_fn on the rows being attacked.
+
+Shrinking (compact=True, the default, as the reference): each run (target x restart) attacks
+only the points not yet broken within eps, re-bucketed into the smallest of `bucket_sizes`
+(default `buckets.bucket_sizes(B, devices)`; the chain passes its own) that holds them
+(`shrink`), so a point broken by one target is never fed to the model again, except as
+padding of a bucket; its x_adv is its first success, as the reference's. compact=False runs
+every target and restart on the whole batch, so each point is always judged among the others
+of its batch (the Mixed Surrogate Attack's batch-coupled judges), and keeps the smallest
+success over all runs. A per-sample model breaks the same points either way; random starts
+are drawn per point (keyed by its row), so they do not depend on the bucket.
+
+Loops: runs are a Python loop (one host sync per run with compact). The iterations of a run
+are one jitted call each with `loop="host"` (the default on CPU, where XLA:CPU runs a model's
+convolution gradients inside a while loop without its fast kernels, see `apgd`) or one
+`lax.fori_loop` with `loop="lax"` (the default elsewhere); both give the same iterates. The
+array leaves of `logits_fn` and `judge_fn` are traced (pytree logits functions, see
 `contract`; plain closures are static, hashed by identity); the settings are one static
 `FabConfig`; eps (a number or one per image), alpha_max, eta and beta are traced. Batches
 sharded over a mesh stay sharded; a fixed key gives the same result on any number of devices.
@@ -32,9 +46,8 @@ On a linear model every iterate stays on the ray from x to its projection, and t
 reference's update settles at 1.00521 times the minimal perturbation (eta's overshoot against
 beta's backward step); the tests check exactly that factor against closed forms.
 
-Differences from the reference (pyautoattack's FABAttack): every target and restart runs on
-the whole batch (fixed shapes) and the smallest-norm success over all of them is returned,
-where the reference stops attacking a point at its first success within eps. As there, a
+Differences from the reference (pyautoattack's FABAttack): buckets are padded by repeating
+points (fixed shapes), and compact=False attacks every point with every run. As there, a
 point the judge gets wrong on x is returned unchanged. `robust` is the judge's verdict on the
 returned batch as a whole (the same as the verdict found during the search unless the judge
 couples the samples of a batch).
@@ -44,13 +57,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Sequence
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hpm_jax.attacks import common, contract
+from hpm_jax.attacks import common, contract, shrink
+from hpm_jax.attacks.apgd import LOOPS, _spans_devices, _use_host_loop
 from hpm_jax.attacks.fab_projections import boundary_step
 
 # The reference floors step lengths at 1e-8 before forming alpha = |d1| / (|d1| + |d2|).
@@ -110,91 +125,124 @@ class FabConfig:
     targeted: bool = True
 
 
-@functools.partial(jax.jit, static_argnames="config")
-def _fab(
-    logits_fn: contract.LogitsFn,
-    judge_fn: contract.LogitsFn,
-    x: jax.Array,
-    y: jax.Array,
-    key: jax.Array,
-    eps: jax.Array,
-    alpha_max: jax.Array,
-    eta: jax.Array,
-    beta: jax.Array,
-    *,
-    config: FabConfig,
-) -> tuple[jax.Array, jax.Array]:
-    norm, n_iter, n_restarts = config.norm, config.n_iter, config.n_restarts
-    n_targets = config.n_targets
-    batch = x.shape[0]
-    chex.assert_rank(x, 4)
-    chex.assert_shape([y, eps], (batch,))
-    flat = (batch, -1)
-    x0 = x.reshape(flat)
-    clean_logits = logits_fn(x)
-    chex.assert_shape(clean_logits, (batch, None))
-    targets = _targets(clean_logits, y, n_targets)
-    attackable = common.correct(judge_fn(x), y)
+def _iteration(logits_fn, judge_fn, x, y, target, alpha_max, eta, beta, state, config):
+    """One FAB step of every row from its iterate x1; (x1, best, best_norm) updated."""
+    x1, best, best_norm = state
+    norm, flat = config.norm, (x.shape[0], -1)
+    if config.targeted:
 
-    def margin_and_grad(x1: jax.Array, target: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """z_t - z_y at x1 (< 0 while y beats t) and its gradient: one vjp for the batch
-        (FAB-T), or the same for the closest boundary's class t (untargeted)."""
-        if not config.targeted:
-            z, vjp = jax.vjp(logits_fn, x1)
-            return _closest_boundary(z, vjp, y, norm)
-
-        def diff(z_in: jax.Array) -> jax.Array:
+        def diff(z_in: jax.Array) -> jax.Array:  # z_t - z_y (< 0 while y beats t)
             z = logits_fn(z_in)
             return (
                 jnp.take_along_axis(z, target[:, None], 1)[:, 0]
                 - jnp.take_along_axis(z, y[:, None], 1)[:, 0]
             )
 
-        f, vjp = jax.vjp(diff, x1)
-        return f, vjp(jnp.ones_like(f))[0]
+        f1, vjp = jax.vjp(diff, x1)
+        grad = vjp(jnp.ones_like(f1))[0]
+    else:
+        z, vjp = jax.vjp(logits_fn, x1)
+        f1, grad = _closest_boundary(z, vjp, y, norm)
+    w = grad.reshape(flat)
+    x0, x1f = x.reshape(flat), x1.reshape(flat)
+    # The same hyperplane seen from x1 and from the clean x0: f(x0) = f1 + w·(x0 - x1).
+    f0 = f1 + jnp.sum(w * (x0 - x1f), axis=1)
+    d1 = boundary_step(x1f, w, f1, norm)
+    d2 = boundary_step(x0, w, f0, norm)
+    a1 = jnp.maximum(common.per_sample_norm(d1, norm), _MIN_STEP)
+    a2 = jnp.maximum(common.per_sample_norm(d2, norm), _MIN_STEP)
+    alpha = jnp.clip(a1 / (a1 + a2), 0.0, alpha_max)[:, None]
+    new = (x1f + eta * d1) * (1.0 - alpha) + (x0 + eta * d2) * alpha
+    new = jnp.clip(new, 0.0, 1.0).reshape(x.shape)
+    is_adv = ~common.correct(judge_fn(new), y)
+    dist = common.per_sample_norm(new - x, norm)
+    better = is_adv & (dist < best_norm)
+    best = jnp.where(common.expand(better, x), new, best)
+    best_norm = jnp.where(better, dist, best_norm)
+    # On success, shrink towards x0 to search for a closer boundary point.
+    shrunk = x + beta * (new - x)
+    return jnp.where(common.expand(is_adv, x), shrunk, new), best, best_norm
 
-    def iteration(_, state):
-        x1, target, best, best_norm = state
-        f1, grad = margin_and_grad(x1, target)
-        w = grad.reshape(flat)
-        x1f = x1.reshape(flat)
-        # The same hyperplane seen from x1 and from the clean x0: f(x0) = f1 + w·(x0 - x1).
-        f0 = f1 + jnp.sum(w * (x0 - x1f), axis=1)
-        d1 = boundary_step(x1f, w, f1, norm)
-        d2 = boundary_step(x0, w, f0, norm)
-        a1 = jnp.maximum(common.per_sample_norm(d1, norm), _MIN_STEP)
-        a2 = jnp.maximum(common.per_sample_norm(d2, norm), _MIN_STEP)
-        alpha = jnp.clip(a1 / (a1 + a2), 0.0, alpha_max)[:, None]
-        new = (x1f + eta * d1) * (1.0 - alpha) + (x0 + eta * d2) * alpha
-        new = jnp.clip(new, 0.0, 1.0).reshape(x.shape)
-        is_adv = ~common.correct(judge_fn(new), y)
-        dist = common.per_sample_norm(new - x, norm)
-        better = is_adv & (dist < best_norm)
-        best = jnp.where(common.expand(better, x), new, best)
-        best_norm = jnp.where(better, dist, best_norm)
-        # On success, shrink towards x0 to search for a closer boundary point.
-        shrunk = x + beta * (new - x)
-        x1 = jnp.where(common.expand(is_adv, x), shrunk, new)
-        return x1, target, best, best_norm
 
-    def run(r, state):
-        best, best_norm = state
-        target = targets[:, r // n_restarts]
-        radius = common.expand(0.5 * eps, x)
-        start = _random_start(jax.random.fold_in(key, r), x, radius, norm)
-        x1 = jnp.where(r % n_restarts == 0, x, start)  # the first run of each target: from x
-        _, _, best, best_norm = jax.lax.fori_loop(
-            0, n_iter, iteration, (x1, target, best, best_norm)
-        )
-        return best, best_norm
+@functools.partial(jax.jit, static_argnames="config")
+def _run_lax(logits_fn, judge_fn, x, y, target, alpha_max, eta, beta, state, *, config):
+    """A whole run (config.n_iter iterations) as one `lax.fori_loop`."""
 
-    init = (x, jnp.full((batch,), jnp.inf, x.dtype))
-    best, best_norm = jax.lax.fori_loop(0, n_targets * n_restarts, run, init)
+    def body(_, s):
+        return _iteration(logits_fn, judge_fn, x, y, target, alpha_max, eta, beta, s, config)
+
+    return jax.lax.fori_loop(0, config.n_iter, body, state)
+
+
+@functools.partial(jax.jit, static_argnames="config")
+def _step(logits_fn, judge_fn, x, y, target, alpha_max, eta, beta, state, *, config):
+    return _iteration(logits_fn, judge_fn, x, y, target, alpha_max, eta, beta, state, config)
+
+
+@functools.partial(jax.jit, static_argnames="norm")
+def _start(key, x, eps, ids, *, norm):
+    """Per-row random starts at distance eps / 2, row i drawn with fold_in(key, ids[i]): a
+    point's start does not depend on which other points share its bucket."""
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(ids)
+
+    def one(k, xi, ei):
+        return _random_start(k, xi[None], jnp.reshape(0.5 * ei, (1,) * x.ndim), norm)[0]
+
+    return jax.vmap(one)(keys, x, eps)
+
+
+@functools.partial(jax.jit, static_argnames="n_targets")
+def _clean(logits_fn, judge_fn, x, y, *, n_targets):
+    """(targets (B, n_targets) or None, attackable: the judge is right on x)."""
+    targets = _targets(logits_fn(x), y, n_targets) if n_targets else None
+    return targets, common.correct(judge_fn(x), y)
+
+
+@jax.jit
+def _finish(judge_fn, x, y, best, best_norm, eps, attackable):
     success = attackable & (best_norm <= eps)
     x_adv = jnp.where(common.expand(success, x), best, x)
     # The verdict is the judge's on the returned batch as a whole (batch-coupled judges).
-    robust = common.correct(judge_fn(x_adv), y)
-    return x_adv, robust
+    return x_adv, common.correct(judge_fn(x_adv), y)
+
+
+def _search(loss_fn, judge_fn, x, y, key, eps, alpha_max, eta, beta, *, config, compact,
+            sizes, loop):  # fmt: skip
+    """The runs (targets x restarts), each on the rows still to attack: with compact, the
+    points not yet broken within eps, re-bucketed before each run (the reference's shrinking
+    batch); without, every row of the batch every time (the smallest norm over all runs)."""
+    batch = x.shape[0]
+    chex.assert_rank(x, 4)
+    chex.assert_shape([y, eps], (batch,))
+    targets, attackable = _clean(loss_fn, judge_fn, x, y,
+                                 n_targets=config.n_targets if config.targeted else 0)  # fmt: skip
+    ids = shrink.place_like(np.arange(batch, dtype=np.int32), y)
+    best, best_norm = x, jnp.full((batch,), jnp.inf, x.dtype)
+    host = _use_host_loop(loop, x)
+    sync = host and _spans_devices(x)
+    rows = shrink.Rows.full(batch)
+    for r in range(config.n_targets * config.n_restarts):
+        if compact:  # one host sync per run
+            todo = shrink.to_host(attackable & ~(best_norm <= eps))
+            rows = shrink.select(todo, sizes)
+            if rows is None:
+                break
+        xb, yb, eb = rows.take(x), rows.take(y), rows.take(eps)
+        target = rows.take(targets[:, r // config.n_restarts]) if config.targeted else yb
+        x1 = xb
+        if r % config.n_restarts:  # the first run of each target starts at x
+            x1 = _start(jax.random.fold_in(key, r), xb, eb, rows.take(ids), norm=config.norm)
+        state = (x1, rows.take(best), rows.take(best_norm))
+        args = (loss_fn, judge_fn, xb, yb, target, alpha_max, eta, beta)
+        if host:  # one call per iteration (XLA:CPU's convolution gradients in loops, see apgd)
+            for _ in range(config.n_iter):
+                state = _step(*args, state, config=config)
+                if sync:
+                    jax.block_until_ready(state)
+        else:
+            state = _run_lax(*args, state, config=config)
+        best, best_norm = rows.put(best, state[1]), rows.put(best_norm, state[2])
+    return _finish(judge_fn, x, y, best, best_norm, eps, attackable)
 
 
 def _check_config(n_iter, n_target_classes, n_restarts, alpha_max, eta, beta) -> None:
@@ -224,6 +272,9 @@ def fab_targeted(
     eta: float = 1.05,
     beta: float = 0.9,
     judge_fn: contract.LogitsFn | None = None,
+    compact: bool = True,
+    bucket_sizes: Sequence[int] | None = None,
+    loop: str = "auto",
 ) -> contract.AttackResult:
     """FAB-T (AutoAttack's standard settings by default) against `logits_fn`.
 
@@ -232,7 +283,9 @@ def fab_targeted(
     only if the smallest adversarial perturbation found has norm <= its eps. The targets are
     the min(n_target_classes, C - 1) highest clean classes other than y, each attacked from x
     and then n_restarts - 1 times from random points at distance eps / 2. `judge_fn`
-    (default logits_fn) decides success, always on the whole batch. Returns
+    (default logits_fn) decides success, on the rows being attacked. compact: shrink to the
+    points not yet broken between runs (see the module docstring; False keeps the whole
+    batch); bucket_sizes: the sizes it shrinks into; loop: "host", "lax" or "auto". Returns
     AttackResult(x_adv, robust): x_adv is the smallest adversarial point found where it lies
     within eps, else x; robust is the judge's verdict on the returned batch. Compiles once
     per shape and configuration (a pytree logits function's weights are traced, see
@@ -242,7 +295,8 @@ def fab_targeted(
     _check_config(n_iter, n_target_classes, n_restarts, alpha_max, eta, beta)
     config = FabConfig(norm=norm, n_iter=int(n_iter), n_restarts=int(n_restarts),
                        n_targets=min(int(n_target_classes), checked.num_classes - 1))  # fmt: skip
-    return _run(logits_fn, checked, x, y, key, alpha_max, eta, beta, config)
+    return _run(logits_fn, checked, x, y, key, alpha_max, eta, beta, config, compact,
+                bucket_sizes, loop)  # fmt: skip
 
 
 def fab(
@@ -259,6 +313,9 @@ def fab(
     eta: float = 1.05,
     beta: float = 0.9,
     judge_fn: contract.LogitsFn | None = None,
+    compact: bool = True,
+    bucket_sizes: Sequence[int] | None = None,
+    loop: str = "auto",
 ) -> contract.AttackResult:
     """Untargeted FAB (AutoAttack's `plus` settings by default: 100 iterations, 5 restarts).
 
@@ -272,19 +329,21 @@ def fab(
     _check_config(n_iter, 1, n_restarts, alpha_max, eta, beta)
     config = FabConfig(norm=norm, n_iter=int(n_iter), n_targets=1, n_restarts=int(n_restarts),
                        targeted=False)  # fmt: skip
-    return _run(logits_fn, checked, x, y, key, alpha_max, eta, beta, config)
+    return _run(logits_fn, checked, x, y, key, alpha_max, eta, beta, config, compact,
+                bucket_sizes, loop)  # fmt: skip
 
 
-def _run(logits_fn, checked, x, y, key, alpha_max, eta, beta, config) -> contract.AttackResult:
-    x_adv, robust = _fab(
-        *contract.traced_pair(logits_fn, checked.judge_fn, x),
-        x,
-        y,
-        key,
-        checked.eps,
-        jnp.asarray(alpha_max, x.dtype),
-        jnp.asarray(eta, x.dtype),
-        jnp.asarray(beta, x.dtype),
-        config=config,
-    )
+def _run(logits_fn, checked, x, y, key, alpha_max, eta, beta, config, compact, bucket_sizes,
+         loop) -> contract.AttackResult:  # fmt: skip
+    if loop not in LOOPS:
+        raise ValueError(f"loop must be one of {LOOPS}, got {loop!r}.")
+    x, y = jnp.asarray(x), jnp.asarray(y)
+    sizes = shrink.attack_sizes(x, bucket_sizes) if compact else ()
+    loss_fn, judge_fn = contract.traced_pair(logits_fn, checked.judge_fn, x)
+    dtype = x.dtype
+    x_adv, robust = _search(
+        loss_fn, judge_fn, x, y, key, checked.eps, jnp.asarray(alpha_max, dtype),
+        jnp.asarray(eta, dtype), jnp.asarray(beta, dtype), config=config, compact=bool(compact),
+        sizes=sizes, loop=loop,
+    )  # fmt: skip
     return contract.AttackResult(x_adv, robust)
