@@ -423,7 +423,9 @@ def test_the_judge_decides_success_and_sees_the_whole_batch():
         strict = jax.nn.one_hot(jnp.where(moved, (Y_LINF + 1) % K, Y_LINF), K)
         return jnp.where(first_half, jax.nn.one_hot(y_judge, K), strict)
 
-    res = square(linear, X_LINF, Y_LINF, key=key, eps=0.05, n_queries=Q, judge_fn=judge)
+    # The judge couples rows by position: compact=False keeps every row in its batch.
+    res = square(linear, X_LINF, Y_LINF, key=key, eps=0.05, n_queries=Q, judge_fn=judge,
+                 compact=False)  # fmt: skip
     robust = np.asarray(res.robust)
     np.testing.assert_array_equal(robust[:8], np.arange(8) > 0)  # 0: wrong on x already
     np.testing.assert_array_equal(res.x_adv[:8], X_LINF[:8])  # robust, or never attacked
@@ -442,7 +444,8 @@ def test_broken_points_are_frozen_and_the_loop_stops_when_all_are_broken():
         return linear(x)
 
     # At eps = 0.2 every point of the batch needs less than a third of eps (r < 1.31 at 0.05).
-    run = square_run(recorded_linear, X_LINF, Y_LINF, key=jax.random.key(9), eps=0.2, n_queries=Q)
+    run = square_run(recorded_linear, X_LINF, Y_LINF, key=jax.random.key(9), eps=0.2, n_queries=Q,
+                     compact=False)  # fmt: skip
     queries = np.asarray(run.n_queries)
     assert np.all(np.asarray(run.margin) <= 0)
     assert queries.min() == 1  # some points are broken by the start already

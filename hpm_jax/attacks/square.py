@@ -28,18 +28,26 @@ iteration until its margin under `logits_fn` is <= 0; then it is frozen (its bes
 kept and no more queries are counted). At most n_queries + 1 queries per sample and run.
 
 `logits_fn` supplies the scores that drive the search; `judge_fn` (default `logits_fn`)
-decides success after each restart, always called on the whole batch. Restarts attack only
-the points the judge still finds robust. As in the reference, points that stay robust come
-back as x, broken ones as the point that broke them, and points the judge gets wrong on x
-come back as x with robust False.
+decides success after each restart, called at once on the rows that restart attacked.
+Restarts attack only the points the judge still finds robust. As in the reference, points
+that stay robust come back as x, broken ones as the point that broke them, and points the
+judge gets wrong on x come back as x with robust False.
 
-Shape: one jitted function over the fixed-shape batch, a `lax.while_loop` over iterations
-that stops once every point is broken (inside a `lax.while_loop` over restarts). The window
-side changes with the iteration, so windows are masks built from iota comparisons, never
-shape-changing slices. The array leaves of `logits_fn` and `judge_fn` are traced (pytree
-logits functions, see `contract`; plain closures are static, hashed by identity), the
-settings are one static `SquareConfig`; eps is traced, a number or one value per image (B,),
-so eps sweeps do not recompile.
+Shrinking (compact=True, the default, as the reference's shrinking batch): the unbroken
+points are re-bucketed into the smallest of `bucket_sizes` (default
+`buckets.bucket_sizes(B, devices)`; the chain passes its own) that holds them as soon as they
+fit (`shrink`), so a broken point is fed to the model only as padding of a bucket. Every draw
+is keyed by the iteration and the point's row in the batch, so the search of a point does
+not depend on its bucket: a per-sample model gives the same result with compact=False, which
+feeds the whole batch at every query (batch-coupled judges: the Mixed Surrogate Attack).
+
+Shape: per bucket, one jitted `lax.while_loop` over iterations that exits when every point
+is broken, the budget is spent, or the unbroken points fit a smaller bucket (one host sync
+per bucket and restart). The window side changes with the iteration, so windows are masks
+built from iota comparisons, never shape-changing slices. The array leaves of `logits_fn` and
+`judge_fn` are traced (pytree logits functions, see `contract`; plain closures are static,
+hashed by identity), the settings are one static `SquareConfig`; eps is traced, a number or
+one value per image (B,), so eps sweeps do not recompile.
 A fixed key gives the same result on any number of devices.
 
 loss="ce" (the reference's other option) accepts proposals that raise the cross-entropy
@@ -56,6 +64,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import chex
@@ -63,7 +72,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hpm_jax.attacks import common, contract, losses
+from hpm_jax.attacks import common, contract, losses, shrink
 from hpm_jax.attacks.square_proposals import (  # noqa: F401  (l2_init etc.: public here too)
     _l1_proposal,
     _l2_proposal,
@@ -148,63 +157,6 @@ def _scores(logits_fn, x_in, y, loss):
     return margin, -losses.cross_entropy(logits, y)
 
 
-def _single_run(
-    logits_fn, x, y, x_start, active, key, eps, *, norm, n_queries, p_init, loss, resc_schedule
-) -> SquareRun:
-    """The reference's attack_single_run on the points where `active`; the others are frozen
-    at x_start (still fed to logits_fn, so the batch keeps its shape, but never updated or
-    counted). Frozen points come back with margin -inf. eps: (B,)."""
-    chex.assert_rank(x, 4)
-    chex.assert_equal_shape([x, x_start])
-    chex.assert_shape([y, active, eps], x.shape[:1])
-    levels, sides = _schedule(n_queries, p_init, resc_schedule, x.shape, norm)
-    if norm != "Linf":  # each level's pattern, zero-padded to the largest side
-        table = np.zeros((len(sides), max(sides), max(sides)))
-        for k, side in enumerate(sides):
-            table[k, :side, :side] = l2_pattern(side, norm)
-        table = jnp.asarray(table, x.dtype)
-    levels, sides = jnp.asarray(levels), jnp.asarray(sides, jnp.int32)
-    k_init, k_loop = jax.random.split(key)
-
-    start = {"Linf": linf_init, "L2": l2_init, "L1": l1_init}[norm](k_init, x, eps)
-    eps = _radius(eps, x)  # (B, 1, 1, 1) for the proposals
-    x_best = jnp.where(common.expand(active, x), start, x_start)
-    margin, score = _scores(logits_fn, x_best, y, loss)
-    margin_min = jnp.where(active, margin, -jnp.inf)
-    loss_min = jnp.where(active, score, -jnp.inf)
-    queries = active.astype(jnp.int32)
-
-    def cond(state):
-        i, _, margin_min, _, _ = state
-        return (i < n_queries) & jnp.any(margin_min > 0)
-
-    def body(state):
-        i, x_best, margin_min, loss_min, queries = state
-        todo = margin_min > 0
-        level = levels[i]
-        k_i = jax.random.fold_in(k_loop, i)
-        if norm == "Linf":
-            x_new = _linf_proposal(k_i, x, x_best, eps, sides[level])
-        else:
-            propose = _l2_proposal if norm == "L2" else _l1_proposal
-            x_new = propose(k_i, x, x_best, eps, sides[level], table[level])
-        x_new = jnp.where(common.expand(todo, x), x_new, x_best)
-        margin, score = _scores(logits_fn, x_new, y, loss)
-        lower = todo & (score < loss_min)
-        accept = lower | (todo & (margin <= 0))  # a misclassifying proposal is always kept
-        return (
-            i + 1,
-            jnp.where(common.expand(accept, x), x_new, x_best),
-            jnp.where(accept, margin, margin_min),
-            jnp.where(lower, score, loss_min),
-            queries + todo.astype(jnp.int32),
-        )
-
-    state = (jnp.int32(0), x_best, margin_min, loss_min, queries)
-    _, x_best, margin_min, _, queries = jax.lax.while_loop(cond, body, state)
-    return SquareRun(x_best, margin_min, queries)
-
-
 @dataclasses.dataclass(frozen=True)
 class SquareConfig:
     """The static settings of Square (one compiled program per distinct value)."""
@@ -216,42 +168,142 @@ class SquareConfig:
     resc_schedule: bool
     n_restarts: int = 1
 
-    def run_settings(self) -> dict:
-        return dict(norm=self.norm, n_queries=self.n_queries, p_init=self.p_init,
-                    loss=self.loss, resc_schedule=self.resc_schedule)  # fmt: skip
+
+def _table(sides, norm, dtype):
+    """Each level's L2 / L1 pattern, zero-padded to the largest side (None for Linf)."""
+    if norm == "Linf":
+        return None
+    table = np.zeros((len(sides), max(sides), max(sides)))
+    for k, side in enumerate(sides):
+        table[k, :side, :side] = l2_pattern(side, norm)
+    return jnp.asarray(table, dtype)
+
+
+def _row_keys(key: jax.Array, ids: jax.Array) -> jax.Array:
+    """(B,) keys: row i's is fold_in(key, ids[i]), ids the rows' places in the attack's batch."""
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(ids)
 
 
 @functools.partial(jax.jit, static_argnames="config")
-def _square_run_jit(logits_fn, x, y, key, eps, *, config: SquareConfig):
-    active = jnp.ones(x.shape[:1], bool)
-    return _single_run(logits_fn, x, y, x, active, key, eps, **config.run_settings())
+def _begin(logits_fn, x, y, x_start, active, ids, key, eps, *, config: SquareConfig):
+    """The start of a run (the reference's attack_single_run) on the rows where `active`; the
+    others are frozen at x_start (margin -inf, never updated or counted). One query."""
+    chex.assert_rank(x, 4)
+    chex.assert_equal_shape([x, x_start])
+    chex.assert_shape([y, active, eps, ids], x.shape[:1])
+    init = {"Linf": linf_init, "L2": l2_init, "L1": l1_init}[config.norm]
+    start = init(_row_keys(jax.random.split(key)[0], ids), x, eps)
+    x_best = jnp.where(common.expand(active, x), start, x_start)
+    margin, score = _scores(logits_fn, x_best, y, config.loss)
+    return (x_best, jnp.where(active, margin, -jnp.inf), jnp.where(active, score, -jnp.inf),
+            active.astype(jnp.int32))  # fmt: skip
 
 
 @functools.partial(jax.jit, static_argnames="config")
-def _square_jit(logits_fn, judge_fn, x, y, key, eps, *, config: SquareConfig):
-    def judge(x_in):  # (B,) bool: the judge's verdict on the whole batch
-        logits = judge_fn(x_in)
-        chex.assert_rank(logits, 2)
-        chex.assert_axis_dimension(logits, 0, x.shape[0])
-        return common.correct(logits, y)
+def _search(logits_fn, x, y, ids, key, eps, i, stop_at, state, *, config: SquareConfig):
+    """Iterations i, i + 1, ... until n_queries, or until at most `stop_at` (>= 0) rows are
+    still unbroken (then the caller re-buckets them). Returns (i, state, rows unbroken)."""
+    levels, sides = _schedule(config.n_queries, config.p_init, config.resc_schedule, x.shape,
+                              config.norm)  # fmt: skip
+    table = _table(sides, config.norm, x.dtype)
+    levels, sides = jnp.asarray(levels), jnp.asarray(sides, jnp.int32)
+    k_loop = jax.random.split(key)[1]
+    eps = _radius(eps, x)  # (B, 1, 1, 1) for the proposals
 
-    robust = judge(x)
+    def cond(carry):
+        i, (_, margin_min, _, _) = carry
+        return (i < config.n_queries) & (jnp.sum(margin_min > 0) > stop_at)
 
-    def cond(state):
-        r, _, robust = state
-        return (r < config.n_restarts) & jnp.any(robust)
+    def body(carry):
+        i, (x_best, margin_min, loss_min, queries) = carry
+        todo = margin_min > 0
+        level = levels[i]
+        keys = _row_keys(jax.random.fold_in(k_loop, i), ids)
+        if config.norm == "Linf":
+            x_new = _linf_proposal(keys, x, x_best, eps, sides[level])
+        else:
+            propose = _l2_proposal if config.norm == "L2" else _l1_proposal
+            x_new = propose(keys, x, x_best, eps, sides[level], table[level])
+        x_new = jnp.where(common.expand(todo, x), x_new, x_best)
+        margin, score = _scores(logits_fn, x_new, y, config.loss)
+        lower = todo & (score < loss_min)
+        accept = lower | (todo & (margin <= 0))  # a misclassifying proposal is always kept
+        return i + 1, (
+            jnp.where(common.expand(accept, x), x_new, x_best),
+            jnp.where(accept, margin, margin_min),
+            jnp.where(lower, score, loss_min),
+            queries + todo.astype(jnp.int32),
+        )
 
-    def body(state):
-        r, x_adv, robust = state
-        run = _single_run(logits_fn, x, y, x_adv, robust, jax.random.fold_in(key, r), eps,
-                          **config.run_settings())  # fmt: skip
+    i, state = jax.lax.while_loop(cond, body, (i, state))
+    return i, state, jnp.sum(state[1] > 0)
+
+
+def _single_run(logits_fn, x, y, x_start, active, ids, key, eps, *, config, sizes) -> SquareRun:
+    """One run on the rows where `active` (host (B,) bool), the others frozen at x_start.
+    With `sizes` (compact), the unbroken rows are re-bucketed into the smallest size that
+    holds them whenever that is smaller, so broken points are fed only as padding."""
+    rows = shrink.select(active, sizes) if sizes else shrink.Rows.full(len(active))
+    active_dev = shrink.place_like(np.asarray(active, bool), y)
+    full = (x_start, jnp.full(y.shape, -jnp.inf, x.dtype), jnp.full(y.shape, -jnp.inf, x.dtype),
+            jnp.zeros(y.shape, jnp.int32))  # fmt: skip
+    if rows is None:
+        return SquareRun(*full[:2], full[3])
+    i = 0
+    while True:
+        xb, yb, idb, eb = rows.take(x), rows.take(y), rows.take(ids), rows.take(eps)
+        if i == 0:  # padding rows (repeats) start frozen
+            real = shrink.place_like(np.arange(rows.size) < rows.n, yb) & rows.take(active_dev)
+            state = _begin(logits_fn, xb, yb, rows.take(x_start), real, idb, key, eb,
+                           config=config)  # fmt: skip
+        else:
+            real = shrink.place_like(np.arange(rows.size) < rows.n, yb)
+            state = tuple(rows.take(a) for a in full)
+            state = (state[0], jnp.where(real, state[1], -jnp.inf), *state[2:])
+        smaller = [s for s in sizes if s < rows.size]
+        stop_at = np.int32(max(smaller) if smaller else 0)
+        i, state, n_left = _search(logits_fn, xb, yb, idb, key, eb, np.int32(i), stop_at, state,
+                                   config=config)  # fmt: skip
+        full = tuple(rows.put(f, b) for f, b in zip(full, state, strict=True))
+        i, n_left = int(i), int(n_left)  # one host sync per bucket
+        if i >= config.n_queries or n_left == 0:
+            return SquareRun(full[0], full[1], full[3])
+        rows = shrink.select(shrink.to_host(full[1] > 0), sizes)
+
+
+@functools.partial(jax.jit, static_argnames="n")
+def _judge(judge_fn, x_in, y, *, n):
+    """(rows,) bool: the judge's verdict on the rows it is given, all at once."""
+    logits = judge_fn(x_in)
+    chex.assert_rank(logits, 2)
+    chex.assert_axis_dimension(logits, 0, n)
+    return common.correct(logits, y)
+
+
+_merge = jax.jit(
+    lambda x_adv, robust, x_best, judged: (
+        jnp.where(common.expand(robust & ~judged, x_adv), x_best, x_adv),
+        robust & judged,
+    )
+)
+
+
+def _restarts(loss_fn, judge_fn, x, y, key, eps, *, config, sizes):
+    """Restart r (key fold_in(key, r)) on the points the judge still finds robust, judged on
+    the rows it attacked (the whole batch without compaction); a break is kept."""
+    ids = shrink.place_like(np.arange(x.shape[0], dtype=np.int32), y)
+    robust, x_adv = _judge(judge_fn, x, y, n=x.shape[0]), x
+    for r in range(config.n_restarts):
+        active = shrink.to_host(robust)  # one host sync per restart
+        if not active.any():
+            break
+        run = _single_run(loss_fn, x, y, x_adv, active, ids, jax.random.fold_in(key, r), eps,
+                          config=config, sizes=sizes)  # fmt: skip
         # run.x_best is x_adv wherever the point was frozen, so the judge sees the batch as is.
-        judged = judge(run.x_best)
-        newly_broken = robust & ~judged
-        x_adv = jnp.where(common.expand(newly_broken, x), run.x_best, x_adv)
-        return r + 1, x_adv, robust & judged
-
-    _, x_adv, robust = jax.lax.while_loop(cond, body, (jnp.int32(0), x, robust))
+        rows = shrink.select(active, sizes) if sizes else shrink.Rows.full(len(active))
+        judged_b = _judge(judge_fn, rows.take(run.x_best), rows.take(y), n=rows.size)
+        judged = rows.put(jnp.ones_like(robust), judged_b)
+        x_adv, robust = _merge(x_adv, robust, run.x_best, judged)
     return x_adv, robust
 
 
@@ -279,6 +331,10 @@ def _prepare(logits_fn, judge_fn, x, y, *, norm, eps, n_queries, p_init, n_resta
     return checked, config
 
 
+def _sizes(x, compact: bool, bucket_sizes) -> tuple[int, ...]:
+    return shrink.attack_sizes(x, bucket_sizes) if compact else ()
+
+
 def square_run(
     logits_fn: contract.LogitsFn,
     x: jax.Array,
@@ -291,15 +347,21 @@ def square_run(
     p_init: float = 0.8,
     loss: str = "margin",
     resc_schedule: bool = False,
+    compact: bool = True,
+    bucket_sizes: Sequence[int] | None = None,
 ) -> SquareRun:
     """One run of the search on every point of the batch, judged by logits_fn alone (the
     reference's `attack_single_run`): the best point, its margin and the queries per sample.
     With resc_schedule=False, the run with n_queries=k is the first k iterations of any longer
-    run with the same key."""
+    run with the same key. compact, bucket_sizes: as `square`."""
     checked, config = _prepare(logits_fn, None, x, y, norm=norm, eps=eps, n_queries=n_queries,
                                p_init=p_init, n_restarts=1, loss=loss,
                                resc_schedule=resc_schedule)  # fmt: skip
-    return _square_run_jit(contract.traced(logits_fn, x), x, y, key, checked.eps, config=config)
+    x, y = jnp.asarray(x), jnp.asarray(y)
+    ids = shrink.place_like(np.arange(x.shape[0], dtype=np.int32), y)
+    active = np.ones(x.shape[0], bool)
+    return _single_run(contract.traced(logits_fn, x), x, y, x, active, ids, key, checked.eps,
+                       config=config, sizes=_sizes(x, compact, bucket_sizes))  # fmt: skip
 
 
 def square(
@@ -316,15 +378,23 @@ def square(
     judge_fn: contract.LogitsFn | None = None,
     loss: str = "margin",
     resc_schedule: bool = False,
+    compact: bool = True,
+    bucket_sizes: Sequence[int] | None = None,
 ) -> contract.AttackResult:
     """Square Attack under the shared contract (defaults: AutoAttack's standard version).
 
     Restart r runs with `jax.random.fold_in(key, r)` on the points `judge_fn` still finds
     robust; a point broken once stays broken, with the point that broke it as x_adv.
+    compact (default): the unbroken points are re-bucketed into the smallest of
+    `bucket_sizes` (default `buckets.bucket_sizes(B, devices)`) that holds them as they
+    break, so broken points are fed to the model only as padding; False feeds the whole batch
+    to every query (batch-coupled judges: the Mixed Surrogate Attack).
     """
     checked, config = _prepare(logits_fn, judge_fn, x, y, norm=norm, eps=eps,
                                n_queries=n_queries, p_init=p_init, n_restarts=n_restarts,
                                loss=loss, resc_schedule=resc_schedule)  # fmt: skip
+    x, y = jnp.asarray(x), jnp.asarray(y)
     loss_fn, judge = contract.traced_pair(logits_fn, checked.judge_fn, x)
-    x_adv, robust = _square_jit(loss_fn, judge, x, y, key, checked.eps, config=config)
+    x_adv, robust = _restarts(loss_fn, judge, x, y, key, checked.eps, config=config,
+                              sizes=_sizes(x, compact, bucket_sizes))  # fmt: skip
     return contract.AttackResult(x_adv, robust)

@@ -17,7 +17,8 @@ the parity CNN per query, the bisection half of one). The L1 pattern weights rin
 
 Every random choice (window corners, signs, transpositions) is drawn per sample, where the
 reference draws corners and transpositions once per iteration (or start tile) for the whole
-batch. Windows are masks from iota comparisons, since their side is traced.
+batch; `key` is one key, or one key per sample (B,) as `square` passes them. Windows are
+masks from iota comparisons, since their side is traced.
 """
 
 from __future__ import annotations
@@ -73,6 +74,14 @@ def l1_pattern(side: int) -> np.ndarray:
 # ---- starts and proposals (traced) -----------------------------------------------------------
 
 
+def uniform(key: jax.Array, batch: int, shape: tuple[int, ...]) -> jax.Array:
+    """(batch, *shape) uniforms in [0, 1): from one key, or row i from key[i] when `key` holds
+    one key per row (Square's per-point keys: a point's draws do not depend on its bucket)."""
+    if jnp.ndim(key) == 0:
+        return jax.random.uniform(key, (batch, *shape))
+    return jax.vmap(lambda k: jax.random.uniform(k, shape))(key)
+
+
 def _sign(u: jax.Array, dtype) -> jax.Array:
     """+1 or -1 with equal chance, from uniforms in [0, 1)."""
     return jnp.where(u < 0.5, -1.0, 1.0).astype(dtype)
@@ -88,7 +97,7 @@ def linf_init(key: jax.Array, x: jax.Array, eps: jax.Array | float) -> jax.Array
     channel of each sample. eps: a number or (B,)."""
     b, _, w, c = x.shape
     eps = _radius(eps, x)
-    sign = _sign(jax.random.uniform(key, (b, 1, w, c)), x.dtype)
+    sign = _sign(uniform(key, b, (1, w, c)), x.dtype)
     return jnp.clip(x + eps * sign, 0.0, 1.0)
 
 
@@ -122,7 +131,7 @@ def _tiled_pattern(key: jax.Array, x: jax.Array, norm: str) -> jax.Array:
     b, h, w, c = x.shape
     tile, n_tiles, plain, transposed = _tiling(h, w, norm)
     # One draw for every random choice: each jax.random call site costs compile time.
-    u = jax.random.uniform(key, (b, n_tiles, c + 1))
+    u = uniform(key, b, (n_tiles, c + 1))
     index = np.maximum(tile, 0)  # pixels off the grid have plain == transposed == 0
     flip = u[:, index, c] < 0.5
     value = jnp.where(flip, jnp.asarray(transposed, x.dtype), jnp.asarray(plain, x.dtype))
@@ -164,7 +173,7 @@ def _window(top, left, side, h, w):
 def _linf_proposal(key, x, x_best, eps, side):
     """x_best with one window per sample moved to the vertex x +- eps, one sign per channel."""
     b, h, w, c = x.shape
-    u = jax.random.uniform(key, (b, 2 + c))
+    u = uniform(key, b, (2 + c,))
     window = _window(_corner(u[:, 0], side, h), _corner(u[:, 1], side, w), side, h, w)
     sign = _sign(u[:, None, None, 2:], x.dtype)
     return jnp.where(window, jnp.clip(x + eps * sign, 0.0, 1.0), x_best)
@@ -187,7 +196,7 @@ def _l1_proposal(key, x, x_best, eps, side, pattern):
 def _pattern_proposal(key, x, x_best, eps, side, pattern, norm):
     """The L2 / L1 proposal; eps: (B, 1, 1, 1), pattern: (S, S) zero-padded beyond `side`."""
     b, h, w, c = x.shape
-    u = jax.random.uniform(key, (b, 5 + c))
+    u = uniform(key, b, (5 + c,))
     top, left = _corner(u[:, 0], side, h), _corner(u[:, 1], side, w)
     win1 = _window(top, left, side, h, w)
     win2 = _window(_corner(u[:, 2], side, h), _corner(u[:, 3], side, w), side, h, w)

@@ -1,0 +1,128 @@
+"""Square shrinks its batch as points break, and the chain passes `compact` on: the model sees
+only the still-unbroken points (bucketed), or, with compact=False (MSA), the whole batch."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.experimental import io_callback
+from test_square import X_BOX, X_LINF, Y_BOX, Y_LINF, Q, linear
+
+from hpm_jax.attacks import AutoAttack, buckets, shrink
+from hpm_jax.attacks.msa import mixed_surrogate_attack
+from hpm_jax.attacks.square import square, square_run
+from hpm_jax.sharding import data_sharding, make_mesh
+
+SIZES = (16, 8, 4)
+
+
+def _recording(model):
+    """model, and the list of the batch sizes of its calls, in call order (run time)."""
+    sizes = []
+
+    def record(v):
+        sizes.append(v.shape[0])
+
+    def recorded(v):
+        io_callback(record, None, v, ordered=True)
+        return model(v)
+
+    return recorded, sizes
+
+
+def test_square_feeds_only_unbroken_points_in_the_smallest_bucket():
+    recorded, sizes = _recording(linear)
+    # eps 0.2: every point breaks within Q queries, at different iterations.
+    run = square_run(recorded, X_LINF, Y_LINF, key=jax.random.key(9), eps=0.2, n_queries=Q,
+                     bucket_sizes=SIZES)  # fmt: skip
+    jax.effects_barrier()
+    queries = np.asarray(run.n_queries)
+    assert np.all(np.asarray(run.margin) <= 0) and queries.max() > 4
+    # Call t (0: the start) queries the points with more than t queries; the model sees them
+    # in the smallest bucket that holds them, from the first call after they fit.
+    unbroken = [int(np.sum(queries > t)) for t in range(queries.max())]
+    assert sizes == [buckets.pick_size(n, SIZES) for n in unbroken]
+    assert sizes[-1] < 16
+    recorded, whole = _recording(linear)
+    full = square_run(recorded, X_LINF, Y_LINF, key=jax.random.key(9), eps=0.2, n_queries=Q,
+                      compact=False)  # fmt: skip
+    jax.effects_barrier()
+    assert whole == [16] * queries.max()  # every row at every query
+    # Per-point draws and a per-sample model: the same search either way.
+    np.testing.assert_array_equal(full.n_queries, run.n_queries)
+    np.testing.assert_array_equal(full.x_best, run.x_best)
+
+
+@pytest.mark.parametrize("norm, x, y, eps", [("Linf", X_LINF, Y_LINF, 0.02),
+                                             ("L2", X_BOX, Y_BOX, 0.5)])  # fmt: skip
+def test_square_compacted_equals_whole_batch_and_agrees_on_1_2_and_4_devices(norm, x, y, eps):
+    key = jax.random.key(4)
+    kw = dict(key=key, norm=norm, eps=eps, n_queries=Q, n_restarts=2)
+    whole = square(linear, x, y, compact=False, **kw)
+    robust = np.asarray(whole.robust)
+    assert robust.any() and not robust.all()
+    for n in (1, 2, 4):
+        sharding = data_sharding(make_mesh(jax.devices()[:n]))
+        xs, ys = jax.device_put(x, sharding), jax.device_put(y, sharding)
+        res = square(linear, xs, ys, bucket_sizes=SIZES, **kw)
+        np.testing.assert_array_equal(res.robust, robust)
+        np.testing.assert_array_equal(res.x_adv, whole.x_adv)
+
+
+def test_attack_sizes_are_the_buckets_below_the_batch():
+    x = jnp.zeros((16, 2, 2, 1))
+    assert shrink.attack_sizes(x) == (8,)
+    assert shrink.attack_sizes(x, (32, 16, 8, 4)) == (8, 4)
+    four = jax.device_put(x, data_sharding(make_mesh(jax.devices()[:4])))
+    with pytest.raises(ValueError, match="do not split evenly over the 4 devices"):
+        shrink.attack_sizes(four, (16, 6))
+    assert shrink.select(np.zeros(16, bool), (8, 4)) is None
+    rows = shrink.select(np.arange(16) % 5 == 0, (8, 4))  # 4 rows: 0, 5, 10, 15
+    np.testing.assert_array_equal(rows.index, [0, 5, 10, 15])
+    full = jnp.arange(16.0)
+    np.testing.assert_array_equal(rows.take(full), [0, 5, 10, 15])
+    np.testing.assert_array_equal(
+        rows.put(jnp.zeros(16), rows.take(full)),
+        full * (rows.real[:, None] == np.arange(16)).any(0),
+    )
+
+
+TINY = {"fab-t": {"n_iter": 4, "n_target_classes": 2}, "square": {"n_queries": 30}}
+
+
+def _counting(model):
+    """model, and the list of the batch sizes of its calls (jax.debug.callback: FAB
+    differentiates through it; one device, so each call is seen whole)."""
+    sizes = []
+
+    def counted(v):
+        jax.debug.callback(lambda a: sizes.append(a.shape[0]), v)
+        return model(v)
+
+    return counted, sizes
+
+
+ONE = make_mesh(jax.devices()[:1])
+
+
+def _chain_sizes(compact):
+    recorded, sizes = _counting(linear)
+    # eps 0.03: FAB-T's first target breaks 10 of the 16 points, the rest stay robust.
+    aa = AutoAttack(recorded, eps=0.03, version=["fab-t", "square"], attack_options=TINY,
+                    compact=compact, run_checks=False, log=None, mesh=ONE,
+                    bucket_sizes=SIZES)  # fmt: skip
+    aa.run(np.asarray(X_LINF), np.asarray(Y_LINF), batch_size=16)
+    jax.effects_barrier()
+    return sizes
+
+
+def test_the_chain_passes_compact_to_fab_and_square_and_msa_keeps_the_whole_batch():
+    assert min(_chain_sizes(True)) < 16  # buckets shrink inside the attacks
+    assert set(_chain_sizes(False)) == {16}  # every call sees the whole batch
+    target, seen = _counting(linear)
+    surrogate, seen_surrogate = _counting(linear)
+    mixed_surrogate_attack(target, {"s": surrogate}, np.asarray(X_LINF), np.asarray(Y_LINF),
+                           eps=0.03, batch_size=16, version=["fab-t", "square"],
+                           attack_options=TINY, run_checks=False, log=None, mesh=ONE)  # fmt: skip
+    jax.effects_barrier()
+    assert seen and seen_surrogate and set(seen) == set(seen_surrogate) == {16}
