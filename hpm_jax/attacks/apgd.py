@@ -21,9 +21,9 @@ and the adaptive sparsity schedule; `use_largereps` runs its 3 eps, 2 eps, eps s
 
 The loss and its gradient come from `logits_fn`; whether an iterate is misclassified comes from
 `judge_fn` (default `logits_fn`, whose logits are then reused at no cost), always called on
-the whole batch. A point broken once stays broken, with its last misclassified iterate as
-x_adv; points the judge gets wrong on the clean x come back as x, robust False; robust points
-come back as x.
+the whole batch of the run. A point broken once stays broken, with its last misclassified
+iterate as x_adv; points the judge gets wrong on the clean x come back as x, robust False;
+robust points come back as x.
 
 Compilation: the array leaves of `logits_fn` and `judge_fn` (pytree logits functions such as
 `hpm_jax.models.logits_fn(...)`, see `contract`) are traced arguments, so new weights of the
@@ -31,7 +31,10 @@ same shapes compile nothing; plain closures are static (hashed by identity). The
 travel as one static `ApgdConfig`; eps (scalar or per-sample (B,)) and rho are traced, so eps
 sweeps do not recompile. Batches sharded over a mesh stay sharded, and a fixed key gives the
 same result on any number of devices. Restarts and target classes are a Python loop that
-stops once every point is broken (one host sync per restart). The iterations of a run are,
+stops once every point is broken (one host sync per restart); with compact=True (default, as
+the reference) each run attacks only the points still robust, re-bucketed into the smallest
+of `bucket_sizes` that holds them (`shrink`); compact=False keeps the whole batch in every
+run (batch-coupled judges: the Mixed Surrogate Attack). The iterations of a run are,
 with `loop="lax"`, one jitted `lax.fori_loop` (the default on GPU and TPU); with
 `loop="host"`, one jitted call per iteration (the default on CPU: XLA:CPU runs the backward
 convolutions of a model inside a while loop without its fast kernels, 2-3x slower, see
@@ -42,13 +45,14 @@ benchmarks/RESULTS.md), dispatched asynchronously on one device and one at a tim
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from hpm_jax.attacks import apgd_steps as steps
-from hpm_jax.attacks import common, contract
+from hpm_jax.attacks import common, contract, shrink
 from hpm_jax.attacks.apgd_steps import (
     ApgdConfig,
     checkpoints,
@@ -201,8 +205,10 @@ def _prepare(logits_fn, judge_fn, x, y, *, norm, eps, loss, n_iter, n_restarts, 
     return checked, config
 
 
-def _attack(logits_fn, checked, x, y, key, rho, targets, n_restarts, n_iter, loop, config):
-    """The restart (and target) loop around one run, stopping once nothing robust is left."""
+def _attack(logits_fn, checked, x, y, key, rho, targets, n_restarts, n_iter, loop, config,
+            compact=False, bucket_sizes=None):  # fmt: skip
+    """The restart (and target) loop around one run, stopping once nothing robust is left;
+    with compact, each run attacks only the points still robust, re-bucketed (`shrink`)."""
     x, y = jnp.asarray(x), jnp.asarray(y)  # NumPy input: one transfer, not one per iteration
     loss_fn, judge_fn = contract.traced_pair(logits_fn, checked.judge_fn, x)
     key_clean, key_runs = jax.random.split(key)
@@ -210,14 +216,23 @@ def _attack(logits_fn, checked, x, y, key, rho, targets, n_restarts, n_iter, loo
     robust, ranking = _clean(loss_fn, judge_fn, x, y, key_clean, config=config, n_top=n_top)
     run = _run_host if _use_host_loop(loop, x) else _run
     x_adv, rho = x, jnp.asarray(rho, x.dtype)
+    sizes = shrink.attack_sizes(x, bucket_sizes) if compact else ()
+    rows = shrink.Rows.full(x.shape[0])
     runs = [t for t in (targets or [None]) for _ in range(n_restarts)]
     for index, t in enumerate(runs):
-        if not bool(jnp.any(robust)):  # one host sync per restart: skip useless runs
+        # One host sync per restart: skip useless runs (and shrink to the robust points).
+        if compact:
+            rows = shrink.select(shrink.to_host(robust), sizes)
+            if rows is None:
+                break
+        elif not bool(jnp.any(robust)):
             break
-        target = None if t is None else ranking[:, t]
-        x_adv, robust = run(loss_fn, judge_fn, x, y, target, jax.random.fold_in(key_runs, index),
-                            checked.eps, rho, robust, x_adv, config=config,
+        target = None if t is None else rows.take(ranking[:, t])
+        x_b, robust_b = run(loss_fn, judge_fn, rows.take(x), rows.take(y), target,
+                            jax.random.fold_in(key_runs, index), rows.take(checked.eps), rho,
+                            rows.take(robust), rows.take(x_adv), config=config,
                             n_iter=int(n_iter))  # fmt: skip
+        x_adv, robust = rows.put(x_adv, x_b), rows.put(robust, robust_b)
     return contract.AttackResult(x_adv, robust)
 
 
@@ -238,6 +253,8 @@ def apgd(
     judge_fn: contract.LogitsFn | None = None,
     randomized: bool = False,
     loop: str = "auto",
+    compact: bool = True,
+    bucket_sizes: Sequence[int] | None = None,
 ) -> contract.AttackResult:
     """APGD on the cross-entropy ("ce") or DLR ("dlr") loss of the true label y.
 
@@ -246,6 +263,9 @@ def apgd(
     judge_fn are called as f(x, key) with fresh keys and the gradient is the mean of eot_iter
     draws. use_largereps (L1 only): the reference's 3 eps / 2 eps / eps stages. loop: "lax"
     (one program per run), "host" (one program per iteration) or "auto" (host on CPU).
+    compact (default): each restart attacks only the points still robust, in the smallest of
+    `bucket_sizes` (default `buckets.bucket_sizes(B, devices)`) that holds them, as the
+    reference; False runs every restart on the whole batch (batch-coupled judges, MSA).
     """
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}.")
@@ -254,7 +274,8 @@ def apgd(
         n_restarts=n_restarts, eot_iter=eot_iter, rho=rho, use_largereps=use_largereps,
         randomized=randomized, loop=loop,
     )  # fmt: skip
-    return _attack(logits_fn, checked, x, y, key, rho, None, n_restarts, n_iter, loop, config)
+    return _attack(logits_fn, checked, x, y, key, rho, None, n_restarts, n_iter, loop, config,
+                   compact, bucket_sizes)  # fmt: skip
 
 
 def apgd_targeted(
@@ -274,6 +295,8 @@ def apgd_targeted(
     judge_fn: contract.LogitsFn | None = None,
     randomized: bool = False,
     loop: str = "auto",
+    compact: bool = True,
+    bucket_sizes: Sequence[int] | None = None,
 ) -> contract.AttackResult:
     """APGD-T: APGD on the targeted DLR loss, once per target class and restart.
 
@@ -288,4 +311,5 @@ def apgd_targeted(
         randomized=randomized, loop=loop,
     )  # fmt: skip
     targets = list(range(1, min(n_target_classes, checked.num_classes - 1) + 1))
-    return _attack(logits_fn, checked, x, y, key, rho, targets, n_restarts, n_iter, loop, config)
+    return _attack(logits_fn, checked, x, y, key, rho, targets, n_restarts, n_iter, loop, config,
+                   compact, bucket_sizes)  # fmt: skip
