@@ -145,7 +145,7 @@ def _unknown_key(config: ml_collections.ConfigDict, parts: list[str], depth: int
     if depth == 0 and parts[0] == "evaluation":
         hint = (
             " This config file has no evaluation section: add one (see configs/fashion_mnist.py"
-            " and hpm_jax.evaluate.default_evaluation_config)."
+            " and hpm_jax.config_sections.evaluation)."
         )
     return (
         f"Override {override!r}: {where} has no {kind} {parts[depth]!r}; its keys are "

@@ -37,7 +37,7 @@ import ml_collections
 
 ConfigDict = ml_collections.ConfigDict
 
-# The sections of a training config, in the order the files list them (train.SECTIONS).
+# The sections of a training config, in the order the files list them.
 TRAINING_SECTIONS = (
     "dataset",
     "model",

@@ -39,7 +39,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from hpm_jax import evaluation_log, models, provenance
+from hpm_jax import config_sections, evaluation_log, models, provenance
 from hpm_jax.attacks.resume import data_hash
 from hpm_jax.evaluation_attacks import AttackRunner, attack_list, clean_accuracy  # noqa: F401
 from hpm_jax.evaluation_data import (  # noqa: F401  (re-exported: evaluate.load_eval_data etc.)
@@ -61,44 +61,16 @@ from hpm_jax.evaluation_workdir import (  # noqa: F401  (re-exported: evaluate.R
     SUMMARY,
     prepare_workdir,
 )
-from hpm_jax.models import FCHead, HPMHead, L2Head
 
 FORMAT = "hpm_jax.evaluate/1"
 NORMS = ("Linf", "L2", "L1")
 
 
 def default_evaluation_config(config: ml_collections.ConfigDict | None = None):
-    """The `config.evaluation` knobs and their defaults (full AutoAttack budgets). The threat
-    model (norm, eps) defaults to the training attack's, `config.attack`, when given."""
-    attack = config.get("attack") if config is not None else None
-    c = ml_collections.ConfigDict()
-    c.num_examples = 1000  # first N of the eval split; 0 = all
-    c.batch_size = 250  # fixed batches in order: HPM's batch context, part of the result
-    c.norm = str(attack.get("norm", "Linf")) if attack is not None else "Linf"
-    # None: the training eps (config.attack.eps); a config with neither is an error.
-    c.eps = attack.get("eps") if attack is not None else None
-    c.seed = 0
-    # AutoAttack version for every row: "standard", "plus", "rand", or attack names separated
-    # by commas ("apgd-ce,apgd-t,square"; those take the reference's constructor defaults).
-    c.version = "standard"
-    # {attack: {setting: value}} over the version's settings, e.g. reduced budgets:
-    # {"square": {"n_queries": 1000}, "apgd-t": {"n_target_classes": 3}}. On the command
-    # line: --config.evaluation.attack_options.apgd-t.n_target_classes=3 (when the config
-    # file lists the attack; the hyphen is fine, keys split at dots only).
-    c.attack_options = ml_collections.ConfigDict()
-    c.msa = "auto"  # "auto": when the model has an HPM head; "required"; "off"
-    c.surrogates = ("fc", "ema_l2", "soft", "ste")  # MSA's surrogates (HPM head modes)
-    c.naive_autoattack = True  # plain AutoAttack on HPM through its STE gradient
-    c.curve_eps = ()  # robust accuracy vs eps at these radii; () = no curves
-    c.curve_attacks = ("apgd-ce",)  # the attacks of each curve point (names)
-    c.run_checks = True
-    # An .npz with `x` (N, H, W, C) float in [0, 1] and `y` (N,) int labels to evaluate
-    # instead of the dataset's eval split ("" = the split).
-    c.data_file = ""
-    # "source": the first num_examples in the data source's order; "robustbench": RobustBench's
-    # subset and order (CIFAR's original test order, ImageNet's listed ids; hpm_jax.zoo.evaluation).
-    c.order = "source"
-    return c
+    """The `config.evaluation` knobs and their defaults (full AutoAttack budgets;
+    `hpm_jax.config_sections.evaluation`). The threat model (norm, eps) defaults to the
+    training attack's, `config.attack`, when given."""
+    return config_sections.evaluation(config.get("attack") if config is not None else None)
 
 
 def completed_evaluation(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -166,34 +138,9 @@ def _plain(value: Any) -> Any:
 # ---- the model and what it is evaluated on ---------------------------------------------------
 
 
-def head_modes(model: Any) -> tuple[str, ...]:
-    """The logits modes a model really has (an FC head answers every mode with FC logits, so
-    asking it for "ema_l2" would silently evaluate the wrong thing)."""
-    if isinstance(model.head, HPMHead):
-        return ("fc", "ema_l2", "soft", "hpm")
-    if isinstance(model.head, L2Head):
-        return ("ema_l2",)
-    if isinstance(model.head, FCHead):
-        return ("fc",)
-    raise EvaluationSetupError(f"unknown head type {type(model.head).__name__}.")
-
-
-def logits_fns(model: Any, variables: Any, modes) -> dict[str, Callable]:
-    """One logits function per mode (`hpm_jax.models.logits_fn`: the variables are traced
-    arguments of the attacks, so every row shares the compiled programs of its mode). "ste"
-    is the "hpm" function itself."""
-    fns: dict[str, Callable] = {}
-    for mode in modes:
-        name = "hpm" if mode == "ste" else mode
-        if name not in fns:
-            fns[name] = models.logits_fn(model, variables, mode=name)
-        fns[mode] = fns[name]
-    return fns
-
-
 def _load_baseline(checkpoint: str, x: np.ndarray, y: np.ndarray):
     b_model, b_vars, b_dir = load_model_dir(checkpoint, "baseline_checkpoint")
-    if "fc" not in head_modes(b_model):
+    if "fc" not in models.head_modes(b_model):
         raise EvaluationSetupError(
             f"--baseline_checkpoint={b_dir} has a {type(b_model.head).__name__}; the "
             "baseline is an FC model (e.g. the adversarially trained model HPM started from)."
@@ -209,7 +156,7 @@ class _Inputs:
     model: Any
     variables: Any
     directory: str  # the model directory, or robustbench:DATASET/THREAT_MODEL/NAME
-    modes: tuple[str, ...]  # head_modes(model)
+    modes: tuple[str, ...]  # models.head_modes(model)
     want_msa: bool
     x: np.ndarray
     y: np.ndarray
@@ -227,7 +174,7 @@ def _load_inputs(config, ev, checkpoint, baseline_checkpoint, robustbench) -> _I
         model, variables, directory, rb_info, spec = load_robustbench(**robustbench)
     else:
         model, variables, directory = load_model_dir(checkpoint, "checkpoint")
-    modes = head_modes(model)
+    modes = models.head_modes(model)
     want_msa = _want_msa(ev, modes, directory)
     if want_msa:
         _check_surrogates(tuple(ev.surrogates), modes)
@@ -316,7 +263,7 @@ def run(
         start = time.perf_counter()
         runner = AttackRunner(ev, inputs.x, inputs.y, workdir, logger)
         surrogates = tuple(ev.surrogates) if inputs.want_msa else ()
-        fns = logits_fns(inputs.model, inputs.variables, [*inputs.modes, *surrogates])
+        fns = models.logits_fns(inputs.model, inputs.variables, [*inputs.modes, *surrogates])
         heads, row_fns = _head_rows(ev, inputs, runner, fns)
         curves = _curves(ev, inputs.want_msa, heads, row_fns, fns, runner)
 
@@ -345,7 +292,7 @@ def _head_rows(ev, inputs: _Inputs, runner: AttackRunner, fns: dict[str, Callabl
             }
     if inputs.baseline:
         b_model, b_vars, b_dir = inputs.baseline  # checked before anything was written
-        b_fn = row_fns["baseline"] = logits_fns(b_model, b_vars, ["fc"])["fc"]
+        b_fn = row_fns["baseline"] = models.logits_fns(b_model, b_vars, ["fc"])["fc"]
         heads["baseline"] = {
             "mode": "fc",
             "model": b_dir,

@@ -270,7 +270,7 @@ def run(
     (also WORKDIR/study.json, study.md and study.png)."""
     log = log or (lambda _: None)
     study = study_config(config)
-    checkpoint = str(config.init.checkpoint)
+    checkpoint = str(config.init.checkpoint or "")
     if not checkpoint:
         raise StudyError(
             "the study fine-tunes init.checkpoint, which is empty; pass "

@@ -32,9 +32,9 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
-from hpm_jax import data, progress
+from hpm_jax import config_sections, data, progress
 from hpm_jax.model_export import CheckpointMismatchError, save_model
-from hpm_jax.models import abstract_variables
+from hpm_jax.models import abstract_variables, judge_mode
 from hpm_jax.sharding import check_batch_divisible, data_sharding, make_mesh, replicated
 from hpm_jax.training import metrics as metrics_lib
 from hpm_jax.training import model_init, objectives, steps
@@ -151,10 +151,6 @@ def _eval_attack(config: ml_collections.ConfigDict) -> objectives.AttackSpec:
     return dataclasses.replace(spec, bn_train=False)
 
 
-def _judge_mode(head: str) -> str:
-    return {"fc": "fc", "hpm": "hpm", "l2": "ema_l2"}[head]
-
-
 def _eval_source(config: ml_collections.ConfigDict) -> data.Source:
     source = data.get_source(
         config.dataset.name, config.dataset.eval_split, data_dir=config.dataset.data_dir or None
@@ -220,7 +216,7 @@ def _rate_and_eta(bar: progress.Bar) -> str:
     return f"  {rate:.2f} steps/s" + (f"  ETA {progress.format_seconds(eta)}" if eta else "")
 
 
-SECTIONS = ("dataset", "model", "init", "objective", "attack", "train", "eval", "checkpoint")
+SECTIONS = config_sections.TRAINING_SECTIONS
 
 
 def _check_config(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
@@ -228,7 +224,7 @@ def _check_config(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
     if missing:
         raise ValueError(
             f"the config has no section(s) {missing}; a training config has {list(SECTIONS)} "
-            "(copy them from configs/fashion_mnist.py)."
+            "(hpm_jax.config_sections builds them; see configs/fashion_mnist.py)."
         )
     check_batch_divisible(config.train.batch_size, mesh)
     check_batch_divisible(config.eval.batch_size, mesh)
@@ -247,12 +243,16 @@ def run(
     devices: list[jax.Device] | None = None,
 ) -> dict[str, Any]:
     """Train as `config` says in `workdir` (resuming what is there); returns the summary."""
-    workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
     mesh = make_mesh(devices)
     try:  # every config problem surfaces here, before anything is read or written
         _check_config(config, mesh)
         setup = _Setup(config)
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        raise ConfigError(f"Bad config: {error}") from error
+    model_init.check_init_checkpoint(config)
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    try:
         checkpoints = checkpoints_lib.TrainCheckpoints(
             workdir,
             every_steps=config.checkpoint.every_steps,
@@ -276,7 +276,7 @@ class _Setup:
         self.optimizer = state_lib.make_optimizer(config.train)
         self.schedule = state_lib.make_schedule(config.train)
         self.eval_attack = _eval_attack(config)
-        self.judge_mode = _judge_mode(config.model.head)
+        self.judge_mode = judge_mode(self.model)
 
 
 class _Steps(NamedTuple):

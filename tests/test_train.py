@@ -342,6 +342,14 @@ def test_missing_or_mismatched_init_checkpoints_are_named(fc_run, tmp_path):
         run(tmp_path / "b", root, overrides)
 
 
+def test_a_fine_tuning_config_without_init_checkpoint_fails_before_writing(tmp_path):
+    config = load_config(CONFIG + ":hpm")  # fine-tunes an FC model: init.checkpoint is None
+    workdir = tmp_path / "never_made"
+    with pytest.raises(model_init.InitCheckpointError, match=r"--config\.init\.checkpoint=DIR"):
+        train.run(config, os.fspath(workdir))
+    assert not workdir.exists()
+
+
 def test_a_dataset_not_prepared_is_named(tmp_path):
     with pytest.raises(data.DatasetNotFoundError, match="cifar10"):
         train.run(load(tiny_overrides(tmp_path)), os.fspath(tmp_path / "work"))

@@ -29,7 +29,7 @@ from jax.sharding import Mesh
 from hpm_jax import data
 from hpm_jax.analysis import plots, sensitivity
 from hpm_jax.model_export import MODEL_SPEC, load_model
-from hpm_jax.models import Classifier, FCHead, HPMHead
+from hpm_jax.models import Classifier, HPMHead, head_modes
 from hpm_jax.sharding import make_mesh
 
 PROG = "python -m hpm_jax.analysis"
@@ -143,7 +143,7 @@ def run(
             f"not fit the checkpoint's model ({model.head.num_classes} classes, "
             f"{model.backbone.in_channels} channels); pass the dataset it was trained on."
         )
-    if isinstance(model.head, FCHead) and set(heads or ("l2",)) - {"fc"}:
+    if head_modes(model) == ("fc",) and set(heads or ("l2",)) - {"fc"}:
         model, variables = with_prototypes(
             model, variables, dataset=dataset, split=train_split, mesh=mesh,
             num_examples=prototype_examples, batch_size=max(batch_size, n), data_dir=data_dir,
