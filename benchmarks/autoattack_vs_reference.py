@@ -38,7 +38,7 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--model", choices=("small_cnn", "resnet18"), default="small_cnn")
     p.add_argument("--norm", choices=("Linf", "L2"), default="Linf")
     p.add_argument("--eps", type=float, default=None, help="default: 0.1 / 1.5 (small_cnn), "
-                   "8/255 / 0.5 (resnet18)")  # fmt: skip
+                   "0.3/255 / 0.02 (resnet18)")  # fmt: skip
     p.add_argument("--n", type=int, default=500, help="number of images")
     p.add_argument("--batch_size", type=int, default=None, help="default: n (one batch)")
     p.add_argument("--n_targets", type=int, default=9, help="APGD-T and FAB-T targets")
@@ -80,7 +80,9 @@ from common import hardware_summary  # noqa: E402
 from hpm_jax.attacks.autoattack import AutoAttack  # noqa: E402
 
 ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square")
-DEFAULT_EPS = {"small_cnn": {"Linf": 0.1, "L2": 1.5}, "resnet18": {"Linf": 8 / 255, "L2": 0.5}}
+# resnet18: off-distribution photo crops sit close to its boundaries; at 0.3/255 (Linf) about
+# half keep their prediction under APGD-CE, so every attack of the chain has work left.
+DEFAULT_EPS = {"small_cnn": {"Linf": 0.1, "L2": 1.5}, "resnet18": {"Linf": 0.3 / 255, "L2": 0.02}}
 
 
 def small_cnn(n: int, plain_conv: bool):
@@ -224,10 +226,12 @@ def main() -> None:
     print(
         "| attack | robust acc ours | robust acc reference | "
         + ("ours cold s | " if cold else "")
-        + f"{ours_label} | reference s | ours / reference |"
+        + f"{ours_label} | reference s | "
+        + ("ours / reference cold | ours / reference warm |" if cold else "ours / reference |")
     )
-    print("|---|---|---|---|---|---|" + ("---|" if cold else ""))
-    print(f"| clean | {report.clean_accuracy:.2%} | {clean_ref:.2%} | | |" + (" |" if cold else ""))
+    print("|---|---|---|---|---|---|" + ("---|---|" if cold else ""))
+    blank = " | |" if cold else ""
+    print(f"| clean | {report.clean_accuracy:.2%} | {clean_ref:.2%} | | |{blank}")
     for name in (*ATTACKS, "total"):
         if name == "total":
             acc_o, acc_r, t_o, t_r = (
@@ -243,9 +247,10 @@ def main() -> None:
             t_o, t_r = report.times[name], ref_times[name]
             t_c = cold.times[name] if cold else None
         cold_cell = f" {t_c:.1f} |" if cold else ""
+        cold_ratio = f" {t_c / t_r if t_r else float('nan'):.2f} |" if cold else ""
         print(
             f"| {name} | {acc_o:.2%} | {acc_r:.2%} |{cold_cell} {t_o:.1f} | {t_r:.1f} "
-            f"| {t_o / t_r if t_r else float('nan'):.2f} |"
+            f"|{cold_ratio} {t_o / t_r if t_r else float('nan'):.2f} |"
         )
     if theirs is not None:
         only_ours = int(np.sum(report.robust & ~theirs))
