@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from hpm_jax import models as hpm_models
-from hpm_jax.analysis import __main__ as cli
+from hpm_jax.analysis import checkpoint_analysis as cli
 from hpm_jax.analysis import sensitivity as S
 from hpm_jax.data import offline
 from hpm_jax.model_export import save_model

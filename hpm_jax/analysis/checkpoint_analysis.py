@@ -11,7 +11,8 @@ P_ema the class means of `--prototype_examples` training images (s = 1; the rela
 quantities do not depend on s). Writes OUT/summary.json, OUT/per_sample.npz (samples first),
 OUT/histograms.png and OUT/perturbations.png.
 
-    result = run("/tmp/hpm_demo/hpm/model", "/tmp/analysis", num_examples=1000)   # in Python
+    from hpm_jax.analysis import run                                              # in Python
+    result = run("/tmp/hpm_demo/hpm/model", "/tmp/analysis", num_examples=1000)
 
 The command line (its flags, `hpm-analysis`) is `hpm_jax.cli.analysis`.
 """
@@ -189,9 +190,3 @@ def report(summary: dict[str, Any]) -> str:
             "      random     " + " ".join(f"{v:.3f}" for v in h["random"]["flip_rate"]),
         ]
     return "\n".join(lines)
-
-
-if __name__ == "__main__":  # the program lives in hpm_jax.cli.analysis (flags, errors)
-    from hpm_jax.cli.analysis import console_main
-
-    console_main(PROG)

@@ -3,7 +3,7 @@
     hpm-analysis --checkpoint=/tmp/hpm_demo/hpm/model --out=/tmp/analysis
     hpm-analysis --checkpoint=/tmp/hpm_demo --out=/tmp/analysis --num_examples=1000
 
-What it measures and writes: `hpm_jax/analysis/__main__.py` (its `run`, flag-free).
+What it measures and writes: `hpm_jax.analysis.checkpoint_analysis` (its `run`, flag-free).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import jax
 from absl import flags, logging
 
 from hpm_jax import cli
-from hpm_jax.analysis import __main__ as program
+from hpm_jax.analysis import checkpoint_analysis as program
 from hpm_jax.analysis import sensitivity
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Model directory (with model.json).")
