@@ -156,7 +156,7 @@ def _eval_source(config: ml_collections.ConfigDict) -> data.Source:
         config.dataset.name, config.dataset.eval_split, data_dir=config.dataset.data_dir or None
     )
     if config.eval.num_examples:
-        source = model_init.FirstRecords(source, int(config.eval.num_examples))
+        source = data.FirstRecords(source, int(config.eval.num_examples))
     return source
 
 

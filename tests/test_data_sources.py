@@ -149,3 +149,21 @@ def test_network_reachable_probe():
     assert not sources.network_reachable("127.0.0.1", port, timeout=2)
     assert not sources.network_reachable("no-such-host.invalid", 443, timeout=2)
     assert time.monotonic() - start < 6
+
+
+def test_first_records_is_a_prefix_that_keeps_the_name():
+    class Records:
+        name = "fashion_mnist"
+
+        def __len__(self):
+            return 5
+
+        def __getitem__(self, index):
+            return {"label": index}
+
+    first = data.FirstRecords(Records(), 3)
+    assert len(first) == 3 and first.name == "fashion_mnist"
+    assert [first[i]["label"] for i in range(3)] == [0, 1, 2]
+    with pytest.raises(IndexError):
+        first[3]  # the fourth record exists in the source, not in the prefix
+    assert len(data.FirstRecords(Records(), 99)) == 5  # a shorter source: all of it

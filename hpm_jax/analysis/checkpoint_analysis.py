@@ -65,22 +65,7 @@ def resolve_checkpoint(directory: str) -> str:
 def _first(source: data.Source, n: int, split: str) -> data.Source:
     if n > len(source):
         raise ValueError(f"--num_examples={n} but the {split} split has {len(source)} examples.")
-    return source if n == len(source) else _Slice(source, n)
-
-
-class _Slice:
-    """The first `n` records of a source."""
-
-    def __init__(self, source: data.Source, n: int):
-        self._source, self._n, self.name = source, n, getattr(source, "name", None)
-
-    def __len__(self) -> int:
-        return self._n
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        if not 0 <= index < self._n:
-            raise IndexError(index)
-        return self._source[index]
+    return source if n == len(source) else data.FirstRecords(source, n)
 
 
 def with_prototypes(
@@ -100,7 +85,7 @@ def with_prototypes(
     hpm = model.clone(head=HPMHead(model.head.num_classes))  # default knobs, s = 1
     variables = prototypes.with_head(variables, hpm)
     source = data.get_source(dataset, split, data_dir=data_dir)
-    source = _Slice(source, min(num_examples, len(source)))
+    source = data.FirstRecords(source, num_examples)
     batches = data.eval_iterator(source, batch_size=batch_size, mesh=mesh)
     return hpm, prototypes.init_prototypes(hpm, variables, batches)
 

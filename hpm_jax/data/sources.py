@@ -121,6 +121,24 @@ class TfdsSource:
         return f"TfdsSource({self.name!r}, split={self.split!r}, num_records={len(self)})"
 
 
+class FirstRecords:
+    """The first `n` records of a source (or all of a shorter one): prototype initialisation,
+    monitoring and analyses need no full pass. Keeps the source's `name`, so "auto"
+    augmentations still find it."""
+
+    def __init__(self, source: Source, n: int):
+        self._source, self._n = source, min(n, len(source))
+        self.name = getattr(source, "name", None)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < self._n:
+            raise IndexError(index)
+        return self._source[index]
+
+
 def network_reachable(host: str, port: int = 443, timeout: float = 2.0) -> bool:
     """Whether a TCP connection to `host` opens within `timeout` seconds (DNS included)."""
     result = []

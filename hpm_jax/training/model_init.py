@@ -114,23 +114,6 @@ def _check_pretrained(directory: str, config, kwargs: dict[str, Any]) -> dict[st
     return spec
 
 
-class FirstRecords:
-    """The first `n` records of a source (prototype initialisation and monitoring need no
-    full pass); keeps the source's `name`, so "auto" augmentations still find it."""
-
-    def __init__(self, source: data.Source, n: int):
-        self._source, self._n = source, min(n, len(source))
-        self.name = getattr(source, "name", None)
-
-    def __len__(self) -> int:
-        return self._n
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        if not 0 <= index < self._n:
-            raise IndexError(index)
-        return self._source[index]
-
-
 def initial_variables(
     model: Classifier,
     config: ml_collections.ConfigDict,
@@ -170,6 +153,6 @@ def initial_variables(
     variables = prototypes.with_head(variables, model)
     source = train_source
     if config.init.prototype_examples:
-        source = FirstRecords(train_source, int(config.init.prototype_examples))
+        source = data.FirstRecords(train_source, int(config.init.prototype_examples))
     batches = data.eval_iterator(source, batch_size=config.eval.batch_size, mesh=mesh)
     return prototypes.init_prototypes(model, variables, batches)
