@@ -1,7 +1,7 @@
 """`hpm-train` (and `python -m hpm_jax.train`): the flags around `hpm_jax.train.run`.
 
     hpm-train --config=configs/fashion_mnist.py --workdir=/tmp/fmnist_at
-    hpm-train --config=configs/cifar10_wrn.py --workdir=/tmp/wrn \\
+    hpm-train --config=configs/cifar10.py --workdir=/tmp/wrn \\
         --config.init.checkpoint=/tmp/carmon2019 --config.train.num_steps=2000
     # several hosts: the same command on each, plus
     #   --coordinator_address=HOST0:1234 --num_processes=N --process_id=I   (or --multihost)
