@@ -130,11 +130,14 @@ def assert_same_report(a, b):
 
 
 # --------------------------------------------------------------------------------- buckets
-def test_bucket_sizes_halve_in_multiples_of_8_and_the_device_count():
-    assert buckets.bucket_sizes(250, 4) == (256, 128, 64, 32, 16)
+def test_bucket_sizes_shrink_by_a_quarter_in_multiples_of_8_and_the_device_count():
+    assert buckets.bucket_sizes(250, 4) == (256, 192, 144, 112, 80, 64, 48, 40, 32, 24, 16)
     assert buckets.bucket_sizes(250, 1) == buckets.bucket_sizes(250, 8)  # device-independent
-    assert buckets.bucket_sizes(96, 12) == (96, 48, 24)
-    assert buckets.bucket_sizes(64, 1, min_size=1) == (64, 32, 16, 8)
+    assert buckets.bucket_sizes(96, 12) == (96, 72, 48, 24)
+    assert buckets.bucket_sizes(64, 1, min_size=1) == (64, 48, 40, 32, 24, 16, 8)
+    # No size wastes more than a quarter of its rows on the points the next size cannot hold.
+    sizes = buckets.bucket_sizes(300, 2)
+    assert all((big - small) / big <= 0.25 + 8 / big for big, small in itertools.pairwise(sizes))
     with pytest.raises(ValueError, match="positive integer"):
         buckets.bucket_sizes(0, 4)
     with pytest.raises(ValueError, match="must hold a whole batch of 16; add 16"):

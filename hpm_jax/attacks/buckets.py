@@ -1,6 +1,6 @@
 """Compaction: the still-robust points of a batch, padded to one of a few fixed sizes.
 
-    sizes = bucket_sizes(batch_size=250, num_devices=4)      # (256, 128, 64, 32, 16)
+    sizes = bucket_sizes(batch_size=250, num_devices=4)   # (256, 192, 144, ..., 24, 16)
     bucket = compact(np.array([3, 17, 40]), sizes)            # the 3 points, padded to 16
     x_bucket = x[bucket.index]                                # (16, H, W, C), rows 3.. repeat
     ... attack x_bucket ...
@@ -10,7 +10,9 @@ A jitted attack compiles once per input shape. Attacking exactly the points stil
 would compile a new program for almost every batch; attacking the whole batch would spend
 work on points already broken. Buckets sit between the two: a bucket holds only robust points
 (padded by repeating them), and its size is the smallest of a short list, so an evaluation of
-any length compiles at most `len(sizes)` programs per attack and wastes at most half a bucket.
+any length compiles at most `len(sizes)` programs per attack; each size is about 3/4 of the
+next, so padding wastes at most a quarter of a bucket (halving wasted up to half: 181 robust
+points of a batch of 300 ran as 304 rows).
 Sizes are multiples of the device count, so a bucket always shards evenly over the mesh, and
 by default of 8, so they do not change between 1, 2, 4 and 8 devices.
 """
@@ -30,8 +32,8 @@ def _round_up(n: int, multiple: int) -> int:
 def bucket_sizes(
     batch_size: int, num_devices: int = 1, *, min_size: int | None = None
 ) -> tuple[int, ...]:
-    """Decreasing bucket sizes: batch_size, batch_size/2, /4, ... each rounded up to a
-    multiple of lcm(8, num_devices), down to `min_size` (default: batch_size/16).
+    """Decreasing bucket sizes: batch_size, then 3/4 of it, 3/4 of that, ... each rounded up
+    to a multiple of lcm(8, num_devices), down to `min_size` (default: batch_size/16).
 
     Rounding to multiples of 8 rather than of the device count makes the sizes, hence the
     buckets and every random draw inside the attacks, the same on 1, 2, 4 or 8 devices, so a
@@ -55,7 +57,7 @@ def bucket_sizes(
             sizes.append(rounded)
         if rounded <= min_size:
             break
-        size = -(-size // 2)
+        size = -(-size * 3 // 4)
     return tuple(sizes)
 
 
