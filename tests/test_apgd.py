@@ -434,7 +434,9 @@ def test_restarts_keep_earlier_breaks_and_only_add():
     def judge(u, key):
         return MODEL(u) - 100.0 * onehot * (jax.random.uniform(key, (u.shape[0], 1)) < 0.02)
 
-    kw = dict(key=jax.random.key(6), eps=eps, n_iter=5, randomized=True, judge_fn=judge)
+    # The judge reads its rows' labels by position: compact=False keeps every row in place.
+    kw = dict(key=jax.random.key(6), eps=eps, n_iter=5, randomized=True, judge_fn=judge,
+              compact=False)  # fmt: skip
     one = apgd(_ignore_key, x, y, n_restarts=1, **kw)
     three = apgd(_ignore_key, x, y, n_restarts=3, **kw)
     r1, r3 = np.asarray(one.robust), np.asarray(three.robust)
