@@ -23,11 +23,12 @@ accuracy: ...", "robust accuracy after APGD-CE: ... (total time ... s)", "robust
 
 JAX shape. The data is cut into fixed batches of `batch_size`. For each attack and batch the
 still-robust points are gathered into a bucket, padded (by repeating them) to the smallest of
-a few sizes (`buckets.bucket_sizes`: batch_size, /2, /4, ... multiples of the device count),
-sharded over the mesh and attacked by the jitted attack; results of the real points are
-scattered back. So any number of batches compiles at most len(sizes) programs per attack and
-no work goes to broken points. The key of (attack a, batch b) is fold_in(fold_in(key(seed),
-a), b), independent of the device count, so a seed gives the same report on 1 or 8 devices.
+a few sizes (`buckets.bucket_sizes`: batch_size, x3/4, x9/16, ... multiples of 8 and of the
+device count), sharded over the mesh and attacked by the jitted attack; results of the real
+points are scattered back. So any number of batches compiles at most len(sizes) programs per
+attack and no work goes to broken points; the attacks shrink further inside (`shrink`). The
+key of (attack a, batch b) is fold_in(fold_in(key(seed), a), b), independent of the device
+count, so a seed gives the same report on 1 or 8 devices.
 
 Resume. With `state_path`, the state (robust flags, adversarial images, batches done, a
 fingerprint of the data and configuration) is written atomically after every (attack,
@@ -198,8 +199,8 @@ class AutoAttack:
         every attack runs on whole batches, so a batch-dependent judge always sees a point
         among the other points of its own batch (the Mixed Surrogate Attack needs this);
         points already broken are attacked again but keep their first adversarial image.
-        Passed on to attacks that shrink their batch inside (FAB-T and FAB between runs,
-        Square between queries), with the chain's bucket sizes.
+        Passed on to attacks that shrink their batch inside (APGD between restarts and
+        targets, FAB between runs, Square between queries), with the chain's bucket sizes.
     run_checks: run the sanity checks on the first batch.
     log: receives each log line (default print; None: the `hpm_jax.autoattack` logger only).
     on_progress(attack, batch, n_batches): called after each batch is done and saved.
@@ -423,9 +424,8 @@ class AutoAttack:
             store.save(state)
 
     def _shrink_options(self, spec: AttackSpec, plan: _Plan) -> dict[str, Any]:
-        """compact (and the chain's bucket sizes) for attacks that shrink their batch inside
-        (FAB-T, FAB, Square; through a surrogate too): compact=False keeps every point in
-        its batch for every model call, as the chain's own compact=False does."""
+        """compact (and the chain's bucket sizes) for attacks that take them, also through a
+        surrogate: compact=False keeps every point in its batch for every model call."""
         params = inspect.signature(getattr(spec.fn, "attack", spec.fn)).parameters
         options: dict[str, Any] = {}
         if "compact" in params:
