@@ -10,10 +10,9 @@
 The chain (`autoattack`) hands each attack a bucket of the points still robust; inside an
 attack, points keep breaking: APGD between its restarts and targets, FAB-T and FAB between
 runs, Square between queries. The reference shrinks its batch to the unbroken points each
-time. Here an attack re-buckets its
-still-to-attack rows into the smallest of the same bucket sizes (`buckets`) that holds them,
-so a program compiles once per bucket size and no model call is spent on a broken point
-except as padding inside a bucket. The bucket is always chosen from the rows of the attack's
+time. Here an attack re-buckets its still-to-attack rows into the smallest of the same
+bucket sizes (`buckets`) that holds them, so a program compiles once per bucket size and no
+model call is spent on a broken point except as padding inside a bucket. The bucket is always chosen from the rows of the attack's
 own batch (not from the previous bucket), and sizes are multiples of 8, so the buckets and
 every draw do not depend on the device count.
 
