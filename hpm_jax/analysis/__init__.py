@@ -1,16 +1,17 @@
 """Sensitivity analysis of FC, l2 and HPM heads: margins, Lipschitz constants, perturbations.
 
-    from hpm_jax.analysis import analyze, run, write_figures
+    from hpm_jax.analysis import analyze, write_figures
     result = analyze(model, variables, batches)          # heads from the model's head type
     result["summary"]["heads"]["fc"]["worst_case"]["flip_rate"]
     write_figures(result, "/tmp/analysis")               # histograms.png, perturbations.png
-    run("/tmp/hpm_demo/hpm/model", "/tmp/analysis")      # a model directory, end to end
+
+A model directory end to end (data, prototypes for an FC model, files; needs the `data`
+extra): `hpm_jax.analysis.checkpoint_analysis.run`.
 
 Command line: `python -m hpm_jax.analysis --checkpoint=DIR --out=DIR`. Definitions are in
 `hpm_jax.analysis.sensitivity`'s docstring.
 """
 
-from hpm_jax.analysis.checkpoint_analysis import run
 from hpm_jax.analysis.plots import write_figures
 from hpm_jax.analysis.sensitivity import (
     CONTEXTS,
@@ -43,7 +44,6 @@ __all__ = [
     "measure_features",
     "model_heads",
     "random_perturbations",
-    "run",
     "summarize",
     "unit_directions",
     "worst_case_perturbations",

@@ -11,7 +11,7 @@ P_ema the class means of `--prototype_examples` training images (s = 1; the rela
 quantities do not depend on s). Writes OUT/summary.json, OUT/per_sample.npz (samples first),
 OUT/histograms.png and OUT/perturbations.png.
 
-    from hpm_jax.analysis import run                                              # in Python
+    from hpm_jax.analysis.checkpoint_analysis import run     # in Python
     result = run("/tmp/hpm_demo/hpm/model", "/tmp/analysis", num_examples=1000)
 
 The command line (its flags, `hpm-analysis`) is `hpm_jax.cli.analysis`.

@@ -12,9 +12,9 @@ attack, points keep breaking: APGD between its restarts and targets, FAB-T and F
 runs, Square between queries. The reference shrinks its batch to the unbroken points each
 time. Here an attack re-buckets its still-to-attack rows into the smallest of the same
 bucket sizes (`buckets`) that holds them, so a program compiles once per bucket size and no
-model call is spent on a broken point except as padding inside a bucket. The bucket is always chosen from the rows of the attack's
-own batch (not from the previous bucket), and sizes are multiples of 8, so the buckets and
-every draw do not depend on the device count.
+model call is spent on a broken point except as padding inside a bucket. The bucket is
+always chosen from the rows of the attack's own batch (not from the previous bucket), and
+sizes are multiples of 8, so the buckets and every draw do not depend on the device count.
 
 `compact=False` in an attack keeps every row in its batch for every model call (the Mixed
 Surrogate Attack's batch-coupled judge needs that); then `Rows.full` is used throughout and

@@ -4,7 +4,7 @@
     hpm_jax/cli/evaluate.py  hpm-evaluate   (python -m hpm_jax.evaluate)  -> hpm_jax.evaluate.run
     hpm_jax/cli/demo.py      hpm-demo       (python -m hpm_jax.demo)      -> hpm_jax.demo.run
     hpm_jax/cli/study.py     hpm-study      (python -m hpm_jax.study)     -> hpm_jax.study.run
-    hpm_jax/cli/analysis.py  hpm-analysis   (python -m hpm_jax.analysis)  -> hpm_jax.analysis run
+    hpm_jax/cli/analysis.py  hpm-analysis   (python -m hpm_jax.analysis)  -> checkpoint_analysis.run
 
 Only these modules define absl flags: the library takes ConfigDicts and paths. A program:
 
