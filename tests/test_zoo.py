@@ -170,7 +170,11 @@ def test_missing_checkpoint_without_network_fails_fast_naming_the_path(tmp_path,
 
 def test_network_probe_is_bounded_when_dns_hangs(monkeypatch):
     """A DNS lookup ignores socket timeouts; the probe must not wait for it."""
-    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: time.sleep(30))
+    def hanging_lookup(*args, **kwargs):
+        time.sleep(30)  # then fail as a real lookup does (the probe thread is still alive)
+        raise socket.gaierror("Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", hanging_lookup)
     start = time.monotonic()
     assert not download.reachable("example.invalid", timeout=1.0)
     assert time.monotonic() - start < 3
