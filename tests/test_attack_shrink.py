@@ -71,7 +71,7 @@ def test_square_compacted_equals_whole_batch_and_agrees_on_1_2_and_4_devices(nor
 
 def test_attack_sizes_are_the_buckets_below_the_batch():
     x = jnp.zeros((16, 2, 2, 1))
-    assert shrink.attack_sizes(x) == (8,)
+    assert shrink.attack_sizes(x) == (12, 8, 4)  # 16 -> 12 -> 9 -> 7 -> 6 -> 5 -> 4, to 4s
     assert shrink.attack_sizes(x, (32, 16, 8, 4)) == (8, 4)
     four = jax.device_put(x, data_sharding(make_mesh(jax.devices()[:4])))
     with pytest.raises(ValueError, match="do not split evenly over the 4 devices"):

@@ -130,14 +130,18 @@ def assert_same_report(a, b):
 
 
 # --------------------------------------------------------------------------------- buckets
-def test_bucket_sizes_shrink_by_a_quarter_in_multiples_of_8_and_the_device_count():
-    assert buckets.bucket_sizes(250, 4) == (256, 192, 144, 112, 80, 64, 48, 40, 32, 24, 16)
-    assert buckets.bucket_sizes(250, 1) == buckets.bucket_sizes(250, 8)  # device-independent
-    assert buckets.bucket_sizes(96, 12) == (96, 72, 48, 24)
-    assert buckets.bucket_sizes(64, 1, min_size=1) == (64, 48, 40, 32, 24, 16, 8)
+def test_bucket_sizes_shrink_by_a_quarter_in_multiples_of_4_and_the_device_count():
+    # 250 -> 188 -> 141 -> 106 -> 80 -> 60 -> 45 -> 34 -> 26 -> 20 -> 15, each rounded up to 4.
+    assert buckets.bucket_sizes(250, 4) == (252, 188, 144, 108, 80, 60, 48, 36, 28, 20, 16)
+    for n in (1, 2):  # the same sizes, hence the same buckets and draws, on 1, 2 and 4 devices
+        assert buckets.bucket_sizes(250, n) == buckets.bucket_sizes(250, 4)
+    assert buckets.bucket_sizes(96, 12) == (96, 72, 60, 48, 36, 24, 12)
+    assert buckets.bucket_sizes(64, 1, min_size=1) == (64, 48, 36, 28, 24, 16, 12, 8, 4)
+    # 9 robust points of a batch of 32 run as 12 rows (with multiples of 8 they ran as 16).
+    assert buckets.pick_size(9, buckets.bucket_sizes(32, 2)) == 12
     # No size wastes more than a quarter of its rows on the points the next size cannot hold.
     sizes = buckets.bucket_sizes(300, 2)
-    assert all((big - small) / big <= 0.25 + 8 / big for big, small in itertools.pairwise(sizes))
+    assert all((big - small) / big <= 0.25 + 4 / big for big, small in itertools.pairwise(sizes))
     with pytest.raises(ValueError, match="positive integer"):
         buckets.bucket_sizes(0, 4)
     with pytest.raises(ValueError, match="must hold a whole batch of 16; add 16"):

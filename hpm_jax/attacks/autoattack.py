@@ -23,12 +23,12 @@ accuracy: ...", "robust accuracy after APGD-CE: ... (total time ... s)", "robust
 
 JAX shape. The data is cut into fixed batches of `batch_size`. For each attack and batch the
 still-robust points are gathered into a bucket, padded (by repeating them) to the smallest of
-a few sizes (`buckets.bucket_sizes`: batch_size, x3/4, x9/16, ... multiples of 8 and of the
+a few sizes (`buckets.bucket_sizes`: batch_size, x3/4, x9/16, ... multiples of 4 and of the
 device count), sharded over the mesh and attacked by the jitted attack; results of the real
 points are scattered back. So any number of batches compiles at most len(sizes) programs per
 attack and no work goes to broken points; the attacks shrink further inside (`shrink`). The
 key of (attack a, batch b) is fold_in(fold_in(key(seed), a), b), independent of the device
-count, so a seed gives the same report on 1 or 8 devices.
+count, so a seed gives the same report on 1, 2 or 4 devices.
 
 Resume. With `state_path`, the state (robust flags, adversarial images, batches done, a
 fingerprint of the data and configuration) is written atomically after every (attack,

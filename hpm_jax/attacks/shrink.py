@@ -14,7 +14,7 @@ time. Here an attack re-buckets its still-to-attack rows into the smallest of th
 bucket sizes (`buckets`) that holds them, so a program compiles once per bucket size and no
 model call is spent on a broken point except as padding inside a bucket. The bucket is
 always chosen from the rows of the attack's own batch (not from the previous bucket), and
-sizes are multiples of 8, so the buckets and every draw do not depend on the device count.
+sizes are multiples of 4, so the buckets and every draw are the same on 1, 2 or 4 devices.
 
 `compact=False` in an attack keeps every row in its batch for every model call (the Mixed
 Surrogate Attack's batch-coupled judge needs that); then `Rows.full` is used throughout and
