@@ -105,7 +105,7 @@ def resnet18(n: int):
     from torch_reference import pyautoattack_example, pyautoattack_example_path
 
     from hpm_jax.convert import load_state_dict, torch_to_flax
-    from hpm_jax.models import get_model
+    from hpm_jax.models import get_model, logits_fn
 
     path = pyautoattack_example_path("model_test.pt")
     net = pyautoattack_example("resnet").ResNet18()
@@ -113,14 +113,12 @@ def resnet18(n: int):
     net.eval()
     model = get_model("resnet18", num_classes=10)
     variables = torch_to_flax("resnet18", load_state_dict(path))
-
-    def logits_fn(v):
-        return model.apply(variables, v)
-
     x = photo_crops(n, size=32, seed=0)
     with torch.no_grad():
         y = net(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).argmax(1).numpy()
-    return net, logits_fn, x, y, f"{n} 32x32 crops of a real photo (labels: torch predictions)"
+    # The weights are arguments of the compiled programs (not constants), as in hpm_jax.evaluate.
+    return (net, logits_fn(model, variables), x, y,
+            f"{n} 32x32 crops of a real photo (labels: torch predictions)")  # fmt: skip
 
 
 class _Records(logging.Handler):

@@ -82,5 +82,6 @@ def main() -> None:
           f"{(neighbours_perturbed & broken).sum()}")  # fmt: skip
     print(f"  (c) each broken image alone, neighbours clean:     {(alone & broken).sum()}")
 
+
 if __name__ == "__main__":
     main()
