@@ -245,8 +245,12 @@ def test_every_attack_judged_by_a_provably_robust_target_reports_it_robust(norm)
 def test_msa_of_a_provably_robust_target_reports_it_fully_robust(norm):
     x, y = _robust_data()
     surrogates = {"breakable": breakable_surrogate, "exact": robust_target}
-    options = {"apgd-ce": {"n_iter": 20}, "apgd-t": {"n_iter": 20, "n_target_classes": 2},
-               "fab-t": {"n_iter": 20, "n_target_classes": 2}, "square": {"n_queries": 200}}
+    options = {
+        "apgd-ce": {"n_iter": 20},
+        "apgd-t": {"n_iter": 20, "n_target_classes": 2},
+        "fab-t": {"n_iter": 20, "n_target_classes": 2},
+        "square": {"n_queries": 200},
+    }
     report = mixed_surrogate_attack(
         robust_target, surrogates, x, y, norm=norm, eps=ROBUST_EPS[norm], batch_size=8,
         attack_options=options, run_checks=False, log=None,
@@ -255,6 +259,13 @@ def test_msa_of_a_provably_robust_target_reports_it_fully_robust(norm):
     assert report.final_reevaluation_accuracy == 1.0
     assert report.per_surrogate == {"breakable": 1.0, "exact": 1.0}
     # The surrogate's own attacks did break the surrogate: MSA's verdict is the target's.
-    own = AutoAttack(breakable_surrogate, norm=norm, eps=ROBUST_EPS[norm], version=["apgd-ce"],
-                     attack_options={"apgd-ce": {"n_iter": 20}}, run_checks=False, log=None)
+    own = AutoAttack(
+        breakable_surrogate,
+        norm=norm,
+        eps=ROBUST_EPS[norm],
+        version=["apgd-ce"],
+        attack_options={"apgd-ce": {"n_iter": 20}},
+        run_checks=False,
+        log=None,
+    )
     assert own.run(x, y, batch_size=8).robust_accuracy <= 0.25  # fmt: skip

@@ -170,6 +170,7 @@ def test_missing_checkpoint_without_network_fails_fast_naming_the_path(tmp_path,
 
 def test_network_probe_is_bounded_when_dns_hangs(monkeypatch):
     """A DNS lookup ignores socket timeouts; the probe must not wait for it."""
+
     def hanging_lookup(*args, **kwargs):
         time.sleep(30)  # then fail as a real lookup does (the probe thread is still alive)
         raise socket.gaierror("Temporary failure in name resolution")

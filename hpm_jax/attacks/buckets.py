@@ -37,10 +37,11 @@ def bucket_sizes(
 
     Rounding to multiples of 4 rather than of the device count makes the sizes, hence the
     buckets and every random draw inside the attacks, the same on 1, 2 or 4 devices, so a
-    seed gives the same report on each; a coarser multiple (8 was used before) would pad a
-    few dozen robust points by up to 8 rows (9 points ran as 16). The largest size is `batch_size` rounded up, so any
-    batch size works on any mesh (the last rows of a full bucket are then padding). The floor
-    keeps the number of compiled programs small: below it, padding costs less than compiling.
+    seed gives the same report on each; a coarser multiple (8 was used before) pads a few
+    dozen robust points by up to 8 rows (9 points ran as 16). The largest size is
+    `batch_size` rounded up, so any batch size works on any mesh (the last rows of a full
+    bucket are then padding). The floor keeps the number of compiled programs small: below
+    it, padding costs less than compiling.
     """
     if not isinstance(batch_size, int | np.integer) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
