@@ -1,6 +1,6 @@
 """Compaction: the still-robust points of a batch, padded to one of a few fixed sizes.
 
-    sizes = bucket_sizes(batch_size=250, num_devices=4)   # (256, 192, 144, ..., 24, 16)
+    sizes = bucket_sizes(batch_size=250, num_devices=4)   # (252, 188, 144, ..., 20, 16)
     bucket = compact(np.array([3, 17, 40]), sizes)            # the 3 points, padded to 16
     x_bucket = x[bucket.index]                                # (16, H, W, C), rows 3.. repeat
     ... attack x_bucket ...
