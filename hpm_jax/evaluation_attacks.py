@@ -17,13 +17,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from hpm_jax.attacks import AutoAttack, contract, mixed_surrogate_attack, versions
 from hpm_jax.evaluation_workdir import ADV_DIR, STATE_DIR
+from hpm_jax.xla_options import jit
 
 
 def clean_accuracy(fn: Callable, x: np.ndarray, y: np.ndarray, batch_size: int) -> np.ndarray:
@@ -36,7 +36,7 @@ def clean_accuracy(fn: Callable, x: np.ndarray, y: np.ndarray, batch_size: int) 
     return np.concatenate(out)
 
 
-@jax.jit
+@jit
 def _predict(fn, x):
     return jnp.argmax(fn(x), axis=-1)
 

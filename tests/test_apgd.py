@@ -88,8 +88,8 @@ class Linear:
 MODEL = Linear(0)
 
 
-def _batch(seed, lo=0.3, hi=0.7, n=B):
-    return jnp.asarray(np.random.default_rng(seed).uniform(lo, hi, (n, *SHAPE)), jnp.float32)
+def _batch(seed, lo=0.3, hi=0.7, n=B, shape=SHAPE):
+    return jnp.asarray(np.random.default_rng(seed).uniform(lo, hi, (n, *shape)), jnp.float32)
 
 
 def _gap_eps(dmin):
@@ -335,20 +335,24 @@ def test_apgd_targeted_takes_targets_by_clean_logit_rank():
     nothing (its loss even pushes z_2 down); two targets break every point.
 
     Why no CPU can change the answer: every fact it rests on holds in float64 with a margin
-    of 0.5 logits, against float32 rounding of these 48-term dot products of ~1e-5. The
+    of 0.5 logits, against float32 rounding of these 768-term dot products of ~1e-4. The
     ranks are 1, 1.5 and 5 logits below z_0; the box [0, 1] cannot bind (x in [0.3, 0.7],
     eps < 0.05), so the best Linf step, x + eps sign(w_2 - w_0) (the first APGD step from any
     start reaches it: step 2 eps, then the projection), makes z_2 - z_0 exactly +0.5, and the
-    targeted DLR loss of class 2 is monotone in z_2 - z_0 while the ranks of z_1, z_3 stay;
-    z_0 - z_1 = 1 exactly everywhere (same weights), so targeting class 1 can break a point
-    only through its random start (the ascent lowers z_2 - z_0): a point of the Linf sphere
-    drawn uniformly moves z_2 - z_0 by ~N(0, 0.2^2) here, 7 standard deviations short of
-    the 1.5 needed, and the draw is a fixed threefry stream, the same bits on every CPU."""
+    targeted DLR loss of class 2 is monotone in z_2 - z_0 while the ranks of z_1, z_3 stay.
+    Targeting class 1: while z_2 < z_1 the ascent lowers z_2 - z_0; if a random start put z_2
+    above z_1, the loss would be -(z_0 - z_1) / (z_0 - (z_1 + z_3) / 2) = -1/3 with a zero
+    gradient, and sign steps on its rounding noise wander (on 48 dimensions they once walked a
+    point up to class 2, on one CPU's kernels and not another's). A start of the Linf sphere
+    moves z_2 - z_0 by ~N(0, 0.06^2) on 768 dimensions: 8 standard deviations short of the
+    0.5 that reaches z_1, and the draw is a fixed threefry stream, the same bits on every CPU.
+    """
+    shape = (16, 16, 3)
     rng = np.random.default_rng(8)
-    d = int(np.prod(SHAPE))
+    d = int(np.prod(shape))
     w0, w2 = rng.normal(0, 1, d), rng.normal(0, 1, d)
     W = jnp.asarray(np.stack([w0, w0, w2, w0], 1), jnp.float32)
-    x = _batch(9, n=8)
+    x = _batch(9, n=8, shape=shape)
     base = np.asarray(x).reshape(8, -1) @ np.stack([w0, w2], 1)
     gap = base[:, 0] - base[:, 1]  # z_0 - z_2 before the bias of class 2
     b2 = gap - 1.5  # z_0 - z_2 = 1.5 for every point: ranked 3rd, between z_1 and z_3

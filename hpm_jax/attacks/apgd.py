@@ -59,6 +59,7 @@ from hpm_jax.attacks.apgd_steps import (
     l1_checkpoints,
     largereps_schedule,
 )
+from hpm_jax.xla_options import jit
 
 __all__ = [
     "ApgdConfig",
@@ -78,7 +79,7 @@ def _merge(x_adv, robust, broken, adv):
     return jnp.where(common.expand(robust & broken, adv), adv, x_adv), robust & ~broken
 
 
-@functools.partial(jax.jit, static_argnames=("config", "n_iter"))
+@functools.partial(jit, static_argnames=("config", "n_iter"))
 def _run(loss_fn, judge_fn, x, y, target, key, eps, rho, robust, x_adv, *, config: ApgdConfig,
          n_iter: int):  # fmt: skip
     """One restart on the whole batch as a single program (`lax.fori_loop` per stage), merged
@@ -100,12 +101,12 @@ def _run(loss_fn, judge_fn, x, y, target, key, eps, rho, robust, x_adv, *, confi
 # each piece compiles once per batch shape whatever n_iter and the stage.
 
 
-@functools.partial(jax.jit, static_argnames=("norm", "use_largereps"))
+@functools.partial(jit, static_argnames=("norm", "use_largereps"))
 def _first_point(key, x, eps, *, norm, use_largereps):
     return steps.first_point(jax.random.split(key)[0], x, eps, norm, use_largereps)
 
 
-@functools.partial(jax.jit, static_argnames="config")
+@functools.partial(jit, static_argnames="config")
 def _begin(loss_fn, judge_fn, x, y, target, key, eps, x_init, *, config: ApgdConfig):
     grad_fn, wrong_fn = steps.objective(loss_fn, judge_fn, y, target, config)
     x_start = steps.stage_start(x_init, x, eps, config.use_largereps)
@@ -113,7 +114,7 @@ def _begin(loss_fn, judge_fn, x, y, target, key, eps, x_init, *, config: ApgdCon
                             norm=config.norm, sparsity_from_start=config.use_largereps)  # fmt: skip
 
 
-@functools.partial(jax.jit, static_argnames="config", donate_argnames="state")
+@functools.partial(jit, static_argnames="config", donate_argnames="state")
 def _step(loss_fn, judge_fn, x, y, target, key, eps, rho, i, check, window, state, *,
           config: ApgdConfig):  # fmt: skip
     grad_fn, wrong_fn = steps.objective(loss_fn, judge_fn, y, target, config)
@@ -121,7 +122,7 @@ def _step(loss_fn, judge_fn, x, y, target, key, eps, rho, i, check, window, stat
                       wrong_fn=wrong_fn, norm=config.norm)  # fmt: skip
 
 
-_merge_jit = jax.jit(_merge)
+_merge_jit = jit(_merge)
 
 
 def _spans_devices(x: jax.Array) -> bool:
@@ -152,7 +153,7 @@ def _run_host(loss_fn, judge_fn, x, y, target, key, eps, rho, robust, x_adv, *,
     return _merge_jit(x_adv, robust, state["broken"], state["adv"])
 
 
-@functools.partial(jax.jit, static_argnames=("config", "n_top"))
+@functools.partial(jit, static_argnames=("config", "n_top"))
 def _clean(loss_fn, judge_fn, x, y, key, *, config: ApgdConfig, n_top: int):
     """(judge correct on x, the n_top classes ranked by loss_fn on x in decreasing order)."""
     logits = contract.call(loss_fn, x, jax.random.fold_in(key, 0), config.randomized)

@@ -67,6 +67,7 @@ from hpm_jax.attacks import buckets, checks, contract, versions
 from hpm_jax.attacks.resume import ChainState, StateMismatchError, StateStore, data_hash
 from hpm_jax.attacks.versions import AttackSpec
 from hpm_jax.sharding import data_sharding, make_mesh
+from hpm_jax.xla_options import jit
 
 logger = logging.getLogger("hpm_jax.autoattack")
 
@@ -126,7 +127,7 @@ class AutoAttackReport:
         return text
 
 
-@functools.partial(jax.jit, static_argnames="randomized")
+@functools.partial(jit, static_argnames="randomized")
 def _judge_correct(fn, x, y, key, *, randomized):
     return jnp.argmax(contract.call(fn, x, key, randomized), axis=-1) == y
 

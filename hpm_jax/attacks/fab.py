@@ -67,6 +67,7 @@ import numpy as np
 from hpm_jax.attacks import common, contract, shrink
 from hpm_jax.attacks.apgd import LOOPS, _spans_devices, _use_host_loop
 from hpm_jax.attacks.fab_projections import boundary_step
+from hpm_jax.xla_options import jit
 
 # The reference floors step lengths at 1e-8 before forming alpha = |d1| / (|d1| + |d2|).
 _MIN_STEP = 1e-8
@@ -164,7 +165,7 @@ def _iteration(logits_fn, judge_fn, x, y, target, alpha_max, eta, beta, state, c
     return jnp.where(common.expand(is_adv, x), shrunk, new), best, best_norm
 
 
-@functools.partial(jax.jit, static_argnames="config")
+@functools.partial(jit, static_argnames="config")
 def _run_lax(logits_fn, judge_fn, x, y, target, alpha_max, eta, beta, state, *, config):
     """A whole run (config.n_iter iterations) as one `lax.fori_loop`."""
 
@@ -174,12 +175,12 @@ def _run_lax(logits_fn, judge_fn, x, y, target, alpha_max, eta, beta, state, *, 
     return jax.lax.fori_loop(0, config.n_iter, body, state)
 
 
-@functools.partial(jax.jit, static_argnames="config")
+@functools.partial(jit, static_argnames="config")
 def _step(logits_fn, judge_fn, x, y, target, alpha_max, eta, beta, state, *, config):
     return _iteration(logits_fn, judge_fn, x, y, target, alpha_max, eta, beta, state, config)
 
 
-@functools.partial(jax.jit, static_argnames="norm")
+@functools.partial(jit, static_argnames="norm")
 def _start(key, x, eps, ids, *, norm):
     """Per-row random starts at distance eps / 2, row i drawn with fold_in(key, ids[i]): a
     point's start does not depend on which other points share its bucket."""
@@ -191,14 +192,14 @@ def _start(key, x, eps, ids, *, norm):
     return jax.vmap(one)(keys, x, eps)
 
 
-@functools.partial(jax.jit, static_argnames="n_targets")
+@functools.partial(jit, static_argnames="n_targets")
 def _clean(logits_fn, judge_fn, x, y, *, n_targets):
     """(targets (B, n_targets) or None, attackable: the judge is right on x)."""
     targets = _targets(logits_fn(x), y, n_targets) if n_targets else None
     return targets, common.correct(judge_fn(x), y)
 
 
-@jax.jit
+@jit
 def _finish(judge_fn, x, y, best, best_norm, eps, attackable):
     success = attackable & (best_norm <= eps)
     x_adv = jnp.where(common.expand(success, x), best, x)

@@ -34,6 +34,7 @@ import numpy as np
 
 from hpm_jax.attacks import common, contract
 from hpm_jax.attacks.losses import cross_entropy
+from hpm_jax.xla_options import jit
 
 LOSSES = ("ce", "kl")
 RANDOM_STARTS = ("uniform", "sphere", "normal", "none")
@@ -85,7 +86,7 @@ def _check_static(norm: str, loss: str, random_start: str, num_steps: int, refer
         )
 
 
-@functools.partial(jax.jit, static_argnames=("norm", "num_steps", "loss", "random_start"))
+@functools.partial(jit, static_argnames=("norm", "num_steps", "loss", "random_start"))
 def _pgd_jit(logits_fn, judge_fn, x, y, key, eps, step_size, reference_logits, **static):
     """The attack and the judge's verdict (correct on x and on x_adv, in batch context)."""
     x_adv = perturb(

@@ -84,6 +84,7 @@ from hpm_jax.attacks.square_proposals import (  # noqa: F401  (l2_init etc.: pub
     l2_pattern,
     linf_init,
 )
+from hpm_jax.xla_options import jit
 
 NORMS = ("Linf", "L2", "L1")
 LOSSES = ("margin", "ce")
@@ -184,7 +185,7 @@ def _row_keys(key: jax.Array, ids: jax.Array) -> jax.Array:
     return jax.vmap(lambda i: jax.random.fold_in(key, i))(ids)
 
 
-@functools.partial(jax.jit, static_argnames="config")
+@functools.partial(jit, static_argnames="config")
 def _begin(logits_fn, x, y, x_start, active, ids, key, eps, *, config: SquareConfig):
     """The start of a run (the reference's attack_single_run) on the rows where `active`; the
     others are frozen at x_start (margin -inf, never updated or counted). One query."""
@@ -199,7 +200,7 @@ def _begin(logits_fn, x, y, x_start, active, ids, key, eps, *, config: SquareCon
             active.astype(jnp.int32))  # fmt: skip
 
 
-@functools.partial(jax.jit, static_argnames="config")
+@functools.partial(jit, static_argnames="config")
 def _search(logits_fn, x, y, ids, key, eps, i, stop_at, state, *, config: SquareConfig):
     """Iterations i, i + 1, ... until n_queries, or until at most `stop_at` (>= 0) rows are
     still unbroken (then the caller re-buckets them). Returns (i, state, rows unbroken)."""
@@ -271,7 +272,7 @@ def _single_run(logits_fn, x, y, x_start, active, ids, key, eps, *, config, size
         rows = shrink.select(shrink.to_host(full[1] > 0), sizes)
 
 
-@functools.partial(jax.jit, static_argnames="n")
+@functools.partial(jit, static_argnames="n")
 def _judge(judge_fn, x_in, y, *, n):
     """(rows,) bool: the judge's verdict on the rows it is given, all at once."""
     logits = judge_fn(x_in)
@@ -280,7 +281,7 @@ def _judge(judge_fn, x_in, y, *, n):
     return common.correct(logits, y)
 
 
-_merge = jax.jit(
+_merge = jit(
     lambda x_adv, robust, x_best, judged: (
         jnp.where(common.expand(robust & ~judged, x_adv), x_best, x_adv),
         robust & judged,
