@@ -130,18 +130,30 @@ def assert_same_report(a, b):
 
 
 # --------------------------------------------------------------------------------- buckets
-def test_bucket_sizes_shrink_by_a_quarter_in_multiples_of_4_and_the_device_count():
-    # 250 -> 188 -> 141 -> 106 -> 80 -> 60 -> 45 -> 34 -> 26 -> 20 -> 15, each rounded up to 4.
-    assert buckets.bucket_sizes(250, 4) == (252, 188, 144, 108, 80, 60, 48, 36, 28, 20, 16)
+def test_bucket_sizes_shrink_by_an_eighth_in_multiples_of_4_and_the_device_count():
+    # 250 -> 219 -> 192 -> 168 -> 147 -> 129 -> 113 -> 99 -> 87 -> 77 -> 68 -> 60 -> 53 -> 47
+    # -> 42 -> 37 -> 33 -> 29 -> 26 -> 23 -> 21 -> 19 -> 17 -> 15, each rounded up to 4.
+    assert buckets.bucket_sizes(250, 4) == (
+        252, 220, 192, 168, 148, 132, 116, 100, 88, 80, 68, 60, 56, 48, 44, 40, 36, 32, 28, 24,
+        20, 16,
+    )  # fmt: skip
     for n in (1, 2):  # the same sizes, hence the same buckets and draws, on 1, 2 and 4 devices
         assert buckets.bucket_sizes(250, n) == buckets.bucket_sizes(250, 4)
-    assert buckets.bucket_sizes(96, 12) == (96, 72, 60, 48, 36, 24, 12)
-    assert buckets.bucket_sizes(64, 1, min_size=1) == (64, 48, 36, 28, 24, 16, 12, 8, 4)
-    # 9 robust points of a batch of 32 run as 12 rows (with multiples of 8 they ran as 16).
+    assert buckets.bucket_sizes(96, 12) == (96, 84, 72, 60, 48, 36, 24, 12)
+    # Near the floor ceil(7/8 n) = n: the sizes still fall, one granule at a time.
+    assert buckets.bucket_sizes(64, 1, min_size=1) == (
+        64, 56, 52, 44, 40, 36, 32, 28, 24, 20, 16, 12, 8, 4,
+    )  # fmt: skip
+    assert buckets.bucket_sizes(64, 1, min_size=1, step=3 / 4) == (64, 48, 36, 28, 24, 16, 12, 8, 4)
+    # 9 robust points of a batch of 32 run as 12 rows (with multiples of 8 they ran as 16); 36
+    # of 128 as 36 (as 44 with steps of 3/4).
     assert buckets.pick_size(9, buckets.bucket_sizes(32, 2)) == 12
-    # No size wastes more than a quarter of its rows on the points the next size cannot hold.
+    assert buckets.pick_size(36, buckets.bucket_sizes(128, 2)) == 36
+    # No size wastes more than an eighth of its rows on the points the next size cannot hold.
     sizes = buckets.bucket_sizes(300, 2)
-    assert all((big - small) / big <= 0.25 + 4 / big for big, small in itertools.pairwise(sizes))
+    assert all((big - small) / big <= 1 / 8 + 4 / big for big, small in itertools.pairwise(sizes))
+    with pytest.raises(ValueError, match="step must lie strictly between 0 and 1"):
+        buckets.bucket_sizes(64, 1, step=1.0)
     with pytest.raises(ValueError, match="positive integer"):
         buckets.bucket_sizes(0, 4)
     with pytest.raises(ValueError, match="must hold a whole batch of 16; add 16"):

@@ -23,7 +23,7 @@ accuracy: ...", "robust accuracy after APGD-CE: ... (total time ... s)", "robust
 
 JAX shape. The data is cut into fixed batches of `batch_size`. For each attack and batch the
 still-robust points are gathered into a bucket, padded (by repeating them) to the smallest of
-a few sizes (`buckets.bucket_sizes`: batch_size, x3/4, x9/16, ... multiples of 4 and of the
+a few sizes (`buckets.bucket_sizes`: batch_size, x7/8, x49/64, ... multiples of 4 and of the
 device count), sharded over the mesh and attacked by the jitted attack; results of the real
 points are scattered back. So any number of batches compiles at most len(sizes) programs per
 attack and no work goes to broken points; the attacks shrink further inside (`shrink`). The
