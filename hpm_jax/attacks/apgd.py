@@ -155,14 +155,14 @@ def _run_host(loss_fn, judge_fn, x, y, target, key, eps, rho, robust, x_adv, *,
 
 @functools.partial(jit, static_argnames=("config", "n_top"))
 def _clean(loss_fn, judge_fn, x, y, key, *, config: ApgdConfig, n_top: int):
-    """(judge correct on x, the n_top classes ranked by loss_fn on x in decreasing order)."""
+    """(judge correct on x, the n_top classes other than y ranked by loss_fn on x, best first)."""
     logits = contract.call(loss_fn, x, jax.random.fold_in(key, 0), config.randomized)
     judged = (
         logits
         if config.shared_judge
         else contract.call(judge_fn, x, jax.random.fold_in(key, 1), config.randomized)
     )
-    ranking = jax.lax.top_k(logits, n_top)[1] if n_top else None
+    ranking = common.target_classes(logits, y, n_top) if n_top else None
     return common.correct(judged, y), ranking
 
 
@@ -213,7 +213,7 @@ def _attack(logits_fn, checked, x, y, key, rho, targets, n_restarts, n_iter, loo
     x, y = jnp.asarray(x), jnp.asarray(y)  # NumPy input: one transfer, not one per iteration
     loss_fn, judge_fn = contract.traced_pair(logits_fn, checked.judge_fn, x)
     key_clean, key_runs = jax.random.split(key)
-    n_top = max(targets) + 1 if targets else 0
+    n_top = len(targets) if targets else 0
     robust, ranking = _clean(loss_fn, judge_fn, x, y, key_clean, config=config, n_top=n_top)
     run = _run_host if _use_host_loop(loop, x) else _run
     x_adv, rho = x, jnp.asarray(rho, x.dtype)
@@ -301,8 +301,10 @@ def apgd_targeted(
 ) -> contract.AttackResult:
     """APGD-T: APGD on the targeted DLR loss, once per target class and restart.
 
-    The targets of each point are the 2nd .. (k+1)-th classes of logits_fn on the clean x
-    (k = n_target_classes, capped at C - 1); success is still "the judge does not predict y".
+    The targets of each point are the k highest classes of logits_fn on the clean x other than
+    y (`common.target_classes`; k = n_target_classes, capped at C - 1): the reference's 2nd ..
+    (k+1)-th classes wherever logits_fn ranks y first, and never y itself where a surrogate
+    ranks another class above it. Success is still "the judge does not predict y".
     Needs C >= 4 classes. Other arguments as `apgd` (use_largereps: AutoAttack's L1 standard).
     """
     contract.check_int("n_target_classes", n_target_classes, 1)
@@ -311,6 +313,6 @@ def apgd_targeted(
         n_restarts=n_restarts, eot_iter=eot_iter, rho=rho, use_largereps=use_largereps,
         randomized=randomized, loop=loop,
     )  # fmt: skip
-    targets = list(range(1, min(n_target_classes, checked.num_classes - 1) + 1))
+    targets = list(range(min(n_target_classes, checked.num_classes - 1)))
     return _attack(logits_fn, checked, x, y, key, rho, targets, n_restarts, n_iter, loop, config,
                    compact, bucket_sizes)  # fmt: skip

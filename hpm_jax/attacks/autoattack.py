@@ -22,13 +22,14 @@ accuracy: ...", "robust accuracy after APGD-CE: ... (total time ... s)", "robust
 ...") to the `hpm_jax.autoattack` logger and to `log` (default `print`).
 
 JAX shape. The data is cut into fixed batches of `batch_size`. For each attack and batch the
-still-robust points are gathered into a bucket, padded (by repeating them) to the smallest of
-a few sizes (`buckets.bucket_sizes`: batch_size, x7/8, x49/64, ... multiples of 4 and of the
-device count), sharded over the mesh and attacked by the jitted attack; results of the real
-points are scattered back. So any number of batches compiles at most len(sizes) programs per
-attack and no work goes to broken points; the attacks shrink further inside (`shrink`). The
-key of (attack a, batch b) is fold_in(fold_in(key(seed), a), b), independent of the device
-count, so a seed gives the same report on 1, 2 or 4 devices.
+still-robust points (with compact, the default) are gathered into a bucket, padded (by
+repeating them) to the smallest of a few sizes (`buckets.bucket_sizes`: batch_size, x7/8,
+x49/64, ... multiples of 4 and of the device count), sharded over the mesh and attacked by
+the jitted attack; results of the real points are scattered back. So any number of batches
+compiles at most len(sizes) programs per attack and no work goes to broken points; the
+attacks shrink further inside (`shrink`). The key of (attack a, batch b) is
+fold_in(fold_in(key(seed), a), b), independent of the device count, so a seed gives the same
+report on 1, 2 or 4 devices.
 
 Resume. With `state_path`, the state (robust flags, adversarial images, batches done, a
 fingerprint of the data and configuration) is written atomically after every (attack,
@@ -36,14 +37,20 @@ batch); a run killed at any point and started again with the same arguments cont
 the batch it was in and ends with the same report. A state file of another evaluation raises
 `StateMismatchError` naming the difference.
 
-Batch-dependent judges (HPM): the attacks judge a point inside its bucket (other robust
-points and repeats), the clean pass and the final re-evaluation inside its original batch.
-`check_batch_dependence` and `check_final_reevaluation` flag such models; a point counts as
-robust only if the chain and the final re-evaluation both say so. Evaluate such models with
-the Mixed Surrogate Attack, which controls the batch context.
+Batch-dependent judges (HPM): with compact (the default) the attacks judge a point inside
+its bucket (other robust points and repeats). With compact=False every model call sees
+exactly one of the user's batches (never a padded or repeated row: the last batch runs at its
+own size, a batch that does not split over the mesh runs replicated, so at most two batch
+shapes compile per attack) and every attack uses one rule: a point is broken when the judge
+misclassifies it at a judged iterate, in its batch as it stands with every image within eps;
+that image is its adversarial example whatever happens later. The final re-evaluation of the
+composed adversarial batches is one more such batch. `check_batch_dependence` and
+`check_final_reevaluation` flag such models. The Mixed Surrogate Attack runs compact=False.
 
 Randomised models (version "rand", or randomized=True): logits_fn and judge_fn are called as
-f(x, key), with keys derived from the seed.
+f(x, key), with keys derived from the seed. As in the reference, the model is run once on
+each attack's output and that decides (rand_verdict="rerun"); "any_draw" keeps the stricter
+rule (a break by any draw during the attack, confirmed by the final re-evaluation).
 """
 
 from __future__ import annotations
@@ -66,13 +73,19 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from hpm_jax.attacks import buckets, checks, contract, versions
 from hpm_jax.attacks.resume import ChainState, StateMismatchError, StateStore, data_hash
 from hpm_jax.attacks.versions import AttackSpec
-from hpm_jax.sharding import data_sharding, make_mesh
+from hpm_jax.sharding import data_sharding, make_mesh, replicated
 from hpm_jax.xla_options import jit
 
 logger = logging.getLogger("hpm_jax.autoattack")
 
 # Key tags for the passes that are not attacks; attack a uses fold_in(root, a), a small int.
-_CLEAN_TAG, _FINAL_TAG, _CHECK_TAG = 2**31 - 1, 2**31 - 2, 2**31 - 3
+_CLEAN_TAG, _FINAL_TAG, _CHECK_TAG, _RERUN_TAG = 2**31 - 1, 2**31 - 2, 2**31 - 3, 2**31 - 4
+# How a randomized model's points are judged (`rand_verdict`).
+RAND_VERDICTS = {
+    "rerun": "the model re-run once on each attack's output decides (the reference's rule)",
+    "any_draw": "a break by any random draw during an attack counts, and the final "
+    "re-evaluation must agree (stricter than the reference)",
+}
 
 
 @dataclasses.dataclass
@@ -80,7 +93,10 @@ class AutoAttackReport:
     """The result of `AutoAttack.run`.
 
     robust: (n,) bool, the per-sample worst case (correct on the clean image, after every
-    attack and in the final re-evaluation of x_adv); robust_accuracy is its mean.
+    attack and in the final re-evaluation of x_adv); robust_accuracy is its mean. For a
+    randomized model, `rand_verdict` says how it was judged (RAND_VERDICTS): by default, as
+    the reference, by one run of the model on each attack's output, the final re-evaluation
+    reported beside.
     final_accuracy: the judge's accuracy on x_adv alone, re-evaluated in the original batches.
     robust_accuracy_after: robust accuracy after each attack of the chain, in order (before
     the final re-evaluation); times: seconds spent in each attack (summed over resumes).
@@ -106,6 +122,7 @@ class AutoAttackReport:
     num_devices: int
     checks: list[checks.CheckResult]
     resumed: bool = False
+    rand_verdict: str | None = None
 
     @property
     def flagged(self) -> list[checks.CheckResult]:
@@ -202,6 +219,12 @@ class AutoAttack:
         points already broken are attacked again but keep their first adversarial image.
         Passed on to attacks that shrink their batch inside (APGD between restarts and
         targets, FAB between runs, Square between queries), with the chain's bucket sizes.
+        With compact=False no model call ever sees a row it was not given: the clean pass,
+        every attack and the final re-evaluation run on the exact batches (the last one at
+        its own size; a batch that does not split evenly over the mesh runs replicated), and
+        every attack counts a break at the judged iterate where it happens.
+    rand_verdict: how a randomized model is judged, "rerun" (the reference) or "any_draw"
+        (RAND_VERDICTS); ignored for deterministic models.
     run_checks: run the sanity checks on the first batch.
     log: receives each log line (default print; None: the `hpm_jax.autoattack` logger only).
     on_progress(attack, batch, n_batches): called after each batch is done and saved.
@@ -222,6 +245,7 @@ class AutoAttack:
         mesh: Mesh | None = None,
         bucket_sizes: Sequence[int] | None = None,
         compact: bool = True,
+        rand_verdict: str = "rerun",
         run_checks: bool = True,
         log: Callable[[str], Any] | None = print,
         on_progress: Callable[[str, int, int], Any] | None = None,
@@ -245,6 +269,16 @@ class AutoAttack:
         self.randomized = (version == "rand") if randomized is None else bool(randomized)
         self.bucket_sizes = None if bucket_sizes is None else tuple(int(s) for s in bucket_sizes)
         self.compact = bool(compact)
+        if self.bucket_sizes is not None and not self.compact:
+            raise ValueError(
+                "bucket_sizes has no effect with compact=False (every model call sees exactly "
+                "one batch of the data); drop one of the two."
+            )
+        if rand_verdict not in RAND_VERDICTS:
+            raise ValueError(
+                f"rand_verdict must be one of {tuple(RAND_VERDICTS)}, got {rand_verdict!r}."
+            )
+        self.rand_verdict = rand_verdict if self.randomized else None
         self.run_checks, self.log, self.on_progress = run_checks, log, on_progress
         self.version = version if isinstance(version, str) else "custom"
         self.attacks = versions.build_chain(
@@ -264,23 +298,35 @@ class AutoAttack:
     def _root_key(self) -> jax.Array:
         return jax.random.key(self.seed)
 
+    def _rows(self, idx: np.ndarray, sizes: tuple[int, ...]) -> buckets.Bucket:
+        """The rows a model call sees for the points `idx`: with compact, a bucket of `sizes`
+        padded by repeating them (invisible to a per-sample model); without, exactly `idx`."""
+        if self.compact:
+            return buckets.compact(idx, sizes)
+        return buckets.Bucket(index=np.asarray(idx, np.int64), n=len(idx))
+
+    def _place(self, a: np.ndarray) -> jax.Array:
+        """Rows split over the mesh, or replicated on it when they do not split evenly (an
+        exact batch is never padded to fit the devices)."""
+        fits = a.shape[0] % self.mesh.devices.size == 0
+        return _put(a, data_sharding(self.mesh) if fits else replicated(self.mesh))
+
     def _judged_correct(self, x, y, plan: _Plan, tag: int) -> np.ndarray:
-        """The judge's verdict on x, batch by batch in the original batches (the last padded
-        by repeating its points to the largest bucket, one compiled shape)."""
+        """The judge's verdict on x, batch by batch in the original batches (with compact,
+        the last padded by repeating its points to the largest bucket, one compiled shape)."""
         judge = contract.traced(self.judge_fn)  # already on the mesh
-        sharding = data_sharding(self.mesh)
         out = np.zeros(len(x), bool)
         for b, idx in enumerate(plan.batches):
-            bucket = buckets.compact(idx, plan.sizes[:1])
+            rows = self._rows(idx, plan.sizes[:1])
             key = jax.random.fold_in(jax.random.fold_in(self._root_key(), tag), b)
             correct = _judge_correct(
                 judge,
-                _put(x[bucket.index], sharding),
-                _put(y[bucket.index], sharding),
+                self._place(x[rows.index]),
+                self._place(y[rows.index]),
                 key,
                 randomized=self.randomized,
             )
-            out[idx] = _to_host(correct)[: bucket.n]
+            out[idx] = _to_host(correct)[: rows.n]
         return out
 
     def _checks(self, x, y) -> list[checks.CheckResult]:
@@ -320,6 +366,8 @@ class AutoAttack:
         state = store.load(plan.fingerprint) if store is not None else None
 
         self._log(f"using {self.version} version including {', '.join(plan.names)}.")
+        if self.rand_verdict is not None:
+            self._log(f"randomized model: {RAND_VERDICTS[self.rand_verdict]}")
         results = self._checks(x[:batch_size], y[:batch_size]) if self.run_checks else []
         for r in results:
             if r.flagged:
@@ -356,11 +404,12 @@ class AutoAttack:
         if not isinstance(batch_size, int | np.integer) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
         n_dev = self.mesh.devices.size
-        sizes = self.bucket_sizes or buckets.bucket_sizes(int(batch_size), n_dev)
-        buckets.check_bucket_sizes(sizes, batch_size, n_dev)
-        sizes = tuple(sorted(set(sizes), reverse=True))
-        if not self.compact:  # whole batches only: one bucket, the smallest that fits
-            sizes = (min(s for s in sizes if s >= batch_size),)
+        if self.compact:
+            sizes = self.bucket_sizes or buckets.bucket_sizes(int(batch_size), n_dev)
+            buckets.check_bucket_sizes(sizes, batch_size, n_dev)
+            sizes = tuple(sorted(set(sizes), reverse=True))
+        else:  # the exact batches: batch_size rows, the last batch its own size
+            sizes = (int(batch_size),)
         probe = jax.ShapeDtypeStruct((sizes[0], *x.shape[1:]), x.dtype)
         num_classes = contract.output_classes(self.judge_fn, probe, "judge_fn",
                                               randomized=self.randomized)  # fmt: skip
@@ -389,6 +438,7 @@ class AutoAttack:
             "separate_judge": self.separate_judge,
             "randomized": self.randomized,
             "compact": self.compact,
+            "rand_verdict": self.rand_verdict,
         }
         return _Plan(
             batch_size=int(batch_size),
@@ -444,21 +494,27 @@ class AutoAttack:
             idx = idx[state.robust[idx]]
         n_broken = 0
         if n_robust:
-            bucket = buckets.compact(idx, plan.sizes)
-            sharding = data_sharding(self.mesh)
+            bucket = self._rows(idx, plan.sizes)
+            key = jax.random.fold_in(jax.random.fold_in(self._root_key(), a), b)
+            yb = self._place(y[bucket.index])
             res = spec.fn(
                 self.logits_fn,
-                _put(x[bucket.index], sharding),
-                _put(y[bucket.index], sharding),
-                key=jax.random.fold_in(jax.random.fold_in(self._root_key(), a), b),
+                self._place(x[bucket.index]),
+                yb,
+                key=key,
                 norm=self.norm,
                 eps=self.eps,
                 judge_fn=self.judge_fn,
                 **{**self._shrink_options(spec, plan), **spec.kwargs},
             )
+            robust_b = res.robust
+            if self.rand_verdict == "rerun":  # the reference: one run on the output decides
+                robust_b = _judge_correct(contract.traced(self.judge_fn), res.x_adv, yb,
+                                          jax.random.fold_in(key, _RERUN_TAG),
+                                          randomized=True)  # fmt: skip
             # Only the first bucket.n rows are real points; the padding is never read.
             # Newly broken only: a point already broken keeps its first adversarial image.
-            newly = ~_to_host(res.robust)[: bucket.n].astype(bool) & state.robust[idx]
+            newly = ~_to_host(robust_b)[: bucket.n].astype(bool) & state.robust[idx]
             broken = bucket.real_index[newly]
             n_broken = broken.size
             if n_broken:
@@ -483,7 +539,9 @@ class AutoAttack:
     def _report(self, x, y, x_adv, state, plan, results) -> AutoAttackReport:
         """Re-judge x_adv in the original batches, run the closing checks, log, report."""
         final = self._judged_correct(x_adv, y, plan, _FINAL_TAG)
-        robust = state.robust & final
+        # The composed batch is one more judged batch (every image within eps), except for a
+        # randomized model judged as the reference, where it is only reported beside.
+        robust = state.robust if self.rand_verdict == "rerun" else state.robust & final
         after = {s.name: state.accuracy_after[s.name] for s in plan.specs}
         closing = [
             checks.check_square({"clean": float(state.clean.mean()), **after}),
@@ -516,4 +574,5 @@ class AutoAttack:
             num_devices=plan.num_devices,
             checks=[*results, *closing],
             resumed=state.resumed,
+            rand_verdict=self.rand_verdict,
         )

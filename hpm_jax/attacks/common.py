@@ -4,6 +4,7 @@
     x0 = common.random_start(key, x, eps, "Linf")             # as the reference AutoAttack
     x1 = common.project(x0 + step, x, eps, "Linf")            # back into ball ∩ [0, 1]^d
     common.correct(logits, y)                                 # (B,) bool
+    common.target_classes(logits, y, 9)                       # (B, 9) APGD-T / FAB-T targets
 
 The attack contract (arguments, the judge, validation) is `contract`.
 """
@@ -74,3 +75,12 @@ def random_start(key: jax.Array, x: jax.Array, eps: float, norm: str) -> jax.Arr
 def correct(logits: jax.Array, y: jax.Array) -> jax.Array:
     """(B,) bool: the argmax of `logits` (ties to the lowest index) equals y."""
     return jnp.argmax(logits, axis=-1) == y
+
+
+def target_classes(logits: jax.Array, y: jax.Array, k: int) -> jax.Array:
+    """(B, k): the k highest-ranked classes of `logits` other than y, best first: the targets
+    of every targeted attack. The reference ranks only points its model classifies as y, where
+    these are its 2nd..(k+1)th classes; a surrogate (or any gradient model) may rank another
+    class above y, and then y itself must not become a target (its targeted loss is 0)."""
+    not_y = jnp.where(jax.nn.one_hot(y, logits.shape[1], dtype=bool), -jnp.inf, logits)
+    return jax.lax.top_k(not_y, k)[1]

@@ -14,9 +14,9 @@ only when that norm is <= eps. Otherwise x_adv is the clean x, as in the referen
 
 Defaults are those of AutoAttack's `standard` version: 100 iterations, 9 targets (capped at
 C - 1), one restart from x itself; further restarts start at a random point at distance
-eps / 2 (then clipped to [0, 1]), as the reference. Targets are the classes ranked 2nd, 3rd,
-... by the clean logits of `logits_fn` (the highest classes other than y). Each iteration
-takes one vjp of logits_fn and one call of judge_fn on the rows being attacked.
+eps / 2 (then clipped to [0, 1]), as the reference. Targets are the highest classes other
+than y by the clean logits of `logits_fn` (`common.target_classes`, as APGD-T's). Each
+iteration takes one vjp of logits_fn and one call of judge_fn on the rows being attacked.
 
 Shrinking (compact=True, the default, as the reference): each run (target x restart) attacks
 only the points not yet broken within eps, re-bucketed into the smallest of `bucket_sizes`
@@ -24,9 +24,12 @@ only the points not yet broken within eps, re-bucketed into the smallest of `buc
 (`shrink`), so a point broken by one target is never fed to the model again, except as
 padding of a bucket; its x_adv is its first success, as the reference's. compact=False runs
 every target and restart on the whole batch, so each point is always judged among the others
-of its batch (the Mixed Surrogate Attack's batch-coupled judges), and keeps the smallest
-success over all runs. A per-sample model breaks the same points either way; random starts
-are drawn per point (keyed by its row), so they do not depend on the bucket.
+of its batch (the Mixed Surrogate Attack's batch-coupled judges), and judges every iterate
+as APGD does: at each iteration the judge also sees the batch an adversary could submit (each
+row's iterate where it lies within eps, else its smallest break so far, or x), and a point it
+misclassifies there is broken, with that image, whatever happens to the batch later; the
+smallest such break over all runs is kept. A per-sample model breaks the same points either
+way; random starts are drawn per point (keyed by its row), so they do not depend on the bucket.
 
 Loops: runs are a Python loop (one host sync per run with compact). The iterations of a run
 are one jitted call each with `loop="host"` (the default on CPU, where XLA:CPU runs a model's
@@ -47,10 +50,10 @@ reference's update settles at 1.00521 times the minimal perturbation (eta's over
 beta's backward step); the tests check exactly that factor against closed forms.
 
 Differences from the reference (pyautoattack's FABAttack): buckets are padded by repeating
-points (fixed shapes), and compact=False attacks every point with every run. As there, a
-point the judge gets wrong on x is returned unchanged. `robust` is the judge's verdict on the
-returned batch as a whole (the same as the verdict found during the search unless the judge
-couples the samples of a batch).
+points (fixed shapes), and compact=False attacks every point with every run, judging each
+iterate in its batch (one more judge call per iteration). As there, a point the judge gets
+wrong on x is returned unchanged. With compact, `robust` is the judge's verdict on the
+returned batch (per sample, the verdict found during the search).
 """
 
 from __future__ import annotations
@@ -86,13 +89,6 @@ def _random_start(key: jax.Array, x: jax.Array, radius: jax.Array, norm: str) ->
     return jnp.clip(x + radius * common.normalize(t, "L1"), 0.0, 1.0)
 
 
-def _targets(logits: jax.Array, y: jax.Array, k: int) -> jax.Array:
-    """(B, k): the k highest-scoring classes other than y, best first. Equals the reference's
-    2nd..(k+1)th classes wherever the clean prediction is y (the only points it attacks)."""
-    not_y = jnp.where(jax.nn.one_hot(y, logits.shape[1], dtype=bool), -jnp.inf, logits)
-    return jax.lax.top_k(not_y, k)[1]
-
-
 def _closest_boundary(z: jax.Array, vjp, y: jax.Array, norm: str):
     """The untargeted FAB's choice (the reference's get_diff_logits_grads_batch): of the
     linearised boundaries z_c - z_y = 0, c != y, the one closest to the iterate in `norm`,
@@ -124,10 +120,18 @@ class FabConfig:
     n_targets: int
     n_restarts: int
     targeted: bool = True
+    exact: bool = False  # compact=False: breaks judged in the batch as it stands (`_iteration`)
 
 
-def _iteration(logits_fn, judge_fn, x, y, target, alpha_max, eta, beta, state, config):
-    """One FAB step of every row from its iterate x1; (x1, best, best_norm) updated."""
+def _iteration(logits_fn, judge_fn, x, y, target, eps, alpha_max, eta, beta, state, config):
+    """One FAB step of every row from its iterate x1; (x1, best, best_norm) updated.
+
+    best is the smallest adversarial point found. Per sample (compact), an iterate counts when
+    the judge misclassifies it among the other rows' iterates, some of which may lie beyond
+    eps. With config.exact (compact=False, batch-coupled judges), a break counts only in a
+    batch an adversary could submit: every row shows its iterate where that lies within eps,
+    else its best break so far (or x); a row the judge misclassifies there is broken, with
+    that image, whatever happens later (one more judge call per iteration)."""
     x1, best, best_norm = state
     norm, flat = config.norm, (x.shape[0], -1)
     if config.targeted:
@@ -157,7 +161,12 @@ def _iteration(logits_fn, judge_fn, x, y, target, alpha_max, eta, beta, state, c
     new = jnp.clip(new, 0.0, 1.0).reshape(x.shape)
     is_adv = ~common.correct(judge_fn(new), y)
     dist = common.per_sample_norm(new - x, norm)
-    better = is_adv & (dist < best_norm)
+    if config.exact:
+        within = dist <= eps
+        shown = jnp.where(common.expand(within, x), new, best)
+        better = within & ~common.correct(judge_fn(shown), y) & (dist < best_norm)
+    else:
+        better = is_adv & (dist < best_norm)
     best = jnp.where(common.expand(better, x), new, best)
     best_norm = jnp.where(better, dist, best_norm)
     # On success, shrink towards x0 to search for a closer boundary point.
@@ -166,18 +175,18 @@ def _iteration(logits_fn, judge_fn, x, y, target, alpha_max, eta, beta, state, c
 
 
 @functools.partial(jit, static_argnames="config")
-def _run_lax(logits_fn, judge_fn, x, y, target, alpha_max, eta, beta, state, *, config):
+def _run_lax(logits_fn, judge_fn, x, y, target, eps, alpha_max, eta, beta, state, *, config):
     """A whole run (config.n_iter iterations) as one `lax.fori_loop`."""
 
     def body(_, s):
-        return _iteration(logits_fn, judge_fn, x, y, target, alpha_max, eta, beta, s, config)
+        return _iteration(logits_fn, judge_fn, x, y, target, eps, alpha_max, eta, beta, s, config)
 
     return jax.lax.fori_loop(0, config.n_iter, body, state)
 
 
 @functools.partial(jit, static_argnames="config")
-def _step(logits_fn, judge_fn, x, y, target, alpha_max, eta, beta, state, *, config):
-    return _iteration(logits_fn, judge_fn, x, y, target, alpha_max, eta, beta, state, config)
+def _step(logits_fn, judge_fn, x, y, target, eps, alpha_max, eta, beta, state, *, config):
+    return _iteration(logits_fn, judge_fn, x, y, target, eps, alpha_max, eta, beta, state, config)
 
 
 @functools.partial(jit, static_argnames="norm")
@@ -195,15 +204,17 @@ def _start(key, x, eps, ids, *, norm):
 @functools.partial(jit, static_argnames="n_targets")
 def _clean(logits_fn, judge_fn, x, y, *, n_targets):
     """(targets (B, n_targets) or None, attackable: the judge is right on x)."""
-    targets = _targets(logits_fn(x), y, n_targets) if n_targets else None
+    targets = common.target_classes(logits_fn(x), y, n_targets) if n_targets else None
     return targets, common.correct(judge_fn(x), y)
 
 
-@jit
-def _finish(judge_fn, x, y, best, best_norm, eps, attackable):
+@functools.partial(jit, static_argnames="exact")
+def _finish(judge_fn, x, y, best, best_norm, eps, attackable, *, exact):
     success = attackable & (best_norm <= eps)
     x_adv = jnp.where(common.expand(success, x), best, x)
-    # The verdict is the judge's on the returned batch as a whole (batch-coupled judges).
+    if exact:  # every break was judged in its batch when it happened
+        return x_adv, attackable & ~success
+    # Per sample, the judge's verdict on the returned batch equals the one found in the search.
     return x_adv, common.correct(judge_fn(x_adv), y)
 
 
@@ -234,7 +245,7 @@ def _search(loss_fn, judge_fn, x, y, key, eps, alpha_max, eta, beta, *, config, 
         if r % config.n_restarts:  # the first run of each target starts at x
             x1 = _start(jax.random.fold_in(key, r), xb, eb, rows.take(ids), norm=config.norm)
         state = (x1, rows.take(best), rows.take(best_norm))
-        args = (loss_fn, judge_fn, xb, yb, target, alpha_max, eta, beta)
+        args = (loss_fn, judge_fn, xb, yb, target, eb, alpha_max, eta, beta)
         if host:  # one call per iteration (XLA:CPU's convolution gradients in loops, see apgd)
             for _ in range(config.n_iter):
                 state = _step(*args, state, config=config)
@@ -243,7 +254,7 @@ def _search(loss_fn, judge_fn, x, y, key, eps, alpha_max, eta, beta, *, config, 
         else:
             state = _run_lax(*args, state, config=config)
         best, best_norm = rows.put(best, state[1]), rows.put(best_norm, state[2])
-    return _finish(judge_fn, x, y, best, best_norm, eps, attackable)
+    return _finish(judge_fn, x, y, best, best_norm, eps, attackable, exact=config.exact)
 
 
 def _check_config(n_iter, n_target_classes, n_restarts, alpha_max, eta, beta) -> None:
@@ -295,7 +306,8 @@ def fab_targeted(
     checked = contract.validate(logits_fn, judge_fn, x, y, norm=norm, eps=eps, needs="FAB-T")
     _check_config(n_iter, n_target_classes, n_restarts, alpha_max, eta, beta)
     config = FabConfig(norm=norm, n_iter=int(n_iter), n_restarts=int(n_restarts),
-                       n_targets=min(int(n_target_classes), checked.num_classes - 1))  # fmt: skip
+                       n_targets=min(int(n_target_classes), checked.num_classes - 1),
+                       exact=not compact)  # fmt: skip
     return _run(logits_fn, checked, x, y, key, alpha_max, eta, beta, config, compact,
                 bucket_sizes, loop)  # fmt: skip
 
@@ -329,7 +341,7 @@ def fab(
     checked = contract.validate(logits_fn, judge_fn, x, y, norm=norm, eps=eps, needs="FAB")
     _check_config(n_iter, 1, n_restarts, alpha_max, eta, beta)
     config = FabConfig(norm=norm, n_iter=int(n_iter), n_targets=1, n_restarts=int(n_restarts),
-                       targeted=False)  # fmt: skip
+                       targeted=False, exact=not compact)  # fmt: skip
     return _run(logits_fn, checked, x, y, key, alpha_max, eta, beta, config, compact,
                 bucket_sizes, loop)  # fmt: skip
 

@@ -28,7 +28,8 @@ iteration until its margin under `logits_fn` is <= 0; then it is frozen (its bes
 kept and no more queries are counted). At most n_queries + 1 queries per sample and run.
 
 `logits_fn` supplies the scores that drive the search; `judge_fn` (default `logits_fn`)
-decides success after each restart, called at once on the rows that restart attacked.
+decides success after each restart, called at once on the rows that restart attacked (with
+compact=False, at every query instead: see below).
 Restarts attack only the points the judge still finds robust. As in the reference, points
 that stay robust come back as x, broken ones as the point that broke them, and points the
 judge gets wrong on x come back as x with robust False.
@@ -39,7 +40,11 @@ points are re-bucketed into the smallest of `bucket_sizes` (default
 fit (`shrink`), so a broken point is fed to the model only as padding of a bucket. Every draw
 is keyed by the iteration and the point's row in the batch, so the search of a point does
 not depend on its bucket: a per-sample model gives the same result with compact=False, which
-feeds the whole batch at every query (batch-coupled judges: the Mixed Surrogate Attack).
+feeds the whole batch at every query (batch-coupled judges: the Mixed Surrogate Attack) and
+judges every query as APGD judges every iterate: a point the judge misclassifies in the
+queried batch (every image within eps) is broken, with that image, even if later queries of
+the other points change its verdict (a judge that is logits_fn reads the query's own logits;
+another judge costs one more call per query).
 
 Shape: per bucket, one jitted `lax.while_loop` over iterations that exits when every point
 is broken, the budget is spent, or the unbroken points fit a smaller bucket (one host sync
@@ -147,15 +152,19 @@ def _schedule(n_queries, p_init, resc_schedule, shape, norm):
     return np.asarray(levels, np.int32), sides
 
 
-def _scores(logits_fn, x_in, y, loss):
-    """(margin, loss to minimise), both (B,), from one query of the whole batch."""
+def _scores(logits_fn, judge_fn, x_in, y, config):
+    """(margin, loss to minimise, judge misclassifies), all (B,), from one query of the whole
+    batch. The judge is asked only with config.exact (a shared judge reads the same logits);
+    otherwise the last is all False and the judge decides after the run."""
     logits = logits_fn(x_in)
     chex.assert_rank(logits, 2)
     chex.assert_axis_dimension(logits, 0, x_in.shape[0])
     margin = losses.margin(logits, y)
-    if loss == "margin":
-        return margin, margin
-    return margin, -losses.cross_entropy(logits, y)
+    score = margin if config.loss == "margin" else -losses.cross_entropy(logits, y)
+    if not config.exact:
+        return margin, score, jnp.zeros(y.shape, bool)
+    judged = logits if config.shared_judge else judge_fn(x_in)
+    return margin, score, ~common.correct(judged, y)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,6 +177,8 @@ class SquareConfig:
     loss: str
     resc_schedule: bool
     n_restarts: int = 1
+    exact: bool = False  # compact=False: every query judged in its batch (`_scores`)
+    shared_judge: bool = True
 
 
 def _table(sides, norm, dtype):
@@ -186,22 +197,25 @@ def _row_keys(key: jax.Array, ids: jax.Array) -> jax.Array:
 
 
 @functools.partial(jit, static_argnames="config")
-def _begin(logits_fn, x, y, x_start, active, ids, key, eps, *, config: SquareConfig):
+def _begin(logits_fn, judge_fn, x, y, x_start, active, ids, key, eps, *, config: SquareConfig):
     """The start of a run (the reference's attack_single_run) on the rows where `active`; the
-    others are frozen at x_start (margin -inf, never updated or counted). One query."""
+    others are frozen at x_start (margin -inf, never updated or counted). One query. The state
+    is (x_best, margin, loss, queries, broken, adv): the last two the judge's breaks and the
+    images that broke them, counted at the query (config.exact only)."""
     chex.assert_rank(x, 4)
     chex.assert_equal_shape([x, x_start])
     chex.assert_shape([y, active, eps, ids], x.shape[:1])
     init = {"Linf": linf_init, "L2": l2_init, "L1": l1_init}[config.norm]
     start = init(_row_keys(jax.random.split(key)[0], ids), x, eps)
     x_best = jnp.where(common.expand(active, x), start, x_start)
-    margin, score = _scores(logits_fn, x_best, y, config.loss)
+    margin, score, wrong = _scores(logits_fn, judge_fn, x_best, y, config)
     return (x_best, jnp.where(active, margin, -jnp.inf), jnp.where(active, score, -jnp.inf),
-            active.astype(jnp.int32))  # fmt: skip
+            active.astype(jnp.int32), active & wrong, x_best)  # fmt: skip
 
 
 @functools.partial(jit, static_argnames="config")
-def _search(logits_fn, x, y, ids, key, eps, i, stop_at, state, *, config: SquareConfig):
+def _search(logits_fn, judge_fn, x, y, ids, key, eps, i, stop_at, state, *,
+            config: SquareConfig):  # fmt: skip
     """Iterations i, i + 1, ... until n_queries, or until at most `stop_at` (>= 0) rows are
     still unbroken (then the caller re-buckets them). Returns (i, state, rows unbroken)."""
     levels, sides = _schedule(config.n_queries, config.p_init, config.resc_schedule, x.shape,
@@ -212,11 +226,11 @@ def _search(logits_fn, x, y, ids, key, eps, i, stop_at, state, *, config: Square
     eps = _radius(eps, x)  # (B, 1, 1, 1) for the proposals
 
     def cond(carry):
-        i, (_, margin_min, _, _) = carry
+        i, (_, margin_min, *_) = carry
         return (i < config.n_queries) & (jnp.sum(margin_min > 0) > stop_at)
 
     def body(carry):
-        i, (x_best, margin_min, loss_min, queries) = carry
+        i, (x_best, margin_min, loss_min, queries, broken, adv) = carry
         todo = margin_min > 0
         level = levels[i]
         keys = _row_keys(jax.random.fold_in(k_loop, i), ids)
@@ -226,36 +240,41 @@ def _search(logits_fn, x, y, ids, key, eps, i, stop_at, state, *, config: Square
             propose = _l2_proposal if config.norm == "L2" else _l1_proposal
             x_new = propose(keys, x, x_best, eps, sides[level], table[level])
         x_new = jnp.where(common.expand(todo, x), x_new, x_best)
-        margin, score = _scores(logits_fn, x_new, y, config.loss)
+        margin, score, wrong = _scores(logits_fn, judge_fn, x_new, y, config)
         lower = todo & (score < loss_min)
         accept = lower | (todo & (margin <= 0))  # a misclassifying proposal is always kept
+        first = wrong & ~broken & (margin_min > -jnp.inf)  # frozen-out rows are not attacked
         return i + 1, (
             jnp.where(common.expand(accept, x), x_new, x_best),
             jnp.where(accept, margin, margin_min),
             jnp.where(lower, score, loss_min),
             queries + todo.astype(jnp.int32),
+            broken | first,
+            jnp.where(common.expand(first, x), x_new, adv),
         )
 
     i, state = jax.lax.while_loop(cond, body, (i, state))
     return i, state, jnp.sum(state[1] > 0)
 
 
-def _single_run(logits_fn, x, y, x_start, active, ids, key, eps, *, config, sizes) -> SquareRun:
-    """One run on the rows where `active` (host (B,) bool), the others frozen at x_start.
-    With `sizes` (compact), the unbroken rows are re-bucketed into the smallest size that
-    holds them whenever that is smaller, so broken points are fed only as padding."""
+def _single_run(logits_fn, judge_fn, x, y, x_start, active, ids, key, eps, *, config,
+                sizes) -> tuple[jax.Array, ...]:  # fmt: skip
+    """One run on the rows where `active` (host (B,) bool), the others frozen at x_start; the
+    final state of `_begin`. With `sizes` (compact), the unbroken rows are re-bucketed into
+    the smallest size that holds them whenever that is smaller, so broken points are fed only
+    as padding."""
     rows = shrink.select(active, sizes) if sizes else shrink.Rows.full(len(active))
     active_dev = shrink.place_like(np.asarray(active, bool), y)
     full = (x_start, jnp.full(y.shape, -jnp.inf, x.dtype), jnp.full(y.shape, -jnp.inf, x.dtype),
-            jnp.zeros(y.shape, jnp.int32))  # fmt: skip
+            jnp.zeros(y.shape, jnp.int32), jnp.zeros(y.shape, bool), x_start)  # fmt: skip
     if rows is None:
-        return SquareRun(*full[:2], full[3])
+        return full
     i = 0
     while True:
         xb, yb, idb, eb = rows.take(x), rows.take(y), rows.take(ids), rows.take(eps)
         if i == 0:  # padding rows (repeats) start frozen
             real = shrink.place_like(np.arange(rows.size) < rows.n, yb) & rows.take(active_dev)
-            state = _begin(logits_fn, xb, yb, rows.take(x_start), real, idb, key, eb,
+            state = _begin(logits_fn, judge_fn, xb, yb, rows.take(x_start), real, idb, key, eb,
                            config=config)  # fmt: skip
         else:
             real = shrink.place_like(np.arange(rows.size) < rows.n, yb)
@@ -263,12 +282,12 @@ def _single_run(logits_fn, x, y, x_start, active, ids, key, eps, *, config, size
             state = (state[0], jnp.where(real, state[1], -jnp.inf), *state[2:])
         smaller = [s for s in sizes if s < rows.size]
         stop_at = np.int32(max(smaller) if smaller else 0)
-        i, state, n_left = _search(logits_fn, xb, yb, idb, key, eb, np.int32(i), stop_at, state,
-                                   config=config)  # fmt: skip
+        i, state, n_left = _search(logits_fn, judge_fn, xb, yb, idb, key, eb, np.int32(i),
+                                   stop_at, state, config=config)  # fmt: skip
         full = tuple(rows.put(f, b) for f, b in zip(full, state, strict=True))
         i, n_left = int(i), int(n_left)  # one host sync per bucket
         if i >= config.n_queries or n_left == 0:
-            return SquareRun(full[0], full[1], full[3])
+            return full
         rows = shrink.select(shrink.to_host(full[1] > 0), sizes)
 
 
@@ -290,26 +309,32 @@ _merge = jit(
 
 
 def _restarts(loss_fn, judge_fn, x, y, key, eps, *, config, sizes):
-    """Restart r (key fold_in(key, r)) on the points the judge still finds robust, judged on
-    the rows it attacked (the whole batch without compaction); a break is kept."""
+    """Restart r (key fold_in(key, r)) on the points the judge still finds robust; a break is
+    kept. With config.exact, a point is broken at the query where the judge misclassified it
+    in its batch; otherwise the judge decides after the run, on the rows the run attacked."""
     ids = shrink.place_like(np.arange(x.shape[0], dtype=np.int32), y)
     robust, x_adv = _judge(judge_fn, x, y, n=x.shape[0]), x
     for r in range(config.n_restarts):
         active = shrink.to_host(robust)  # one host sync per restart
         if not active.any():
             break
-        run = _single_run(loss_fn, x, y, x_adv, active, ids, jax.random.fold_in(key, r), eps,
-                          config=config, sizes=sizes)  # fmt: skip
-        # run.x_best is x_adv wherever the point was frozen, so the judge sees the batch as is.
+        x_best, _, _, _, broken, adv = _single_run(
+            loss_fn, judge_fn, x, y, x_adv, active, ids, jax.random.fold_in(key, r), eps,
+            config=config, sizes=sizes,
+        )  # fmt: skip
+        if config.exact:
+            x_adv, robust = _merge(x_adv, robust, adv, ~broken)
+            continue
+        # x_best is x_adv wherever the point was frozen, so the judge sees the batch as is.
         rows = shrink.select(active, sizes) if sizes else shrink.Rows.full(len(active))
-        judged_b = _judge(judge_fn, rows.take(run.x_best), rows.take(y), n=rows.size)
+        judged_b = _judge(judge_fn, rows.take(x_best), rows.take(y), n=rows.size)
         judged = rows.put(jnp.ones_like(robust), judged_b)
-        x_adv, robust = _merge(x_adv, robust, run.x_best, judged)
+        x_adv, robust = _merge(x_adv, robust, x_best, judged)
     return x_adv, robust
 
 
 def _prepare(logits_fn, judge_fn, x, y, *, norm, eps, n_queries, p_init, n_restarts, loss,
-             resc_schedule) -> tuple[contract.Checked, SquareConfig]:  # fmt: skip
+             resc_schedule, compact) -> tuple[contract.Checked, SquareConfig]:  # fmt: skip
     """The contract's checks and Square's own; (checked inputs, the static config)."""
     # The image size first: a model built for larger images could not even be traced on these.
     if norm in ("L2", "L1") and np.ndim(x) == 4 and min(x.shape[1:3]) < 5:
@@ -327,7 +352,8 @@ def _prepare(logits_fn, judge_fn, x, y, *, norm, eps, n_queries, p_init, n_resta
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}.")
     config = SquareConfig(
         norm=norm, n_queries=int(n_queries), p_init=float(p_init), loss=loss,
-        resc_schedule=bool(resc_schedule), n_restarts=int(n_restarts),
+        resc_schedule=bool(resc_schedule), n_restarts=int(n_restarts), exact=not compact,
+        shared_judge=checked.judge_fn is logits_fn,
     )  # fmt: skip
     return checked, config
 
@@ -357,12 +383,16 @@ def square_run(
     run with the same key. compact, bucket_sizes: as `square`."""
     checked, config = _prepare(logits_fn, None, x, y, norm=norm, eps=eps, n_queries=n_queries,
                                p_init=p_init, n_restarts=1, loss=loss,
-                               resc_schedule=resc_schedule)  # fmt: skip
+                               resc_schedule=resc_schedule, compact=True)  # fmt: skip
     x, y = jnp.asarray(x), jnp.asarray(y)
     ids = shrink.place_like(np.arange(x.shape[0], dtype=np.int32), y)
     active = np.ones(x.shape[0], bool)
-    return _single_run(contract.traced(logits_fn, x), x, y, x, active, ids, key, checked.eps,
-                       config=config, sizes=_sizes(x, compact, bucket_sizes))  # fmt: skip
+    fn = contract.traced(logits_fn, x)
+    x_best, margin, _, n_queries, _, _ = _single_run(
+        fn, fn, x, y, x, active, ids, key, checked.eps, config=config,
+        sizes=_sizes(x, compact, bucket_sizes),
+    )  # fmt: skip
+    return SquareRun(x_best, margin, n_queries)
 
 
 def square(
@@ -389,11 +419,13 @@ def square(
     compact (default): the unbroken points are re-bucketed into the smallest of
     `bucket_sizes` (default `buckets.bucket_sizes(B, devices)`) that holds them as they
     break, so broken points are fed to the model only as padding; False feeds the whole batch
-    to every query (batch-coupled judges: the Mixed Surrogate Attack).
+    to every query and counts a break at the query where the judge sees it (batch-coupled
+    judges: the Mixed Surrogate Attack).
     """
     checked, config = _prepare(logits_fn, judge_fn, x, y, norm=norm, eps=eps,
                                n_queries=n_queries, p_init=p_init, n_restarts=n_restarts,
-                               loss=loss, resc_schedule=resc_schedule)  # fmt: skip
+                               loss=loss, resc_schedule=resc_schedule,
+                               compact=compact)  # fmt: skip
     x, y = jnp.asarray(x), jnp.asarray(y)
     loss_fn, judge = contract.traced_pair(logits_fn, checked.judge_fn, x)
     x_adv, robust = _restarts(loss_fn, judge, x, y, key, checked.eps, config=config,
