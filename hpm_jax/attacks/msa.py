@@ -20,9 +20,12 @@ image and after every attack (the per-sample worst case) and in the final re-eva
 the composed adversarial batch.
 
 Batch context: the data is cut into fixed batches of `batch_size` in the given order, and
-every attack runs on whole batches (`AutoAttack(..., compact=False)`), so the target always
-judges a point among the other points of its own batch, as they are being attacked. Batch
-size and order are therefore part of the result, and the report records them. The chain is
+every model call sees exactly one of them (`AutoAttack(..., compact=False)`): no padded or
+repeated row, the last batch at its own size, a batch that does not split over the devices
+replicated on them. So the target always judges a point among the other points of its own
+batch, as they are being attacked, and a break counts at the iterate where it happens.
+Targeted attacks aim at the surrogate's highest classes other than y. Batch size and order
+are part of the result, and the report records them. The chain is
 AutoAttack's, so MSA logs the same lines, writes the same resumable state file and runs the
 same sanity checks on the target.
 """
@@ -74,13 +77,16 @@ class MSAReport:
     Every verdict is the target's, each point judged inside its own batch.
 
     robust: (n,) bool per sample: the target classifies the point correctly on the clean
-    image, after every attack (as the batch stood when that attack ended) and in the final
-    re-evaluation; robust_accuracy: its mean, the per-sample worst case and the number to
-    report. final_reevaluation_accuracy: the target's accuracy on the composed adversarial
-    batches alone (each point's first successful image, from whichever attack, beside the
-    other points' images). It is >= robust_accuracy; the two differ only by batch-context
-    effects: a point broken while its batch held other iterates that is classified correctly
-    again among the composed images (the check "final_reevaluation" counts them). A
+    batch, at every judged iterate of every attack and in the final re-evaluation;
+    robust_accuracy: its mean, the per-sample worst case and the number to report. One rule
+    says "broken" in every attack (APGD, FAB, Square alike): at some judged iterate, in its
+    exact batch as it stood then with every image within eps, the target misclassifies the
+    point; that image is its adversarial example, whatever happens to the batch later.
+    final_reevaluation_accuracy: the target's accuracy on the composed adversarial batches
+    alone (each point's first adversarial image, from whichever attack, beside the other
+    points' images). It is >= robust_accuracy; the two differ only by batch-context effects:
+    a point broken while its batch held other iterates that is classified correctly again
+    among the composed images (the check "final_reevaluation" counts them). A
     batch-independent target gives equal figures. per_surrogate: robust accuracy after the
     attacks of each surrogate, cumulative in `surrogates` order; robust_accuracy_after:
     after each attack ("apgd-ce@fc", ..., "square"). chain: the underlying AutoAttack report
@@ -169,7 +175,8 @@ def mixed_surrogate_attack(
     log: Callable[[str], Any] | None = print,
 ) -> MSAReport:
     """Run MSA on (x, y): x (n, H, W, C) in [0, 1], y (n,) int labels, in fixed batches of
-    `batch_size` (a multiple of the device count) in the given order.
+    `batch_size` in the given order (a multiple of the device count splits each batch over the
+    devices; other sizes run replicated).
 
     target_fn: the model under evaluation (batch-coupled is fine); it judges every attack.
     surrogates: {name: logits_fn} supplying loss and gradient, in the order they run.
