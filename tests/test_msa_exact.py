@@ -171,7 +171,8 @@ def test_padding_changes_nothing_for_a_per_sample_model():
 
 
 # ---- 3. a break counts when it happens -------------------------------------------------------
-def test_fab_counts_a_break_at_an_intermediate_iterate_of_a_coupled_target():
+@pytest.mark.parametrize("loop", ["host", "lax"])
+def test_fab_counts_a_break_at_an_intermediate_iterate_of_a_coupled_target(loop):
     """Row A is misclassified only while row B's perturbation exceeds r = 0.515 (L2). FAB's
     first step takes B to 1.05 x its boundary distance 0.5 (0.525 > r), then it converges to
     ~1.005 x 0.5 < r: A's break exists at an iterate and is gone in the final batch."""
@@ -189,7 +190,8 @@ def test_fab_counts_a_break_at_an_intermediate_iterate_of_a_coupled_target():
 
     x, y = np.full((2, 8, 8, 1), 0.5, np.float32), np.zeros(2, np.int32)
     res = fab_targeted(surrogate, x, y, key=jax.random.key(0), norm="L2", eps=1.0, n_iter=20,
-                       n_target_classes=1, judge_fn=target, compact=False)  # fmt: skip
+                       n_target_classes=1, judge_fn=target, compact=False,
+                       loop=loop)  # fmt: skip
     moved = np.linalg.norm(np.asarray(res.x_adv - x).reshape(2, -1), axis=1)
     assert moved[1] < r  # B's smallest break: in the final batch A is classified right again
     assert np.argmax(target(res.x_adv), 1)[0] == 0
