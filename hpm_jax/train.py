@@ -220,21 +220,37 @@ def _rate_and_eta(bar: progress.Bar) -> str:
 SECTIONS = config_sections.TRAINING_SECTIONS
 
 
-def _check_config(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
+def _check_config(config: ml_collections.ConfigDict, mesh: Mesh | None) -> None:
+    """The sections and values; with a mesh, also that its devices split the batches."""
     missing = [name for name in SECTIONS if name not in config]
     if missing:
         raise ValueError(
             f"the config has no section(s) {missing}; a training config has {list(SECTIONS)} "
             "(hpm_jax.config_sections builds them; see configs/fashion_mnist.py)."
         )
-    check_batch_divisible(config.train.batch_size, mesh)
-    check_batch_divisible(config.eval.batch_size, mesh)
+    if mesh is not None:
+        check_batch_divisible(config.train.batch_size, mesh)
+        check_batch_divisible(config.eval.batch_size, mesh)
     if config.train.num_steps < 1:
         raise ValueError(f"train.num_steps must be >= 1, got {config.train.num_steps}.")
     if not 0 <= config.train.ema_decay < 1:
         raise ValueError(
             f"train.ema_decay must be in [0, 1) (0: off), got {config.train.ema_decay}."
         )
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Raise ConfigError or InitCheckpointError for what `run` would refuse in the config
+    itself (sections, values, the model, objective and optimizer it builds, init.checkpoint
+    named), reading no data or checkpoint and using no device: the check `hpm-train
+    --check_config` makes, which `launch/tpu.sh` runs locally before it creates a TPU (whose
+    devices and files this machine does not have)."""
+    try:
+        _check_config(config, None)
+        _Setup(config)
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        raise ConfigError(f"Bad config: {error}") from error
+    model_init.check_init_named(config)
 
 
 def run(

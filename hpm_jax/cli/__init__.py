@@ -132,7 +132,7 @@ def define_config_flag(name: str = "config", help_string: str = "") -> flags.Fla
     """The `--config=path.py[:arg]` flag (a string: `config_lib.load_config` reads it). Its
     `--config.a.b=v` overrides are taken out of argv by `config_lib.split_overrides` (`run`)."""
     help_string = help_string or (
-        "Config file, path.py or path.py:variant; override keys as --config.train.lr=0.1."
+        "Config file, path.py or path.py:variant; override keys as --config.train.num_steps=100."
     )
     return flags.DEFINE_string(name, None, help_string)
 

@@ -14,7 +14,7 @@ from hpm_jax import cli, data, demo, evaluate, model_export, train
 PROG = "hpm-demo"
 _CONFIG = cli.define_config_flag(
     help_string="Config file, path.py or path.py:variant (default: configs/fashion_mnist.py); "
-    "its :hpm variant is the fine-tuning stage. Override keys as --config.train.lr=0.1."
+    "its :hpm variant is the fine-tuning stage. Override keys as --config.train.num_steps=100."
 )
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "One directory per stage (at, hpm, analysis, eval) and summary.json."

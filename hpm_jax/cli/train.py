@@ -1,6 +1,7 @@
 """`hpm-train` (and `python -m hpm_jax.train`): the flags around `hpm_jax.train.run`.
 
     hpm-train --config=configs/fashion_mnist.py --workdir=/tmp/fmnist_at
+    hpm-train --config=configs/imagenet.py --check_config     # the config alone; writes nothing
     hpm-train --config=configs/cifar10.py --workdir=/tmp/wrn \\
         --config.init.checkpoint=/tmp/carmon2019 --config.train.num_steps=2000
     # several hosts: the same command on each, plus
@@ -28,6 +29,11 @@ _MULTIHOST = flags.DEFINE_bool(
     "multihost", False, "jax.distributed.initialize() with settings detected from the "
     "environment (Cloud TPU pods, SLURM); instead of the three flags above."
 )  # fmt: skip
+_CHECK_CONFIG = flags.DEFINE_bool(
+    "check_config", False, "Only load and check the config (sections, keys, values, the model "
+    "it builds, init.checkpoint named), print one line and exit: reads no data, writes "
+    "nothing, needs no --workdir. launch/tpu.sh runs it locally before it creates a TPU."
+)  # fmt: skip
 _CPU_COLLECTIVES = flags.DEFINE_string(
     "cpu_collectives", "gloo", "Collectives of the CPU backend in multi-process runs."
 )
@@ -53,6 +59,14 @@ def initialize_distributed() -> None:
 
 def main(argv: list[str], overrides: list[str]) -> None:
     del argv  # cli.run refuses positional arguments
+    if _CHECK_CONFIG.value:
+        cli.require(PROG, config=_CONFIG.value)
+        config = config_lib.load_config(_CONFIG.value, overrides)
+        train.check_config(config)
+        what = f"{config.model.name} ({config.model.head} head) on {config.dataset.name}"
+        print(f"{PROG}: config OK: {_CONFIG.value}: {what}, "
+              f"init.checkpoint={config.init.checkpoint!r}")  # fmt: skip
+        return
     cli.require(PROG, config=_CONFIG.value, workdir=_WORKDIR.value)
     config = config_lib.load_config(_CONFIG.value, overrides)
     cli.default_verbosity()  # WARNING unless --verbosity/-v is given: Orbax logs reads at INFO
