@@ -29,8 +29,9 @@ what they are asked for before they write anything, so such an error never loses
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import NoReturn
 
 from absl import app, flags
@@ -77,6 +78,20 @@ def fail(prog: str, message: str) -> NoReturn:
     """Print `PROG: error: MESSAGE` (one line) to stderr and exit with code 2."""
     print(f"{prog}: error: {' '.join(message.split())}", file=sys.stderr, flush=True)
     sys.exit(EXIT_USER_ERROR)
+
+
+@contextlib.contextmanager
+def program_imports(prog: str, extra: str = "train") -> Iterator[None]:
+    """Around a program module's imports of the library (its last statement): on the core
+    install, whose missing optional packages `hpm_jax.extras` names, the program (even its
+    --help) ends with one line naming the extra it needs, not a 25-line traceback."""
+    try:
+        yield
+    except ImportError as error:
+        if "hpm-jax[" not in str(error):  # not a missing extra: a bug, keep its traceback
+            raise
+        fail(prog, f"{prog} needs hpm-jax's '{extra}' extra: pip install -e '.[{extra}]' (or "
+                   f"pip install 'hpm-jax[{extra}]'). {one_line(error)}")  # fmt: skip
 
 
 def run(

@@ -15,9 +15,11 @@ import json
 import jax
 from absl import app, flags
 
-from hpm_jax import cli, config_lib, train
+from hpm_jax import cli, config_lib
 
 PROG = "hpm-train"
+with cli.program_imports(PROG):  # the core install: one line naming the extra
+    from hpm_jax import train
 _CONFIG = cli.define_config_flag()
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and the final model go here.")
 _COORDINATOR = flags.DEFINE_string(
