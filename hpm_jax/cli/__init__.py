@@ -171,7 +171,13 @@ def show_in_help(module_name: str, *holders: flags.FlagHolder) -> None:
 def quiet_attack_logger() -> None:
     """Programs print the attacks' lines themselves (log=..., and log.txt): the logger's records
     stop there instead of reaching absl's handler too, which printed each line (and each
-    warning) a second time at the verbosity that shows them. Its level is left alone."""
+    warning) a second time at the verbosity that shows them. Its level is left alone. A
+    logger with no handler on its way up hands WARNING records to Python's last-resort
+    handler, which printed every sanity-check warning (dynamic defense, batch dependence) a
+    second time on stderr: a NullHandler takes them instead."""
     import logging as std_logging
 
-    std_logging.getLogger("hpm_jax.autoattack").propagate = False
+    logger = std_logging.getLogger("hpm_jax.autoattack")
+    logger.propagate = False
+    if not any(isinstance(h, std_logging.NullHandler) for h in logger.handlers):
+        logger.addHandler(std_logging.NullHandler())
