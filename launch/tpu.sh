@@ -56,12 +56,15 @@ PY="${HPM_PYTHON:-}"
 if [ -z "$PY" ]; then
   if [ -x "$ROOT/.venv/bin/python" ]; then PY="$ROOT/.venv/bin/python"; else PY=python3; fi
 fi
-if ! "$PY" -c "import hpm_jax.train" >/dev/null 2>&1; then
-  echo "tpu.sh: error: $PY cannot import hpm_jax.train, which checks the config before the TPU" \
-    "is created: run '. launch/_env.sh' (or pip install -e '.[train]'), or set HPM_PYTHON." >&2
+# Only whether jax and hpm_jax are there (importing them here would double the check's time);
+# a missing extra is the check's own one-line error (hpm_jax.cli.train).
+HAS='import importlib.util as u, sys; sys.exit(not all(map(u.find_spec, ("jax", "hpm_jax"))))'
+if ! (cd "$ROOT" && "$PY" -c "$HAS") >/dev/null 2>&1; then
+  echo "tpu.sh: error: $PY lacks jax or hpm_jax, which check the config before the TPU is" \
+    "created: run '. launch/_env.sh' (or pip install -e '.[train]'), or set HPM_PYTHON." >&2
   exit 2
 fi
-(cd "$ROOT" && "$PY" -m hpm_jax.train --check_config --config="$CONFIG" \
+(cd "$ROOT" && "$PY" -m hpm_jax.cli.train --check_config --config="$CONFIG" \
   --config.dataset.data_dir="/mnt/$BUCKET/$DATA_DIR" ${EXTRA[@]+"${EXTRA[@]}"}) || exit 2
 
 MOUNT="/mnt/$BUCKET"

@@ -249,18 +249,21 @@ def readme_run(tmp_path_factory):
     executable = [b for b in BLOCKS if b.kind == "run" or (b.kind == "offline" and offline_ok)]
     first, rest = executable[0], executable[1:]
     assert first.lang == "bash", "the first block runs the demo that later blocks use"
-    results = {first.id: [_run_command(w, root, env) for w in commands(_in_root(first.code, root))]}
+    done: dict[str, dict] = {}  # a command the README gives twice (launch/test.sh) runs once
+
+    def bash_results(block: Block) -> list[dict]:
+        out = []
+        for words in commands(_in_root(block.code, root)):
+            key = shlex.join(words)
+            if key not in done:
+                done[key] = _run_command(words, root, env)
+            out.append(done[key])
+        return out
+
+    results = {first.id: bash_results(first)}
 
     def bash_blocks():
-        out, done = {}, {}  # a command the README gives twice (launch/test.sh) runs once
-        for block in (b for b in rest if b.lang == "bash"):
-            out[block.id] = []
-            for words in commands(_in_root(block.code, root)):
-                key = shlex.join(words)
-                if key not in done:
-                    done[key] = _run_command(words, root, env)
-                out[block.id].append(done[key])
-        return out
+        return {block.id: bash_results(block) for block in rest if block.lang == "bash"}
 
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         python = pool.submit(_run_python, [b for b in rest if b.lang == "python"], root, env)
