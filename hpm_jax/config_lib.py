@@ -1,8 +1,9 @@
 """Experiment configs: `configs/NAME.py` files whose `get_config(arg=None)` returns a
 `ConfigDict` of plain values, overridable with dotted keys.
 
-In a program (absl flags, as `--config=configs/fashion_mnist.py:local --config.train.lr=0.1`;
-`hpm_jax.cli.run` takes the `--config.*` arguments out of argv before absl parses it):
+In a program (absl flags, as `--config=configs/fashion_mnist.py:local
+--config.train.learning_rate=0.1`; `hpm_jax.cli.run` takes the `--config.*` arguments out
+of argv before absl parses it):
 
     _CONFIG = cli.define_config_flag()
     def main(argv, overrides): config = load_config(_CONFIG.value, overrides)
@@ -104,7 +105,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str])
     for override in overrides:
         key, sep, text = override.removeprefix("--config.").partition("=")
         if not sep:
-            raise ConfigError(f"Override {override!r} must look like train.lr=0.1.")
+            raise ConfigError(f"Override {override!r} must look like train.learning_rate=0.1.")
         parts = key.split(".")
         node = config
         for depth, part in enumerate(parts):

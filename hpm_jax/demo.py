@@ -59,9 +59,23 @@ def stage_configs(
         with config.unlocked():  # every evaluation knob, so that each can be overridden
             config.evaluation = evaluate.completed_evaluation(config)
         config_lib.apply_overrides(config, [*DEMO_OVERRIDES, *overrides])
-        evaluate.evaluation_config(config)  # a bad evaluation setting fails before training
+        check_settings(config)  # a bad evaluation setting fails before training
         configs.append(config)
     return configs[0], configs[1]
+
+
+def check_settings(config: ml_collections.ConfigDict) -> None:
+    """Raise EvaluationSetupError for an evaluation setting the demo cannot run, before its
+    first stage: the evaluation's own checks, and the analysis stage's need for one full
+    batch (HPM's batch statistics), which would otherwise fail only after both trainings."""
+    ev = evaluate.evaluation_config(config)
+    n, batch_size = int(ev.num_examples), int(ev.batch_size)
+    if 0 < n < batch_size:  # 0: the whole split
+        raise evaluate.EvaluationSetupError(
+            f"the demo's analysis needs at least one full batch: evaluation.num_examples={n} < "
+            f"evaluation.batch_size={batch_size}; set --config.evaluation.batch_size={n} (or "
+            f"--config.evaluation.num_examples={batch_size} or more)."
+        )
 
 
 def _done(directory: str, marker: str) -> bool:
@@ -94,8 +108,8 @@ def _analysis(config, checkpoint: str, directory: str, log) -> dict[str, Any]:
     model, variables = load_model(checkpoint)
     x, y = evaluate.load_eval_data(config, int(ev.num_examples))
     n = len(x) - len(x) % batch_size  # full batches only: HPM's batch statistics
-    if n == 0:
-        raise ValueError(
+    if n == 0:  # only from a data_file of fewer images; `check_settings` catches the rest
+        raise evaluate.EvaluationSetupError(
             f"the analysis needs at least one full batch: evaluation.num_examples={len(x)} < "
             f"evaluation.batch_size={batch_size}."
         )
@@ -143,7 +157,7 @@ def run(
     hpm_config = hpm_config.copy_and_resolve_references()
     hpm_config.init.checkpoint = at_model
     for config in (at_config, hpm_config):
-        evaluate.evaluation_config(config)  # a bad evaluation setting fails before training
+        check_settings(config)  # a bad evaluation setting fails before training
     os.makedirs(workdir, exist_ok=True)
     seconds: dict[str, float] = {}
     start = time.perf_counter()

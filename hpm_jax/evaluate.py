@@ -6,7 +6,7 @@
         --checkpoint=/tmp/fmnist_hpm/model --workdir=/tmp/fmnist_eval    # hpm_jax.cli.evaluate
 
 The checkpoint is a `model/` directory (`hpm_jax.train`, `hpm_jax.convert`). Rows of the
-result, one per head (DESIGN.md section 2):
+result, one per head (docs/design.md, section 2):
 
 * `fc`: the model's FC logits (an HPM checkpoint's own FC head), AutoAttack.
 * `ema_l2`: the l2 head against the EMA prototypes P_ema (models with prototypes), AutoAttack.

@@ -10,7 +10,7 @@
 
 Fine-tuning starts from a pretrained FC model: its weights drop into the HPM head unchanged
 (`params/head/fc` is the same path), and P_ema starts at the exact dataset class means of
-the eval-mode features (DESIGN.md section 1), not at an EMA warm-up.
+the eval-mode features (docs/design.md, section 1), not at an EMA warm-up.
 """
 
 from __future__ import annotations

@@ -151,13 +151,14 @@ def _eval_attack(config: ml_collections.ConfigDict) -> objectives.AttackSpec:
     return dataclasses.replace(spec, bn_train=False)
 
 
-def _eval_source(config: ml_collections.ConfigDict) -> data.Source:
-    source = data.get_source(
-        config.dataset.name, config.dataset.eval_split, data_dir=config.dataset.data_dir or None
-    )
+def _sources(config: ml_collections.ConfigDict) -> tuple[data.Source, data.Source]:
+    """(training source, held-out source): DatasetNotFoundError when not prepared."""
+    ds = config.dataset
+    train = data.get_source(ds.name, ds.train_split, data_dir=ds.data_dir or None)
+    held_out = data.get_source(ds.name, ds.eval_split, data_dir=ds.data_dir or None)
     if config.eval.num_examples:
-        source = data.FirstRecords(source, int(config.eval.num_examples))
-    return source
+        held_out = data.FirstRecords(held_out, int(config.eval.num_examples))
+    return train, held_out
 
 
 def _save_final_model(
@@ -219,21 +220,37 @@ def _rate_and_eta(bar: progress.Bar) -> str:
 SECTIONS = config_sections.TRAINING_SECTIONS
 
 
-def _check_config(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
+def _check_config(config: ml_collections.ConfigDict, mesh: Mesh | None) -> None:
+    """The sections and values; with a mesh, also that its devices split the batches."""
     missing = [name for name in SECTIONS if name not in config]
     if missing:
         raise ValueError(
             f"the config has no section(s) {missing}; a training config has {list(SECTIONS)} "
             "(hpm_jax.config_sections builds them; see configs/fashion_mnist.py)."
         )
-    check_batch_divisible(config.train.batch_size, mesh)
-    check_batch_divisible(config.eval.batch_size, mesh)
+    if mesh is not None:
+        check_batch_divisible(config.train.batch_size, mesh)
+        check_batch_divisible(config.eval.batch_size, mesh)
     if config.train.num_steps < 1:
         raise ValueError(f"train.num_steps must be >= 1, got {config.train.num_steps}.")
     if not 0 <= config.train.ema_decay < 1:
         raise ValueError(
             f"train.ema_decay must be in [0, 1) (0: off), got {config.train.ema_decay}."
         )
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Raise ConfigError or InitCheckpointError for what `run` would refuse in the config
+    itself (sections, values, the model, objective and optimizer it builds, init.checkpoint
+    named), reading no data or checkpoint and using no device: the check `hpm-train
+    --check_config` makes, which `launch/tpu.sh` runs locally before it creates a TPU (whose
+    devices and files this machine does not have)."""
+    try:
+        _check_config(config, None)
+        _Setup(config)
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        raise ConfigError(f"Bad config: {error}") from error
+    model_init.check_init_named(config)
 
 
 def run(
@@ -249,7 +266,10 @@ def run(
         setup = _Setup(config)
     except (ValueError, TypeError, KeyError, AttributeError) as error:
         raise ConfigError(f"Bad config: {error}") from error
+    # The init checkpoint and the data next, so that a run that cannot start leaves no
+    # empty WORKDIR/checkpoints/ behind.
     model_init.check_init_checkpoint(config)
+    sources = _sources(config)
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     try:
@@ -262,7 +282,7 @@ def run(
     except (ValueError, TypeError, KeyError, AttributeError) as error:
         raise ConfigError(f"Bad config: {error}") from error
     try:
-        return _train(config, setup, workdir, mesh, checkpoints)
+        return _train(config, setup, workdir, mesh, checkpoints, sources)
     finally:  # also on errors: Orbax's background threads must end before the interpreter
         checkpoints.close()
 
@@ -294,13 +314,11 @@ def _train(
     workdir: str,
     mesh: Mesh,
     checkpoints: checkpoints_lib.TrainCheckpoints,
+    sources: tuple[data.Source, data.Source],
 ) -> dict[str, Any]:
-    # ---- setup: the data, and the state restored from the newest checkpoint or initialised
+    # ---- setup: the state restored from the newest checkpoint or initialised ---------------
     run_info = {"identity": identity(config), "config": json.loads(config.to_json())}
-    train_source = data.get_source(
-        config.dataset.name, config.dataset.train_split, data_dir=config.dataset.data_dir or None
-    )
-    eval_source = _eval_source(config)
+    train_source, eval_source = sources
     start, state = _initial_state(config, setup, mesh, checkpoints, run_info, train_source)
 
     # ---- compile: the train and eval steps, jitted over the mesh ----------------------------

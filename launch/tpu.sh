@@ -6,7 +6,7 @@
 #   launch/tpu.sh --tpu=hpm-v4 --zone=us-central2-b --accelerator=v4-32 --bucket=my-bucket \
 #       --config=configs/cifar10.py --workdir=runs/c10_wrn_hpm \
 #       -- --config.init.checkpoint=/mnt/my-bucket/carmon2019
-#   launch/tpu.sh ... --dry-run        # print the commands, run nothing
+#   launch/tpu.sh ... --dry-run        # check the config here, print the commands, run nothing
 #   launch/tpu.sh ... --keep           # leave the TPU up afterwards (rerun to resume)
 #
 # The bucket is mounted with gcsfuse at /mnt/BUCKET on every worker: --workdir and
@@ -48,6 +48,25 @@ for required in TPU ZONE BUCKET CONFIG WORKDIR; do
 done
 case "$CONFIG" in configs/*) ;; *) echo "tpu.sh: --config must be a file under configs/" >&2; exit 2 ;; esac
 
+# 0. The config, loaded and checked here before anything is created (--dry-run included): a
+# misspelt key, a bad value or a missing --config.init.checkpoint fails now, in seconds, as one
+# line, not after a pod slice is up. Needs hpm-jax on this machine: .venv (launch/_env.sh makes
+# it) or HPM_PYTHON.
+PY="${HPM_PYTHON:-}"
+if [ -z "$PY" ]; then
+  if [ -x "$ROOT/.venv/bin/python" ]; then PY="$ROOT/.venv/bin/python"; else PY=python3; fi
+fi
+# Only whether jax and hpm_jax are there (importing them here would double the check's time);
+# a missing extra is the check's own one-line error (hpm_jax.cli.train).
+HAS='import importlib.util as u, sys; sys.exit(not all(map(u.find_spec, ("jax", "hpm_jax"))))'
+if ! (cd "$ROOT" && "$PY" -c "$HAS") >/dev/null 2>&1; then
+  echo "tpu.sh: error: $PY lacks jax or hpm_jax, which check the config before the TPU is" \
+    "created: run '. launch/_env.sh' (or pip install -e '.[train]'), or set HPM_PYTHON." >&2
+  exit 2
+fi
+(cd "$ROOT" && "$PY" -m hpm_jax.cli.train --check_config --config="$CONFIG" \
+  --config.dataset.data_dir="/mnt/$BUCKET/$DATA_DIR" ${EXTRA[@]+"${EXTRA[@]}"}) || exit 2
+
 MOUNT="/mnt/$BUCKET"
 GCLOUD=(gcloud compute tpus tpu-vm)
 WHERE=(--zone="$ZONE")
@@ -75,7 +94,7 @@ cleanup() {
 trap cleanup EXIT
 
 # 2. This checkout (committed files) on every worker.
-ARCHIVE="$(mktemp -d)/hpm-jax.tar.gz"
+ARCHIVE="$([ "$DRY_RUN" = 1 ] && echo /tmp || mktemp -d)/hpm-jax.tar.gz"  # --dry-run: makes nothing
 run git -C "$ROOT" archive --format=tar.gz -o "$ARCHIVE" HEAD
 run "${GCLOUD[@]}" scp "$ARCHIVE" "$TPU":/tmp/hpm-jax.tar.gz "${WHERE[@]}" --worker=all
 

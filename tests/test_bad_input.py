@@ -40,6 +40,10 @@ hpm-train
 - train-missing-dataset: a dataset that is not prepared
 - train-no-workdir: `--workdir` absent
 - train-missing-section: a config file without the `attack` section
+- train-missing-init-checkpoint: `init.checkpoint` naming no directory
+- train-no-init-checkpoint: a fine-tuning config (`:hpm`) without `--config.init.checkpoint`
+  (these two, train-init-other-architecture and train-missing-dataset also leave no workdir
+  behind: it used to keep an empty WORKDIR/checkpoints/)
 
 hpm-convert
 - convert-missing-file: `--checkpoint` naming no file
@@ -51,6 +55,15 @@ python -m hpm_jax.analysis
 
 the demo
 - demo-unknown-key, demo-eps-negative: refused before its first stage, its workdir untouched
+- demo-few-points: `evaluation.num_examples=64` below `evaluation.batch_size=128`, which the
+  analysis stage cannot cut into one full batch: refused before training (it crashed with a
+  traceback after both training stages)
+
+Beside the programs:
+- launch/tpu.sh with a config that needs `--config.init.checkpoint` and none given, with and
+  without `--dry-run`: the config is checked locally, one line, before any gcloud command
+- `AutoAttack.run` and `mixed_surrogate_attack` (the Python API) with a label >= the model's
+  classes: a ValueError naming the range (it reported robust accuracy 0.0 silently)
 
 And the positive cases beside them: a hyphenated attack name overrides by a dotted flag
 (`--config.evaluation.attack_options.apgd-ce.n_iter=2`, read back from report.json),
@@ -151,6 +164,7 @@ class Case:
     program: str
     args: tuple[str, ...]  # formatted with the paths of `world`
     expect: str  # a regex the error line (after "PROG: error: ") must match
+    absent: tuple[str, ...] = ()  # paths (formatted with `world`) that must not exist after
 
 
 def _eval(*extra: str, workdir: str = "{scratch}/eval", checkpoint: str = "{gray}") -> tuple:
@@ -224,11 +238,17 @@ CASES = [
          r"holds checkpoints of a different run.*seed"),
     Case("train-init-other-architecture", "train",
          _train("--config.init.checkpoint={rgb}", workdir="{scratch}/t2"),
-         r"init\.checkpoint|does not match|does not fit"),
+         r"init\.checkpoint|does not match|does not fit", absent=("{scratch}/t2",)),
     Case("train-missing-dataset", "train",
          _train("--config.dataset.name=cifar10", "--config.dataset.data_dir={scratch}/no_data",
                 workdir="{scratch}/t3"),
-         r"cifar10"),
+         r"cifar10", absent=("{scratch}/t3",)),
+    Case("train-missing-init-checkpoint", "train",
+         _train("--config.init.checkpoint={scratch}/no_model", workdir="{scratch}/t5"),
+         r"init\.checkpoint=.*no_model' does not exist", absent=("{scratch}/t5",)),
+    Case("train-no-init-checkpoint", "train",
+         (f"--config={FMNIST}:hpm", "--workdir={scratch}/t6"),
+         r"init\.checkpoint is None.*--config\.init\.checkpoint=DIR", absent=("{scratch}/t6",)),
     Case("train-no-workdir", "train", (f"--config={FMNIST}",), r"--workdir is required"),
     Case("train-missing-section", "train",
          ("--config={no_threat_model}", "--workdir={scratch}/t4"),
@@ -252,6 +272,11 @@ CASES = [
     Case("demo-eps-negative", "demo",
          (f"--config={FMNIST}", "--workdir={demo}", "--config.evaluation.eps=-1"),
          r"evaluation\.eps=-1(\.0)? must be > 0"),
+    Case("demo-few-points", "demo",
+         (f"--config={FMNIST}", "--workdir={scratch}/d1", "--config.evaluation.num_examples=64"),
+         r"analysis needs at least one full batch: evaluation\.num_examples=64 < "
+         r"evaluation\.batch_size=128; set --config\.evaluation\.batch_size=64",
+         absent=("{scratch}/d1",)),
 ]  # fmt: skip
 
 
@@ -358,6 +383,8 @@ def test_bad_input_is_one_line_exit_2_and_loses_nothing(world, case):
     assert result.returncode == 2, result.stderr[-2000:]
     w = world["paths"]
     assert _snapshot(w["evaluated"], w["trained"], w["demo"]) == world["before"]
+    for path in _fmt(case.absent, w):
+        assert not os.path.exists(path), f"{path} was made before the error: {os.listdir(path)}"
 
 
 def test_hyphenated_attack_names_override_by_dotted_flags(world):
@@ -409,3 +436,51 @@ def test_every_training_config_evaluates_at_its_threat_model(spec, norm, eps):
     assert set(budgets) == {"apgd-ce", "apgd-t", "fab-t", "square"}  # each overridable
     if "local" not in spec:  # the standard version's full budgets
         assert budgets["square"]["n_queries"] == 5000 and budgets["apgd-t"]["n_iter"] == 100
+
+
+@pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "real"])
+def test_tpu_launch_checks_the_config_here_before_creating_anything(tmp_path, dry_run):
+    """configs/imagenet.py fine-tunes a pretrained ResNet-50, so without
+    `-- --config.init.checkpoint=...` the run cannot start: tpu.sh says so in one line before
+    its first gcloud command (it used to create and set up the TPU first). gcloud on PATH is a
+    stub that records any call."""
+    calls = tmp_path / "gcloud_calls"
+    stub = tmp_path / "bin" / "gcloud"
+    stub.parent.mkdir()
+    stub.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    stub.chmod(0o755)
+    args = ["--tpu=hpm", "--zone=us-central2-b", "--accelerator=v4-32", "--bucket=my-bucket",
+            "--config=configs/imagenet.py", "--workdir=runs/r50"]  # fmt: skip
+    args += ["--dry-run"] if dry_run else []
+    result = subprocess.run(
+        ["bash", os.path.join(REPO, "launch", "tpu.sh"), *args],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+        env={**os.environ, "PATH": f"{stub.parent}{os.pathsep}{os.environ['PATH']}",
+             "HPM_PYTHON": sys.executable, "PYTHONWARNINGS": "ignore"},
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert re.match(r"hpm-train: error: This config fine-tunes a pretrained resnet50 .*"
+                    r"--config\.init\.checkpoint=DIR", lines[-1]), lines[-1]  # fmt: skip
+    assert "gcloud" not in result.stdout and not calls.exists(), (result.stdout, calls)
+
+
+def test_python_api_refuses_labels_out_of_range():
+    """AutoAttack.run and mixed_surrogate_attack with a label >= the model's classes, without
+    `num_classes`: a ValueError naming the range, before any attack (robust accuracy 0.0
+    without an error before; the programs checked, the library did not)."""
+    from hpm_jax.attacks import AutoAttack, mixed_surrogate_attack
+    from hpm_jax.models import logits_fn
+
+    model = get_model("small_cnn", num_classes=10, head="hpm", **GRAY)
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    x = np.random.default_rng(0).uniform(0, 1, (8, 28, 28, 1)).astype(np.float32)
+    y = np.array([0, 1, 2, 3, 4, 5, 6, 10])  # 10: one past the last class
+    expect = r"labels must lie in \[0, 9\], got values in \[0, 10\]"
+    target = logits_fn(model, variables)
+    with pytest.raises(ValueError, match=expect):
+        AutoAttack(target, norm="Linf", eps=0.1, log=None).run(x, y, batch_size=8)
+    surrogates = {"fc": logits_fn(model, variables, mode="fc")}
+    with pytest.raises(ValueError, match=expect):
+        mixed_surrogate_attack(target, surrogates, x, y, eps=0.1, batch_size=8, log=None)

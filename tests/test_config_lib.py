@@ -34,7 +34,7 @@ def test_overrides_are_typed_and_checked(tmp_path):
     assert config.dataset == "cifar10"
     with pytest.raises(KeyError, match=r"train\.lrr"):
         config_lib.apply_overrides(config, ["train.lrr=3"])
-    with pytest.raises(ValueError, match=r"train\.lr=0\.1"):
+    with pytest.raises(ValueError, match=r"train\.learning_rate=0\.1"):
         config_lib.apply_overrides(config, ["train.lr"])
 
 

@@ -77,3 +77,32 @@ def test_missing_extra_is_named():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_programs_on_the_core_install_say_which_extra_in_one_line():
+    """`hpm-train --help` on the core install printed a 25-line ImportError traceback. Each
+    program runs as its console script does (`console_main()`), the optional packages
+    blocked, in parallel (each import takes seconds)."""
+    programs = {
+        "hpm-train": ("hpm_jax.cli.train", "train"),
+        "hpm-evaluate": ("hpm_jax.cli.evaluate", "train"),
+        "hpm-demo": ("hpm_jax.cli.demo", "train"),
+        "hpm-study": ("hpm_jax.cli.study", "train"),
+        "hpm-analysis": ("hpm_jax.cli.analysis", "all"),
+    }
+    blocked = f"import sys\nfor name in {sorted(OPTIONAL)!r}:\n    sys.modules[name] = None\n"
+    runs = {}
+    for program, (module, _) in programs.items():
+        code = f"sys.argv = [{program!r}, '--help']\nimport {module} as m\nm.console_main()"
+        runs[program] = subprocess.Popen(
+            [sys.executable, "-c", blocked + code],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    for program, run in runs.items():
+        stdout, stderr = run.communicate(timeout=300)
+        extra = programs[program][1]
+        assert run.returncode == 2, (program, stderr[-2000:])
+        assert stdout == "" and len(stderr.splitlines()) == 1, (program, stderr[-2000:])
+        assert stderr.startswith(f"{program}: error: {program} needs hpm-jax's '{extra}' extra")

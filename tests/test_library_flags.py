@@ -80,3 +80,24 @@ def test_importing_the_library_defines_no_flag():
     assert out["defined"] == {}, f"library modules define absl flags: {out['defined']}"
     assert out["programs"] == [], f"importing the library imported programs: {out['programs']}"
     assert len(out["skipped"]) < len(names) // 2, out["skipped"]  # most modules were imported
+
+
+def test_the_programs_print_each_attack_warning_once():
+    """The programs print the attacks' lines themselves; the attack logger then stops, and its
+    WARNING records (the sanity checks: a dynamic defense, batch dependence) must not reach
+    Python's last-resort handler, which printed each a second time on stderr."""
+    code = textwrap.dedent(
+        """
+        import logging
+        from hpm_jax import cli
+        cli.quiet_attack_logger()
+        cli.quiet_attack_logger()  # each program calls it; twice must not add a second handler
+        logging.getLogger("hpm_jax.autoattack").warning("the output depends on the batch")
+        print(len(logging.getLogger("hpm_jax.autoattack").handlers))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "" and result.stdout.strip() == "1", (result.stdout, result.stderr)

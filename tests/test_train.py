@@ -353,6 +353,7 @@ def test_a_fine_tuning_config_without_init_checkpoint_fails_before_writing(tmp_p
 def test_a_dataset_not_prepared_is_named(tmp_path):
     with pytest.raises(data.DatasetNotFoundError, match="cifar10"):
         train.run(load(tiny_overrides(tmp_path)), os.fspath(tmp_path / "work"))
+    assert not (tmp_path / "work").exists()  # checked before the workdir is made
 
 
 def test_command_line_reports_setup_errors_without_a_traceback(tmp_path):

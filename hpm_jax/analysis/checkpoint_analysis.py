@@ -24,6 +24,7 @@ import os
 import time
 from typing import Any
 
+import jax
 import numpy as np
 from jax.sharding import Mesh
 
@@ -31,7 +32,7 @@ from hpm_jax import data
 from hpm_jax.analysis import plots, sensitivity
 from hpm_jax.model_export import MODEL_SPEC, load_model
 from hpm_jax.models import Classifier, HPMHead, head_modes
-from hpm_jax.sharding import make_mesh
+from hpm_jax.sharding import make_mesh, replicated
 
 PROG = "python -m hpm_jax.analysis"
 
@@ -120,6 +121,9 @@ def run(
             "batch statistics hold no padding."
         )
     model, variables = load_model(directory)
+    # Replicated over the mesh the batches are sharded over: load_model leaves them on one
+    # device, which jit refuses beside batches on several ("incompatible devices").
+    variables = jax.device_put(variables, replicated(mesh))
     info = data.dataset_info(dataset)
     if info.image_shape[-1] != model.backbone.in_channels or (
         info.num_classes != model.head.num_classes

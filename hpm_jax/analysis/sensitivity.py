@@ -7,7 +7,7 @@
     result["per_sample"]["fc"]["lipschitz"]                        # (N,) numpy
 
 Everything below is about a logits function `logits_fn(features (B, D)) -> logits (B, C)`
-(a head) and per-sample quantities of sample i with true label y (DESIGN.md section 1):
+(a head) and per-sample quantities of sample i with true label y (docs/design.md, section 1):
 
 * margin            m(f) = z_y(f) - z_c*(f), c* = argmax_{c != y} z_c(f) (the runner-up).
 * lipschitz         L = ||grad_f m||: the local Lipschitz constant of the margin. For FC it is

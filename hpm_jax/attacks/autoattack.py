@@ -424,6 +424,9 @@ class AutoAttack:
             raise ValueError(
                 f"num_classes={self.num_classes} but the model outputs {num_classes} logits."
             )
+        # Against the model's own classes (num_classes is optional): a label >= C is never
+        # predicted, so every point would count as broken, a silent robust accuracy of 0.
+        contract.check_labels(y, num_classes)
         specs = versions.fit_to_classes(self.attacks, num_classes)
         settings = {s.name: {k: versions.jsonable(v) for k, v in s.kwargs.items()} for s in specs}
         fingerprint = {

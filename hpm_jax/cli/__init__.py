@@ -29,8 +29,9 @@ what they are asked for before they write anything, so such an error never loses
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import NoReturn
 
 from absl import app, flags
@@ -77,6 +78,20 @@ def fail(prog: str, message: str) -> NoReturn:
     """Print `PROG: error: MESSAGE` (one line) to stderr and exit with code 2."""
     print(f"{prog}: error: {' '.join(message.split())}", file=sys.stderr, flush=True)
     sys.exit(EXIT_USER_ERROR)
+
+
+@contextlib.contextmanager
+def program_imports(prog: str, extra: str = "train") -> Iterator[None]:
+    """Around a program module's imports of the library (its last statement): on the core
+    install, whose missing optional packages `hpm_jax.extras` names, the program (even its
+    --help) ends with one line naming the extra it needs, not a 25-line traceback."""
+    try:
+        yield
+    except ImportError as error:
+        if "hpm-jax[" not in str(error):  # not a missing extra: a bug, keep its traceback
+            raise
+        fail(prog, f"{prog} needs hpm-jax's '{extra}' extra: pip install -e '.[{extra}]' (or "
+                   f"pip install 'hpm-jax[{extra}]'). {one_line(error)}")  # fmt: skip
 
 
 def run(
@@ -132,7 +147,7 @@ def define_config_flag(name: str = "config", help_string: str = "") -> flags.Fla
     """The `--config=path.py[:arg]` flag (a string: `config_lib.load_config` reads it). Its
     `--config.a.b=v` overrides are taken out of argv by `config_lib.split_overrides` (`run`)."""
     help_string = help_string or (
-        "Config file, path.py or path.py:variant; override keys as --config.train.lr=0.1."
+        "Config file, path.py or path.py:variant; override keys as --config.train.num_steps=100."
     )
     return flags.DEFINE_string(name, None, help_string)
 
@@ -156,7 +171,13 @@ def show_in_help(module_name: str, *holders: flags.FlagHolder) -> None:
 def quiet_attack_logger() -> None:
     """Programs print the attacks' lines themselves (log=..., and log.txt): the logger's records
     stop there instead of reaching absl's handler too, which printed each line (and each
-    warning) a second time at the verbosity that shows them. Its level is left alone."""
+    warning) a second time at the verbosity that shows them. Its level is left alone. A
+    logger with no handler on its way up hands WARNING records to Python's last-resort
+    handler, which printed every sanity-check warning (dynamic defense, batch dependence) a
+    second time on stderr: a NullHandler takes them instead."""
     import logging as std_logging
 
-    std_logging.getLogger("hpm_jax.autoattack").propagate = False
+    logger = std_logging.getLogger("hpm_jax.autoattack")
+    logger.propagate = False
+    if not any(isinstance(h, std_logging.NullHandler) for h in logger.handlers):
+        logger.addHandler(std_logging.NullHandler())

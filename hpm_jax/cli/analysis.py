@@ -14,8 +14,11 @@ import jax
 from absl import flags, logging
 
 from hpm_jax import cli
-from hpm_jax.analysis import checkpoint_analysis as program
-from hpm_jax.analysis import sensitivity
+
+# hpm-analysis, or python -m hpm_jax.analysis (console_main names it); data and plots: "all".
+with cli.program_imports("hpm-analysis", extra="all"):
+    from hpm_jax.analysis import checkpoint_analysis as program
+    from hpm_jax.analysis import sensitivity
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Model directory (with model.json).")
 _OUT = flags.DEFINE_string("out", None, "Where summary.json, per_sample.npz and PNGs go.")

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from absl import flags, logging
 
-from hpm_jax import cli, data, demo, evaluate, model_export, train
+from hpm_jax import cli, model_export
 
 PROG = "hpm-demo"
+with cli.program_imports(PROG):  # the core install: one line naming the extra
+    from hpm_jax import data, demo, evaluate, train
 _CONFIG = cli.define_config_flag(
     help_string="Config file, path.py or path.py:variant (default: configs/fashion_mnist.py); "
-    "its :hpm variant is the fine-tuning stage. Override keys as --config.train.lr=0.1."
+    "its :hpm variant is the fine-tuning stage. Override keys as --config.train.num_steps=100."
 )
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "One directory per stage (at, hpm, analysis, eval) and summary.json."

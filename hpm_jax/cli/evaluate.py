@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from absl import flags
 
-from hpm_jax import cli, data, evaluate, reports
+from hpm_jax import cli
 from hpm_jax.attacks.resume import StateMismatchError
 from hpm_jax.model_export import CheckpointMismatchError
 
 PROG = "hpm-evaluate"
+with cli.program_imports(PROG):  # the core install: one line naming the extra
+    from hpm_jax import data, evaluate, reports
 _CONFIG = cli.define_config_flag()
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Model directory (model.json) to evaluate.")
 _ROBUSTBENCH = flags.DEFINE_string(

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from absl import flags, logging
 
-from hpm_jax import cli, data, evaluate, model_export, study, train
+from hpm_jax import cli, model_export
 
 PROG = "hpm-study"
+with cli.program_imports(PROG):  # the core install: one line naming the extra
+    from hpm_jax import data, evaluate, study, train
 _CONFIG = cli.define_config_flag(
     help_string="Config file, path.py or path.py:variant (its :hpm variant is fine-tuned) with "
     "an optional study section; override keys as --config.study.seeds='(0, 1)'."

@@ -1,6 +1,7 @@
 """`hpm-train` (and `python -m hpm_jax.train`): the flags around `hpm_jax.train.run`.
 
     hpm-train --config=configs/fashion_mnist.py --workdir=/tmp/fmnist_at
+    hpm-train --config=configs/imagenet.py --check_config     # the config alone; writes nothing
     hpm-train --config=configs/cifar10.py --workdir=/tmp/wrn \\
         --config.init.checkpoint=/tmp/carmon2019 --config.train.num_steps=2000
     # several hosts: the same command on each, plus
@@ -14,9 +15,11 @@ import json
 import jax
 from absl import app, flags
 
-from hpm_jax import cli, config_lib, train
+from hpm_jax import cli, config_lib
 
 PROG = "hpm-train"
+with cli.program_imports(PROG):  # the core install: one line naming the extra
+    from hpm_jax import train
 _CONFIG = cli.define_config_flag()
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and the final model go here.")
 _COORDINATOR = flags.DEFINE_string(
@@ -27,6 +30,11 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0.
 _MULTIHOST = flags.DEFINE_bool(
     "multihost", False, "jax.distributed.initialize() with settings detected from the "
     "environment (Cloud TPU pods, SLURM); instead of the three flags above."
+)  # fmt: skip
+_CHECK_CONFIG = flags.DEFINE_bool(
+    "check_config", False, "Only load and check the config (sections, keys, values, the model "
+    "it builds, init.checkpoint named), print one line and exit: reads no data, writes "
+    "nothing, needs no --workdir. launch/tpu.sh runs it locally before it creates a TPU."
 )  # fmt: skip
 _CPU_COLLECTIVES = flags.DEFINE_string(
     "cpu_collectives", "gloo", "Collectives of the CPU backend in multi-process runs."
@@ -53,6 +61,14 @@ def initialize_distributed() -> None:
 
 def main(argv: list[str], overrides: list[str]) -> None:
     del argv  # cli.run refuses positional arguments
+    if _CHECK_CONFIG.value:
+        cli.require(PROG, config=_CONFIG.value)
+        config = config_lib.load_config(_CONFIG.value, overrides)
+        train.check_config(config)
+        what = f"{config.model.name} ({config.model.head} head) on {config.dataset.name}"
+        print(f"{PROG}: config OK: {_CONFIG.value}: {what}, "
+              f"init.checkpoint={config.init.checkpoint!r}")  # fmt: skip
+        return
     cli.require(PROG, config=_CONFIG.value, workdir=_WORKDIR.value)
     config = config_lib.load_config(_CONFIG.value, overrides)
     cli.default_verbosity()  # WARNING unless --verbosity/-v is given: Orbax logs reads at INFO

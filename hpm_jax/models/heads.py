@@ -20,7 +20,7 @@ modes it really has and the one that judges it:
 Asking a head for a mode it lacks is a ValueError (an FC head has no prototypes, so its
 "ema_l2" logits would be its FC logits under another name).
 
-The maths is DESIGN.md section 1:
+The maths is docs/design.md, section 1:
 
 * FC: z_fc = f W + b (a Dense named `fc`).
 * l2: z[c] = -s ||f - P[c]||_2 (or its square), s = exp(log_scale) learned.

@@ -1,6 +1,7 @@
 """The model a config describes, and its starting variables: from scratch or a checkpoint.
 
     check_init_checkpoint(config)                        # first: before a run writes anything
+    check_init_named(config)                             # only that one is named (reads nothing)
     model, kwargs = build_model(config)                  # get_model(name, **kwargs)
     variables = initial_variables(model, config, train_source=source, mesh=mesh)
 
@@ -66,10 +67,10 @@ def build_model(config: ml_collections.ConfigDict) -> tuple[Classifier, dict[str
     return get_model(config.model.name, **kwargs), kwargs
 
 
-def check_init_checkpoint(config: ml_collections.ConfigDict) -> None:
+def check_init_named(config: ml_collections.ConfigDict) -> None:
     """Raise InitCheckpointError if the config fine-tunes a pretrained model
-    (`init.checkpoint` None, as the config files say so) but names none. `initial_variables`
-    checks it too; a program calls this first, so that a run fails before it writes."""
+    (`init.checkpoint` None, as the config files say so) but names none. Reads no file: it
+    also holds where the checkpoint lives on another machine (`launch/tpu.sh`)."""
     if config.init.checkpoint is None:
         raise InitCheckpointError(
             f"This config fine-tunes a pretrained {config.model.name} (init.checkpoint is "
@@ -78,6 +79,34 @@ def check_init_checkpoint(config: ml_collections.ConfigDict) -> None:
             "hpm_jax.train WORKDIR/model), or pass --config.init.checkpoint='' to train "
             "from scratch."
         )
+
+
+def check_init_checkpoint(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
+    """Raise InitCheckpointError unless `init.checkpoint` is "" (from scratch) or a model
+    directory of the configured backbone whose head this config's head can start from; returns
+    its model.json (None from scratch). Reads only model.json: a program calls it before it
+    writes anything (`initial_variables` calls it too)."""
+    check_init_named(config)
+    directory = config.init.checkpoint
+    if not directory:
+        return None
+    directory = os.path.abspath(os.path.expanduser(directory))
+    if not os.path.isdir(directory):
+        raise InitCheckpointError(
+            f"init.checkpoint={directory!r} does not exist. Convert a PyTorch checkpoint with "
+            "`python -m hpm_jax.convert --arch ... --checkpoint FILE.pt --out DIR` (or train "
+            "one with hpm_jax.train, whose WORKDIR/model is such a directory), or set "
+            "--config.init.checkpoint='' to train from scratch."
+        )
+    _, kwargs = build_model(config)
+    spec = _check_pretrained(directory, config, kwargs)
+    stored_head = spec["kwargs"].get("head", "fc")
+    if (config.model.head == "fc" or stored_head != "fc") and stored_head != config.model.head:
+        raise InitCheckpointError(
+            f"init.checkpoint={directory!r} has a {stored_head!r} head; the config's "
+            f"{config.model.head!r} head can start only from an FC checkpoint or its own kind."
+        )
+    return spec
 
 
 def _backbone_options(arch: str, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -122,31 +151,15 @@ def initial_variables(
     mesh: Mesh,
 ) -> dict[str, Any]:
     """Variables to start training from (see the module docstring)."""
-    check_init_checkpoint(config)
-    directory = config.init.checkpoint
-    if not directory:
+    spec = check_init_checkpoint(config)
+    if spec is None:
         info = data.dataset_info(config.dataset.name)
         return model.init(jax.random.key(config.seed), jnp.zeros((1, *info.image_shape)))
 
-    directory = os.path.abspath(os.path.expanduser(directory))
-    if not os.path.isdir(directory):
-        raise InitCheckpointError(
-            f"init.checkpoint={directory!r} does not exist. Convert a PyTorch checkpoint with "
-            "`python -m hpm_jax.convert --arch ... --checkpoint FILE.pt --out DIR` (or train "
-            "one with hpm_jax.train, whose WORKDIR/model is such a directory), or set "
-            "--config.init.checkpoint='' to train from scratch."
-        )
-    _, kwargs = build_model(config)
-    spec = _check_pretrained(directory, config, kwargs)
+    directory = os.path.abspath(os.path.expanduser(config.init.checkpoint))
     _, variables = load_model(directory)
-    stored_head = spec["kwargs"].get("head", "fc")
-    if config.model.head == "fc" or stored_head != "fc":
-        if stored_head != config.model.head:
-            raise InitCheckpointError(
-                f"init.checkpoint={directory!r} has a {stored_head!r} head; the config's "
-                f"{config.model.head!r} head can start only from an FC checkpoint or its own kind."
-            )
-        return variables
+    if config.model.head == "fc" or spec["kwargs"].get("head", "fc") != "fc":
+        return variables  # the same kind of head (check_init_checkpoint): as stored
 
     from hpm_jax import prototypes  # the HPM-specific initialisation
 
