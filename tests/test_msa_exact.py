@@ -1,6 +1,6 @@
 """MSA (and any attack with compact=False) exact on batch-coupled targets that disagree with
 their surrogates: targets never aim at y, the model sees exactly the user's batches, and a
-break counts at the judged iterate where it happens (DESIGN.md section 2)."""
+break counts at the judged iterate where it happens (docs/design.md section 2)."""
 
 import jax
 import jax.numpy as jnp

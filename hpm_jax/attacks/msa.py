@@ -10,7 +10,7 @@
     report.per_surrogate              # robust accuracy after each surrogate's attacks
     report.robust_accuracy_after      # after each attack: "apgd-ce@fc", ..., "square"
 
-DESIGN.md section 2. A dynamic defense such as HPM classifies a point in the context of its
+docs/design.md section 2. A dynamic defense such as HPM classifies a point in the context of its
 batch and exposes a straight-through gradient, so a single gradient attack may overestimate
 its robustness. MSA runs the gradient attacks of an AutoAttack version (APGD-CE, APGD-T,
 FAB-T for "standard") once per surrogate, taking loss and gradient from the surrogate while
