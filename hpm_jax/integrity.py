@@ -66,9 +66,13 @@ def _fsync_dir(directory: str) -> None:
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | os.PathLike) -> Iterator[BinaryIO]:
+def atomic_file(
+    path: str | os.PathLike, *, previous: str | os.PathLike | None = None
+) -> Iterator[BinaryIO]:
     """A binary file object whose content replaces `path` when the block ends without error
-    (and never otherwise). ENOSPC/EDQUOT become `DiskFullError`."""
+    (and never otherwise). With `previous`, the copy it replaces is moved there first (a
+    kill between the two renames leaves `previous` and no `path`). ENOSPC/EDQUOT become
+    `DiskFullError`."""
     path = os.fspath(path)
     directory = os.path.dirname(path) or "."
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
@@ -77,6 +81,8 @@ def atomic_file(path: str | os.PathLike) -> Iterator[BinaryIO]:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        if previous is not None and os.path.exists(path):
+            _commit(path, os.fspath(previous))
         _commit(tmp, path)
     except BaseException as e:
         with contextlib.suppress(OSError):
@@ -87,9 +93,11 @@ def atomic_file(path: str | os.PathLike) -> Iterator[BinaryIO]:
     _fsync_dir(directory)
 
 
-def write_bytes(path: str | os.PathLike, data: bytes) -> str:
-    """Write `data` to `path` atomically; returns its sha256 (hex)."""
-    with atomic_file(path) as f:
+def write_bytes(
+    path: str | os.PathLike, data: bytes, *, previous: str | os.PathLike | None = None
+) -> str:
+    """Write `data` to `path` atomically (`previous`: as `atomic_file`); returns its sha256."""
+    with atomic_file(path, previous=previous) as f:
         f.write(data)
     return hashlib.sha256(data).hexdigest()
 
@@ -111,14 +119,21 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
-def write_json(path: str | os.PathLike, payload: dict[str, Any], *, indent: int | None = 1) -> None:
-    """Write the dict `payload` with its checksum to `path`, atomically."""
+def write_json(
+    path: str | os.PathLike,
+    payload: dict[str, Any],
+    *,
+    indent: int | None = 1,
+    previous: str | os.PathLike | None = None,
+) -> None:
+    """Write the dict `payload` with its checksum to `path`, atomically (`previous`: as
+    `atomic_file`)."""
     payload = _plain(payload)
     if CHECKSUM in payload:
         raise ValueError(f"write_json: the key {CHECKSUM!r} is reserved for the checksum.")
     digest = hashlib.sha256(_canonical(payload)).hexdigest()
     text = json.dumps({**payload, CHECKSUM: _PREFIX + digest}, indent=indent)
-    write_bytes(path, (text + "\n").encode())
+    write_bytes(path, (text + "\n").encode(), previous=previous)
 
 
 def read_json(path: str | os.PathLike, *, fix: str = "") -> dict[str, Any]:

@@ -150,14 +150,12 @@ class StateStore:
         self.prev = Path(str(self.path) + ".prev")
         self.image_dir = Path(str(self.path) + ".adv")
         self.log = log or logging.getLogger("hpm_jax.autoattack").warning
-        self._last: bytes | None = None  # the good copy on disk, kept as `.prev` on save
-        self._loaded = False  # after `load`, `_last` is known (None: nothing good on disk)
 
     def load(self, fingerprint: Mapping[str, Any]) -> ChainState | None:
         """The saved state, or None when there is none (or no undamaged copy: named in one
         line). Raises StateMismatchError naming the differences when the file belongs to
         another evaluation."""
-        found, self._loaded = False, True
+        found = False
         for candidate in (self.path, self.prev):
             if not candidate.exists():
                 continue
@@ -169,10 +167,9 @@ class StateStore:
                 continue
             state = self._check(candidate, d, fingerprint)
             if candidate == self.prev:
-                self.log(
-                    f"resuming from {self.prev}, saved one batch earlier: that batch is redone."
-                )
-            self._last = candidate.read_bytes()
+                # The next save must not move the damaged copy over this good one.
+                self.path.unlink(missing_ok=True)
+                self.log(f"resuming from {self.prev}, saved a batch earlier: that batch is redone.")
             return state
         if found:
             self.log(f"no undamaged copy of {self.path}: this attack starts afresh.")
@@ -199,12 +196,7 @@ class StateStore:
     def save(self, state: ChainState) -> None:
         """Write `state` atomically, the copy it replaces kept as `<path>.prev`."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if not self._loaded and self.path.exists():
-            self._last = self.path.read_bytes()  # a store that did not load: keep what is there
-        if self._last is not None:
-            integrity.write_bytes(self.prev, self._last)
-        integrity.write_json(self.path, state.to_json())
-        self._last = self.path.read_bytes()
+        integrity.write_json(self.path, state.to_json(), previous=self.prev)
 
     def save_images(
         self, state: ChainState, *, attack: int, batch: int, indices: np.ndarray, images
