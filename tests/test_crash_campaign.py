@@ -32,6 +32,9 @@ import contextlib
 import errno
 import json
 import os
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -40,6 +43,7 @@ import test_autoattack as chain_harness
 from hpm_jax import cli, integrity
 
 MODES = ("truncated", "zeroed", "garbage")
+CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "fashion_mnist.py")
 
 
 class Killed(BaseException):
@@ -67,10 +71,10 @@ def damage(path, mode: str) -> None:
         f.write(new)
 
 
-@contextlib.contextmanager
-def kill_at(monkeypatch, matches, nth: int, phase: str):
+def install_kill(monkeypatch, matches, nth: int, phase: str) -> list[str]:
     """Raise Killed at the `nth` commit of a file for which `matches(path)`, `phase` "before"
-    or "after" it is replaced into place. Yields the list of matching paths committed."""
+    or "after" it is replaced into place (until `monkeypatch` undoes it). Returns the list
+    of matching paths committed so far."""
     real, seen = integrity._commit, []
 
     def commit(tmp, path):
@@ -84,10 +88,14 @@ def kill_at(monkeypatch, matches, nth: int, phase: str):
             raise Killed(path)
 
     monkeypatch.setattr(integrity, "_commit", commit)
-    try:
-        yield seen
-    finally:
-        monkeypatch.setattr(integrity, "_commit", real)
+    return seen
+
+
+@contextlib.contextmanager
+def kill_at(monkeypatch, matches, nth: int, phase: str):
+    """`install_kill` for the block."""
+    with monkeypatch.context() as patch:
+        yield install_kill(patch, matches, nth, phase)
 
 
 def count_commits(monkeypatch, matches, fn) -> int:
@@ -238,3 +246,279 @@ def test_programs_turn_damage_and_a_full_disk_into_one_line_and_exit_2(tmp_path,
 
 
 # ---- an evaluation with MSA on an HPM model ------------------------------------------------
+
+EVAL = dict(
+    num_examples=16,
+    batch_size=8,  # 2 fixed batches of 8 on 4 devices
+    version="apgd-ce",  # MSA: APGD-CE through fc, then through ste
+    attack_options={"apgd-ce": {"n_iter": 2, "n_restarts": 1}},
+    naive_autoattack=False,
+    run_checks=False,
+)
+EVAL_KILLS = {  # id: (which committed file, its occurrence, before/after the replace)
+    "identity-after": ("state/evaluation.json", 1, "after"),
+    "msa-image-after": ("msa_hpm.json.adv/", 1, "after"),
+    "msa-prev-after": ("msa_hpm.json.prev", 2, "after"),
+    "npz-before": ("adversarial/msa_hpm.npz", 1, "before"),
+    "report-before": ("report.json", 1, "before"),
+}
+
+
+@pytest.fixture(scope="module")
+def hpm_evaluation(tmp_path_factory):
+    """A tiny HPM model (a few SGD steps, class-mean prototypes) and its finished evaluation:
+    AutoAttack on its FC and l2-EMA heads, MSA on HPM."""
+    import test_evaluate
+
+    from hpm_jax import evaluate
+    from hpm_jax.model_export import save_model
+
+    if not test_evaluate.offline.fashion_mnist_files_present():
+        pytest.skip("needs apt-get install dataset-fashion-mnist")
+    root = tmp_path_factory.mktemp("hpm")
+    _, variables = test_evaluate._train_tiny(n_steps=10)
+    checkpoint = save_model(str(root / "model"), variables, arch="small_cnn", num_classes=10,
+                            head="hpm", **test_evaluate.ARCH)  # fmt: skip
+    config = test_evaluate.tiny_config(**EVAL)
+    workdir = root / "eval"
+    report = evaluate.run(config, checkpoint, str(workdir), log=None)
+    assert (
+        report["heads"]["hpm"]["msa"]["robust_accuracy"] < report["heads"]["hpm"]["clean_accuracy"]
+    )
+    return config, checkpoint, workdir, test_evaluate._comparable(report)
+
+
+@pytest.mark.parametrize("moment", sorted(EVAL_KILLS))
+def test_an_evaluation_killed_at_each_moment_resumes_to_the_same_report(
+    moment, hpm_evaluation, tmp_path, monkeypatch
+):
+    from hpm_jax import evaluate
+
+    config, checkpoint, _, expected = hpm_evaluation
+    name, nth, phase = EVAL_KILLS[moment]
+    with pytest.raises(Killed), kill_at(monkeypatch, lambda p: name in p, nth, phase):
+        evaluate.run(config, checkpoint, str(tmp_path), log=None)
+    resumed = evaluate.run(config, checkpoint, str(tmp_path), log=None)
+    assert _comparable(resumed) == expected
+
+
+def _comparable(report):
+    import test_evaluate
+
+    return test_evaluate._comparable(report)
+
+
+def _copy(workdir, tmp_path):
+    target = tmp_path / "eval"
+    shutil.copytree(workdir, target)
+    return target
+
+
+@pytest.mark.parametrize("mode", [*MODES, "edited"])
+def test_a_torn_evaluation_identity_says_it_is_damaged_and_what_to_do(
+    mode, hpm_evaluation, tmp_path
+):
+    from hpm_jax import evaluate
+
+    config, checkpoint, workdir, _ = hpm_evaluation
+    workdir = _copy(workdir, tmp_path)
+    identity = workdir / "state" / "evaluation.json"
+    damage(identity, mode)
+    before = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
+    with pytest.raises(integrity.DamagedFileError) as error:
+        evaluate.run(config, checkpoint, str(workdir), log=None)
+    message = cli.one_line(error.value)
+    assert f"{identity} is damaged" in message and "other settings" not in message
+    assert "delete the file and run again" in message and "--overwrite" in message
+    assert {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()} == before
+
+
+def test_hpm_evaluate_stops_on_a_torn_identity_with_one_line_and_exit_2(hpm_evaluation, tmp_path):
+    _, checkpoint, workdir, _ = hpm_evaluation
+    workdir = _copy(workdir, tmp_path)
+    damage(workdir / "state" / "evaluation.json", "truncated")
+    settings = [f"--config.evaluation.{k}={v!r}" for k, v in EVAL.items()]
+    settings += ["--config.evaluation.eps=0.1", "--config.evaluation.surrogates=('fc', 'ste')"]
+    result = subprocess.run(
+        [sys.executable, "-m", "hpm_jax.evaluate", f"--config={CONFIG}",
+         f"--checkpoint={checkpoint}", f"--workdir={workdir}", *settings],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert "Traceback" not in result.stderr and lines[-1].startswith("hpm-evaluate: error: ")
+    assert "evaluation.json is damaged" in lines[-1]
+
+
+# Each resume tears one file of every kind at once, each kind with another mode, so that
+# three resumes try every kind in every mode.
+TORN_KINDS = ("msa-image", "msa-state", "fc-state", "msa-npz", "fc-npz")
+
+
+def _torn_path(workdir, kind):
+    state = workdir / "state"
+    return {
+        "msa-image": lambda: sorted((state / "msa_hpm.json.adv").iterdir())[0],
+        "msa-state": lambda: state / "msa_hpm.json",
+        "fc-state": lambda: state / "autoattack_fc.json",
+        "msa-npz": lambda: workdir / "adversarial" / "msa_hpm.npz",
+        "fc-npz": lambda: workdir / "adversarial" / "autoattack_fc.npz",
+    }[kind]()
+
+
+@pytest.mark.parametrize("shift", range(len(MODES)), ids=lambda s: f"modes-from-{MODES[s]}")
+def test_torn_evaluation_files_are_named_and_recovered_to_the_same_report(
+    shift, hpm_evaluation, tmp_path
+):
+    from hpm_jax import evaluate
+
+    config, checkpoint, workdir, expected = hpm_evaluation
+    originals = {k: np.load(_torn_path(workdir, k)) for k in TORN_KINDS if "npz" in k}
+    workdir = _copy(workdir, tmp_path)
+    torn = {}
+    for i, kind in enumerate(TORN_KINDS):
+        torn[kind] = _torn_path(workdir, kind)
+        damage(torn[kind], MODES[(i + shift) % len(MODES)])
+    lines = []
+    assert _comparable(evaluate.run(config, checkpoint, str(workdir), log=lines.append)) == expected
+    for kind, path in torn.items():
+        if "npz" in kind:  # an output, rewritten whole by the resumed run
+            with np.load(path) as got:
+                for key in ("x_adv", "robust"):
+                    np.testing.assert_array_equal(got[key], originals[kind][key])
+        else:
+            named = [line for line in lines if f"{path} is damaged" in line]
+            assert len(named) == 1, (kind, lines)
+
+
+# ---- training ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """An uninterrupted tiny run on mock CIFAR-10 (3 steps, checkpoints at 2 and 3)."""
+    import test_train_support as support
+
+    root = tmp_path_factory.mktemp("train")
+    summary = support.run(root / "work", root, support.tiny_overrides(root))
+    return root, summary, support.final_params(root / "work")
+
+
+def _train_again(root, workdir):
+    import test_train_support as support
+
+    return support.run(workdir, root, support.tiny_overrides(root))
+
+
+def _assert_same_training(workdir, summary, trained):
+    import test_train_support as support
+
+    _, expected_summary, expected = trained
+    got = support.final_params(workdir)
+    assert sorted(got) == sorted(expected)
+    for key in expected:
+        np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+    assert summary["eval_pgd_accuracy"] == expected_summary["eval_pgd_accuracy"]
+
+
+def _kill_in_step_3(monkeypatch):
+    from hpm_jax.training import metrics
+
+    real = metrics.MetricWriter.write
+
+    def write(self, step, scalars):
+        if step == 3:
+            raise Killed("step 3")
+        return real(self, step, scalars)
+
+    monkeypatch.setattr(metrics.MetricWriter, "write", write)
+
+
+def _kill_in_final_model(monkeypatch):
+    from hpm_jax import train
+
+    def save_model(directory, *args, **kwargs):
+        os.makedirs(directory)
+        raise Killed("writing the final model")
+
+    monkeypatch.setattr(train, "save_model", save_model)
+
+
+TRAIN_KILLS = {
+    "during-step-3": _kill_in_step_3,
+    "final-model": _kill_in_final_model,
+    "summary-before": lambda patch: install_kill(
+        patch, lambda p: p.endswith("summary.json"), 1, "before"
+    ),
+}
+
+
+@pytest.mark.parametrize("moment", sorted(TRAIN_KILLS))
+def test_a_training_run_killed_at_each_moment_resumes_to_the_same_model(
+    moment, trained, tmp_path, monkeypatch
+):
+    root = trained[0]
+    with monkeypatch.context() as patch:
+        TRAIN_KILLS[moment](patch)
+        with pytest.raises(Killed):
+            _train_again(root, tmp_path / "work")
+    assert not (tmp_path / "work" / "summary.json").exists()
+    summary = _train_again(root, tmp_path / "work")
+    assert summary["resumed_from"] in (2, 3)
+    _assert_same_training(tmp_path / "work", summary, trained)
+
+
+def _largest(directory):
+    files = [p for p in directory.rglob("*") if p.is_file()]
+    return max(files, key=lambda p: p.stat().st_size)
+
+
+CHECKPOINT_FILES = {  # which file of the newest checkpoint (step 3) is torn
+    "array-chunk": lambda step: _largest(step / "state" / "d"),  # what Orbax reads
+    "array-metadata": lambda step: step / "state" / "_METADATA",
+    "run-json": lambda step: step / "run" / "metadata",
+}
+
+
+# Each resume retrains a step (seconds): each part once, each mode once.
+PARTS_AND_MODES = list(zip(sorted(CHECKPOINT_FILES), MODES, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("part", "mode"), PARTS_AND_MODES, ids=["-".join(p) for p in PARTS_AND_MODES]
+)
+def test_a_torn_checkpoint_is_named_moved_aside_and_the_one_before_used(
+    part, mode, trained, tmp_path, capsys
+):
+    root = trained[0]
+    workdir = tmp_path / "work"
+    shutil.copytree(root / "work", workdir)
+    (workdir / "summary.json").unlink()  # as if killed before the end
+    damage(CHECKPOINT_FILES[part](workdir / "checkpoints" / "3"), mode)
+    capsys.readouterr()
+    summary = _train_again(root, workdir)
+    out = capsys.readouterr().out
+    assert out.count("checkpoints/3 is damaged") == 1 and "damaged_checkpoints/3" in out, out
+    assert summary["resumed_from"] == 2
+    _assert_same_training(workdir, summary, trained)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_torn_metrics_lines_are_named_and_dropped(mode, tmp_path, capsys):
+    from hpm_jax.training import metrics
+
+    path = tmp_path / metrics.JSONL
+    lines = [json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in range(1, 6)]
+    path.write_text("".join(lines))
+    # Tear the third line in place (same length: the lines around it stay whole).
+    start = len("".join(lines[:2]))
+    data = bytearray(path.read_bytes())
+    piece = bytes(data[start : start + len(lines[2]) - 1])
+    torn = {"truncated": piece[: len(piece) // 2] + b" " * (len(piece) - len(piece) // 2),
+            "zeroed": bytes(len(piece)), "garbage": b"\xff" * len(piece)}[mode]  # fmt: skip
+    data[start : start + len(piece)] = torn
+    path.write_bytes(bytes(data))
+    metrics.MetricWriter(str(tmp_path), start_step=4).close()
+    assert "1 damaged line(s) dropped" in capsys.readouterr().out
+    assert [r["step"] for r in metrics.read_jsonl(str(path))] == [1, 2, 4]
