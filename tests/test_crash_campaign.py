@@ -39,6 +39,7 @@ import sys
 import numpy as np
 import pytest
 import test_autoattack as chain_harness
+from test_study import base_model  # noqa: F401  (the study's tiny FC model, a fixture)
 
 from hpm_jax import cli, integrity
 
@@ -522,3 +523,114 @@ def test_torn_metrics_lines_are_named_and_dropped(mode, tmp_path, capsys):
     metrics.MetricWriter(str(tmp_path), start_step=4).close()
     assert "1 damaged line(s) dropped" in capsys.readouterr().out
     assert [r["step"] for r in metrics.read_jsonl(str(path))] == [1, 2, 4]
+
+
+# ---- the study ----------------------------------------------------------------------------
+
+STUDY_KILLS = (  # one workdir, killed at each in turn, each run resuming the one before
+    ("point-json-after", "point.json", "after"),
+    ("train-summary-before", "train/summary.json", "before"),
+    ("eval-report-before", "eval/report.json", "before"),
+    ("study-json-before", "study.json", "before"),
+)
+
+
+def _study_config(model_dir):
+    import test_study
+
+    return test_study._config(model_dir, ["study.points={'default': ()}", "study.baseline=False"])
+
+
+@pytest.fixture(scope="module")
+def study_done(base_model, tmp_path_factory):  # noqa: F811  (the fixture imported above)
+    """A one-point, one-seed study of the tiny test_study model, run through."""
+    import test_study
+
+    from hpm_jax import study
+
+    if not test_study.offline.fashion_mnist_files_present():
+        pytest.skip("needs apt-get install dataset-fashion-mnist")
+    root = tmp_path_factory.mktemp("study")
+    config = _study_config(base_model)
+    table = study.run(config, str(root / "study"), log=None)
+    return config, root / "study", test_study._rows(table)
+
+
+def test_a_study_killed_at_each_moment_in_turn_resumes_to_the_same_table(
+    study_done, tmp_path, monkeypatch
+):
+    import test_study
+
+    from hpm_jax import study
+
+    config, _, expected = study_done
+    workdir = str(tmp_path / "study")
+    tried = []
+    for moment, name, phase in STUDY_KILLS:
+        with pytest.raises(Killed), kill_at(monkeypatch, lambda p, n=name: p.endswith(n), 1, phase):
+            study.run(config, workdir, log=None)
+        tried.append(moment)
+    assert tried == [m for m, _, _ in STUDY_KILLS]
+    assert test_study._rows(study.run(config, workdir, log=None)) == expected
+
+
+@pytest.mark.parametrize("mode", [*MODES, "edited"])
+def test_a_torn_point_json_says_it_is_damaged_and_what_to_do(mode, study_done, tmp_path):
+    from hpm_jax import study
+
+    config, workdir, _ = study_done
+    shutil.copytree(workdir, tmp_path / "study")
+    point = tmp_path / "study" / "points" / "default" / "seed_0" / study.POINT_JSON
+    damage(point, mode)
+    with pytest.raises(integrity.DamagedFileError) as error:
+        study.run(config, str(tmp_path / "study"), log=None)
+    message = cli.one_line(error.value)
+    assert f"{point} is damaged" in message and "delete the file and run again" in message
+
+
+@pytest.mark.parametrize("shift", range(2), ids=["report-truncated-summary-zeroed",
+                                                  "report-garbage-summary-truncated"])  # fmt: skip
+def test_torn_study_markers_rerun_their_stage_resumed_to_the_same_table(shift, study_done):
+    import test_study
+
+    from hpm_jax import study
+
+    # In the fixture's own workdir (a copy elsewhere is another evaluation: its checkpoint
+    # path is part of the identity); the resumed run leaves it whole again.
+    config, workdir, expected = study_done
+    point = workdir / "points" / "default" / "seed_0"
+    modes = [("truncated", "zeroed"), ("garbage", "truncated")][shift]
+    damage(point / "eval" / "report.json", modes[0])
+    damage(point / "train" / "summary.json", modes[1])
+    lines = []
+    assert test_study._rows(study.run(config, str(workdir), log=lines.append)) == expected
+    for marker in ("eval/report.json", "train/summary.json"):
+        assert sum(f"{marker} is damaged" in line for line in lines) == 1, lines
+
+
+# ---- the demo's stage markers ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("marker", ["summary.json", "model/model.json"])
+def test_a_torn_demo_marker_reruns_its_stage(marker, mode, tmp_path, monkeypatch):
+    from hpm_jax import demo, train
+
+    stage = tmp_path / "at"
+    (stage / "model").mkdir(parents=True)
+    integrity.write_json(stage / "summary.json", {"steps": 3})
+    integrity.write_bytes(stage / "model" / "model.json", b'{"arch": "small_cnn", "kwargs": {}}')
+    runs, lines = [], []
+    monkeypatch.setattr(train, "run", lambda config, directory: runs.append(directory) or {})
+    assert demo._train(None, str(stage), lines.append) == {"steps": 3}  # whole: skipped
+    assert runs == []
+    damage(stage / marker, mode)
+    demo._train(None, str(stage), lines.append)
+    assert runs == [str(stage)]  # train.run resumes from the stage's checkpoints
+    assert sum(f"{marker} is damaged" in line for line in lines) == 1, lines
+    for name in ("summary.json", "report.json"):  # the analysis and evaluation stages' markers
+        integrity.write_json(tmp_path / name, {"done": True})
+        assert demo._marker(str(tmp_path), name, lines.append) == {"done": True}
+        damage(tmp_path / name, mode)
+        assert demo._marker(str(tmp_path), name, lines.append) is None
+        assert sum(f"{name} is damaged" in line for line in lines) >= 1
