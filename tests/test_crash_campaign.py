@@ -39,7 +39,6 @@ import sys
 import numpy as np
 import pytest
 import test_autoattack as chain_harness
-from test_study import base_model  # noqa: F401  (the study's tiny FC model, a fixture)
 
 from hpm_jax import cli, integrity
 
@@ -446,28 +445,29 @@ def _kill_in_final_model(monkeypatch):
     monkeypatch.setattr(train, "save_model", save_model)
 
 
-TRAIN_KILLS = {
-    "during-step-3": _kill_in_step_3,
-    "final-model": _kill_in_final_model,
-    "summary-before": lambda patch: install_kill(
-        patch, lambda p: p.endswith("summary.json"), 1, "before"
-    ),
-}
+TRAIN_KILLS = (  # one workdir, killed at each in turn, each run resuming the one before
+    ("during-step-3", _kill_in_step_3),  # after checkpoint 2
+    ("final-model", _kill_in_final_model),  # after the last checkpoint (3)
+    ("summary-before", lambda patch: install_kill(
+        patch, lambda p: p.endswith("summary.json"), 1, "before")),
+)  # fmt: skip
 
 
-@pytest.mark.parametrize("moment", sorted(TRAIN_KILLS))
-def test_a_training_run_killed_at_each_moment_resumes_to_the_same_model(
-    moment, trained, tmp_path, monkeypatch
+def test_a_training_run_killed_at_each_moment_in_turn_resumes_to_the_same_model(
+    trained, tmp_path, monkeypatch
 ):
-    root = trained[0]
-    with monkeypatch.context() as patch:
-        TRAIN_KILLS[moment](patch)
-        with pytest.raises(Killed):
-            _train_again(root, tmp_path / "work")
-    assert not (tmp_path / "work" / "summary.json").exists()
-    summary = _train_again(root, tmp_path / "work")
-    assert summary["resumed_from"] in (2, 3)
-    _assert_same_training(tmp_path / "work", summary, trained)
+    root, workdir, tried = trained[0], tmp_path / "work", []
+    for moment, kill in TRAIN_KILLS:
+        with monkeypatch.context() as patch:
+            kill(patch)
+            with pytest.raises(Killed):
+                _train_again(root, workdir)
+        tried.append(moment)
+        assert not (workdir / "summary.json").exists()
+    assert tried == [m for m, _ in TRAIN_KILLS]
+    summary = _train_again(root, workdir)
+    assert summary["resumed_from"] == 3
+    _assert_same_training(workdir, summary, trained)
 
 
 def _largest(directory):
@@ -475,33 +475,38 @@ def _largest(directory):
     return max(files, key=lambda p: p.stat().st_size)
 
 
-CHECKPOINT_FILES = {  # which file of the newest checkpoint (step 3) is torn
-    "array-chunk": lambda step: _largest(step / "state" / "d"),  # what Orbax reads
+CHECKPOINT_FILES = {  # files of a checkpoint that Orbax reads
+    "array-chunk": lambda step: _largest(step / "state" / "d"),
     "array-metadata": lambda step: step / "state" / "_METADATA",
     "run-json": lambda step: step / "run" / "metadata",
 }
+# Each resume retrains (seconds), so two: the newest checkpoint torn (the one before is used),
+# then both torn (the run starts over); every part and every mode once.
+TORN_CHECKPOINTS = {
+    "step3-array-chunk-truncated": ({3: ("array-chunk", "truncated")}, 2),
+    "step3-run-json-zeroed+step2-array-metadata-garbage": (
+        {3: ("run-json", "zeroed"), 2: ("array-metadata", "garbage")}, 0),
+}  # fmt: skip
 
 
-# Each resume retrains a step (seconds): each part once, each mode once.
-PARTS_AND_MODES = list(zip(sorted(CHECKPOINT_FILES), MODES, strict=True))
-
-
-@pytest.mark.parametrize(
-    ("part", "mode"), PARTS_AND_MODES, ids=["-".join(p) for p in PARTS_AND_MODES]
-)
+@pytest.mark.parametrize("case", sorted(TORN_CHECKPOINTS))
 def test_a_torn_checkpoint_is_named_moved_aside_and_the_one_before_used(
-    part, mode, trained, tmp_path, capsys
+    case, trained, tmp_path, capsys
 ):
     root = trained[0]
     workdir = tmp_path / "work"
     shutil.copytree(root / "work", workdir)
     (workdir / "summary.json").unlink()  # as if killed before the end
-    damage(CHECKPOINT_FILES[part](workdir / "checkpoints" / "3"), mode)
+    torn, resumed_from = TORN_CHECKPOINTS[case]
+    for step, (part, mode) in torn.items():
+        damage(CHECKPOINT_FILES[part](workdir / "checkpoints" / str(step)), mode)
     capsys.readouterr()
     summary = _train_again(root, workdir)
     out = capsys.readouterr().out
-    assert out.count("checkpoints/3 is damaged") == 1 and "damaged_checkpoints/3" in out, out
-    assert summary["resumed_from"] == 2
+    for step in torn:
+        assert out.count(f"checkpoints/{step} is damaged") == 1, out
+        assert (workdir / "damaged_checkpoints" / str(step)).is_dir()
+    assert summary["resumed_from"] == resumed_from
     _assert_same_training(workdir, summary, trained)
 
 
@@ -526,6 +531,9 @@ def test_torn_metrics_lines_are_named_and_dropped(mode, tmp_path, capsys):
 
 
 # ---- the study ----------------------------------------------------------------------------
+# The study's own bookkeeping (point.json, which stage to run, the table) with stand-ins for
+# training and evaluation that write their markers as the real ones do: those two resume as
+# the tests above show, and tests/test_study.py kills a real study inside a point.
 
 STUDY_KILLS = (  # one workdir, killed at each in turn, each run resuming the one before
     ("point-json-after", "point.json", "after"),
@@ -535,35 +543,61 @@ STUDY_KILLS = (  # one workdir, killed at each in turn, each run resuming the on
 )
 
 
-def _study_config(model_dir):
+@pytest.fixture
+def fake_stages(tmp_path, monkeypatch):
+    """(study config, {stage: workdirs it ran in}): `train.run` and `evaluate.run` replaced by
+    stand-ins whose figures depend on the seed; the base model a bare model.json."""
     import test_study
 
-    return test_study._config(model_dir, ["study.points={'default': ()}", "study.baseline=False"])
+    from hpm_jax import evaluate, train
+
+    base = tmp_path / "at_model"
+    base.mkdir()
+    (base / "model.json").write_text('{"arch": "small_cnn", "kwargs": {}}')
+    ran = {"train": [], "eval": []}
+
+    def fake_train(config, workdir):
+        ran["train"].append(workdir)
+        os.makedirs(os.path.join(workdir, "model"), exist_ok=True)
+        integrity.write_bytes(os.path.join(workdir, "model", "model.json"), b"{}")
+        summary = {"eval_pgd_accuracy": 0.25 + 0.01 * config.seed}
+        integrity.write_json(os.path.join(workdir, train.SUMMARY), summary)
+        return summary
+
+    def fake_evaluate(config, checkpoint, workdir, log=None):
+        ran["eval"].append(workdir)
+        ev, acc = config.evaluation, 0.5 + 0.01 * config.seed
+        report = {
+            "num_examples": ev.num_examples, "dataset": config.dataset.name,
+            "split": config.dataset.eval_split, "batch_size": ev.batch_size,
+            "settings": json.loads(ev.to_json()),
+            "heads": {"hpm": {"clean_accuracy": acc, "msa": {"robust_accuracy": acc / 2,
+                      "per_surrogate": {"fc": acc / 2, "ste": acc / 2}}}},
+        }  # fmt: skip
+        os.makedirs(workdir, exist_ok=True)
+        integrity.write_json(os.path.join(workdir, evaluate.REPORT), report)
+        return report
+
+    monkeypatch.setattr(train, "run", fake_train)
+    monkeypatch.setattr(evaluate, "run", fake_evaluate)
+    return test_study._config(str(base), ["study.baseline=False"]), ran
 
 
-@pytest.fixture(scope="module")
-def study_done(base_model, tmp_path_factory):  # noqa: F811  (the fixture imported above)
-    """A one-point, one-seed study of the tiny test_study model, run through."""
+def _table(config, workdir, log=None):
     import test_study
 
     from hpm_jax import study
 
-    if not test_study.offline.fashion_mnist_files_present():
-        pytest.skip("needs apt-get install dataset-fashion-mnist")
-    root = tmp_path_factory.mktemp("study")
-    config = _study_config(base_model)
-    table = study.run(config, str(root / "study"), log=None)
-    return config, root / "study", test_study._rows(table)
+    return test_study._rows(study.run(config, str(workdir), log=log))
 
 
 def test_a_study_killed_at_each_moment_in_turn_resumes_to_the_same_table(
-    study_done, tmp_path, monkeypatch
+    fake_stages, tmp_path, monkeypatch
 ):
-    import test_study
-
     from hpm_jax import study
 
-    config, _, expected = study_done
+    config, _ = fake_stages
+    expected = _table(config, tmp_path / "reference")
     workdir = str(tmp_path / "study")
     tried = []
     for moment, name, phase in STUDY_KILLS:
@@ -571,41 +605,41 @@ def test_a_study_killed_at_each_moment_in_turn_resumes_to_the_same_table(
             study.run(config, workdir, log=None)
         tried.append(moment)
     assert tried == [m for m, _, _ in STUDY_KILLS]
-    assert test_study._rows(study.run(config, workdir, log=None)) == expected
+    assert _table(config, workdir) == expected
 
 
 @pytest.mark.parametrize("mode", [*MODES, "edited"])
-def test_a_torn_point_json_says_it_is_damaged_and_what_to_do(mode, study_done, tmp_path):
+def test_a_torn_point_json_says_it_is_damaged_and_what_to_do(mode, fake_stages, tmp_path):
     from hpm_jax import study
 
-    config, workdir, _ = study_done
-    shutil.copytree(workdir, tmp_path / "study")
-    point = tmp_path / "study" / "points" / "default" / "seed_0" / study.POINT_JSON
+    config, _ = fake_stages
+    _table(config, tmp_path)
+    point = tmp_path / "points" / "default" / "seed_0" / study.POINT_JSON
     damage(point, mode)
     with pytest.raises(integrity.DamagedFileError) as error:
-        study.run(config, str(tmp_path / "study"), log=None)
+        study.run(config, str(tmp_path), log=None)
     message = cli.one_line(error.value)
     assert f"{point} is damaged" in message and "delete the file and run again" in message
 
 
-@pytest.mark.parametrize("shift", range(2), ids=["report-truncated-summary-zeroed",
-                                                  "report-garbage-summary-truncated"])  # fmt: skip
-def test_torn_study_markers_rerun_their_stage_resumed_to_the_same_table(shift, study_done):
-    import test_study
-
-    from hpm_jax import study
-
-    # In the fixture's own workdir (a copy elsewhere is another evaluation: its checkpoint
-    # path is part of the identity); the resumed run leaves it whole again.
-    config, workdir, expected = study_done
-    point = workdir / "points" / "default" / "seed_0"
-    modes = [("truncated", "zeroed"), ("garbage", "truncated")][shift]
-    damage(point / "eval" / "report.json", modes[0])
-    damage(point / "train" / "summary.json", modes[1])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("marker", ["eval/report.json", "train/summary.json"])
+def test_a_torn_study_marker_reruns_its_stage_to_the_same_table(
+    marker, mode, fake_stages, tmp_path
+):
+    config, ran = fake_stages
+    expected = _table(config, tmp_path)
+    first = {k: list(v) for k, v in ran.items()}
+    point = tmp_path / "points" / "default" / "seed_0"
+    damage(point / marker, mode)
     lines = []
-    assert test_study._rows(study.run(config, str(workdir), log=lines.append)) == expected
-    for marker in ("eval/report.json", "train/summary.json"):
-        assert sum(f"{marker} is damaged" in line for line in lines) == 1, lines
+    assert _table(config, tmp_path, log=lines.append) == expected
+    stage = marker.split("/")[0]
+    assert ran[stage] == [*first[stage], str(point / stage)]  # that stage alone, once more
+    assert {k: v for k, v in ran.items() if k != stage} == {
+        k: v for k, v in first.items() if k != stage
+    }
+    assert sum(f"{marker} is damaged" in line for line in lines) == 1, lines
 
 
 # ---- the demo's stage markers ---------------------------------------------------------------
