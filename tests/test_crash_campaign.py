@@ -28,7 +28,6 @@ intact, one line, and the run resumes when space is back.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import os
@@ -36,73 +35,13 @@ import shutil
 import subprocess
 import sys
 
+import crash_support as support
 import numpy as np
 import pytest
 import test_autoattack as chain_harness
+from crash_support import MODES, Killed, count_commits, damage, install_kill, kill_at
 
 from hpm_jax import cli, integrity
-
-MODES = ("truncated", "zeroed", "garbage")
-CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "fashion_mnist.py")
-
-
-class Killed(BaseException):
-    """The simulated SIGKILL."""
-
-
-def damage(path, mode: str) -> None:
-    """Tear `path` the way `mode` says (see the module docstring)."""
-    data = open(path, "rb").read()
-    if mode == "missing":
-        os.remove(path)
-        return
-    if mode == "edited":
-        record = json.loads(data)
-        key = next(k for k, v in record.items() if isinstance(v, (int, float, str)))
-        record[key] = 0 if not isinstance(record[key], int) or record[key] != 0 else 1
-        new = json.dumps(record).encode()
-    else:
-        new = {
-            "truncated": data[: len(data) // 2],
-            "zeroed": bytes(len(data)),
-            "garbage": np.random.default_rng(len(data)).bytes(len(data)),
-        }[mode]
-    with open(path, "wb") as f:
-        f.write(new)
-
-
-def install_kill(monkeypatch, matches, nth: int, phase: str) -> list[str]:
-    """Raise Killed at the `nth` commit of a file for which `matches(path)`, `phase` "before"
-    or "after" it is replaced into place (until `monkeypatch` undoes it). Returns the list
-    of matching paths committed so far."""
-    real, seen = integrity._commit, []
-
-    def commit(tmp, path):
-        hit = matches(path) and len(seen) + 1 == nth
-        if matches(path):
-            seen.append(path)
-        if hit and phase == "before":
-            raise Killed(path)
-        real(tmp, path)
-        if hit and phase == "after":
-            raise Killed(path)
-
-    monkeypatch.setattr(integrity, "_commit", commit)
-    return seen
-
-
-@contextlib.contextmanager
-def kill_at(monkeypatch, matches, nth: int, phase: str):
-    """`install_kill` for the block."""
-    with monkeypatch.context() as patch:
-        yield install_kill(patch, matches, nth, phase)
-
-
-def count_commits(monkeypatch, matches, fn) -> int:
-    with kill_at(monkeypatch, matches, 0, "never") as seen:
-        fn()
-    return len(seen)
-
 
 # ---- the AutoAttack chain (library): cheap, so every commit is a kill moment -------------
 
@@ -299,13 +238,7 @@ def test_an_evaluation_killed_at_each_moment_resumes_to_the_same_report(
     with pytest.raises(Killed), kill_at(monkeypatch, lambda p: name in p, nth, phase):
         evaluate.run(config, checkpoint, str(tmp_path), log=None)
     resumed = evaluate.run(config, checkpoint, str(tmp_path), log=None)
-    assert _comparable(resumed) == expected
-
-
-def _comparable(report):
-    import test_evaluate
-
-    return test_evaluate._comparable(report)
+    assert support.comparable(resumed) == expected
 
 
 def _copy(workdir, tmp_path):
@@ -340,7 +273,7 @@ def test_hpm_evaluate_stops_on_a_torn_identity_with_one_line_and_exit_2(hpm_eval
     settings = [f"--config.evaluation.{k}={v!r}" for k, v in EVAL.items()]
     settings += ["--config.evaluation.eps=0.1", "--config.evaluation.surrogates=('fc', 'ste')"]
     result = subprocess.run(
-        [sys.executable, "-m", "hpm_jax.evaluate", f"--config={CONFIG}",
+        [sys.executable, "-m", "hpm_jax.evaluate", f"--config={support.CONFIG}",
          f"--checkpoint={checkpoint}", f"--workdir={workdir}", *settings],
         capture_output=True, text=True, timeout=300,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
@@ -381,7 +314,10 @@ def test_torn_evaluation_files_are_named_and_recovered_to_the_same_report(
         torn[kind] = _torn_path(workdir, kind)
         damage(torn[kind], MODES[(i + shift) % len(MODES)])
     lines = []
-    assert _comparable(evaluate.run(config, checkpoint, str(workdir), log=lines.append)) == expected
+    assert (
+        support.comparable(evaluate.run(config, checkpoint, str(workdir), log=lines.append))
+        == expected
+    )
     for kind, path in torn.items():
         if "npz" in kind:  # an output, rewritten whole by the resumed run
             with np.load(path) as got:
@@ -405,49 +341,9 @@ def trained(tmp_path_factory):
     return root, summary, support.final_params(root / "work")
 
 
-def _train_again(root, workdir):
-    import test_train_support as support
-
-    return support.run(workdir, root, support.tiny_overrides(root))
-
-
-def _assert_same_training(workdir, summary, trained):
-    import test_train_support as support
-
-    _, expected_summary, expected = trained
-    got = support.final_params(workdir)
-    assert sorted(got) == sorted(expected)
-    for key in expected:
-        np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
-    assert summary["eval_pgd_accuracy"] == expected_summary["eval_pgd_accuracy"]
-
-
-def _kill_in_step_3(monkeypatch):
-    from hpm_jax.training import metrics
-
-    real = metrics.MetricWriter.write
-
-    def write(self, step, scalars):
-        if step == 3:
-            raise Killed("step 3")
-        return real(self, step, scalars)
-
-    monkeypatch.setattr(metrics.MetricWriter, "write", write)
-
-
-def _kill_in_final_model(monkeypatch):
-    from hpm_jax import train
-
-    def save_model(directory, *args, **kwargs):
-        os.makedirs(directory)
-        raise Killed("writing the final model")
-
-    monkeypatch.setattr(train, "save_model", save_model)
-
-
 TRAIN_KILLS = (  # one workdir, killed at each in turn, each run resuming the one before
-    ("during-step-3", _kill_in_step_3),  # after checkpoint 2
-    ("final-model", _kill_in_final_model),  # after the last checkpoint (3)
+    ("during-step-3", support.kill_in_step_3),  # after checkpoint 2
+    ("final-model", support.kill_in_final_model),  # after the last checkpoint (3)
     ("summary-before", lambda patch: install_kill(
         patch, lambda p: p.endswith("summary.json"), 1, "before")),
 )  # fmt: skip
@@ -461,25 +357,15 @@ def test_a_training_run_killed_at_each_moment_in_turn_resumes_to_the_same_model(
         with monkeypatch.context() as patch:
             kill(patch)
             with pytest.raises(Killed):
-                _train_again(root, workdir)
+                support.train_again(root, workdir)
         tried.append(moment)
         assert not (workdir / "summary.json").exists()
     assert tried == [m for m, _ in TRAIN_KILLS]
-    summary = _train_again(root, workdir)
+    summary = support.train_again(root, workdir)
     assert summary["resumed_from"] == 3
-    _assert_same_training(workdir, summary, trained)
+    support.assert_same_training(workdir, summary, trained)
 
 
-def _largest(directory):
-    files = [p for p in directory.rglob("*") if p.is_file()]
-    return max(files, key=lambda p: p.stat().st_size)
-
-
-CHECKPOINT_FILES = {  # files of a checkpoint that Orbax reads
-    "array-chunk": lambda step: _largest(step / "state" / "d"),
-    "array-metadata": lambda step: step / "state" / "_METADATA",
-    "run-json": lambda step: step / "run" / "metadata",
-}
 # Each resume retrains (seconds), so two: the newest checkpoint torn (the one before is used),
 # then both torn (the run starts over); every part and every mode once.
 TORN_CHECKPOINTS = {
@@ -499,15 +385,15 @@ def test_a_torn_checkpoint_is_named_moved_aside_and_the_one_before_used(
     (workdir / "summary.json").unlink()  # as if killed before the end
     torn, resumed_from = TORN_CHECKPOINTS[case]
     for step, (part, mode) in torn.items():
-        damage(CHECKPOINT_FILES[part](workdir / "checkpoints" / str(step)), mode)
+        damage(support.CHECKPOINT_FILES[part](workdir / "checkpoints" / str(step)), mode)
     capsys.readouterr()
-    summary = _train_again(root, workdir)
+    summary = support.train_again(root, workdir)
     out = capsys.readouterr().out
     for step in torn:
         assert out.count(f"checkpoints/{step} is damaged") == 1, out
         assert (workdir / "damaged_checkpoints" / str(step)).is_dir()
     assert summary["resumed_from"] == resumed_from
-    _assert_same_training(workdir, summary, trained)
+    support.assert_same_training(workdir, summary, trained)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -545,42 +431,8 @@ STUDY_KILLS = (  # one workdir, killed at each in turn, each run resuming the on
 
 @pytest.fixture
 def fake_stages(tmp_path, monkeypatch):
-    """(study config, {stage: workdirs it ran in}): `train.run` and `evaluate.run` replaced by
-    stand-ins whose figures depend on the seed; the base model a bare model.json."""
-    import test_study
-
-    from hpm_jax import evaluate, train
-
-    base = tmp_path / "at_model"
-    base.mkdir()
-    (base / "model.json").write_text('{"arch": "small_cnn", "kwargs": {}}')
-    ran = {"train": [], "eval": []}
-
-    def fake_train(config, workdir):
-        ran["train"].append(workdir)
-        os.makedirs(os.path.join(workdir, "model"), exist_ok=True)
-        integrity.write_bytes(os.path.join(workdir, "model", "model.json"), b"{}")
-        summary = {"eval_pgd_accuracy": 0.25 + 0.01 * config.seed}
-        integrity.write_json(os.path.join(workdir, train.SUMMARY), summary)
-        return summary
-
-    def fake_evaluate(config, checkpoint, workdir, log=None):
-        ran["eval"].append(workdir)
-        ev, acc = config.evaluation, 0.5 + 0.01 * config.seed
-        report = {
-            "num_examples": ev.num_examples, "dataset": config.dataset.name,
-            "split": config.dataset.eval_split, "batch_size": ev.batch_size,
-            "settings": json.loads(ev.to_json()),
-            "heads": {"hpm": {"clean_accuracy": acc, "msa": {"robust_accuracy": acc / 2,
-                      "per_surrogate": {"fc": acc / 2, "ste": acc / 2}}}},
-        }  # fmt: skip
-        os.makedirs(workdir, exist_ok=True)
-        integrity.write_json(os.path.join(workdir, evaluate.REPORT), report)
-        return report
-
-    monkeypatch.setattr(train, "run", fake_train)
-    monkeypatch.setattr(evaluate, "run", fake_evaluate)
-    return test_study._config(str(base), ["study.baseline=False"]), ran
+    """(study config, {stage: workdirs it ran in}), `crash_support.fake_stages`."""
+    return support.fake_stages(tmp_path, monkeypatch)
 
 
 def _table(config, workdir, log=None):
