@@ -9,21 +9,31 @@ truncated (half the bytes), zeroed (same size, all zero), garbage (same size, ra
 edited (valid JSON, one value changed: the checksum's job), missing.
 
 Kill moments tried (ids):
-- AutoAttack chain (library, every occurrence of each): state-json/prev/image x
-  before/after the replace, and inside-attack (an attack call raises mid-batch)
+- AutoAttack chain (library): state-json / prev / image x before / after the replace, each
+  at its 1st, 2nd, middle and last write; inside-attack (an attack call raises mid-batch,
+  in the first and a middle batch of the last attack)
 - evaluation with MSA on an HPM model: identity-after, msa-image-after, msa-prev-after,
   npz-before, report-before
-- training: during-step-3 (after checkpoint 2), final-model, summary-before
-- study: point-json-after, in the point's evaluation (tests/test_study.py kills there too)
+- training, in turn on one workdir: during-step-3 (after checkpoint 2), final-model,
+  summary-before
+- study, in turn on one workdir: point-json-after, train-summary-before, eval-report-before,
+  study-json-before (its bookkeeping, with stand-in stages; tests/test_study.py kills a
+  real one inside a point's evaluation)
 
-File kinds torn (ids): AutoAttack per-batch image .npy (recomputed: that batch alone), its
-state JSON (the .prev copy: one batch redone), both JSON copies (the attack starts afresh);
-evaluation.json (one line: damaged, what to do; exit 2 from hpm-evaluate), adversarial/*.npz
-(rewritten), the MSA state and images inside a real evaluation; training checkpoints (the
-one before is used), metrics.jsonl (damaged lines dropped), summary.json / model.json /
-analysis / report markers of the demo and the study (the stage runs again, resumed);
-point.json (one line: damaged, what to do). ENOSPC during a state write: the previous state
-intact, one line, and the run resumes when space is back.
+File kinds torn (ids name kind and mode):
+- AutoAttack per-batch image .npy, truncated/zeroed/garbage/missing: named, that batch
+  alone recomputed; its state JSON (+ edited): the .prev copy, one batch redone; both JSON
+  copies: the attack starts afresh, named
+- evaluation.json (+ edited): one line, damaged and what to do, nothing touched; exit 2 and
+  one line from hpm-evaluate; MSA images, MSA and FC state JSON, MSA and FC adversarial
+  .npz in a real evaluation, each in every mode: the same report
+- training checkpoints (array chunk, array metadata, run JSON; every mode): named, moved
+  aside, the one before used (or step 0); metrics.jsonl lines: named and dropped
+- study point.json (+ edited): one line, damaged and what to do; its eval/report.json and
+  train/summary.json: that stage alone again; the demo's training summary.json and
+  model/model.json, analysis and evaluation markers: the stage again
+- ENOSPC inside a write: the previous copy intact, no temp file left, one line (exit 2
+  from the programs), and the run resumes to the same report
 """
 
 from __future__ import annotations
