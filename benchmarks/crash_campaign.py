@@ -203,8 +203,12 @@ def torn_training(root: Path, ctx: dict, per_kind: int, rng) -> tuple[int, int]:
     config = config_lib.load_config(CONFIG, TRAIN)
     reference = root / "train_ref"
     newest = max((reference / "checkpoints").iterdir(), key=lambda p: int(p.name))
+    # The files Orbax reads back (its other files, e.g. _CHECKPOINT_METADATA and the
+    # per-process OCDBT leftovers, are not read: tearing them changes nothing).
+    read = ["state/_METADATA", "state/_sharding", "state/manifest.ocdbt", "run/metadata",
+            "state/array_metadatas/process_0"]  # fmt: skip
     kinds = {
-        "checkpoint-file": [p for p in newest.rglob("*") if p.is_file()],
+        "checkpoint-file": [newest / r for r in read] + list((newest / "state" / "d").iterdir()),
         "metrics": [reference / "metrics.jsonl"],
     }
     tried = handled = 0
