@@ -6,7 +6,8 @@
 
 On Fashion-MNIST (the Debian package's files offline, TFDS when prepared), five stages, each
 in its own directory of WORKDIR and skipped when its output is already there (so a killed
-demo started again resumes; the two training stages also resume from their checkpoints):
+demo started again resumes; the two training stages also resume from their checkpoints; a
+damaged "done" file is named and its stage runs again, resumed):
 
 1. `at/`: PGD-AT of the small CNN with the FC head (`hpm_jax.train.run`, the config as given).
 2. `hpm/`: HPM fine-tuning of that model (the config's `:hpm` variant, init.checkpoint =
@@ -26,7 +27,6 @@ evaluation of training on 1000 images).
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -34,7 +34,7 @@ from typing import Any
 
 import ml_collections
 
-from hpm_jax import config_lib, evaluate, reports
+from hpm_jax import config_lib, evaluate, integrity, reports
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "fashion_mnist.py")
 SUMMARY = "summary.json"
@@ -78,26 +78,29 @@ def check_settings(config: ml_collections.ConfigDict) -> None:
         )
 
 
-def _done(directory: str, marker: str) -> bool:
-    return os.path.isfile(os.path.join(directory, marker))
+def _marker(directory: str, name: str, log) -> dict[str, Any] | None:
+    """The content of a stage's "done" file, or None when it is absent or damaged (named in
+    one line: the stage then runs again, resuming from its own state)."""
+    what = "the stage runs again (it resumes from its own state)"
+    return integrity.read_json_or_none(os.path.join(directory, name), log, what)
 
 
 def _train(config, directory: str, log) -> dict[str, Any]:
     from hpm_jax import train  # jax and the training stack, imported on use
 
-    if _done(directory, train.SUMMARY) and _done(directory, "model/model.json"):
+    summary = _marker(directory, train.SUMMARY, log)
+    if summary is not None and _marker(directory, "model/model.json", log) is not None:
         log(f"[demo] {directory} is complete; skipped.")
-        with open(os.path.join(directory, train.SUMMARY)) as f:
-            return json.load(f)
+        return summary
     return train.run(config, directory)
 
 
 def _analysis(config, checkpoint: str, directory: str, log) -> dict[str, Any]:
     """The sensitivity analysis of the HPM model on the evaluation points and batches."""
-    if _done(directory, "summary.json"):
+    done = _marker(directory, "summary.json", log)
+    if done is not None:
         log(f"[demo] {directory} is complete; skipped.")
-        with open(os.path.join(directory, "summary.json")) as f:
-            return json.load(f)
+        return done
     import jax.numpy as jnp
 
     from hpm_jax import analysis
@@ -121,8 +124,7 @@ def _analysis(config, checkpoint: str, directory: str, log) -> dict[str, Any]:
     summary = result["summary"]
     summary.update(checkpoint=checkpoint, batch_size=batch_size, num_examples=n)
     analysis.write_figures(result, directory)
-    with open(os.path.join(directory, "summary.json"), "w") as f:  # last: marks it complete
-        json.dump(summary, f, indent=2)
+    integrity.write_json(os.path.join(directory, "summary.json"), summary, indent=2)  # last
     return summary
 
 
@@ -178,10 +180,10 @@ def run(
         log(line)
 
     def run_eval():
-        if _done(dirs["eval"], evaluate.REPORT):
+        done = _marker(dirs["eval"], evaluate.REPORT, log)
+        if done is not None:
             log(f"[demo] {dirs['eval']} is complete; skipped.")
-            with open(os.path.join(dirs["eval"], evaluate.REPORT)) as f:
-                return json.load(f)
+            return done
         return evaluate.run(at_config, hpm_model, dirs["eval"], log=log)
 
     report = stage("eval", "AutoAttack on FC and l2-EMA, MSA on HPM", run_eval)
@@ -205,8 +207,7 @@ def run(
         "stage_seconds": seconds,  # this invocation; a skipped stage takes ~0
         "total_seconds": round(time.perf_counter() - start, 1),
     }
-    with open(os.path.join(workdir, SUMMARY), "w") as f:
-        json.dump(summary, f, indent=2)
+    integrity.write_json(os.path.join(workdir, SUMMARY), summary, indent=2)
     log("\n" + reports.table(report))
     log(f"report: {summary['report']}\nsummary: {summary['summary_md']}")
     log("plots: " + ", ".join(summary["plots"]))

@@ -39,7 +39,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from hpm_jax import config_sections, evaluation_log, models, provenance
+from hpm_jax import config_sections, evaluation_log, integrity, models, provenance
 from hpm_jax.attacks.resume import data_hash
 from hpm_jax.evaluation_attacks import AttackRunner, attack_list, clean_accuracy  # noqa: F401
 from hpm_jax.evaluation_data import (  # noqa: F401  (re-exported: evaluate.load_eval_data etc.)
@@ -371,10 +371,9 @@ def _write(report: dict[str, Any], rb_info: Any, workdir: str, log) -> None:
         from hpm_jax.zoo import evaluation as rb_eval
 
         report["robustbench"] = rb_eval.model_info(rb_info, report)
-        with open(os.path.join(workdir, MODEL_INFO), "w") as f:
-            json.dump(report["robustbench"], f, indent=2)
-    with open(os.path.join(workdir, REPORT), "w") as f:
-        json.dump(report, f, indent=1)
+        integrity.write_json(os.path.join(workdir, MODEL_INFO), report["robustbench"], indent=2)
+    # Atomic, with a checksum: the demo and the study take it as "this evaluation is done".
+    integrity.write_json(os.path.join(workdir, REPORT), report)
     report["files"] = reports.write_all(report, workdir)
     if evaluation_log.write_tensorboard(report, workdir) is None:
         log("[evaluate] tensorboardX is not installed: no TensorBoard record (the 'train' extra)")

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from hpm_jax import integrity
 from hpm_jax.attacks import AutoAttack, contract, mixed_surrogate_attack, versions
 from hpm_jax.evaluation_workdir import ADV_DIR, STATE_DIR
 from hpm_jax.xla_options import jit
@@ -80,8 +81,11 @@ class AttackRunner:
         return os.path.join(self.workdir, STATE_DIR, f"{name}.json")
 
     def _save(self, name: str, x_adv: np.ndarray, robust: np.ndarray) -> None:
+        # Atomic: a kill leaves the old file or the new one. A zip checks itself (its
+        # directory is at the end, a CRC per member), so no checksum is added.
         path = os.path.join(self.workdir, ADV_DIR, f"{name}.npz")
-        np.savez_compressed(path, x_adv=x_adv, robust=np.asarray(robust, bool))
+        with integrity.atomic_file(path) as f:
+            np.savez_compressed(f, x_adv=x_adv, robust=np.asarray(robust, bool))
 
     def _options(self, attacks: str | list[str]) -> dict[str, Any]:
         opts = _plain(self.ev.attack_options)

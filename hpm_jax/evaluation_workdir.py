@@ -5,7 +5,9 @@
 
 WORKDIR/state/evaluation.json records the identity of the evaluation the state files belong
 to; an evaluation of another checkpoint, data or settings is an `EvaluationSetupError` naming
-what changed, before anything is touched.
+what changed, before anything is touched. It is written atomically with a checksum; a
+damaged copy is an `integrity.DamagedFileError` saying so and what to do (the programs: one
+line, exit 2), never taken for another evaluation.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import json
 import os
 from typing import Any
 
-from hpm_jax import evaluation_log
+from hpm_jax import evaluation_log, integrity
 from hpm_jax.evaluation_data import EvaluationSetupError
 
 REPORT, SUMMARY, STATE_DIR, ADV_DIR = "report.json", "summary.md", "state", "adversarial"
@@ -34,12 +36,14 @@ def prepare_workdir(workdir: str, identity: dict[str, Any], *, overwrite: bool =
     path = os.path.join(workdir, STATE_DIR, IDENTITY)
     current = json.loads(json.dumps(identity))
     stored = None
-    if os.path.isfile(path):
-        with open(path) as f:
-            try:
-                stored = json.load(f)
-            except json.JSONDecodeError:
-                stored = {}
+    if os.path.isfile(path) and not overwrite:
+        stored = integrity.read_json(
+            path,
+            fix=f"it records which checkpoint, data and settings the state in {workdir} belongs "
+            "to. If that is this evaluation, delete the file and run again: it resumes (each "
+            "attack's state still checks the data and settings). Else pass --overwrite "
+            "(run(..., overwrite=True)) to start afresh, or use another --workdir",
+        )
     if stored is not None and stored != current and not overwrite:
         changed = _differences(stored, current)
         raise EvaluationSetupError(
@@ -57,10 +61,7 @@ def prepare_workdir(workdir: str, identity: dict[str, Any], *, overwrite: bool =
         stored = None
     if stored is None:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(current, f, indent=1)
-        os.replace(tmp, path)
+        integrity.write_json(path, current)
 
 
 def _differences(stored: Any, current: Any, prefix: str = "") -> list[str]:

@@ -22,6 +22,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from hpm_jax import integrity
 from hpm_jax.models import Classifier, abstract_variables, get_model
 
 MODEL_SPEC = "model.json"
@@ -89,9 +90,10 @@ def save_model(directory: str, variables: Any, *, arch: str, **model_kwargs: Any
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(target, variables)
     checkpointer.wait_until_finished()
-    # The description goes last: a directory with model.json always has whole variables.
-    with open(os.path.join(directory, MODEL_SPEC), "w") as f:
-        f.write(spec)
+    # The description goes last, atomically: a directory with model.json always has whole
+    # variables, and a prefix of model.json never parses (no checksum inside: it is part of
+    # an evaluation's model identity, and other tools read it).
+    integrity.write_bytes(os.path.join(directory, MODEL_SPEC), spec.encode())
     return directory
 
 
@@ -102,8 +104,10 @@ def model_from_spec(directory: str) -> tuple[Classifier, dict[str, Any]]:
             f"{directory} is not an hpm-jax model checkpoint (no {MODEL_SPEC}); write one with "
             "`python -m hpm_jax.convert` or hpm_jax.model_export.save_model."
         )
-    with open(path) as f:
-        spec = json.load(f)
+    spec = integrity.read_json(
+        path,
+        fix="write the model again (hpm_jax.train resumes from its checkpoints) or restore it",
+    )
     return get_model(spec["arch"], **spec["kwargs"]), spec
 
 

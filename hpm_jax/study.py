@@ -23,8 +23,10 @@ resolved config), `train/` (`hpm_jax.train.run` from `init.checkpoint`) and `eva
 (`hpm_jax.evaluate.run`: AutoAttack on the fine-tuned model's FC and l2-EMA heads, MSA on
 HPM). WORKDIR/baseline/ is AutoAttack on `init.checkpoint` itself, the FC baseline. A point
 whose eval/report.json exists is skipped; a killed study started again continues where it
-was (training and evaluation resume from their own state). Changing a point's overrides under
-the same name is an error (rename the point or delete its directory). The results:
+was (training and evaluation resume from their own state; a damaged point.json is named with
+what to do, a damaged report.json or train/summary.json runs that stage again, resumed).
+Changing a point's overrides under the same name is an error (rename the point or delete
+its directory). The results:
 WORKDIR/study.json, study.md (mean and a 95% Student-t interval over seeds of each figure,
 and each point's difference to the `default` point paired by seed) and study.png (clean vs
 MSA robust accuracy, FC baseline marked).
@@ -43,7 +45,7 @@ from typing import Any
 
 import ml_collections
 
-from hpm_jax import config_lib, evaluate
+from hpm_jax import config_lib, evaluate, integrity
 from hpm_jax.study_report import (  # noqa: F401  (re-exported: study.interval etc.)
     REFERENCE,
     STUDY_JSON,
@@ -207,8 +209,12 @@ def _check_point(directory: str, record: dict[str, Any]) -> None:
     path = os.path.join(directory, POINT_JSON)
     record = json.loads(json.dumps(record))
     if os.path.isfile(path):
-        with open(path) as f:
-            stored = json.load(f)
+        stored = integrity.read_json(
+            path,
+            fix="it records which point and seed the directory holds. If it is this one, "
+            "delete the file and run again (training and evaluation resume, checking their own "
+            "settings); else delete the directory",
+        )
         changed = _changed(stored, record)
         if changed:
             raise StudyError(
@@ -218,9 +224,7 @@ def _check_point(directory: str, record: dict[str, Any]) -> None:
             )
         return
     os.makedirs(directory, exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(record, f, indent=1)
-    os.replace(path + ".tmp", path)
+    integrity.write_json(path, record)
 
 
 def run_point(config: ml_collections.ConfigDict, directory: str, log: Callable) -> dict:
@@ -230,20 +234,22 @@ def run_point(config: ml_collections.ConfigDict, directory: str, log: Callable) 
     report_path = os.path.join(directory, "eval", evaluate.REPORT)
     model_dir = os.path.join(directory, "train", train.MODEL_DIR)
     seconds = {}
-    if not os.path.isfile(report_path):
-        if not os.path.isfile(os.path.join(directory, "train", train.SUMMARY)):
-            t0 = time.perf_counter()
-            train.run(config, os.path.join(directory, "train"))
-            seconds["train"] = round(time.perf_counter() - t0, 1)
+    # The two markers of a finished point; a damaged one is named and its stage runs again,
+    # resuming from its own state (the checkpoints, the attacks' state files).
+    report = integrity.read_json_or_none(report_path, log, "the evaluation runs again (resumed)")
+    trained = integrity.read_json_or_none(
+        os.path.join(directory, "train", train.SUMMARY), log, "the training runs again (resumed)"
+    )
+    if trained is None:  # written after the model: with it, the model is whole
         t0 = time.perf_counter()
-        evaluate.run(config, model_dir, os.path.join(directory, "eval"), log=log)
+        trained = train.run(config, os.path.join(directory, "train"))
+        seconds["train"] = round(time.perf_counter() - t0, 1)
+    if report is None:
+        t0 = time.perf_counter()
+        report = evaluate.run(config, model_dir, os.path.join(directory, "eval"), log=log)
         seconds["eval"] = round(time.perf_counter() - t0, 1)
-    else:
+    elif not seconds:
         log(f"[study] {directory} is complete; skipped.")
-    with open(report_path) as f:
-        report = json.load(f)
-    with open(os.path.join(directory, "train", train.SUMMARY)) as f:
-        trained = json.load(f)
     out = _figures(report)
     out["train_pgd_accuracy"] = trained.get("eval_pgd_accuracy")  # the held-out PGD of train
     out["settings"] = _settings(report)
@@ -294,10 +300,10 @@ def run(
         log(f"\n[study] FC baseline: AutoAttack on {checkpoint}")
         t0 = time.perf_counter()
         base_dir = os.path.join(workdir, "baseline")
-        if os.path.isfile(os.path.join(base_dir, evaluate.REPORT)):
-            with open(os.path.join(base_dir, evaluate.REPORT)) as f:
-                report = json.load(f)
-        else:
+        report = integrity.read_json_or_none(
+            os.path.join(base_dir, evaluate.REPORT), log, "the evaluation runs again (resumed)"
+        )
+        if report is None:
             base_config = copy.deepcopy(configs[names[0], seeds[0]])
             report = evaluate.run(base_config, checkpoint, base_dir, log=log)
         fc = report["heads"]["fc"]

@@ -10,13 +10,14 @@ intervals over seeds, the markdown table and the clean-vs-robust plot.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from hpm_jax import integrity
 
 STUDY_JSON, STUDY_MD, STUDY_PNG = "study.json", "study.md", "study.png"
 REFERENCE = "default"  # the point the others are compared with, when the study has one
@@ -181,9 +182,7 @@ def write(table: dict[str, Any], workdir: str) -> dict[str, str]:
         k: os.path.join(workdir, f)
         for k, f in (("json", STUDY_JSON), ("md", STUDY_MD), ("png", STUDY_PNG))
     }
-    with open(paths["json"], "w") as f:
-        json.dump(table, f, indent=1)
-    with open(paths["md"], "w") as f:
-        f.write(markdown(table))
+    integrity.write_json(paths["json"], table)
+    integrity.write_bytes(paths["md"], markdown(table).encode())
     plot(table, paths["png"])
     return paths

@@ -32,7 +32,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
-from hpm_jax import config_sections, data, progress
+from hpm_jax import config_sections, data, integrity, progress
 from hpm_jax.model_export import CheckpointMismatchError, save_model
 from hpm_jax.models import abstract_variables, judge_mode
 from hpm_jax.sharding import check_batch_divisible, data_sharding, make_mesh, replicated
@@ -366,9 +366,8 @@ def _train(
         **last_eval,
         "model_dir": model_dir,
     }
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, SUMMARY), "w") as f:
-            json.dump(summary, f, indent=2)
+    if jax.process_index() == 0:  # atomic, checksummed: the demo and study's "done" marker
+        integrity.write_json(os.path.join(workdir, SUMMARY), summary, indent=2)
     return summary
 
 
@@ -384,7 +383,16 @@ def _initial_state(
     state from `model_init.initial_variables`, replicated over the mesh."""
     use_ema = config.train.ema_decay > 0
     rep = replicated(mesh)
-    start = checkpoints.latest_step()
+    start = stored = None
+    if checkpoints.latest_step() is not None:
+        abstract = jax.eval_shape(
+            lambda v: state_lib.create_state(v, setup.optimizer, ema=use_ema),
+            abstract_variables(setup.model),
+        )
+        abstract = jax.tree.map(
+            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), abstract
+        )
+        start, state, stored = checkpoints.restore_latest(abstract, run_info, log=_print)
     if start is None:
         variables = model_init.initial_variables(
             setup.model, config, train_source=train_source, mesh=mesh
@@ -394,15 +402,7 @@ def _initial_state(
             out_shardings=rep,
         )(_global(variables, rep))
         return 0, state
-    changed = checkpoints_lib.differences(checkpoints.run_info(start)["config"], run_info["config"])
-    abstract = jax.eval_shape(
-        lambda v: state_lib.create_state(v, setup.optimizer, ema=use_ema),
-        abstract_variables(setup.model),
-    )
-    abstract = jax.tree.map(
-        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), abstract
-    )
-    state = checkpoints.restore(start, abstract, run_info)
+    changed = checkpoints_lib.differences(stored["config"], run_info["config"])
     _print(f"Resuming from {checkpoints.directory} at step {start}.")
     if changed:
         _print("  config changes since that checkpoint:\n    " + "\n    ".join(changed))

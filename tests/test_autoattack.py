@@ -376,13 +376,14 @@ def test_a_state_file_of_another_evaluation_is_refused(tmp_path):
     with pytest.raises(StateMismatchError, match=r"classifies \d+ clean points differently"):
         AutoAttack(other_model, eps=EPS, version=shift_chain(), bucket_sizes=SIZES, log=None,
                    run_checks=False).run(x, y, batch_size=8, state_path=state)  # fmt: skip
+    # Damage is not another evaluation: a lost image file is recomputed, a torn state file
+    # replaced by its previous copy (tests/test_crash_campaign.py tries every kind).
+    expected = run(x, y)
     image = next((tmp_path / "s.json.adv").iterdir())
     image.unlink()
-    with pytest.raises(StateMismatchError, match="is missing"):
-        run(x, y, state_path=state)
+    assert_same_report(run(x, y, state_path=state), expected)
     state.write_text("{not json")
-    with pytest.raises(StateMismatchError, match="cannot be read"):
-        run(x, y, state_path=state)
+    assert_same_report(run(x, y, state_path=state), expected)
 
 
 # ------------------------------------------------------------------ compilations and devices

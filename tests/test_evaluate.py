@@ -7,7 +7,6 @@ defense), the written summary.md and PNGs, that an evaluation interrupted midway
 raised from its log hook inside MSA) resumes to the same report, and the errors.
 """
 
-import json
 import os
 
 import jax
@@ -16,7 +15,7 @@ import numpy as np
 import optax
 import pytest
 
-from hpm_jax import config_lib, data, evaluate
+from hpm_jax import config_lib, data, evaluate, integrity
 from hpm_jax.data import offline
 from hpm_jax.model_export import save_model
 from hpm_jax.models import get_model
@@ -156,8 +155,10 @@ def test_report_fields_and_consistency(evaluated):
     assert set(fc["flagged"]) <= {"square"}, fc["flagged"]
     after = fc["robust_accuracy_after"]
     assert ("square" in fc["flagged"]) == (after["apgd-ce"] - after["square"] > 0.002)
-    with open(workdir / "report.json") as f:
-        assert json.load(f) == {k: v for k, v in report.items() if k != "files"}
+    # The file as written, its checksum checked (and left out).
+    assert integrity.read_json(workdir / "report.json") == {
+        k: v for k, v in report.items() if k != "files"
+    }
 
 
 def _section(name, kind):

@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import pytest
 
-from hpm_jax import provenance
+from hpm_jax import integrity, provenance
 from hpm_jax.zoo import evaluation as rb_eval
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -75,8 +75,7 @@ def test_robustbench_report_fields_and_provenance(evaluated):
     assert info["clean_acc"] == f"{round(100 * row['clean_accuracy'], 2)}"
     assert info["autoattack_acc"] == f"{round(100 * row['autoattack']['robust_accuracy'], 2)}"
     assert info["leaderboard"]["clean_acc"] == 79.84
-    with open(workdir / "model_info.json") as f:
-        assert json.load(f) == info
+    assert integrity.read_json(workdir / "model_info.json") == info  # its checksum checked
     prov = report["provenance"]
     assert set(prov["versions"]) >= {"jax", "jaxlib", "flax", "hpm-jax", "numpy"}
     assert prov["versions"]["hpm-jax"] != "absent"

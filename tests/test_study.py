@@ -145,6 +145,7 @@ def test_study_runs_resumes_after_a_kill_and_after_a_deleted_point(
     with open(point) as f:
         record = json.load(f)
     del record["config"]["evaluation"]["surrogates"]
+    del record["checksum"]  # as that older hpm-jax wrote it (an edited copy reads as damaged)
     with open(point, "w") as f:
         json.dump(record, f)
     assert _rows(study.run(config, workdir, log=None)) == _rows(table)

@@ -33,7 +33,7 @@ from test_train_support import (
     tiny_overrides,
 )
 
-from hpm_jax import data, train
+from hpm_jax import data, integrity, train
 from hpm_jax.config_lib import load_config
 from hpm_jax.model_export import load_model
 from hpm_jax.sharding import make_mesh
@@ -139,8 +139,7 @@ def _check_run(workdir, summary, objective, head, steps=STEPS):
 def test_pgd_at_with_fc_head(fc_run):
     workdir, _, summary = fc_run
     _check_run(workdir, summary, "pgd_at", "fc")
-    with open(os.path.join(workdir, "summary.json")) as f:
-        assert json.load(f) == summary
+    assert integrity.read_json(os.path.join(workdir, "summary.json")) == summary  # checksum checked
 
 
 def test_trades_with_hpm_head_and_weight_averaging(reference):

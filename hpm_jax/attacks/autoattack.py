@@ -362,7 +362,9 @@ class AutoAttack:
             raise ValueError(f"x must hold at least one image, got shape {x.shape}.")
         _check_data(x, y, self.norm, self.eps, self.num_classes)
         plan = self._plan(x, y, batch_size)
-        store = StateStore(state_path) if state_path is not None else None
+        store = None
+        if state_path is not None:  # notes on damaged state files go where the log goes
+            store = StateStore(state_path, log=lambda m: self._log(m, logging.WARNING))
         state = store.load(plan.fingerprint) if store is not None else None
 
         self._log(f"using {self.version} version including {', '.join(plan.names)}.")
@@ -381,7 +383,7 @@ class AutoAttack:
             self._log(f"initial accuracy: {clean.mean():.2%}")
             x_adv = x.copy()
         else:
-            x_adv = self._restore(state, store, clean, x, plan)
+            x_adv = self._restore(state, store, clean, x, y, plan)
 
         for a, spec in enumerate(plan.specs):
             if state.batches_done.get(spec.name, 0) == len(plan.batches):
@@ -453,7 +455,7 @@ class AutoAttack:
             num_devices=int(n_dev),
         )
 
-    def _restore(self, state, store, clean, x, plan) -> np.ndarray:
+    def _restore(self, state, store, clean, x, y, plan) -> np.ndarray:
         changed = int((clean != state.clean).sum())
         if changed and not self.randomized:
             raise StateMismatchError(
@@ -466,7 +468,14 @@ class AutoAttack:
             self._log(f"{', '.join(done)} was/were already run.")
         self._log(f"initial clean accuracy: {state.clean.mean():.2%}")
         self._log(f"robust accuracy at the time of restoring the state: {state.robust.mean():.2%}")
-        return store.load_images(state, x)
+        x_adv = store.load_images(state, x)
+
+        def compute(a: int, b: int, robust: np.ndarray):  # a damaged (attack, batch): again
+            _, broken, images = self._break(a, plan.specs[a], b, x, y, robust, plan)
+            return broken, images
+
+        store.recompute_damaged(state, x_adv, compute)
+        return x_adv
 
     def _skip_rest(self, state, store, rest: list[AttackSpec], n_batches: int) -> None:
         self._log("no robust datapoints left, skipping remaining attacks")
@@ -491,11 +500,35 @@ class AutoAttack:
     def _attack_batch(self, a, spec, b, x, y, x_adv, state, store, plan) -> None:
         """Attack the robust points of batch b with attack a, in one bucket; scatter back."""
         t0 = time.perf_counter()
+        n_robust, broken, images = self._break(a, spec, b, x, y, state.robust, plan)
+        n_broken = broken.size
+        if n_broken:
+            x_adv[broken] = images
+            state.robust[broken] = False
+            if store is not None:
+                store.save_images(state, attack=a, batch=b, indices=broken, images=images)
+        state.batches_done[spec.name] = b + 1
+        state.times[spec.name] = state.times.get(spec.name, 0.0) + time.perf_counter() - t0
+        if b + 1 == len(plan.batches):
+            state.accuracy_after[spec.name] = float(state.robust.mean())
+        if store is not None:
+            store.save(state)
+        self._log(
+            f"{spec.name} - {b + 1}/{len(plan.batches)} - {n_broken} out of {n_robust} "
+            "successfully perturbed"
+        )
+        if self.on_progress is not None:
+            self.on_progress(spec.name, b, len(plan.batches))
+
+    def _break(self, a, spec, b, x, y, robust, plan):
+        """(robust points of batch b before, indices attack a breaks there, their images):
+        attack a on batch b given the per-sample flags `robust`, in one bucket."""
         idx = plan.batches[b]
-        n_robust = int(state.robust[idx].sum())
+        n_robust = int(robust[idx].sum())
         if self.compact:
-            idx = idx[state.robust[idx]]
-        n_broken = 0
+            idx = idx[robust[idx]]
+        broken = np.zeros(0, np.int64)
+        images = x[:0]
         if n_robust:
             bucket = self._rows(idx, plan.sizes)
             key = jax.random.fold_in(jax.random.fold_in(self._root_key(), a), b)
@@ -517,27 +550,10 @@ class AutoAttack:
                                           randomized=True)  # fmt: skip
             # Only the first bucket.n rows are real points; the padding is never read.
             # Newly broken only: a point already broken keeps its first adversarial image.
-            newly = ~_to_host(robust_b)[: bucket.n].astype(bool) & state.robust[idx]
+            newly = ~_to_host(robust_b)[: bucket.n].astype(bool) & robust[idx]
             broken = bucket.real_index[newly]
-            n_broken = broken.size
-            if n_broken:
-                images = _to_host(res.x_adv)[: bucket.n][newly].astype(x.dtype)
-                x_adv[broken] = images
-                state.robust[broken] = False
-                if store is not None:
-                    store.save_images(state, attack=a, batch=b, indices=broken, images=images)
-        state.batches_done[spec.name] = b + 1
-        state.times[spec.name] = state.times.get(spec.name, 0.0) + time.perf_counter() - t0
-        if b + 1 == len(plan.batches):
-            state.accuracy_after[spec.name] = float(state.robust.mean())
-        if store is not None:
-            store.save(state)
-        self._log(
-            f"{spec.name} - {b + 1}/{len(plan.batches)} - {n_broken} out of {n_robust} "
-            "successfully perturbed"
-        )
-        if self.on_progress is not None:
-            self.on_progress(spec.name, b, len(plan.batches))
+            images = _to_host(res.x_adv)[: bucket.n][newly].astype(x.dtype)
+        return n_robust, broken, images
 
     def _report(self, x, y, x_adv, state, plan, results) -> AutoAttackReport:
         """Re-judge x_adv in the original batches, run the closing checks, log, report."""

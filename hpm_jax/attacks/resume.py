@@ -1,35 +1,47 @@
 """The resumable state of an AutoAttack run: a JSON file plus the adversarial images beside it.
 
-    store = StateStore("eval/aa_state.json")
+    store = StateStore("eval/aa_state.json", log=print)
     state = store.load(fingerprint)          # None when absent; StateMismatchError when the
                                              # file belongs to another evaluation
     state = ChainState.new(fingerprint, clean=flags)
     store.save_images(state, attack=0, batch=3, indices=ids, images=x_adv[ids])
     state.batches_done["apgd-ce"] = 4
-    store.save(state)                        # atomic: temp file + os.replace
+    store.save(state)                        # atomic: temp file, fsync, os.replace
     x_adv = store.load_images(state, x)      # x with every saved adversarial image put back
+    store.recompute_damaged(state, x_adv, compute)   # the batches whose images were damaged
 
 The JSON holds the fingerprint of the evaluation (data hash and configuration), the clean and
 current per-sample robust flags, the number of batches done per attack, the accuracies and
-times, and the list of saved image files. Each (attack, batch) that broke points writes one
-`.npy` of just those images into the directory `<state>.adv/` (written atomically, before the
-JSON that lists it), so a save costs the new adversarial images, never the whole dataset.
-A kill at any moment leaves a JSON that lists only complete files; the (attack, batch) that
-was running is redone on resume, with the same randomness, so the result is unchanged.
+times, and the list of saved image files with their sha256. Each (attack, batch) that broke
+points writes one `.npy` of just those images into the directory `<state>.adv/` (written
+atomically, before the JSON that lists it), so a save costs the new adversarial images, never
+the whole dataset. A kill at any moment leaves a JSON that lists only complete files; the
+(attack, batch) that was running is redone on resume, with the same randomness, so the
+result is unchanged.
+
+Damage from outside (a disk or copy fault, a partial sync, a hand edit) is told apart by
+checksums (`hpm_jax.integrity`) and named in one line to `log`: an image file is a cache, so
+`load_images` sets its entry aside (`state.damaged`) and `recompute_damaged` runs that one
+(attack, batch) again; a damaged JSON falls back to `<state>.prev`, the copy saved one batch
+earlier (that batch is then redone); with neither readable the attack starts afresh.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
+import logging
 import os
-import tempfile
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from hpm_jax import integrity
 
 FORMAT = "hpm_jax.autoattack/1"
 
@@ -68,6 +80,8 @@ class ChainState:
     times: dict[str, float] = dataclasses.field(default_factory=dict)
     images: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     resumed: bool = False
+    # Entries of `images` whose files were found damaged (`load_images`): to recompute.
+    damaged: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     @classmethod
     def new(cls, fingerprint: Mapping[str, Any], clean: np.ndarray) -> ChainState:
@@ -100,21 +114,6 @@ class ChainState:
         )
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temp file in the same directory and os.replace it into place, so the
-    file is either the old one or the complete new one, never half written."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _mismatches(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     keys = sorted(set(stored) | set(current))
     return [
@@ -124,37 +123,70 @@ def _mismatches(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[s
     ]
 
 
-class StateStore:
-    """Reads and writes one evaluation's state at `path` (JSON) and `<path>.adv/` (images)."""
+_IMAGE_FILE = re.compile(r"^attack(\d+)_batch(\d+)\.npy$")
 
-    def __init__(self, path: str | os.PathLike):
+
+def _entry_ids(entry: Mapping[str, Any]) -> tuple[int, int]:
+    """(attack, batch) of an image entry (entries written before they were recorded: from
+    the file name)."""
+    if "attack" in entry:
+        return int(entry["attack"]), int(entry["batch"])
+    match = _IMAGE_FILE.match(entry["file"])
+    if match is None:
+        raise StateMismatchError(f"image entry {entry['file']!r} names no attack and batch.")
+    return int(match.group(1)), int(match.group(2))
+
+
+Compute = Callable[[int, int, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+class StateStore:
+    """Reads and writes one evaluation's state at `path` (JSON) and `<path>.adv/` (images).
+    `log` receives the one-line notes on damaged files (default: the `hpm_jax.autoattack`
+    logger's warnings)."""
+
+    def __init__(self, path: str | os.PathLike, log: Callable[[str], Any] | None = None):
         self.path = Path(path)
+        self.prev = Path(str(self.path) + ".prev")
         self.image_dir = Path(str(self.path) + ".adv")
+        self.log = log or logging.getLogger("hpm_jax.autoattack").warning
 
     def load(self, fingerprint: Mapping[str, Any]) -> ChainState | None:
-        """The saved state, or None when there is none. Raises StateMismatchError naming the
-        differences when the file belongs to another evaluation."""
-        if not self.path.exists():
-            return None
-        try:
-            d = json.loads(self.path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
+        """The saved state, or None when there is none (or no undamaged copy: named in one
+        line). Raises StateMismatchError naming the differences when the file belongs to
+        another evaluation."""
+        found = False
+        for candidate in (self.path, self.prev):
+            if not candidate.exists():
+                continue
+            found = True
+            try:
+                d = integrity.read_json(candidate)
+            except (OSError, integrity.DamagedFileError) as e:
+                self.log(f"{candidate} is damaged ({getattr(e, 'reason', e)}); not used.")
+                continue
+            state = self._check(candidate, d, fingerprint)
+            if candidate == self.prev:
+                # The next save must not move the damaged copy over this good one.
+                self.path.unlink(missing_ok=True)
+                self.log(f"resuming from {self.prev}, saved a batch earlier: that batch is redone.")
+            return state
+        if found:
+            self.log(f"no undamaged copy of {self.path}: this attack starts afresh.")
+        return None
+
+    def _check(self, path: Path, d: dict[str, Any], fingerprint) -> ChainState:
+        if d.get("format") != FORMAT:
             raise StateMismatchError(
-                f"the AutoAttack state file {self.path} cannot be read ({e}); delete it to "
-                "start the evaluation afresh."
-            ) from e
-        if not isinstance(d, dict) or d.get("format") != FORMAT:
-            raise StateMismatchError(
-                f"{self.path} is not an hpm_jax AutoAttack state file (format "
-                f"{d.get('format') if isinstance(d, dict) else None!r}, expected {FORMAT!r}); "
-                "pass another state_path or delete the file."
+                f"{path} is not an hpm_jax AutoAttack state file (format {d.get('format')!r}, "
+                f"expected {FORMAT!r}); pass another state_path or delete the file."
             )
         # JSON turns tuples into lists; compare in that form.
         current = json.loads(json.dumps(dict(fingerprint)))
         problems = _mismatches(d["fingerprint"], current)
         if problems:
             raise StateMismatchError(
-                f"the AutoAttack state file {self.path} belongs to a different evaluation, so "
+                f"the AutoAttack state file {path} belongs to a different evaluation, so "
                 "resuming from it would give a wrong result:\n  "
                 + "\n  ".join(problems)
                 + "\nPass the same data and settings, or another state_path, or delete the file."
@@ -162,9 +194,9 @@ class StateStore:
         return ChainState.from_json(d)
 
     def save(self, state: ChainState) -> None:
+        """Write `state` atomically, the copy it replaces kept as `<path>.prev`."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(state.to_json(), indent=1).encode()
-        _atomic_write(self.path, lambda f: f.write(text))
+        integrity.write_json(self.path, state.to_json(), previous=self.prev)
 
     def save_images(
         self, state: ChainState, *, attack: int, batch: int, indices: np.ndarray, images
@@ -176,32 +208,75 @@ class StateStore:
             return
         self.image_dir.mkdir(parents=True, exist_ok=True)
         name = f"attack{attack}_batch{batch}.npy"
-        images = np.ascontiguousarray(images)
-        _atomic_write(self.image_dir / name, lambda f: np.save(f, images, allow_pickle=False))
-        state.images.append({"file": name, "indices": indices.tolist()})
+        digest = integrity.write_bytes(self.image_dir / name, integrity.npy_bytes(images))
+        state.images.append({"file": name, "attack": int(attack), "batch": int(batch),
+                             "indices": indices.tolist(), "sha256": digest})  # fmt: skip
+
+    def _read_images(self, entry: Mapping[str, Any], x: np.ndarray) -> np.ndarray:
+        """The images of one entry; DamagedFileError when missing, torn or not as listed."""
+        file = self.image_dir / entry["file"]
+        if not file.exists():
+            raise integrity.DamagedFileError(file, "missing")
+        raw = file.read_bytes()
+        if "sha256" in entry and hashlib.sha256(raw).hexdigest() != entry["sha256"]:
+            raise integrity.DamagedFileError(file, "its sha256 differs from the state file's")
+        try:
+            images = np.load(io.BytesIO(raw), allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise integrity.DamagedFileError(file, f"not a .npy file: {e}") from None
+        n = len(entry["indices"])
+        if images.shape != (n, *x.shape[1:]) or images.dtype != x.dtype:
+            raise integrity.DamagedFileError(
+                file, f"holds {images.dtype}{images.shape}, expected {x.dtype}{(n, *x.shape[1:])}"
+            )
+        return images
 
     def load_images(self, state: ChainState, x: np.ndarray) -> np.ndarray:
-        """x with the saved adversarial images put back at their indices."""
+        """x with the saved adversarial images put back at their indices. A damaged image
+        file is named in one line and its entry moved to `state.damaged` (its points keep
+        their clean images until `recompute_damaged`)."""
         x_adv = np.array(x, copy=True)
-        for entry in state.images:
-            file = self.image_dir / entry["file"]
-            if not file.exists():
-                raise StateMismatchError(
-                    f"{file}, listed in the state file {self.path}, is missing; the state "
-                    "cannot be restored. Delete the state file to start afresh."
-                )
-            images = np.load(file, allow_pickle=False)
+        for entry in list(state.images):
             indices = np.asarray(entry["indices"], np.int64)
-            if images.shape != (indices.size, *x.shape[1:]) or images.dtype != x.dtype:
-                raise StateMismatchError(
-                    f"{file} holds {images.dtype}{images.shape}, expected "
-                    f"{x.dtype}{(indices.size, *x.shape[1:])}; the state directory is "
-                    "inconsistent. Delete the state file and its .adv directory to start afresh."
-                )
             if state.robust[indices].any():
                 raise StateMismatchError(
-                    f"{file} holds images of points the state file {self.path} marks robust; "
-                    "the state is inconsistent. Delete it to start afresh."
+                    f"{self.image_dir / entry['file']} holds images of points the state file "
+                    f"{self.path} marks robust; the state is inconsistent. Delete it to start "
+                    "afresh."
                 )
-            x_adv[indices] = images
+            try:
+                x_adv[indices] = self._read_images(entry, x)
+            except integrity.DamagedFileError as e:
+                attack, batch = _entry_ids(entry)
+                self.log(f"{e.path} is damaged ({e.reason}); a cache: batch {batch} of attack "
+                         f"{attack} is recomputed.")  # fmt: skip
+                state.images.remove(entry)
+                state.damaged.append(entry)
         return x_adv
+
+    def recompute_damaged(self, state: ChainState, x_adv: np.ndarray, compute: Compute) -> None:
+        """Run each (attack, batch) whose images were damaged again and save them.
+        `compute(attack, batch, robust)` attacks that batch as the chain did, with `robust`
+        the per-sample flags before it, and returns (indices broken, their images)."""
+        for entry in list(state.damaged):
+            attack, batch = _entry_ids(entry)
+            # The batch's flags before (attack, batch): points that attack or a later one broke
+            # there were robust then.
+            robust = state.robust.copy()
+            for other in [entry, *state.images]:
+                a, b = _entry_ids(other)
+                if b == batch and a >= attack:
+                    robust[np.asarray(other["indices"], np.int64)] = True
+            broken, images = compute(attack, batch, robust)
+            broken = np.asarray(broken, np.int64)
+            if sorted(broken.tolist()) != sorted(entry["indices"]):
+                raise StateMismatchError(
+                    f"recomputing batch {batch} of attack {attack} broke other points than "
+                    f"{self.path} records (the model or attack is not deterministic here), so "
+                    "the damaged images cannot be restored; delete that state file to run this "
+                    "attack afresh."
+                )
+            x_adv[broken] = images
+            state.damaged.remove(entry)
+            self.save_images(state, attack=attack, batch=batch, indices=broken, images=images)
+            self.save(state)

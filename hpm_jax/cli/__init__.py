@@ -36,11 +36,15 @@ from typing import NoReturn
 
 from absl import app, flags
 
-from hpm_jax import config_lib
+from hpm_jax import config_lib, integrity
 
 EXIT_USER_ERROR = 2
-# Errors of what the user asked for, in every program (each program adds its own).
+# Errors of what the user asked for, in every program (each program adds its own), and the
+# two a program cannot repair itself: a damaged file it resumes from, a full disk (both
+# leave the good state there; the message says what to do).
 COMMON_USER_ERRORS: tuple[type[BaseException], ...] = (
+    integrity.DamagedFileError,
+    integrity.DiskFullError,
     config_lib.ConfigError,
     FileNotFoundError,
     FileExistsError,

@@ -23,6 +23,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from hpm_jax import integrity
 from hpm_jax.extras import optional_import
 
 tensorboardX = optional_import("tensorboardX", extra="train")
@@ -33,16 +34,26 @@ TENSORBOARD = "tensorboard"
 
 def read_jsonl(path: str) -> list[dict[str, Any]]:
     """The records of a metrics.jsonl file (a torn last line, from a killed run, is skipped)."""
+    return _read_jsonl(path)[0]
+
+
+def _read_jsonl(path: str) -> tuple[list[dict[str, Any]], int]:
+    """(records, number of damaged lines). Each record is a JSON object on its own line:
+    a torn, zeroed or garbled line cannot parse as one and is dropped."""
     if not os.path.exists(path):
-        return []
-    records = []
-    with open(path) as f:
+        return [], 0
+    records, damaged = [], 0
+    with open(path, "rb") as f:
         for line in f:
             try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return records
+                record = json.loads(line.decode())
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                record = None
+            if isinstance(record, dict):
+                records.append(record)
+            elif line.strip(b"\n"):
+                damaged += 1
+    return records, damaged
 
 
 def _plain(value: Any) -> float | int:
@@ -62,11 +73,12 @@ class MetricWriter:
         if not self.enabled:
             return
         os.makedirs(workdir, exist_ok=True)
-        kept = [r for r in read_jsonl(self._jsonl_path) if r.get("step", 0) <= start_step]
-        tmp = self._jsonl_path + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in kept)
-        os.replace(tmp, self._jsonl_path)  # the old file stays whole until the new one is
+        records, damaged = _read_jsonl(self._jsonl_path)
+        if damaged:  # a log, not a state: named and dropped, the run goes on
+            print(f"{self._jsonl_path}: {damaged} damaged line(s) dropped.", flush=True)
+        kept = [r for r in records if r.get("step", 0) <= start_step]
+        text = "".join(json.dumps(r) + "\n" for r in kept)
+        integrity.write_bytes(self._jsonl_path, text.encode())  # the old file whole till then
         self._jsonl = open(self._jsonl_path, "a")
         self._tb = tensorboardX.SummaryWriter(
             os.path.join(workdir, TENSORBOARD), purge_step=start_step + 1 if start_step else None

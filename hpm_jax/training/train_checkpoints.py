@@ -10,7 +10,11 @@ Each checkpoint WORKDIR/checkpoints/<step>/ holds two items: `state` (the traini
 and `run` (JSON: the config and the identity of the run). Orbax writes a checkpoint into a
 temporary directory and renames it when every array is written (on GCS it marks it with a
 commit file), so a checkpoint that a SIGKILL interrupts is never listed as the latest:
-`latest_step` only sees finalized ones, and the next run deletes the leftovers.
+`latest_step` only sees finalized ones, and the next run deletes the leftovers. A finalized
+checkpoint damaged afterwards (a disk or copy fault: Orbax's JSON metadata, OCDBT manifests
+and compressed chunks fail to read when torn) is named in one line by `restore_latest`,
+moved to WORKDIR/damaged_checkpoints/ and the run resumes from the one before (or step 0):
+checkpoints are a cache of the training so far.
 
 Resuming from a workdir written by another run (a different model, dataset, objective or
 seed) fails with `RunMismatchError` naming the differing keys; other config changes (more
@@ -20,13 +24,15 @@ steps, another evaluation schedule) are allowed and listed on the console.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import shutil
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
 CHECKPOINTS = "checkpoints"
+DAMAGED = "damaged_checkpoints"
 
 
 class RunMismatchError(ValueError):
@@ -157,6 +163,30 @@ class TrainCheckpoints:
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
         )
         return restored["state"]
+
+    def restore_latest(
+        self, abstract_state: Any, run_info: Mapping[str, Any], log: Callable[[str], Any]
+    ) -> tuple[int | None, Any, dict[str, Any] | None]:
+        """(step, state, stored run info) of the newest checkpoint that reads back whole,
+        or (None, None, None). A damaged one is named to `log` and moved aside; a checkpoint
+        of another run is RunMismatchError (not damage: nothing is moved)."""
+        for step in sorted(self.all_steps(), reverse=True):
+            try:
+                stored = self.run_info(step)
+                return step, self.restore(step, abstract_state, run_info), stored
+            except RunMismatchError:
+                raise
+            except Exception as e:  # Orbax and TensorStore raise many types on a torn file
+                aside = os.path.join(os.path.dirname(self.directory), DAMAGED, str(step))
+                reason = " ".join(str(e).split())[:160] or type(e).__name__
+                log(f"checkpoint {self.directory}/{step} is damaged ({reason}); moved to "
+                    f"{aside}, resuming from the checkpoint before it.")  # fmt: skip
+                if jax.process_index() == 0:  # one shared directory: one process moves
+                    os.makedirs(os.path.dirname(aside), exist_ok=True)
+                    shutil.rmtree(aside, ignore_errors=True)
+                    shutil.move(os.path.join(self.directory, str(step)), aside)
+                self._manager.reload()
+        return None, None, None
 
     def wait_until_finished(self) -> None:
         self._manager.wait_until_finished()
