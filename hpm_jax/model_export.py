@@ -14,6 +14,7 @@ Orbax. `save_model` checks the same before writing anything.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -118,14 +119,33 @@ def load_model(directory: str) -> tuple[Classifier, dict[str, Any]]:
     target = abstract_variables(model)
     checkpointer = ocp.StandardCheckpointer()
     path = os.path.join(directory, VARIABLES)
-    stored = checkpointer.metadata(path).item_metadata
+    with _readable(path):
+        stored = checkpointer.metadata(path).item_metadata
+        if not _shapes(stored):  # a zeroed _METADATA reads as an empty tree, not an error
+            raise ValueError("it lists no arrays")
     hint = f"{directory}/{MODEL_SPEC} describes another model than the one saved there."
     _check_fits(spec["arch"], _shapes(stored), _shapes(target), hint)
     # Restore onto one local device: the stored shardings may name devices of another run
     # (e.g. a multi-process training job), which Orbax would refuse as a topology mismatch.
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), target)
-    return model, checkpointer.restore(path, target)
+    with _readable(path):
+        return model, checkpointer.restore(path, target)
+
+
+@contextlib.contextmanager
+def _readable(path: str):
+    """Orbax's errors on a torn or missing variables checkpoint (a ValueError, OSError or
+    whatever its readers raise, deep inside tensorstore) as one DamagedFileError naming it."""
+    try:
+        yield
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise integrity.DamagedFileError(
+            path, f"Orbax cannot read it: {type(e).__name__}: {first}",
+            "copy the model directory again from where it was made, or re-run the stage that "
+            "saved it",
+        ) from e  # fmt: skip
 
 
 def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:

@@ -530,3 +530,26 @@ def test_a_torn_demo_marker_reruns_its_stage(marker, mode, tmp_path, monkeypatch
         damage(tmp_path / name, mode)
         assert demo._marker(str(tmp_path), name, lines.append) is None
         assert sum(f"{name} is damaged" in line for line in lines) >= 1
+
+
+@pytest.mark.parametrize("mode", ["zeroed", "garbage", "missing"])
+def test_a_damaged_model_checkpoint_is_one_line_not_an_orbax_traceback(hpm_evaluation, tmp_path,
+                                                                       mode):  # fmt: skip
+    """The model directory an evaluation loads: its largest array chunk and Orbax's metadata
+    torn, each is named as damaged (the programs print DamagedFileError as one line)."""
+    from hpm_jax.integrity import DamagedFileError
+    from hpm_jax.model_export import load_model
+
+    _, checkpoint, _, _ = hpm_evaluation
+    for torn in ("_METADATA", "chunk"):
+        copy = tmp_path / torn / "model"
+        shutil.copytree(checkpoint, copy)
+        variables = copy / "variables"
+        target = variables / "_METADATA" if torn == "_METADATA" else _largest_file(variables)
+        support.damage(str(target), mode)
+        with pytest.raises(DamagedFileError, match="variables is damaged"):
+            load_model(str(copy))
+
+
+def _largest_file(directory):
+    return max((p for p in directory.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
