@@ -242,7 +242,11 @@ def check_labels(y: Any, num_classes: int) -> None:
     """Labels in [0, num_classes) (skipped for traced or empty labels)."""
     if isinstance(y, jax.core.Tracer) or np.size(y) == 0:
         return
-    lo, hi = int(jnp.min(y)), int(jnp.max(y))
+    if isinstance(y, jax.Array) and not y.is_fully_addressable:  # multi-process: on device
+        lo, hi = int(jnp.min(y)), int(jnp.max(y))
+    else:  # on the host: a jnp reduction would compile once per dataset size
+        values = np.asarray(y)
+        lo, hi = int(values.min()), int(values.max())
     if lo < 0 or hi >= num_classes:
         raise ValueError(f"labels must lie in [0, {num_classes - 1}], got values in [{lo}, {hi}].")
 
