@@ -155,14 +155,14 @@ def _schedule(n_queries, p_init, resc_schedule, shape, norm):
 def _scores(logits_fn, judge_fn, x_in, y, config):
     """(margin, loss to minimise, judge misclassifies), all (B,), from one query of the whole
     batch. The judge is asked only with config.exact (a shared judge reads the same logits);
-    otherwise the last is all False and the judge decides after the run."""
+    otherwise the last is None and the judge decides after the run."""
     logits = logits_fn(x_in)
     chex.assert_rank(logits, 2)
     chex.assert_axis_dimension(logits, 0, x_in.shape[0])
     margin = losses.margin(logits, y)
     score = margin if config.loss == "margin" else -losses.cross_entropy(logits, y)
     if not config.exact:
-        return margin, score, jnp.zeros(y.shape, bool)
+        return margin, score, None
     judged = logits if config.shared_judge else judge_fn(x_in)
     return margin, score, ~common.correct(judged, y)
 
@@ -201,7 +201,8 @@ def _begin(logits_fn, judge_fn, x, y, x_start, active, ids, key, eps, *, config:
     """The start of a run (the reference's attack_single_run) on the rows where `active`; the
     others are frozen at x_start (margin -inf, never updated or counted). One query. The state
     is (x_best, margin, loss, queries, broken, adv): the last two the judge's breaks and the
-    images that broke them, counted at the query (config.exact only)."""
+    images that broke them, counted at the query (config.exact only; else None, so the
+    per-sample search carries nothing more)."""
     chex.assert_rank(x, 4)
     chex.assert_equal_shape([x, x_start])
     chex.assert_shape([y, active, eps, ids], x.shape[:1])
@@ -209,8 +210,9 @@ def _begin(logits_fn, judge_fn, x, y, x_start, active, ids, key, eps, *, config:
     start = init(_row_keys(jax.random.split(key)[0], ids), x, eps)
     x_best = jnp.where(common.expand(active, x), start, x_start)
     margin, score, wrong = _scores(logits_fn, judge_fn, x_best, y, config)
+    judged = (active & wrong, x_best) if config.exact else (None, None)
     return (x_best, jnp.where(active, margin, -jnp.inf), jnp.where(active, score, -jnp.inf),
-            active.astype(jnp.int32), active & wrong, x_best)  # fmt: skip
+            active.astype(jnp.int32), *judged)  # fmt: skip
 
 
 @functools.partial(jit, static_argnames="config")
@@ -243,14 +245,16 @@ def _search(logits_fn, judge_fn, x, y, ids, key, eps, i, stop_at, state, *,
         margin, score, wrong = _scores(logits_fn, judge_fn, x_new, y, config)
         lower = todo & (score < loss_min)
         accept = lower | (todo & (margin <= 0))  # a misclassifying proposal is always kept
-        first = wrong & ~broken & (margin_min > -jnp.inf)  # frozen-out rows are not attacked
+        if config.exact:  # the judge's breaks, when they happen (frozen-out rows excepted)
+            first = wrong & ~broken & (margin_min > -jnp.inf)
+            broken, adv = broken | first, jnp.where(common.expand(first, x), x_new, adv)
         return i + 1, (
             jnp.where(common.expand(accept, x), x_new, x_best),
             jnp.where(accept, margin, margin_min),
             jnp.where(lower, score, loss_min),
             queries + todo.astype(jnp.int32),
-            broken | first,
-            jnp.where(common.expand(first, x), x_new, adv),
+            broken,
+            adv,
         )
 
     i, state = jax.lax.while_loop(cond, body, (i, state))
@@ -265,8 +269,9 @@ def _single_run(logits_fn, judge_fn, x, y, x_start, active, ids, key, eps, *, co
     as padding."""
     rows = shrink.select(active, sizes) if sizes else shrink.Rows.full(len(active))
     active_dev = shrink.place_like(np.asarray(active, bool), y)
+    judged = (jnp.zeros(y.shape, bool), x_start) if config.exact else (None, None)
     full = (x_start, jnp.full(y.shape, -jnp.inf, x.dtype), jnp.full(y.shape, -jnp.inf, x.dtype),
-            jnp.zeros(y.shape, jnp.int32), jnp.zeros(y.shape, bool), x_start)  # fmt: skip
+            jnp.zeros(y.shape, jnp.int32), *judged)  # fmt: skip
     if rows is None:
         return full
     i = 0
@@ -278,13 +283,14 @@ def _single_run(logits_fn, judge_fn, x, y, x_start, active, ids, key, eps, *, co
                            config=config)  # fmt: skip
         else:
             real = shrink.place_like(np.arange(rows.size) < rows.n, yb)
-            state = tuple(rows.take(a) for a in full)
+            state = tuple(None if a is None else rows.take(a) for a in full)
             state = (state[0], jnp.where(real, state[1], -jnp.inf), *state[2:])
         smaller = [s for s in sizes if s < rows.size]
         stop_at = np.int32(max(smaller) if smaller else 0)
         i, state, n_left = _search(logits_fn, judge_fn, xb, yb, idb, key, eb, np.int32(i),
                                    stop_at, state, config=config)  # fmt: skip
-        full = tuple(rows.put(f, b) for f, b in zip(full, state, strict=True))
+        pairs = zip(full, state, strict=True)
+        full = tuple(None if f is None else rows.put(f, b) for f, b in pairs)
         i, n_left = int(i), int(n_left)  # one host sync per bucket
         if i >= config.n_queries or n_left == 0:
             return full
