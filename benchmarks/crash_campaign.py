@@ -163,6 +163,26 @@ def _sample(paths: list[Path], k: int) -> list[Path]:
     return [paths[round(i * (len(paths) - 1) / (k - 1))] for i in range(k)] if k > 1 else paths[:1]
 
 
+def _tear(
+    kinds: dict, reference: Path, workdir: Path, per_kind: int, rng, resume
+) -> tuple[int, int]:
+    """(files torn, handled): each sampled file of each kind torn in every mode, in a fresh
+    copy of `reference` at `workdir`; `resume(workdir, kind)` says whether it was handled."""
+    tried = handled = 0
+    for kind, paths in kinds.items():
+        for path in _sample(paths, per_kind):
+            for mode in MODES:
+                shutil.rmtree(workdir, ignore_errors=True)
+                shutil.copytree(reference, workdir)
+                damage(workdir / path.relative_to(reference), mode, rng)
+                tried += 1
+                ok = resume(workdir, kind)
+                handled += ok
+                if not ok:
+                    print(f"  torn {kind} {path.name} ({mode}): NOT handled", flush=True)
+    return tried, handled
+
+
 def torn_evaluation(root: Path, ctx: dict, per_kind: int, rng) -> tuple[int, int]:
     from hpm_jax import cli, evaluate, integrity
 
@@ -177,24 +197,15 @@ def torn_evaluation(root: Path, ctx: dict, per_kind: int, rng) -> tuple[int, int
         "adversarial-npz": list((reference / "adversarial").glob("*.npz")),
         "report": [reference / "report.json"],
     }
-    tried = handled = 0
-    for kind, paths in kinds.items():
-        for path in _sample(paths, per_kind):
-            for mode in MODES:
-                workdir = root / "torn_eval"
-                shutil.rmtree(workdir, ignore_errors=True)
-                shutil.copytree(reference, workdir)
-                damage(workdir / path.relative_to(reference), mode, rng)
-                tried += 1
-                try:
-                    report = evaluate.run(config, ctx["hpm_model"], str(workdir), log=None)
-                    ok = kind != "identity" and comparable(report) == ctx["evaluate"]
-                except integrity.DamagedFileError as e:
-                    ok = kind == "identity" and "is damaged" in cli.one_line(e)
-                handled += ok
-                if not ok:
-                    print(f"  torn {kind} {path.name} ({mode}): NOT handled", flush=True)
-    return tried, handled
+
+    def resume(workdir: Path, kind: str) -> bool:
+        try:
+            report = evaluate.run(config, ctx["hpm_model"], str(workdir), log=None)
+            return kind != "identity" and comparable(report) == ctx["evaluate"]
+        except integrity.DamagedFileError as e:
+            return kind == "identity" and "is damaged" in cli.one_line(e)
+
+    return _tear(kinds, reference, root / "torn_eval", per_kind, rng, resume)
 
 
 def torn_training(root: Path, ctx: dict, per_kind: int, rng) -> tuple[int, int]:
@@ -211,23 +222,14 @@ def torn_training(root: Path, ctx: dict, per_kind: int, rng) -> tuple[int, int]:
         "checkpoint-file": [newest / r for r in read] + list((newest / "state" / "d").iterdir()),
         "metrics": [reference / "metrics.jsonl"],
     }
-    tried = handled = 0
-    for kind, paths in kinds.items():
-        for path in _sample(paths, per_kind):
-            for mode in MODES:
-                workdir = root / "torn_train"
-                shutil.rmtree(workdir, ignore_errors=True)
-                shutil.copytree(reference, workdir)
-                (workdir / "summary.json").unlink()  # a run that had not finished
-                shutil.rmtree(workdir / "model")
-                damage(workdir / path.relative_to(reference), mode, rng)
-                tried += 1
-                train.run(config, str(workdir))
-                ok = result("train", workdir) == ctx["train"]
-                handled += ok
-                if not ok:
-                    print(f"  torn {kind} {path.name} ({mode}): NOT handled", flush=True)
-    return tried, handled
+
+    def resume(workdir: Path, kind: str) -> bool:
+        (workdir / "summary.json").unlink()  # a run that had not finished
+        shutil.rmtree(workdir / "model")
+        train.run(config, str(workdir))
+        return result("train", workdir) == ctx["train"]
+
+    return _tear(kinds, reference, root / "torn_train", per_kind, rng, resume)
 
 
 def torn_study(root: Path, ctx: dict, rng) -> tuple[int, int]:
