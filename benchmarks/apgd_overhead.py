@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hpm_jax.attacks import losses
-from hpm_jax.attacks.apgd import apgd
+from hpm_jax.attacks.apgd_attack import apgd
 from hpm_jax.models import get_model
 from hpm_jax.sharding import data_sharding, make_mesh
 

@@ -3,7 +3,8 @@
     python benchmarks/traced_weights.py                         # WRN-28-10 and WRN-70-16
     python benchmarks/traced_weights.py --models wrn-28-10 --batch 2
 
-For each model, the jitted APGD iteration of the host loop (`hpm_jax.attacks.apgd._step`:
+For each model, the jitted APGD iteration of the host loop (`hpm_jax.attacks.driver` step of
+`ApgdSteps`:
 one forward + backward and the update) is lowered and compiled twice, side by side in this
 process: with `hpm_jax.models.logits_fn(model, variables)` (a pytree, the weights are
 arguments) and with `lambda x: model.apply(variables, x)` (a closure, the weights become
@@ -16,7 +17,6 @@ needs several GB of memory just for that text).
 from __future__ import annotations
 
 import argparse
-import importlib
 import time
 
 import jax
@@ -24,11 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 from common import hardware_summary
 
-from hpm_jax.attacks import contract
-from hpm_jax.attacks.apgd_steps import ApgdConfig
+from hpm_jax.attacks import apgd_steps, contract, driver
+from hpm_jax.attacks.apgd_attack import ApgdSteps
 from hpm_jax.models import abstract_variables, get_model, logits_fn
-
-apgd = importlib.import_module("hpm_jax.attacks.apgd")
 
 MODELS = {  # RobustBench's two most common CIFAR-10 sizes
     "wrn-28-10": ("wide_resnet", dict(depth=28, width=10)),
@@ -49,13 +47,12 @@ def _random_variables(model):
 def _measure(fn, x, y):
     """(StableHLO MB, lowering s, compile s) of the APGD host-loop step for `fn`."""
     fn = contract.traced(fn)
-    config = ApgdConfig(norm="Linf", loss="ce")
+    attack = ApgdSteps(apgd_steps.ApgdConfig(norm="Linf", loss="ce"), n_restarts=1)
     eps = jnp.full(x.shape[:1], 8 / 255)
-    state = apgd._begin.eval_shape(fn, fn, x, y, None, jax.random.key(0), eps, x, config=config)
-    args = (fn, fn, x, y, None, jax.random.key(0), eps, jnp.float32(0.75), np.int32(0),
-            np.bool_(False), np.float32(0), state)  # fmt: skip
+    phase = driver.Phase(100, apgd_steps.schedule(100, "Linf"))
     t0 = time.perf_counter()
-    lowered = apgd._step.lower(*args, config=config)
+    lowered = driver.lower(attack, (fn, fn), dict(rho=jnp.float32(0.75)), x, y, eps,
+                           jax.random.key(0), phase=phase, loop="host")  # fmt: skip
     t1 = time.perf_counter()
     size = len(lowered.as_text()) / 2**20
     t2 = time.perf_counter()

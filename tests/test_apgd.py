@@ -9,16 +9,9 @@ import numpy as np
 import pytest
 
 from hpm_jax.attacks import apgd_steps as steps
-from hpm_jax.attacks import common, l1
-from hpm_jax.attacks.apgd import (
-    _begin,
-    _step,
-    apgd,
-    apgd_targeted,
-    checkpoints,
-    l1_checkpoints,
-    largereps_schedule,
-)
+from hpm_jax.attacks import driver, geometry
+from hpm_jax.attacks.apgd_attack import apgd, apgd_targeted
+from hpm_jax.attacks.apgd_steps import checkpoints, l1_checkpoints, largereps_schedule
 from hpm_jax.sharding import data_sharding, make_mesh
 
 ORD = {"Linf": np.inf, "L2": 2, "L1": 1}
@@ -136,7 +129,7 @@ def test_schedules():
 
 # ---------------------------------------------------------------- L1 geometry
 
-_project = jax.jit(l1.project)
+_project = jax.jit(geometry.project_l1)
 
 
 def _np_project_l1(x_adv, x, eps):
@@ -187,7 +180,7 @@ def test_l1_projection_against_bisection_reference_and_optimality():
 def test_sparse_direction_keeps_the_top_fraction():
     grad = jnp.asarray(np.random.default_rng(1).normal(size=(3, *SHAPE)), jnp.float32)
     topk = jnp.asarray([0.2, 0.5, 1.0])
-    out = np.asarray(jax.jit(l1.sparse_direction)(grad, topk)).reshape(3, -1)
+    out = np.asarray(jax.jit(geometry.sparse_direction)(grad, topk)).reshape(3, -1)
     g = np.asarray(grad).reshape(3, -1)
     for i, frac in enumerate([0.2, 0.5, 1.0]):
         n_kept = g.shape[1] - int(np.floor((1 - frac) * g.shape[1]))
@@ -220,9 +213,9 @@ def test_single_run_matches_reference_from_the_same_start(norm, eps, loss="ce"):
         w, b = jnp.asarray(model.W, dtype), jnp.asarray(model.b, dtype)
         key = jax.random.key(3)
         if norm == "L1":
-            x0 = l1.project(xj + jax.random.normal(key, xj.shape, dtype), xj, eps)
+            x0 = geometry.project_l1(xj + jax.random.normal(key, xj.shape, dtype), xj, eps)
         else:
-            x0 = common.random_start(key, xj, eps, norm)
+            x0 = geometry.sphere_start(key, xj, eps, norm)
         linear = lambda v: v.reshape(n, -1) @ w + b
         config = steps.ApgdConfig(norm=norm, loss=loss)
         grad_fn, wrong_fn = steps.objective(linear, linear, yj, None, config)
@@ -491,13 +484,13 @@ def test_new_eps_values_do_not_recompile():
     x = _batch(16)
     y = MODEL.labels(x)
     apgd(MODEL, x, y, key=jax.random.key(0), eps=0.01, n_iter=20)
-    sizes = _begin._cache_size(), _step._cache_size()
+    sizes = driver.compiled_programs()
     for eps in (0.02, 0.05, jnp.full((B,), 0.03)):
         apgd(MODEL, x, y, key=jax.random.key(0), eps=eps, n_iter=20)
     apgd(MODEL, x, y, key=jax.random.key(0), eps=0.02, n_iter=30)  # the schedule is traced too
     from_numpy = apgd(MODEL, np.asarray(x), np.asarray(y), key=jax.random.key(0), eps=0.02,
                       n_iter=30)  # fmt: skip
-    assert (_begin._cache_size(), _step._cache_size()) == sizes
+    assert driver.compiled_programs() == sizes
     again = apgd(MODEL, x, y, key=jax.random.key(0), eps=0.02, n_iter=30)
     np.testing.assert_array_equal(np.asarray(from_numpy.x_adv), np.asarray(again.x_adv))
 

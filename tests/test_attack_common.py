@@ -1,11 +1,11 @@
-"""The attacks' shared contract (common.py) and losses (losses.py) against float64 NumPy."""
+"""The attacks' shared contract (geometry.py) and losses (losses.py) against float64 NumPy."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hpm_jax.attacks import common, contract, losses
+from hpm_jax.attacks import contract, geometry, losses
 
 
 def np_log_softmax(z):
@@ -85,18 +85,18 @@ def test_dlr_stays_finite_when_the_top_logits_tie():
 def test_per_sample_norm_and_normalize(norm, order):
     v = np.random.default_rng(1).normal(size=(5, 4, 3, 2)).astype(np.float32)
     want = np.linalg.norm(v.reshape(5, -1).astype(np.float64), ord=order, axis=1)
-    np.testing.assert_allclose(common.per_sample_norm(jnp.asarray(v), norm), want, rtol=1e-5)
-    unit = common.normalize(jnp.asarray(v), norm)
-    np.testing.assert_allclose(common.per_sample_norm(unit, norm), np.ones(5), rtol=1e-5)
+    np.testing.assert_allclose(geometry.per_sample_norm(jnp.asarray(v), norm), want, rtol=1e-5)
+    unit = geometry.normalize(jnp.asarray(v), norm)
+    np.testing.assert_allclose(geometry.per_sample_norm(unit, norm), np.ones(5), rtol=1e-5)
 
 
 def test_norm_functions_name_a_bad_norm():
     with pytest.raises(ValueError, match="norm must be one of"):
-        common.per_sample_norm(jnp.ones((1, 2)), "L3")
+        geometry.per_sample_norm(jnp.ones((1, 2)), "L3")
     with pytest.raises(ValueError, match="Linf and L2"):
-        common.project(jnp.ones((1, 1, 1, 1)), jnp.ones((1, 1, 1, 1)), 0.1, "L1")
+        geometry.project(jnp.ones((1, 1, 1, 1)), jnp.ones((1, 1, 1, 1)), 0.1, "L1")
     with pytest.raises(ValueError, match="Linf and L2"):
-        common.random_start(jax.random.key(0), jnp.ones((1, 1, 1, 1)), 0.1, "L1")
+        geometry.sphere_start(jax.random.key(0), jnp.ones((1, 1, 1, 1)), 0.1, "L1")
 
 
 def test_project_linf_is_the_exact_clip_into_ball_and_box_with_per_sample_eps():
@@ -106,9 +106,9 @@ def test_project_linf_is_the_exact_clip_into_ball_and_box_with_per_sample_eps():
     eps = np.array([0.01, 0.1, 0.3, 1.0], np.float32)
     e = eps[:, None, None, None]
     want = np.clip(np.clip(x_adv, x - e, x + e), 0, 1)
-    got = common.project(jnp.asarray(x_adv), jnp.asarray(x), jnp.asarray(eps), "Linf")
+    got = geometry.project(jnp.asarray(x_adv), jnp.asarray(x), jnp.asarray(eps), "Linf")
     np.testing.assert_allclose(got, want, atol=1e-7)
-    got_scalar = common.project(jnp.asarray(x_adv), jnp.asarray(x), 0.1, "Linf")
+    got_scalar = geometry.project(jnp.asarray(x_adv), jnp.asarray(x), 0.1, "Linf")
     np.testing.assert_allclose(got_scalar, np.clip(np.clip(x_adv, x - 0.1, x + 0.1), 0, 1))
 
 
@@ -118,7 +118,7 @@ def test_project_l2_rescales_onto_the_ball_keeps_inside_points_and_clips_to_the_
     d /= np.linalg.norm(d.reshape(3, -1), axis=1)[:, None, None, None]
     scale = np.array([0.05, 0.2, 3.0], np.float32)[:, None, None, None]
     x_adv = x + d * scale  # lengths 0.05 (inside), 0.2, 3.0 against eps = 0.1
-    got = np.asarray(common.project(jnp.asarray(x_adv), jnp.asarray(x), 0.1, "L2"))
+    got = np.asarray(geometry.project(jnp.asarray(x_adv), jnp.asarray(x), 0.1, "L2"))
     np.testing.assert_allclose(got[0], x_adv[0], atol=1e-7)  # inside: unchanged
     # Outside, no box clipping at this radius: the same direction at length eps.
     np.testing.assert_allclose(got[1], x[1] + 0.1 * d[1], atol=1e-6)
@@ -130,22 +130,22 @@ def test_project_l2_rescales_onto_the_ball_keeps_inside_points_and_clips_to_the_
 @pytest.mark.parametrize("norm", ["Linf", "L2"])
 def test_random_start_lies_on_the_sphere_inside_the_box(norm):
     x = jnp.full((6, 5, 5, 3), 0.5)
-    x0 = common.random_start(jax.random.key(0), x, 0.1, norm)
-    dist = np.asarray(common.per_sample_norm(x0 - x, norm))
+    x0 = geometry.sphere_start(jax.random.key(0), x, 0.1, norm)
+    dist = np.asarray(geometry.per_sample_norm(x0 - x, norm))
     np.testing.assert_allclose(dist, np.full(6, 0.1), rtol=1e-5)
     if norm == "Linf":  # t uniform in [-1, 1]: coordinates spread, not all at the corners
         spread = np.abs(np.asarray(x0 - x)).ravel()
         assert 0.3 < np.mean(spread) / 0.1 < 0.7
-    other = common.random_start(jax.random.key(1), x, 0.1, norm)
+    other = geometry.sphere_start(jax.random.key(1), x, 0.1, norm)
     assert not np.allclose(x0, other)
     # Near the box faces the start is clipped into [0, 1].
-    edge = common.random_start(jax.random.key(0), jnp.zeros((2, 3, 3, 1)), 0.5, norm)
+    edge = geometry.sphere_start(jax.random.key(0), jnp.zeros((2, 3, 3, 1)), 0.5, norm)
     assert float(edge.min()) >= 0 and float(edge.max()) <= 1
 
 
 def test_correct_breaks_ties_to_the_lowest_index():
     z = jnp.array([[1.0, 1.0, 0.0], [0.0, 2.0, 2.0]])
-    np.testing.assert_array_equal(common.correct(z, jnp.array([0, 2])), [True, False])
+    np.testing.assert_array_equal(losses.correct(z, jnp.array([0, 2])), [True, False])
 
 
 # ------------------------------------------------------------------------------ validate

@@ -8,9 +8,9 @@ import pytest
 from jax.experimental import io_callback
 from test_square import X_BOX, X_LINF, Y_BOX, Y_LINF, Q, linear
 
-from hpm_jax.attacks import AutoAttack, apgd_targeted, buckets, shrink
+from hpm_jax.attacks import AutoAttack, apgd_targeted, batching
 from hpm_jax.attacks.msa import mixed_surrogate_attack
-from hpm_jax.attacks.square import square, square_run
+from hpm_jax.attacks.square_attack import square, square_run
 from hpm_jax.sharding import data_sharding, make_mesh
 
 SIZES = (16, 8, 4)
@@ -41,7 +41,7 @@ def test_square_feeds_only_unbroken_points_in_the_smallest_bucket():
     # Call t (0: the start) queries the points with more than t queries; the model sees them
     # in the smallest bucket that holds them, from the first call after they fit.
     unbroken = [int(np.sum(queries > t)) for t in range(queries.max())]
-    assert sizes == [buckets.pick_size(n, SIZES) for n in unbroken]
+    assert sizes == [batching.pick_size(n, SIZES) for n in unbroken]
     assert sizes[-1] < 16
     recorded, whole = _recording(linear)
     full = square_run(recorded, X_LINF, Y_LINF, key=jax.random.key(9), eps=0.2, n_queries=Q,
@@ -71,13 +71,13 @@ def test_square_compacted_equals_whole_batch_and_agrees_on_1_2_and_4_devices(nor
 
 def test_attack_sizes_are_the_buckets_below_the_batch():
     x = jnp.zeros((16, 2, 2, 1))
-    assert shrink.attack_sizes(x) == (12, 8, 4)  # 16 -> 12 -> 9 -> 7 -> 6 -> 5 -> 4, to 4s
-    assert shrink.attack_sizes(x, (32, 16, 8, 4)) == (8, 4)
+    assert batching.attack_sizes(x) == (12, 8, 4)  # 16 -> 12 -> 9 -> 7 -> 6 -> 5 -> 4, to 4s
+    assert batching.attack_sizes(x, (32, 16, 8, 4)) == (8, 4)
     four = jax.device_put(x, data_sharding(make_mesh(jax.devices()[:4])))
     with pytest.raises(ValueError, match="do not split evenly over the 4 devices"):
-        shrink.attack_sizes(four, (16, 6))
-    assert shrink.select(np.zeros(16, bool), (8, 4)) is None
-    rows = shrink.select(np.arange(16) % 5 == 0, (8, 4))  # 4 rows: 0, 5, 10, 15
+        batching.attack_sizes(four, (16, 6))
+    assert batching.select(np.zeros(16, bool), (8, 4)) is None
+    rows = batching.select(np.arange(16) % 5 == 0, (8, 4))  # 4 rows: 0, 5, 10, 15
     np.testing.assert_array_equal(rows.index, [0, 5, 10, 15])
     full = jnp.arange(16.0)
     np.testing.assert_array_equal(rows.take(full), [0, 5, 10, 15])

@@ -23,7 +23,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hpm_jax.attacks import AttackSpec, AutoAttack, buckets, common, contract, versions
+from hpm_jax.attacks import (
+    AttackSpec,
+    AutoAttack,
+    batching,
+    geometry,
+    losses,
+    types,
+    versions,
+)
 from hpm_jax.attacks.resume import StateMismatchError, StateStore
 from hpm_jax.sharding import make_mesh
 
@@ -55,8 +63,8 @@ def _shift(logits_fn, x, y, key, eps, *, judge_fn, frac, noise):
         step = step * jax.random.uniform(key, (x.shape[0], 1, 1, 1))
     x_adv = jnp.clip(x - step, 0.0, 1.0)
     judge = logits_fn if judge_fn is None else judge_fn
-    robust = common.correct(judge(x), y) & common.correct(judge(x_adv), y)
-    return contract.AttackResult(jnp.where(common.expand(robust, x), x, x_adv), robust)
+    robust = losses.correct(judge(x), y) & losses.correct(judge(x_adv), y)
+    return types.AttackResult(jnp.where(geometry.expand(robust, x), x, x_adv), robust)
 
 
 def shift_attack(logits_fn, x, y, *, key, norm, eps, judge_fn=None, frac=1.0, noise=False):
@@ -133,44 +141,54 @@ def assert_same_report(a, b):
 def test_bucket_sizes_shrink_by_an_eighth_in_multiples_of_4_and_the_device_count():
     # 250 -> 219 -> 192 -> 168 -> 147 -> 129 -> 113 -> 99 -> 87 -> 77 -> 68 -> 60 -> 53 -> 47
     # -> 42 -> 37 -> 33 -> 29 -> 26 -> 23 -> 21 -> 19 -> 17 -> 15, each rounded up to 4.
-    assert buckets.bucket_sizes(250, 4) == (
+    assert batching.bucket_sizes(250, 4) == (
         252, 220, 192, 168, 148, 132, 116, 100, 88, 80, 68, 60, 56, 48, 44, 40, 36, 32, 28, 24,
         20, 16,
     )  # fmt: skip
     for n in (1, 2):  # the same sizes, hence the same buckets and draws, on 1, 2 and 4 devices
-        assert buckets.bucket_sizes(250, n) == buckets.bucket_sizes(250, 4)
-    assert buckets.bucket_sizes(96, 12) == (96, 84, 72, 60, 48, 36, 24, 12)
+        assert batching.bucket_sizes(250, n) == batching.bucket_sizes(250, 4)
+    assert batching.bucket_sizes(96, 12) == (96, 84, 72, 60, 48, 36, 24, 12)
     # Near the floor ceil(7/8 n) = n: the sizes still fall, one granule at a time.
-    assert buckets.bucket_sizes(64, 1, min_size=1) == (
+    assert batching.bucket_sizes(64, 1, min_size=1) == (
         64, 56, 52, 44, 40, 36, 32, 28, 24, 20, 16, 12, 8, 4,
     )  # fmt: skip
-    assert buckets.bucket_sizes(64, 1, min_size=1, step=3 / 4) == (64, 48, 36, 28, 24, 16, 12, 8, 4)
+    assert batching.bucket_sizes(64, 1, min_size=1, step=3 / 4) == (
+        64,
+        48,
+        36,
+        28,
+        24,
+        16,
+        12,
+        8,
+        4,
+    )
     # 9 robust points of a batch of 32 run as 12 rows (with multiples of 8 they ran as 16); 36
     # of 128 as 36 (as 44 with steps of 3/4).
-    assert buckets.pick_size(9, buckets.bucket_sizes(32, 2)) == 12
-    assert buckets.pick_size(36, buckets.bucket_sizes(128, 2)) == 36
+    assert batching.pick_size(9, batching.bucket_sizes(32, 2)) == 12
+    assert batching.pick_size(36, batching.bucket_sizes(128, 2)) == 36
     # No size wastes more than an eighth of its rows on the points the next size cannot hold.
-    sizes = buckets.bucket_sizes(300, 2)
+    sizes = batching.bucket_sizes(300, 2)
     assert all((big - small) / big <= 1 / 8 + 4 / big for big, small in itertools.pairwise(sizes))
     with pytest.raises(ValueError, match="step must lie strictly between 0 and 1"):
-        buckets.bucket_sizes(64, 1, step=1.0)
+        batching.bucket_sizes(64, 1, step=1.0)
     with pytest.raises(ValueError, match="positive integer"):
-        buckets.bucket_sizes(0, 4)
+        batching.bucket_sizes(0, 4)
     with pytest.raises(ValueError, match="must hold a whole batch of 16; add 16"):
-        buckets.check_bucket_sizes((8, 4), 16, 4)
+        batching.check_bucket_sizes((8, 4), 16, 4)
     with pytest.raises(ValueError, match="do not split evenly over the 4 devices"):
-        buckets.check_bucket_sizes((16, 6), 16, 4)
+        batching.check_bucket_sizes((16, 6), 16, 4)
 
 
 def test_compact_keeps_the_points_in_order_and_pads_by_repeating_them():
-    b = buckets.compact(np.array([5, 9, 11]), (16, 8, 4))
+    b = batching.compact(np.array([5, 9, 11]), (16, 8, 4))
     assert (b.size, b.n) == (4, 3)
     np.testing.assert_array_equal(b.index, [5, 9, 11, 5])
-    np.testing.assert_array_equal(b.real_index, [5, 9, 11])
-    assert buckets.compact(np.arange(9), (16, 8, 4)).size == 16
+    np.testing.assert_array_equal(b.real, [5, 9, 11])
+    assert batching.compact(np.arange(9), (16, 8, 4)).size == 16
     with pytest.raises(ValueError, match="do not fit"):
-        buckets.compact(np.arange(17), (16, 8))
-    slices = buckets.batch_slices(19, 8)
+        batching.compact(np.arange(17), (16, 8))
+    slices = batching.batch_slices(19, 8)
     assert [s.tolist() for s in slices] == [list(range(8)), list(range(8, 16)), [16, 17, 18]]
 
 

@@ -66,12 +66,12 @@ from parity_models import (
     train_torch_net,
 )
 
-from hpm_jax.attacks import common
-from hpm_jax.attacks.apgd import apgd, apgd_targeted
+from hpm_jax.attacks import geometry
+from hpm_jax.attacks.apgd_attack import apgd, apgd_targeted
 from hpm_jax.attacks.autoattack import AutoAttack
-from hpm_jax.attacks.fab import fab, fab_targeted
+from hpm_jax.attacks.fab_attack import fab, fab_targeted
 from hpm_jax.attacks.losses import cross_entropy
-from hpm_jax.attacks.square import square
+from hpm_jax.attacks.square_attack import square
 from hpm_jax.sharding import make_mesh
 
 pyautoattack = pytest.importorskip("pyautoattack", reason="the reference: pip install pyautoattack")
@@ -195,7 +195,7 @@ def test_attack_matches_reference(setup, name, norm):
     # Our adversarial points are valid and fool the reference model too (up to a few points
     # left at the boundary, where the ~1e-6 logit differences decide).
     x_adv = np.asarray(result.x_adv)
-    norms = np.asarray(common.per_sample_norm(jnp.asarray(x_adv - x), norm))
+    norms = np.asarray(geometry.per_sample_norm(jnp.asarray(x_adv - x), norm))
     assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0
     assert norms.max() <= EPS[norm] * (1 + 1e-5) + 1e-6
     broken = ~ours
@@ -290,7 +290,7 @@ PLUS_ATTACKS = ["apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"]
 def _assert_valid_and_fooling(net, x_adv, x, y, robust, norm, eps):
     """Our points lie in the box within eps (L1: up to float32 rounding of x + delta) and the
     broken ones fool the reference model too, up to a few left at the boundary."""
-    norms = np.asarray(common.per_sample_norm(jnp.asarray(x_adv - x), norm))
+    norms = np.asarray(geometry.per_sample_norm(jnp.asarray(x_adv - x), norm))
     assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0
     # L1 sums the float32 rounding of x + delta (~6e-8) over up to 784 moved pixels; APGD-L1's
     # sorted projection was measured 8.8e-5 over eps = 5 (the reference's float32 has the same).

@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hpm_jax.attacks.fab import _random_start, fab_targeted
+from hpm_jax.attacks import geometry
+from hpm_jax.attacks.fab_attack import fab_targeted
 from hpm_jax.attacks.fab_projections import boundary_step
 from hpm_jax.sharding import data_sharding, make_mesh
 
@@ -220,8 +221,8 @@ def test_linear_model_several_targets_take_the_min_and_eps_decides(norm):
 @pytest.mark.parametrize("norm", ["Linf", "L2", "L1"])
 def test_restarts_start_at_half_eps(norm):
     x = jnp.full((4, 3, 3, 1), 0.5)
-    eps = jnp.array([0.1, 0.2, 0.3, 0.4])[:, None, None, None]
-    start = _random_start(jax.random.key(0), x, 0.5 * eps, norm)
+    eps = jnp.array([0.1, 0.2, 0.3, 0.4])  # per image (B,)
+    start = geometry.sphere_start(jax.random.key(0), x, 0.5 * eps, norm)
     np.testing.assert_allclose(_norms(start - x, norm), [0.05, 0.1, 0.15, 0.2], rtol=1e-5)
     assert len(np.unique(np.asarray(start))) > 30  # random directions, not a fixed pattern
 

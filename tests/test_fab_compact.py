@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from test_fab import _closed_form, _fab_linear_ratio, _linear
 
-from hpm_jax.attacks.fab import fab, fab_targeted
+from hpm_jax.attacks.fab_attack import fab, fab_targeted
 from hpm_jax.sharding import data_sharding, make_mesh
 
 N_ITER = 10

@@ -14,7 +14,7 @@ from hpm_jax.attacks import (
     mixed_surrogate_attack,
     square,
 )
-from hpm_jax.attacks.square import square_run
+from hpm_jax.attacks.square_attack import square_run
 from hpm_jax.sharding import make_mesh
 
 FAST = {  # the standard chain with fewer iterations, so the suite stays fast on 2 cores

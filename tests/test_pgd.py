@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hpm_jax.attacks import common, pgd
+from hpm_jax.attacks import geometry, pgd
 from hpm_jax.attacks.losses import cross_entropy
 from hpm_jax.models import get_model
 
@@ -99,7 +99,7 @@ def cnn():
 
 def random_noise(x, eps, norm):
     """A random point of the ball: what an attack must beat."""
-    return pgd.start_point(jax.random.key(9), x, eps, norm, "uniform")
+    return geometry.random_start(jax.random.key(9), x, eps, norm, "uniform")
 
 
 @pytest.mark.parametrize(
@@ -117,7 +117,7 @@ def test_pgd_raises_the_loss_and_stays_in_the_ball_and_the_box(cnn, norm, eps, s
     assert np.all(np.asarray(after) > np.asarray(before))
     # The gain over the clean loss is several times what a random point of the ball gets.
     assert float((after - before).mean()) > 3 * abs(float((noisy - before).mean()))
-    assert np.all(np.asarray(common.per_sample_norm(x_adv - x, norm)) <= eps * (1 + 1e-5))
+    assert np.all(np.asarray(geometry.per_sample_norm(x_adv - x, norm)) <= eps * (1 + 1e-5))
     assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
 
 

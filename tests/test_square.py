@@ -3,29 +3,16 @@ L2 and L1 patterns against pyautoattack's, the Linf vertices, the L2 norm budget
 projection, known answers on a linear model (Linf, L2, L1), accept-if-better, the judge's role,
 frozen points, 1 vs 4 devices, bad inputs."""
 
-import importlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.experimental import io_callback
 
-from hpm_jax.attacks import common, l1, losses
-from hpm_jax.attacks.square import (
-    l1_init,
-    l1_pattern,
-    l2_init,
-    l2_pattern,
-    p_selection,
-    square,
-    square_run,
-    square_side,
-)
+from hpm_jax.attacks import geometry, losses, square_proposals
+from hpm_jax.attacks.square_attack import p_selection, square, square_run, square_side
+from hpm_jax.attacks.square_proposals import l1_init, l1_pattern, l2_init, l2_pattern
 from hpm_jax.sharding import data_sharding, make_mesh
-
-# The module itself, whatever the package exports under the name `square`.
-square_module = importlib.import_module("hpm_jax.attacks.square")
 
 H = W = 8
 C, K, B = 3, 4, 16
@@ -209,7 +196,7 @@ def test_linf_search_stays_on_vertices_within_eps_and_the_box():
     run = square_run(linear, X_BOX, Y_BOX, key=jax.random.key(3), eps=eps, n_queries=Q)
     x_best = np.asarray(run.x_best)
     assert x_best.min() >= 0.0 and x_best.max() <= 1.0
-    assert np.all(np.asarray(common.per_sample_norm(run.x_best - X_BOX, "Linf")) <= eps + 1e-6)
+    assert np.all(np.asarray(geometry.per_sample_norm(run.x_best - X_BOX, "Linf")) <= eps + 1e-6)
     assert _on_vertices(x_best, X_BOX, eps)
     np.testing.assert_allclose(run.margin, margins(run.x_best, Y_BOX), atol=1e-4)
 
@@ -222,7 +209,7 @@ def test_linf_known_answers_on_a_linear_model():
     assert not robust[:8].any()
     broken = ~robust
     assert np.all(margins(res.x_adv, Y_LINF)[broken] <= 0)
-    delta = np.asarray(common.per_sample_norm(res.x_adv - X_LINF, "Linf"))
+    delta = np.asarray(geometry.per_sample_norm(res.x_adv - X_LINF, "Linf"))
     assert np.all(delta <= 0.05 + 1e-6) and np.all(delta[broken] > 0)
     np.testing.assert_array_equal(res.x_adv[robust], X_LINF[robust])  # as the reference: x
     # eps = 0.015: the last 8 need more than 1.8 eps; no Linf perturbation within eps breaks
@@ -255,7 +242,7 @@ def test_l2_search_stays_within_eps_and_the_box():
     run = square_run(linear, X_BOX, Y_BOX, key=jax.random.key(6), norm="L2", eps=eps, n_queries=Q)
     x_best = np.asarray(run.x_best)
     assert x_best.min() >= 0.0 and x_best.max() <= 1.0
-    assert np.all(np.asarray(common.per_sample_norm(run.x_best - X_BOX, "L2")) <= eps + 1e-5)
+    assert np.all(np.asarray(geometry.per_sample_norm(run.x_best - X_BOX, "L2")) <= eps + 1e-5)
     np.testing.assert_allclose(run.margin, margins(run.x_best, Y_BOX), atol=1e-4)
 
 
@@ -267,9 +254,9 @@ def test_l2_proposal_moves_mass_between_two_windows_at_norm_eps():
     eps, side = 0.3, 3
     x_best = jax.jit(l2_init)(jax.random.key(10), x, eps)
     pattern = jnp.zeros((5, 5)).at[:side, :side].set(jnp.asarray(l2_pattern(side)))
-    propose = jax.jit(square_module._l2_proposal)
+    propose = jax.jit(square_proposals.l2_proposal)
     x_new = propose(jax.random.key(11), x, x_best, eps, jnp.int32(side), pattern)
-    np.testing.assert_allclose(common.per_sample_norm(x_new - x, "L2"), eps, rtol=1e-5)
+    np.testing.assert_allclose(geometry.per_sample_norm(x_new - x, "L2"), eps, rtol=1e-5)
     before, after = np.asarray(x_best - x), np.asarray(x_new - x)
 
     def in_one_window(rows, cols):
@@ -295,7 +282,7 @@ def test_l2_known_answers_on_a_linear_model():
     robust = np.asarray(res.robust)
     assert not robust[:8].any()  # they need less than 0.1 eps
     assert np.all(margins(res.x_adv, Y_L2)[~robust] <= 0)
-    assert np.all(np.asarray(common.per_sample_norm(res.x_adv - X_L2, "L2")) <= 0.5 + 1e-5)
+    assert np.all(np.asarray(geometry.per_sample_norm(res.x_adv - X_L2, "L2")) <= 0.5 + 1e-5)
     # they need more than 1.1 eps: no L2 perturbation of norm eps can break them
     res = square(linear, X_L2, Y_L2, key=key, norm="L2", eps=0.3, n_queries=Q)
     assert np.asarray(res.robust)[8:].all()
@@ -326,10 +313,10 @@ def test_l1_projection_without_a_sort_is_the_exact_projection(scale, eps):
     rng = np.random.default_rng(1)
     x = jnp.asarray(np.clip(rng.uniform(-0.3, 1.3, (16, 28, 28, 1)), 0, 1), jnp.float32)
     x_adv = x + scale * jnp.asarray(rng.normal(size=x.shape), jnp.float32)
-    fast = jax.jit(l1.project_bisect)(x_adv, x, eps)
-    np.testing.assert_allclose(fast, jax.jit(l1.project)(x_adv, x, eps), rtol=0, atol=3e-6)
+    fast = jax.jit(geometry.project_l1_bisect)(x_adv, x, eps)
+    np.testing.assert_allclose(fast, jax.jit(geometry.project_l1)(x_adv, x, eps), rtol=0, atol=3e-6)
     assert np.asarray(fast).min() >= 0 and np.asarray(fast).max() <= 1
-    norms = np.asarray(common.per_sample_norm(fast - x, "L1"))
+    norms = np.asarray(geometry.per_sample_norm(fast - x, "L1"))
     assert np.all(norms <= eps + L1_ATOL)
     if scale >= 0.1:
         np.testing.assert_allclose(norms, eps, rtol=0, atol=L1_ATOL)
@@ -352,9 +339,9 @@ def test_l1_start_is_the_tiled_pattern_projected_onto_the_ball():
         )
     # A smaller eps: the same draw, projected onto the ball of radius eps (1 - 1e-6).
     x0 = init(jax.random.key(2), x, 4.0)
-    norms = common.per_sample_norm(x0 - x, "L1")
+    norms = geometry.per_sample_norm(x0 - x, "L1")
     np.testing.assert_allclose(norms, 4.0 * (1 - 1e-6), rtol=0, atol=L1_ATOL)
-    np.testing.assert_allclose(x0, l1.project(x + whole, x, 4.0 * (1 - 1e-6)), atol=1e-6)
+    np.testing.assert_allclose(x0, geometry.project_l1(x + whole, x, 4.0 * (1 - 1e-6)), atol=1e-6)
 
 
 def test_l1_proposal_moves_mass_into_window_1_then_projects():
@@ -362,11 +349,11 @@ def test_l1_proposal_moves_mass_into_window_1_then_projects():
     eps, side = 4.0, 3
     x_best = jax.jit(l1_init)(jax.random.key(10), x, eps)
     pattern = jnp.zeros((5, 5)).at[:side, :side].set(jnp.asarray(l1_pattern(side)))
-    propose = jax.jit(square_module._l1_proposal)
+    propose = jax.jit(square_proposals.l1_proposal)
     eps_b = jnp.full((8, 1, 1, 1), eps)
     x_new = propose(jax.random.key(11), x, x_best, eps_b, jnp.int32(side), pattern)
     # The new window's mass (2 channels x the windows' mass) overshoots eps: projected back.
-    norms = common.per_sample_norm(x_new - x, "L1")
+    norms = geometry.per_sample_norm(x_new - x, "L1")
     np.testing.assert_allclose(norms, eps * (1 - 1e-6), rtol=0, atol=L1_ATOL)
     before, after = np.asarray(x_best - x), np.asarray(x_new - x)
     # Outside window 1 the projection only shrinks (soft threshold): same sign, no larger.
@@ -385,7 +372,7 @@ def test_l1_search_stays_within_eps_and_the_box():
     run = square_run(linear, X_BOX, Y_BOX, key=jax.random.key(6), norm="L1", eps=eps, n_queries=Q)
     x_best = np.asarray(run.x_best)
     assert x_best.min() >= 0.0 and x_best.max() <= 1.0
-    assert np.all(np.asarray(common.per_sample_norm(run.x_best - X_BOX, "L1")) <= eps + L1_ATOL)
+    assert np.all(np.asarray(geometry.per_sample_norm(run.x_best - X_BOX, "L1")) <= eps + L1_ATOL)
     np.testing.assert_allclose(run.margin, margins(run.x_best, Y_BOX), atol=1e-4)
     assert np.all(np.diff(np.asarray(run.margin)) != 0)  # every point searched on its own
 
@@ -396,7 +383,7 @@ def test_l1_known_answers_on_a_linear_model():
     robust = np.asarray(res.robust)
     assert not robust[:8].any()  # they need less than 0.1 eps
     assert np.all(margins(res.x_adv, Y_L1)[~robust] <= 0)
-    assert np.all(np.asarray(common.per_sample_norm(res.x_adv - X_L1, "L1")) <= 2.0 + L1_ATOL)
+    assert np.all(np.asarray(geometry.per_sample_norm(res.x_adv - X_L1, "L1")) <= 2.0 + L1_ATOL)
     np.testing.assert_array_equal(res.x_adv[robust], X_L1[robust])
     # they need more than 1.1 eps: no L1 perturbation of norm eps can break them
     res = square(linear, X_L1, Y_L1, key=key, norm="L1", eps=1.2, n_queries=Q)

@@ -5,7 +5,6 @@ the compiled program's size does not grow with the parameter count (a closure's 
 """
 
 import functools
-import importlib
 import logging
 
 import jax
@@ -16,17 +15,19 @@ import pytest
 from hpm_jax.attacks import (
     AutoAttack,
     apgd,
+    apgd_steps,
     apgd_targeted,
     contract,
+    driver,
     fab_targeted,
     mixed_surrogate_attack,
     pgd,
     square,
 )
+from hpm_jax.attacks.apgd_attack import ApgdSteps
 from hpm_jax.attacks.apgd_steps import ApgdConfig
 from hpm_jax.models import forward, get_model, head_logits_fn, logits_fn, logits_fns
 
-apgd_module = importlib.import_module("hpm_jax.attacks.apgd")
 N, SIZE, EPS = 8, 8, 1e-3  # a small eps: most points stay robust under the first weights
 
 
@@ -180,12 +181,11 @@ def _mlp(params, x):
 def _lowered_size(fn, width):
     x = jnp.full((N, SIZE, SIZE, 1), 0.5)
     y = jnp.zeros(N, jnp.int32)
-    config = ApgdConfig(norm="Linf", loss="ce")
+    attack = ApgdSteps(ApgdConfig(norm="Linf", loss="ce"), n_restarts=1)
     loss = contract.traced(fn)
-    lowered = apgd_module._run.lower(
-        loss, loss, x, y, None, jax.random.key(0), jnp.full((N,), EPS), jnp.float32(0.75),
-        jnp.ones(N, bool), x, config=config, n_iter=5,
-    )  # fmt: skip
+    lowered = driver.lower(attack, (loss, loss), dict(rho=jnp.float32(0.75)), x, y,
+                           jnp.full((N,), EPS), jax.random.key(0),
+                           phase=driver.Phase(5, apgd_steps.schedule(5, "Linf")))  # fmt: skip
     return len(lowered.as_text())
 
 

@@ -9,26 +9,33 @@
     res = apgd(logits_fn, x, y, key=jax.random.key(0), eps=8 / 255)   # AttackResult
 
 Every attack is `attack(logits_fn, x, y, *, key, norm, eps, ..., judge_fn=None)` returning
-`AttackResult(x_adv, robust)` (see `contract`); `AttackSpec` puts attacks of your own into an
-AutoAttack chain. Prefer pytree logits functions (`hpm_jax.models.logits_fn(model, variables)`
-or `jax.tree_util.Partial(model.apply, variables)`): their weights are traced arguments of the
+`AttackResult(x_adv, robust)` and declaring its norms and abilities (`types`); `AttackSpec`
+puts attacks of your own into an AutoAttack chain. Each iterative attack is an init / step /
+finish triple (`ApgdSteps`, `FabSteps`, `SquareSteps`) run by the one `driver`, which owns
+the restarts, the shrinking to the points still robust and the host or `lax` loop. The
+geometry (norms, projections, random starts, per-row keys) is `geometry`, the batching
+(buckets, rows) `batching`, the argument checks and traced logits functions `contract`.
+
+Prefer pytree logits functions (`hpm_jax.models.logits_fn(model, variables)` or
+`jax.tree_util.Partial(model.apply, variables)`): their weights are traced arguments of the
 compiled attacks, never constants, and new weights of the same shapes compile nothing.
 
-`hpm_jax.attacks.apgd` and `hpm_jax.attacks.square` are the functions; reach their modules
-with `from hpm_jax.attacks.apgd import ...` or `importlib.import_module`.
+The modules are `apgd_attack`, `fab_attack` and `square_attack`; `hpm_jax.attacks.apgd` etc.
+are the functions.
 """
 
-from hpm_jax.attacks.apgd import apgd, apgd_targeted
+from hpm_jax.attacks.apgd_attack import apgd, apgd_targeted
 from hpm_jax.attacks.autoattack import AutoAttack, AutoAttackReport
 from hpm_jax.attacks.checks import CheckResult
-from hpm_jax.attacks.contract import AttackResult
-from hpm_jax.attacks.fab import fab, fab_targeted
+from hpm_jax.attacks.fab_attack import fab, fab_targeted
 from hpm_jax.attacks.msa import MSAReport, mixed_surrogate_attack
 from hpm_jax.attacks.resume import StateMismatchError
-from hpm_jax.attacks.square import square
+from hpm_jax.attacks.square_attack import square
+from hpm_jax.attacks.types import Attack, AttackResult, declare
 from hpm_jax.attacks.versions import AttackSpec
 
 __all__ = [
+    "Attack",
     "AttackResult",
     "AttackSpec",
     "AutoAttack",
@@ -38,6 +45,7 @@ __all__ = [
     "StateMismatchError",
     "apgd",
     "apgd_targeted",
+    "declare",
     "fab",
     "fab_targeted",
     "mixed_surrogate_attack",

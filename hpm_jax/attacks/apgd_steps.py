@@ -7,8 +7,9 @@
     best, broken, adv = steps.run_loop(x, x_start, eps, rho, key, grad_fn=grad_fn,
                                        wrong_fn=wrong_fn, n_iter=100, norm="Linf")
 
-`apgd.py` drives these pieces either inside one jitted `lax.fori_loop` or as one jitted call
-per iteration from the host (see there); both give the same iterates. Everything here is
+`apgd_attack.ApgdSteps` hands these pieces to the `driver`, which runs them either inside
+one jitted `lax` loop or as one jitted call per iteration from the host (see there); both
+give the same iterates. Everything here is
 traceable and works on fixed-shape batches with per-sample eps (B,).
 """
 
@@ -24,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hpm_jax.attacks import common, contract, l1, losses
+from hpm_jax.attacks import contract, geometry, losses
 
 MOMENTUM = 0.75
 State = dict[str, Any]
@@ -126,27 +127,26 @@ def objective(logits_fn, judge_fn, y, target, config: ApgdConfig):
     def wrong_fn(x_adv, logits, k):
         if not config.shared_judge:
             logits = contract.call(judge_fn, x_adv, jax.random.fold_in(k, eot_iter), randomized)
-        return ~common.correct(logits, y)
+        return ~losses.correct(logits, y)
 
     return grad_fn, wrong_fn
 
 
 def first_point(key: jax.Array, x: jax.Array, eps: jax.Array, norm: str, largereps: bool):
-    """The reference's random start: Linf / L2 sphere (common.random_start), for L1 a
+    """The reference's random start: Linf / L2 sphere (`geometry.sphere_start`), for L1 a
     Gaussian step projected onto the ball (with largereps, the largest ball, 3 eps)."""
     if norm != "L1":
-        return common.random_start(key, x, common.expand(eps, x), norm)
-    noise = jax.random.normal(key, x.shape, x.dtype)
-    return l1.project(x + noise, x, 3 * eps if largereps else eps)
+        return geometry.random_start(key, x, eps, norm, "sphere")
+    return geometry.random_start(key, x, 3 * eps if largereps else eps, norm, "l1_ball")
 
 
 def stage_start(x_init: jax.Array, x: jax.Array, eps: jax.Array, largereps: bool):
     """Each largereps stage starts from the previous best point, projected on its ball."""
-    return l1.project(x_init, x, eps) if largereps else x_init
+    return geometry.project_l1(x_init, x, eps) if largereps else x_init
 
 
 def _ex(v: jax.Array, x: jax.Array) -> jax.Array:
-    return common.expand(v, x)
+    return geometry.expand(v, x)
 
 
 def init_state(x, x_start, eps, key, *, grad_fn: GradFn, wrong_fn: WrongFn, norm: str,
@@ -163,7 +163,7 @@ def init_state(x, x_start, eps, key, *, grad_fn: GradFn, wrong_fn: WrongFn, norm
     )  # fmt: skip
     if norm == "L1":
         n_features = x[0].size
-        moved = l1.l0_norm(x_start - x)
+        moved = geometry.l0_norm(x_start - x)
         state["topk"] = moved / n_features / 1.5 if sparsity_from_start else jnp.full_like(eps, 0.2)
         state["sp_old"] = moved if sparsity_from_start else jnp.full_like(eps, n_features)
     else:
@@ -184,13 +184,13 @@ def step(i, s: State, x, eps, rho, key, check, window, *, grad_fn: GradFn, wrong
     s = dict(s)
     x_adv = s["x_adv"]
     if norm == "L1":
-        direction = l1.sparse_direction(s["grad"], s["topk"])
-        x_new = l1.project(x_adv + _ex(s["step"], x) * direction, x, eps)
+        direction = geometry.sparse_direction(s["grad"], s["topk"])
+        x_new = geometry.project_l1(x_adv + _ex(s["step"], x) * direction, x, eps)
     else:
-        direction = jnp.sign(s["grad"]) if norm == "Linf" else common.normalize(s["grad"], norm)
-        z = common.project(x_adv + _ex(s["step"], x) * direction, x, eps, norm)
+        direction = jnp.sign(s["grad"]) if norm == "Linf" else geometry.normalize(s["grad"], norm)
+        z = geometry.project(x_adv + _ex(s["step"], x) * direction, x, eps, norm)
         a = jnp.where(i > 0, MOMENTUM, 1.0)  # no momentum on the first step
-        x_new = common.project(x_adv + (z - x_adv) * a + (x_adv - s["x_old"]) * (1 - a), x, eps,
+        x_new = geometry.project(x_adv + (z - x_adv) * a + (x_adv - s["x_old"]) * (1 - a), x, eps,
                                norm)  # fmt: skip
     s["x_old"] = x_adv
 
@@ -208,7 +208,7 @@ def step(i, s: State, x, eps, rho, key, check, window, *, grad_fn: GradFn, wrong
     if norm == "L1":
         # Sparsity shrank by > 5%: reset the step and restart from the best point; otherwise
         # shrink the step by 1.5 (within [eps / 10, eps]).
-        sparsity = l1.l0_norm(s["x_best"] - x)
+        sparsity = geometry.l0_norm(s["x_best"] - x)
         reset = check & (sparsity / s["sp_old"] < 0.95)
         new_step = jnp.clip(jnp.where(reset, eps, s["step"] / 1.5), eps / 10, eps)
         s["step"] = jnp.where(check, new_step, s["step"])

@@ -23,11 +23,11 @@ accuracy: ...", "robust accuracy after APGD-CE: ... (total time ... s)", "robust
 
 JAX shape. The data is cut into fixed batches of `batch_size`. For each attack and batch the
 still-robust points (with compact, the default) are gathered into a bucket, padded (by
-repeating them) to the smallest of a few sizes (`buckets.bucket_sizes`: batch_size, x7/8,
+repeating them) to the smallest of a few sizes (`batching.bucket_sizes`: batch_size, x7/8,
 x49/64, ... multiples of 4 and of the device count), sharded over the mesh and attacked by
 the jitted attack; results of the real points are scattered back. So any number of batches
 compiles at most len(sizes) programs per attack and no work goes to broken points; the
-attacks shrink further inside (`shrink`). The key of (attack a, batch b) is
+attacks shrink further inside (`driver`). The key of (attack a, batch b) is
 fold_in(fold_in(key(seed), a), b), independent of the device count, so a seed gives the same
 report on 1, 2 or 4 devices.
 
@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 import json
 import logging
 import time
@@ -70,7 +69,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from hpm_jax.attacks import buckets, checks, contract, versions
+from hpm_jax.attacks import batching, checks, contract, versions
 from hpm_jax.attacks.resume import ChainState, StateMismatchError, StateStore, data_hash
 from hpm_jax.attacks.versions import AttackSpec
 from hpm_jax.sharding import data_sharding, make_mesh, replicated
@@ -155,14 +154,6 @@ def _put(a: np.ndarray, sharding) -> jax.Array:
     return jax.make_array_from_callback(a.shape, sharding, lambda index: a[index])
 
 
-def _to_host(a: jax.Array) -> np.ndarray:
-    if not a.is_fully_addressable:
-        from jax.experimental import multihost_utils
-
-        return np.asarray(multihost_utils.process_allgather(a, tiled=True))
-    return np.asarray(a)
-
-
 def _check_data(x: np.ndarray, y: np.ndarray, norm: str, eps: float, num_classes) -> None:
     """The contract's checks of shapes and dtypes on the first image (as every attack checks
     them), the value ranges of the whole dataset in NumPy (it never goes to the device whole)."""
@@ -212,7 +203,7 @@ class AutoAttack:
         {"square": {"n_queries": 1000}}.
     randomized: call the model as f(x, key) (default: True for version "rand").
     mesh: the devices buckets are sharded over (default: all).
-    bucket_sizes: instead of `buckets.bucket_sizes(batch_size, num_devices)`.
+    bucket_sizes: instead of `batching.bucket_sizes(batch_size, num_devices)`.
     compact: attack only the still-robust points, packed into buckets (default). False:
         every attack runs on whole batches, so a batch-dependent judge always sees a point
         among the other points of its own batch (the Mixed Surrogate Attack needs this);
@@ -298,12 +289,12 @@ class AutoAttack:
     def _root_key(self) -> jax.Array:
         return jax.random.key(self.seed)
 
-    def _rows(self, idx: np.ndarray, sizes: tuple[int, ...]) -> buckets.Bucket:
+    def _rows(self, idx: np.ndarray, sizes: tuple[int, ...]) -> batching.Rows:
         """The rows a model call sees for the points `idx`: with compact, a bucket of `sizes`
         padded by repeating them (invisible to a per-sample model); without, exactly `idx`."""
         if self.compact:
-            return buckets.compact(idx, sizes)
-        return buckets.Bucket(index=np.asarray(idx, np.int64), n=len(idx))
+            return batching.compact(idx, sizes)
+        return batching.exact(idx)
 
     def _place(self, a: np.ndarray) -> jax.Array:
         """Rows split over the mesh, or replicated on it when they do not split evenly (an
@@ -326,7 +317,7 @@ class AutoAttack:
                 key,
                 randomized=self.randomized,
             )
-            out[idx] = _to_host(correct)[: rows.n]
+            out[idx] = batching.to_host(correct)[: rows.n]
         return out
 
     def _checks(self, x, y) -> list[checks.CheckResult]:
@@ -407,8 +398,8 @@ class AutoAttack:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
         n_dev = self.mesh.devices.size
         if self.compact:
-            sizes = self.bucket_sizes or buckets.bucket_sizes(int(batch_size), n_dev)
-            buckets.check_bucket_sizes(sizes, batch_size, n_dev)
+            sizes = self.bucket_sizes or batching.bucket_sizes(int(batch_size), n_dev)
+            batching.check_bucket_sizes(sizes, batch_size, n_dev)
             sizes = tuple(sorted(set(sizes), reverse=True))
         else:  # the exact batches: batch_size rows, the last batch its own size
             sizes = (int(batch_size),)
@@ -448,7 +439,7 @@ class AutoAttack:
         return _Plan(
             batch_size=int(batch_size),
             sizes=sizes,
-            batches=buckets.batch_slices(len(x), int(batch_size)),
+            batches=batching.batch_slices(len(x), int(batch_size)),
             specs=specs,
             settings=settings,
             fingerprint=fingerprint,
@@ -486,16 +477,13 @@ class AutoAttack:
         if store is not None:
             store.save(state)
 
-    def _shrink_options(self, spec: AttackSpec, plan: _Plan) -> dict[str, Any]:
-        """compact (and the chain's bucket sizes) for attacks that take them, also through a
-        surrogate: compact=False keeps every point in its batch for every model call."""
-        params = inspect.signature(getattr(spec.fn, "attack", spec.fn)).parameters
-        options: dict[str, Any] = {}
-        if "compact" in params:
-            options["compact"] = self.compact
-        if "bucket_sizes" in params and self.compact:
-            options["bucket_sizes"] = plan.sizes
-        return options
+    def _shrink_options(self, attack, plan: _Plan) -> dict[str, Any]:
+        """compact (and the chain's bucket sizes) for attacks that declare they can shrink
+        (`types.Attack.can_shrink`): compact=False keeps every point in its batch for every
+        model call."""
+        if not attack.can_shrink:
+            return {}
+        return {"compact": True, "bucket_sizes": plan.sizes} if self.compact else {"compact": False}
 
     def _attack_batch(self, a, spec, b, x, y, x_adv, state, store, plan) -> None:
         """Attack the robust points of batch b with attack a, in one bucket; scatter back."""
@@ -541,7 +529,7 @@ class AutoAttack:
                 norm=self.norm,
                 eps=self.eps,
                 judge_fn=self.judge_fn,
-                **{**self._shrink_options(spec, plan), **spec.kwargs},
+                **{**self._shrink_options(spec.attack, plan), **spec.kwargs},
             )
             robust_b = res.robust
             if self.rand_verdict == "rerun":  # the reference: one run on the output decides
@@ -550,9 +538,9 @@ class AutoAttack:
                                           randomized=True)  # fmt: skip
             # Only the first bucket.n rows are real points; the padding is never read.
             # Newly broken only: a point already broken keeps its first adversarial image.
-            newly = ~_to_host(robust_b)[: bucket.n].astype(bool) & robust[idx]
-            broken = bucket.real_index[newly]
-            images = _to_host(res.x_adv)[: bucket.n][newly].astype(x.dtype)
+            newly = ~batching.to_host(robust_b)[: bucket.n].astype(bool) & robust[idx]
+            broken = bucket.real[newly]
+            images = batching.to_host(res.x_adv)[: bucket.n][newly].astype(x.dtype)
         return n_robust, broken, images
 
     def _report(self, x, y, x_adv, state, plan, results) -> AutoAttackReport:

@@ -8,7 +8,7 @@
     loss, judge = contract.traced_pair(target, checked.judge_fn, x)  # jit arguments
 
 Every attack is `attack(logits_fn, x, y, *, key, norm, eps, judge_fn=None, ...)` returning
-`AttackResult(x_adv, robust)`. `logits_fn` maps NHWC images in [0, 1] to logits (B, C) and
+`AttackResult(x_adv, robust)` (`types`). `logits_fn` maps NHWC images in [0, 1] to logits (B, C) and
 supplies the loss and its gradient; `judge_fn` decides which points are broken and which
 iterate is kept. The judge is resolved once, at the public entry point (`validate`: no
 judge means `logits_fn` judges), and is never None inside an attack. The judge is always
@@ -31,7 +31,6 @@ static and must be hashable.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -39,16 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-NORMS = ("Linf", "L2", "L1")
-LogitsFn = Callable[..., jax.Array]
-
-
-class AttackResult(NamedTuple):
-    """x_adv: (B, H, W, C) in [0, 1] within eps of x. robust: (B,) bool, True where the judge
-    still classifies x_adv as y (a point the judge gets wrong on x counts as not robust)."""
-
-    x_adv: jax.Array
-    robust: jax.Array
+from hpm_jax.attacks import types
 
 
 # ------------------------------------------------------------------------------ traced fns
@@ -90,7 +80,7 @@ class Traced:
 
     __slots__ = ("fn",)
 
-    def __init__(self, fn: LogitsFn):
+    def __init__(self, fn: types.LogitsFn):
         self.fn = fn
 
     def __call__(self, *args: Any) -> jax.Array:
@@ -110,7 +100,7 @@ class Traced:
         return cls(jax.tree_util.tree_unflatten(treedef, leaves))
 
 
-def traced(fn: LogitsFn, like: Any = None) -> Traced:
+def traced(fn: types.LogitsFn, like: Any = None) -> Traced:
     """`fn` as the pytree the jitted attack programs take (see the module docstring). With
     `like` (the batch, or a Mesh), its arrays are first `place`d beside it."""
     if not isinstance(fn, Traced):
@@ -121,7 +111,9 @@ def traced(fn: LogitsFn, like: Any = None) -> Traced:
     return fn if like is None else place(fn, like)
 
 
-def traced_pair(logits_fn: LogitsFn, judge_fn: LogitsFn, like: Any) -> tuple[Traced, Traced]:
+def traced_pair(
+    logits_fn: types.LogitsFn, judge_fn: types.LogitsFn, like: Any
+) -> tuple[Traced, Traced]:
     """(loss, judge) as jit arguments placed beside `like`; one copy when they are one."""
     loss = traced(logits_fn, like)
     return loss, loss if judge_fn is logits_fn else traced(judge_fn, like)
@@ -141,7 +133,7 @@ def _replicated(like: Any) -> jax.sharding.Sharding | None:
     return NamedSharding(Mesh(np.asarray(devices), ("devices",)), PartitionSpec())
 
 
-def place(fn: LogitsFn, like: Any, memo: dict[int, Any] | None = None) -> LogitsFn:
+def place(fn: types.LogitsFn, like: Any, memo: dict[int, Any] | None = None) -> types.LogitsFn:
     """`fn` with its arrays replicated on the devices of `like` (a batch or a Mesh), so a
     model restored onto one device can attack a batch sharded over many. Arrays already
     replicated there are not copied: place a model once (the chain and MSA do) rather than
@@ -166,7 +158,7 @@ def place(fn: LogitsFn, like: Any, memo: dict[int, Any] | None = None) -> Logits
     return jax.tree_util.tree_unflatten(tree, [move(leaf) for leaf in leaves])
 
 
-def call(fn: LogitsFn, x: jax.Array, key: jax.Array | None, randomized: bool) -> jax.Array:
+def call(fn: types.LogitsFn, x: jax.Array, key: jax.Array | None, randomized: bool) -> jax.Array:
     """fn(x, key) for a randomized model, fn(x) otherwise."""
     return fn(x, key) if randomized else fn(x)
 
@@ -178,10 +170,10 @@ class Checked(NamedTuple):
 
     eps: jax.Array
     num_classes: int
-    judge_fn: LogitsFn
+    judge_fn: types.LogitsFn
 
 
-def check_norm(norm: str, allowed: tuple[str, ...] = NORMS) -> None:
+def check_norm(norm: str, allowed: tuple[str, ...] = types.NORMS) -> None:
     if norm not in allowed:
         raise ValueError(f"norm must be one of {allowed}, got {norm!r}.")
 
@@ -210,6 +202,19 @@ def check_int(name: str, value: Any, low: int) -> None:
     """An integer setting (not a bool) of at least `low`."""
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
         raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
+
+
+def check_range(name: str, value: Any, low: float, high: float, *, closed: bool = True) -> None:
+    """A number in [low, high] (closed) or (low, high) (open); NaN never is."""
+    try:
+        inside = low <= value <= high if closed else low < value < high
+    except TypeError:
+        inside = False
+    if not inside:
+        brackets = "[]" if closed else "()"
+        raise ValueError(
+            f"{name} must lie in {brackets[0]}{low:g}, {high:g}{brackets[1]}, got {value!r}."
+        )
 
 
 def check_images(x: Any, y: Any) -> None:
@@ -251,7 +256,7 @@ def check_labels(y: Any, num_classes: int) -> None:
         raise ValueError(f"labels must lie in [0, {num_classes - 1}], got values in [{lo}, {hi}].")
 
 
-def output_classes(fn: LogitsFn, x: Any, name: str, *, randomized: bool = False) -> int:
+def output_classes(fn: types.LogitsFn, x: Any, name: str, *, randomized: bool = False) -> int:
     """The number of classes `fn` scores, checking it returns (B, C) logits (no compute)."""
     probe = jax.ShapeDtypeStruct(x.shape, x.dtype)
     key = jax.random.key(0)
@@ -265,15 +270,15 @@ def output_classes(fn: LogitsFn, x: Any, name: str, *, randomized: bool = False)
 
 
 def validate(
-    logits_fn: LogitsFn,
-    judge_fn: LogitsFn | None,
+    logits_fn: types.LogitsFn,
+    judge_fn: types.LogitsFn | None,
     x: Any,
     y: Any,
     *,
     norm: str,
     eps: Any,
     randomized: bool = False,
-    allowed_norms: tuple[str, ...] = NORMS,
+    allowed_norms: tuple[str, ...] = types.NORMS,
     min_classes: int = 2,
     needs: str = "an attack",
 ) -> Checked:

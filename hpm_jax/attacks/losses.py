@@ -44,3 +44,17 @@ def targeted_dlr(logits: jax.Array, y: jax.Array, target: jax.Array) -> jax.Arra
     top = jax.lax.top_k(logits, 4)[0]
     scale = top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + _DLR_EPS
     return -(_take(logits, y) - _take(logits, target)) / scale
+
+
+def correct(logits: jax.Array, y: jax.Array) -> jax.Array:
+    """(B,) bool: the argmax of `logits` (ties to the lowest index) equals y."""
+    return jnp.argmax(logits, axis=-1) == y
+
+
+def target_classes(logits: jax.Array, y: jax.Array, k: int) -> jax.Array:
+    """(B, k): the k highest-ranked classes of `logits` other than y, best first: the targets
+    of every targeted attack. The reference ranks only points its model classifies as y, where
+    these are its 2nd..(k+1)th classes; a surrogate (or any gradient model) may rank another
+    class above y, and then y itself must not become a target (its targeted loss is 0)."""
+    not_y = jnp.where(jax.nn.one_hot(y, logits.shape[1], dtype=bool), -jnp.inf, logits)
+    return jax.lax.top_k(not_y, k)[1]

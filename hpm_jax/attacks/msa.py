@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from hpm_jax.attacks import contract, versions
+from hpm_jax.attacks import contract, types, versions
 from hpm_jax.attacks.autoattack import AutoAttack, AutoAttackReport
 from hpm_jax.sharding import make_mesh
 
@@ -50,24 +50,26 @@ DEFAULT_SURROGATES = ("fc", "ema_l2", "soft", "ste")
 _GRADIENT_FREE = ("square",)
 
 
-@dataclasses.dataclass(frozen=True, repr=False)
-class ThroughSurrogate:
+class ThroughSurrogate(types.Declared):
     """An attack of the chain whose loss and gradient come from `surrogate` instead of the
     chain's model; success is judged by the chain's judge (the target), which the chain
-    always passes."""
+    always passes. It declares what the attack it wraps declares."""
 
-    surrogate_name: str
-    surrogate: Callable[..., Any]
-    attack: Callable[..., contract.AttackResult]
+    def __init__(self, surrogate_name: str, surrogate: Callable[..., Any], attack: types.Attack):
+        inner = types.declared(attack)
+        super().__init__(self._through, norms=inner.norms, can_shrink=inner.can_shrink,
+                         randomized=inner.randomized, options=inner.options)  # fmt: skip
+        self.surrogate_name, self.surrogate, self.attack = surrogate_name, surrogate, attack
+        self.name = f"{versions.fn_name(attack)} through surrogate {surrogate_name!r}"
 
-    def __call__(self, logits_fn, x, y, *, judge_fn, **kwargs) -> contract.AttackResult:
+    def _through(self, logits_fn, x, y, *, judge_fn, **kwargs) -> types.AttackResult:
         if judge_fn is None:  # the surrogate would judge its own attack
             raise ValueError(f"{self!r} needs the target as judge_fn; got None.")
         del logits_fn  # the target gives no gradient here; it judges
         return self.attack(self.surrogate, x, y, judge_fn=judge_fn, **kwargs)
 
     def __repr__(self) -> str:  # stable across runs: the state file's fingerprint uses it
-        return f"{versions.fn_name(self.attack)} through surrogate {self.surrogate_name!r}"
+        return self.name
 
 
 @dataclasses.dataclass

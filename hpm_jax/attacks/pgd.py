@@ -32,12 +32,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hpm_jax.attacks import common, contract
+from hpm_jax.attacks import contract, geometry, losses, types
 from hpm_jax.attacks.losses import cross_entropy
 from hpm_jax.xla_options import jit
 
 LOSSES = ("ce", "kl")
-RANDOM_STARTS = ("uniform", "sphere", "normal", "none")
+RANDOM_STARTS = ("uniform", "sphere", "normal", "none")  # `geometry.random_start` kinds
 NORMS = ("Linf", "L2")
 
 
@@ -46,28 +46,6 @@ def kl_divergence(logits: jax.Array, reference_logits: jax.Array) -> jax.Array:
     log_p = jax.nn.log_softmax(reference_logits, axis=-1)
     log_q = jax.nn.log_softmax(logits, axis=-1)
     return jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
-
-
-def start_point(key: jax.Array, x: jax.Array, eps: float, norm: str, kind: str) -> jax.Array:
-    """The first iterate: x moved by a random start of `kind`, inside the ball and [0, 1]."""
-    if kind == "none":
-        return x
-    if kind == "sphere":
-        return common.random_start(key, x, eps, norm)
-    if kind == "normal":
-        # TRADES starts a hair away from x: KL(p || p) has a zero gradient at x itself.
-        return common.project(x + 0.001 * jax.random.normal(key, x.shape, x.dtype), x, eps, norm)
-    if kind == "uniform":
-        if norm == "Linf":
-            delta = jax.random.uniform(key, x.shape, x.dtype, -eps, eps)
-        else:  # uniform in the L2 ball: a uniform direction, radius eps * U^(1/d)
-            direction_key, radius_key = jax.random.split(key)
-            direction = common.normalize(jax.random.normal(direction_key, x.shape, x.dtype), "L2")
-            dims = x[0].size
-            radius = eps * jax.random.uniform(radius_key, x.shape[:1], x.dtype) ** (1.0 / dims)
-            delta = direction * common.expand(radius, x)
-        return common.project(x + delta, x, eps, norm)
-    raise ValueError(f"random_start must be one of {RANDOM_STARTS}, got {kind!r}.")
 
 
 def _check_static(norm: str, loss: str, random_start: str, num_steps: int, reference) -> None:
@@ -93,12 +71,12 @@ def _pgd_jit(logits_fn, judge_fn, x, y, key, eps, step_size, reference_logits, *
         logits_fn, x, y, key=key, eps=eps, step_size=step_size,
         reference_logits=reference_logits, **static,
     )  # fmt: skip
-    robust = common.correct(judge_fn(x), y) & common.correct(judge_fn(x_adv), y)
+    robust = losses.correct(judge_fn(x), y) & losses.correct(judge_fn(x_adv), y)
     return x_adv, robust
 
 
 def perturb(
-    logits_fn: contract.LogitsFn,
+    logits_fn: types.LogitsFn,
     x: jax.Array,
     y: jax.Array,
     *,
@@ -132,16 +110,16 @@ def perturb(
 
     def step(_, x_adv):
         g = grad_fn(x_adv)
-        direction = jnp.sign(g) if norm == "Linf" else common.normalize(g, "L2")
-        return common.project(x_adv + step_size * direction, x, eps, norm)
+        direction = jnp.sign(g) if norm == "Linf" else geometry.normalize(g, "L2")
+        return geometry.project(x_adv + step_size * direction, x, eps, norm)
 
-    x_adv = start_point(key, x, eps, norm, random_start)
+    x_adv = geometry.random_start(key, x, eps, norm, random_start)
     x_adv = jax.lax.fori_loop(0, num_steps, step, x_adv)
     return jax.lax.stop_gradient(x_adv)
 
 
 def pgd(
-    logits_fn: contract.LogitsFn,
+    logits_fn: types.LogitsFn,
     x: jax.Array,
     y: jax.Array,
     *,
@@ -153,8 +131,8 @@ def pgd(
     loss: str = "ce",
     reference_logits: jax.Array | None = None,
     random_start: str = "uniform",
-    judge_fn: contract.LogitsFn | None = None,
-) -> contract.AttackResult:
+    judge_fn: types.LogitsFn | None = None,
+) -> types.AttackResult:
     """PGD under the shared attack contract: checks the inputs, runs jitted, judges the result.
 
     `judge_fn` (default `logits_fn`) decides `robust` on the final iterate, on the whole batch
@@ -171,4 +149,4 @@ def pgd(
         step_size, reference_logits, norm=norm, num_steps=num_steps, loss=loss,
         random_start=random_start,
     )  # fmt: skip
-    return contract.AttackResult(x_adv, robust)
+    return types.AttackResult(x_adv, robust)

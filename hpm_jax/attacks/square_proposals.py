@@ -11,7 +11,7 @@ sign per channel) and propose to move the perturbation mass of a second window i
 first, keeping the perturbation on the sphere. L2 rescales to norm eps and clips to the box;
 L1, as the reference, projects onto the L1 ball of radius eps (1 - 1e-6) intersected with
 the box: the exact projection the reference's `L1_projection` computes, by
-`l1.project_bisect` (no sort: XLA:CPU's sort of 2 d breakpoints cost 14x a forward pass of
+`geometry.project_l1_bisect` (no sort: XLA:CPU's sort of 2 d breakpoints cost 14x a forward pass of
 the parity CNN per query, the bisection half of one). The L1 pattern weights ring j by
 1 / (j + 1)^4 (L2: ^2) and is normalised in L1.
 
@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hpm_jax.attacks import common, l1
+from hpm_jax.attacks import geometry
 
 # Added to norms before dividing, as the reference does.
 _TINY = 1e-12
@@ -87,16 +87,11 @@ def _sign(u: jax.Array, dtype) -> jax.Array:
     return jnp.where(u < 0.5, -1.0, 1.0).astype(dtype)
 
 
-def _radius(eps: jax.Array | float, x: jax.Array) -> jax.Array:
-    """eps, a number or (B,), as (B, 1, 1, 1) to broadcast against the batch."""
-    return common.expand(jnp.broadcast_to(jnp.asarray(eps, x.dtype), x.shape[:1]), x)
-
-
 def linf_init(key: jax.Array, x: jax.Array, eps: jax.Array | float) -> jax.Array:
     """Vertical stripes: every pixel at x +- eps (clipped to [0, 1]), one sign per column and
     channel of each sample. eps: a number or (B,)."""
     b, _, w, c = x.shape
-    eps = _radius(eps, x)
+    eps = geometry.radius(eps, x)
     sign = _sign(uniform(key, b, (1, w, c)), x.dtype)
     return jnp.clip(x + eps * sign, 0.0, 1.0)
 
@@ -142,7 +137,7 @@ def l2_init(key: jax.Array, x: jax.Array, eps: jax.Array | float) -> jax.Array:
     """The reference's L2 start: the tiled meta-pattern scaled to L2 norm eps and clipped to
     [0, 1]. eps: a number or (B,)."""
     delta = _tiled_pattern(key, x, "L2")
-    return jnp.clip(x + _radius(eps, x) * common.normalize(delta, "L2"), 0.0, 1.0)
+    return jnp.clip(x + geometry.radius(eps, x) * geometry.normalize(delta, "L2"), 0.0, 1.0)
 
 
 def l1_init(key: jax.Array, x: jax.Array, eps: jax.Array | float) -> jax.Array:
@@ -150,7 +145,7 @@ def l1_init(key: jax.Array, x: jax.Array, eps: jax.Array | float) -> jax.Array:
     per channel, not rescaled), projected onto the L1 ball of radius eps (1 - 1e-6) ∩ the
     box. eps: a number or (B,)."""
     delta = _tiled_pattern(key, x, "L1")
-    return l1.project_bisect(x + delta, x, _radius(eps, x)[:, 0, 0, 0] * L1_SHRINK)
+    return geometry.project_l1_bisect(x + delta, x, geometry.radius(eps, x)[:, 0, 0, 0] * L1_SHRINK)
 
 
 def _corner(u: jax.Array, side: jax.Array, size: int) -> jax.Array:
@@ -170,7 +165,7 @@ def _window(top, left, side, h, w):
     return (in_rows[:, :, None] & in_cols[:, None, :])[..., None]
 
 
-def _linf_proposal(key, x, x_best, eps, side):
+def linf_proposal(key, x, x_best, eps, side):
     """x_best with one window per sample moved to the vertex x +- eps, one sign per channel."""
     b, h, w, c = x.shape
     u = uniform(key, b, (2 + c,))
@@ -179,14 +174,14 @@ def _linf_proposal(key, x, x_best, eps, side):
     return jnp.where(window, jnp.clip(x + eps * sign, 0.0, 1.0), x_best)
 
 
-def _l2_proposal(key, x, x_best, eps, side, pattern):
+def l2_proposal(key, x, x_best, eps, side, pattern):
     """The reference's L2 step per sample: window 2 is emptied and window 1 gets the pattern
     plus its old (normalised) content, rescaled per channel to carry window 1 and 2's mass
     plus whatever norm budget clipping lost; then the whole delta is rescaled to norm eps."""
     return _pattern_proposal(key, x, x_best, eps, side, pattern, "L2")
 
 
-def _l1_proposal(key, x, x_best, eps, side, pattern):
+def l1_proposal(key, x, x_best, eps, side, pattern):
     """The reference's L1 step per sample: as L2's with L1 norms, window 1's new L1 mass per
     channel c * (the unused budget / c + windows 1 and 2's mass in that channel), which can
     exceed eps; then the projection onto the L1 ball of radius eps (1 - 1e-6) ∩ the box."""
@@ -207,7 +202,7 @@ def _pattern_proposal(key, x, x_best, eps, side, pattern, norm):
             return jnp.sum(jnp.abs(v), axis=(1, 2), keepdims=True)
         return jnp.sqrt(jnp.sum(v * v, axis=(1, 2), keepdims=True))
 
-    norm_image = common.expand(common.per_sample_norm(delta, norm), x)
+    norm_image = geometry.expand(geometry.per_sample_norm(delta, norm), x)
     norm_windows = channel_norm(jnp.where(win1 | win2, delta, 0.0))
     # The pattern at each sample's window: pattern[i - top, j - left] (zero-padded beyond
     # `side`, so only indices below 0 need the window mask).
@@ -226,5 +221,5 @@ def _pattern_proposal(key, x, x_best, eps, side, pattern, norm):
     new = new / (_TINY + channel_norm(new)) * mass
     delta = jnp.where(win1, new, jnp.where(win2, 0.0, delta))
     if norm == "L1":
-        return l1.project_bisect(x + delta, x, eps[:, 0, 0, 0] * L1_SHRINK)
-    return jnp.clip(x + eps * common.normalize(delta, "L2"), 0.0, 1.0)
+        return geometry.project_l1_bisect(x + delta, x, eps[:, 0, 0, 0] * L1_SHRINK)
+    return jnp.clip(x + eps * geometry.normalize(delta, "L2"), 0.0, 1.0)

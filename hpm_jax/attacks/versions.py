@@ -25,36 +25,39 @@ with largereps and 5 restarts).
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from hpm_jax.attacks import contract
+from hpm_jax.attacks import types
+from hpm_jax.attacks.apgd_attack import apgd, apgd_targeted
+from hpm_jax.attacks.fab_attack import fab, fab_targeted
+from hpm_jax.attacks.square_attack import square
 
 ATTACK_NAMES = ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t")
 VERSIONS = ("standard", "plus", "rand")
 
-_FUNCTIONS = {  # name -> (module in hpm_jax.attacks, function)
-    "apgd-ce": ("apgd", "apgd"),
-    "apgd-dlr": ("apgd", "apgd"),
-    "apgd-t": ("apgd", "apgd_targeted"),
-    "fab": ("fab", "fab"),
-    "fab-t": ("fab", "fab_targeted"),
-    "square": ("square", "square"),
+_FUNCTIONS: dict[str, types.Attack] = {
+    "apgd-ce": apgd,
+    "apgd-dlr": apgd,
+    "apgd-t": apgd_targeted,
+    "fab": fab,
+    "fab-t": fab_targeted,
+    "square": square,
 }
+# What the chain passes to every attack besides its settings.
+_CONTRACT = frozenset({"key", "norm", "eps", "judge_fn"})
 
 
 @dataclasses.dataclass(frozen=True)
 class AttackSpec:
     """One attack of a chain: `fn(logits_fn, x, y, *, key, norm, eps, judge_fn, **kwargs)`
-    following the attack contract of `contract`. Put AttackSpecs in a custom `version` list to
+    following the attack contract (`types`). Put AttackSpecs in a custom `version` list to
     run attacks of your own in the chain."""
 
     name: str
-    fn: Callable[..., contract.AttackResult]
+    fn: Callable[..., types.AttackResult]
     kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
@@ -111,35 +114,31 @@ def custom_settings(name: str) -> dict[str, Any]:
     return dict(table[name])
 
 
-def attack_fn(name: str) -> Callable[..., contract.AttackResult]:
-    """The function that runs the attack called `name` (imported on demand)."""
-    module_name, attr = _FUNCTIONS[name]
-    module = importlib.import_module(f"hpm_jax.attacks.{module_name}")
-    if not hasattr(module, attr):
-        raise NotImplementedError(f"hpm_jax.attacks.{module_name} has no {attr} for {name!r}.")
-    return getattr(module, attr)
+def attack_fn(name: str) -> types.Attack:
+    """The function that runs the attack called `name`."""
+    return _FUNCTIONS[name]
 
 
 def _check_spec(spec: AttackSpec, norm: str, randomized: bool) -> None:
-    params = inspect.signature(spec.fn).parameters
-    if randomized and "randomized" not in params:
+    """What the attack declares (`types.Attack`) against what the chain asks of it."""
+    attack = spec.attack
+    if randomized and not attack.randomized:
         raise ValueError(
-            f"{spec.name} cannot attack a randomized model (its function takes no "
-            "`randomized`); use version='rand' or APGD attacks only."
+            f"{spec.name} cannot attack a randomized model (it does not declare "
+            "randomized=True); use version='rand' or APGD attacks only."
         )
-    module = importlib.import_module(spec.fn.__module__)
-    if norm not in getattr(module, "NORMS", contract.NORMS):
+    if norm not in attack.norms:
         raise ValueError(
             f"{spec.name} is not ported for norm {norm!r}; leave it out of the chain (custom "
             f"version), e.g. {[n for n in ('apgd-ce', 'apgd-t', 'fab-t') if n != spec.name]}."
         )
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+    if attack.options is None:
         return
-    unknown = sorted(set(spec.kwargs) - set(params))
+    unknown = sorted(set(spec.kwargs) - attack.options - _CONTRACT)
     if unknown:
         raise TypeError(
             f"attack {spec.name!r} ({fn_name(spec.fn)}) takes no {unknown}; its options are "
-            f"{sorted(set(params) - {'logits_fn', 'x', 'y'})}."
+            f"{sorted(attack.options | _CONTRACT)}."
         )
 
 
@@ -215,4 +214,7 @@ def jsonable(v: Any) -> Any:
 
 
 def fn_name(fn: Callable) -> str:
+    """A stable name for an attack function (state files record it)."""
+    if isinstance(fn, types.Declared):
+        return fn.name
     return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"

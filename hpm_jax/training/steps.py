@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import optax
 
 from hpm_jax import models
-from hpm_jax.attacks import common, pgd
+from hpm_jax.attacks import losses, pgd
 from hpm_jax.training import objectives
 from hpm_jax.training import train_state as state_lib
 
@@ -90,13 +90,13 @@ def eval_step(
     x, y, mask = batch["image"], batch["label"], batch["mask"]
     fns = models.logits_fns(model, variables, (judge_mode, attack.mode))  # one if they agree
     judge = fns[judge_mode]
-    clean_correct = common.correct(judge(x), y)
+    clean_correct = losses.correct(judge(x), y)
     x_adv = pgd.perturb(
         fns[attack.mode], x, y, key=jax.random.fold_in(key, index), eps=attack.eps,
         step_size=attack.step_size, num_steps=attack.num_steps, norm=attack.norm,
         random_start=attack.random_start,
     )  # fmt: skip
-    adv_correct = clean_correct & common.correct(judge(x_adv), y)
+    adv_correct = clean_correct & losses.correct(judge(x_adv), y)
     return {
         "clean_correct": jnp.sum(clean_correct & mask),
         "adv_correct": jnp.sum(adv_correct & mask),

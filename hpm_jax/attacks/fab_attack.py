@@ -1,6 +1,6 @@
 """FAB: the Fast Adaptive Boundary attack of AutoAttack (Croce & Hein, 2020), FAB-T and FAB.
 
-    from hpm_jax.attacks.fab import fab, fab_targeted
+    from hpm_jax.attacks import fab, fab_targeted
     res = fab_targeted(logits_fn, x, y, key=jax.random.key(0), norm="Linf", eps=8 / 255)
     res.x_adv, res.robust      # (B, H, W, C) within eps of x, (B,) bool
     res = fab(logits_fn, x, y, key=jax.random.key(0), norm="L1", eps=12.0)   # untargeted
@@ -15,13 +15,13 @@ only when that norm is <= eps. Otherwise x_adv is the clean x, as in the referen
 Defaults are those of AutoAttack's `standard` version: 100 iterations, 9 targets (capped at
 C - 1), one restart from x itself; further restarts start at a random point at distance
 eps / 2 (then clipped to [0, 1]), as the reference. Targets are the highest classes other
-than y by the clean logits of `logits_fn` (`common.target_classes`, as APGD-T's). Each
+than y by the clean logits of `logits_fn` (`losses.target_classes`, as APGD-T's). Each
 iteration takes one vjp of logits_fn and one call of judge_fn on the rows being attacked.
 
 Shrinking (compact=True, the default, as the reference): each run (target x restart) attacks
 only the points not yet broken within eps, re-bucketed into the smallest of `bucket_sizes`
-(default `buckets.bucket_sizes(B, devices)`; the chain passes its own) that holds them
-(`shrink`), so a point broken by one target is never fed to the model again, except as
+(default `batching.bucket_sizes(B, devices)`; the chain passes its own) that holds them
+(`driver`), so a point broken by one target is never fed to the model again, except as
 padding of a bucket; its x_adv is its first success, as the reference's. compact=False runs
 every target and restart on the whole batch, so each point is always judged among the others
 of its batch (the Mixed Surrogate Attack's batch-coupled judges), and judges every iterate
@@ -31,13 +31,12 @@ misclassifies there is broken, with that image, whatever happens to the batch la
 smallest such break over all runs is kept. A per-sample model breaks the same points either
 way; random starts are drawn per point (keyed by its row), so they do not depend on the bucket.
 
-Loops: runs are a Python loop (one host sync per run with compact). The iterations of a run
-are one jitted call each with `loop="host"` (the default on CPU, where XLA:CPU runs a model's
-convolution gradients inside a while loop without its fast kernels, see `apgd`) or one
-`lax.fori_loop` with `loop="lax"` (the default elsewhere); both give the same iterates. The
+Loops: the runs and iterations are the shared `driver`'s (one host sync per run with
+compact): one jitted call per iteration with `loop="host"` (the default on CPU) or one
+`lax` loop per run with `loop="lax"` (the default elsewhere); both give the same iterates. The
 array leaves of `logits_fn` and `judge_fn` are traced (pytree logits functions, see
 `contract`; plain closures are static, hashed by identity); the settings are one static
-`FabConfig`; eps (a number or one per image), alpha_max, eta and beta are traced. Batches
+`FabSteps`; eps (a number or one per image), alpha_max, eta and beta are traced. Batches
 sharded over a mesh stay sharded; a fixed key gives the same result on any number of devices.
 
 The untargeted `fab` (AutoAttack's `plus`) runs the same iteration, but each step heads for
@@ -59,7 +58,6 @@ returned batch (per sample, the verdict found during the search).
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Sequence
 
 import chex
@@ -67,10 +65,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hpm_jax.attacks import common, contract, shrink
-from hpm_jax.attacks.apgd import LOOPS, _spans_devices, _use_host_loop
+from hpm_jax.attacks import contract, driver, geometry, losses, types
 from hpm_jax.attacks.fab_projections import boundary_step
-from hpm_jax.xla_options import jit
 
 # The reference floors step lengths at 1e-8 before forming alpha = |d1| / (|d1| + |d2|).
 _MIN_STEP = 1e-8
@@ -78,15 +74,6 @@ _MIN_STEP = 1e-8
 _TINY = 1e-12
 # The distance to a hyperplane {w·d = m} in a norm is |m| / ||w|| in its dual norm.
 _DUAL = {"Linf": "L1", "L2": "L2", "L1": "Linf"}
-
-
-def _random_start(key: jax.Array, x: jax.Array, radius: jax.Array, norm: str) -> jax.Array:
-    """The reference's restart point: x + radius * t / ||t|| in [0, 1] (t uniform in
-    [-1, 1] for Linf, Gaussian for L2 and L1)."""
-    if norm in ("Linf", "L2"):
-        return common.random_start(key, x, radius, norm)
-    t = jax.random.normal(key, x.shape, x.dtype)
-    return jnp.clip(x + radius * common.normalize(t, "L1"), 0.0, 1.0)
 
 
 def _closest_boundary(z: jax.Array, vjp, y: jax.Array, norm: str):
@@ -101,11 +88,11 @@ def _closest_boundary(z: jax.Array, vjp, y: jax.Array, norm: str):
     grads = jax.vmap(lambda c: vjp(c)[0])(cotangents)  # (C, B, ...): grad of z_c - z_y
     diffs = z - jnp.take_along_axis(z, y[:, None], 1)  # (B, C)
     flat = grads.reshape(num_classes * batch, -1)
-    scale = common.per_sample_norm(flat, _DUAL[norm]).reshape(num_classes, batch).T
+    scale = geometry.per_sample_norm(flat, _DUAL[norm]).reshape(num_classes, batch).T
     dist = jnp.where(is_y, jnp.inf, jnp.abs(diffs) / (_TINY + scale))
     closest = jnp.argmin(dist, axis=1)  # ties to the lowest class, as torch's min
     f = jnp.take_along_axis(diffs, closest[:, None], 1)[:, 0]
-    grad = jnp.take_along_axis(grads, common.expand(closest, grads[0])[None], 0)[0]
+    grad = jnp.take_along_axis(grads, geometry.expand(closest, grads[0])[None], 0)[0]
     return f, grad
 
 
@@ -116,7 +103,6 @@ class FabConfig:
     towards the closest linearised boundary)."""
 
     norm: str
-    n_iter: int
     n_targets: int
     n_restarts: int
     targeted: bool = True
@@ -154,123 +140,133 @@ def _iteration(logits_fn, judge_fn, x, y, target, eps, alpha_max, eta, beta, sta
     f0 = f1 + jnp.sum(w * (x0 - x1f), axis=1)
     d1 = boundary_step(x1f, w, f1, norm)
     d2 = boundary_step(x0, w, f0, norm)
-    a1 = jnp.maximum(common.per_sample_norm(d1, norm), _MIN_STEP)
-    a2 = jnp.maximum(common.per_sample_norm(d2, norm), _MIN_STEP)
+    a1 = jnp.maximum(geometry.per_sample_norm(d1, norm), _MIN_STEP)
+    a2 = jnp.maximum(geometry.per_sample_norm(d2, norm), _MIN_STEP)
     alpha = jnp.clip(a1 / (a1 + a2), 0.0, alpha_max)[:, None]
     new = (x1f + eta * d1) * (1.0 - alpha) + (x0 + eta * d2) * alpha
     new = jnp.clip(new, 0.0, 1.0).reshape(x.shape)
-    is_adv = ~common.correct(judge_fn(new), y)
-    dist = common.per_sample_norm(new - x, norm)
+    is_adv = ~losses.correct(judge_fn(new), y)
+    dist = geometry.per_sample_norm(new - x, norm)
     if config.exact:
         within = dist <= eps
-        shown = jnp.where(common.expand(within, x), new, best)
-        better = within & ~common.correct(judge_fn(shown), y) & (dist < best_norm)
+        shown = jnp.where(geometry.expand(within, x), new, best)
+        better = within & ~losses.correct(judge_fn(shown), y) & (dist < best_norm)
     else:
         better = is_adv & (dist < best_norm)
-    best = jnp.where(common.expand(better, x), new, best)
+    best = jnp.where(geometry.expand(better, x), new, best)
     best_norm = jnp.where(better, dist, best_norm)
     # On success, shrink towards x0 to search for a closer boundary point.
     shrunk = x + beta * (new - x)
-    return jnp.where(common.expand(is_adv, x), shrunk, new), best, best_norm
+    return jnp.where(geometry.expand(is_adv, x), shrunk, new), best, best_norm
 
 
-@functools.partial(jit, static_argnames="config")
-def _run_lax(logits_fn, judge_fn, x, y, target, eps, alpha_max, eta, beta, state, *, config):
-    """A whole run (config.n_iter iterations) as one `lax.fori_loop`."""
+@dataclasses.dataclass(frozen=True)
+class FabSteps:
+    """FAB as the `driver` runs it: runs are targets x restarts. Carry: the targets, which
+    points the judge gets right on x (attackable), the smallest break found and its norm."""
 
-    def body(_, s):
-        return _iteration(logits_fn, judge_fn, x, y, target, eps, alpha_max, eta, beta, s, config)
+    config: FabConfig
+    gradients = True
 
-    return jax.lax.fori_loop(0, config.n_iter, body, state)
+    def begin(self, fns, params, batch, key):
+        loss_fn, judge_fn = fns
+        x, y = batch.x, batch.y
+        chex.assert_rank(x, 4)
+        chex.assert_shape([y, batch.eps], x.shape[:1])
+        targets = None
+        if self.config.targeted:
+            targets = losses.target_classes(loss_fn(x), y, self.config.n_targets)
+        return dict(targets=targets, attackable=losses.correct(judge_fn(x), y), best=x,
+                    best_norm=jnp.full(y.shape, jnp.inf, x.dtype),
+                    done=jnp.zeros(y.shape, bool))  # fmt: skip
 
+    def todo(self, carry):
+        """With compact the points not yet broken within eps; in exact mode (every row, every
+        run) all attackable points: their smallest break is sought over all runs."""
+        if self.config.exact:
+            return carry["attackable"]
+        return carry["attackable"] & ~carry["done"]
 
-@functools.partial(jit, static_argnames="config")
-def _step(logits_fn, judge_fn, x, y, target, eps, alpha_max, eta, beta, state, *, config):
-    return _iteration(logits_fn, judge_fn, x, y, target, eps, alpha_max, eta, beta, state, config)
+    def init(self, fns, params, batch, carry, ctx, prev, real):
+        """Run r: the first run of each target starts at x, later ones at per-row random
+        points at distance eps / 2 (row i drawn with fold_in(fold_in(key, r), ids[i]))."""
+        del prev, real
+        config, (x, y, eps, ids) = self.config, batch
+        target = y
+        if config.targeted:
+            target = jnp.take(carry["targets"], ctx.run // config.n_restarts, axis=1)
+        keys = geometry.row_keys(jax.random.fold_in(ctx.key, ctx.run), ids)
+        start = jax.vmap(
+            lambda k, xi, ei: geometry.sphere_start(k, xi[None], 0.5 * ei, config.norm)[0]
+        )(keys, x, eps)
+        x1 = jnp.where(ctx.run % config.n_restarts == 0, x, start)
+        return dict(x1=x1, best=carry["best"], best_norm=carry["best_norm"], target=target)
 
+    def step(self, fns, params, batch, ctx, state, i, schedule):
+        x1, best, best_norm = _iteration(
+            *fns, batch.x, batch.y, state["target"], batch.eps, params["alpha_max"],
+            params["eta"], params["beta"], (state["x1"], state["best"], state["best_norm"]),
+            self.config,
+        )  # fmt: skip
+        return dict(state, x1=x1, best=best, best_norm=best_norm)
 
-@functools.partial(jit, static_argnames="norm")
-def _start(key, x, eps, ids, *, norm):
-    """Per-row random starts at distance eps / 2, row i drawn with fold_in(key, ids[i]): a
-    point's start does not depend on which other points share its bucket."""
-    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(ids)
+    def live(self, state):
+        return None
 
-    def one(k, xi, ei):
-        return _random_start(k, xi[None], jnp.reshape(0.5 * ei, (1,) * x.ndim), norm)[0]
+    def freeze(self, state, real):
+        return state
 
-    return jax.vmap(one)(keys, x, eps)
+    def end(self, fns, params, batch, carry, state):
+        return dict(carry, best=state["best"], best_norm=state["best_norm"],
+                    done=state["best_norm"] <= batch.eps)  # fmt: skip
 
-
-@functools.partial(jit, static_argnames="n_targets")
-def _clean(logits_fn, judge_fn, x, y, *, n_targets):
-    """(targets (B, n_targets) or None, attackable: the judge is right on x)."""
-    targets = common.target_classes(logits_fn(x), y, n_targets) if n_targets else None
-    return targets, common.correct(judge_fn(x), y)
-
-
-@functools.partial(jit, static_argnames="exact")
-def _finish(judge_fn, x, y, best, best_norm, eps, attackable, *, exact):
-    success = attackable & (best_norm <= eps)
-    x_adv = jnp.where(common.expand(success, x), best, x)
-    if exact:  # every break was judged in its batch when it happened
-        return x_adv, attackable & ~success
-    # Per sample, the judge's verdict on the returned batch equals the one found in the search.
-    return x_adv, common.correct(judge_fn(x_adv), y)
-
-
-def _search(loss_fn, judge_fn, x, y, key, eps, alpha_max, eta, beta, *, config, compact,
-            sizes, loop):  # fmt: skip
-    """The runs (targets x restarts), each on the rows still to attack: with compact, the
-    points not yet broken within eps, re-bucketed before each run (the reference's shrinking
-    batch); without, every row of the batch every time (the smallest norm over all runs)."""
-    batch = x.shape[0]
-    chex.assert_rank(x, 4)
-    chex.assert_shape([y, eps], (batch,))
-    targets, attackable = _clean(loss_fn, judge_fn, x, y,
-                                 n_targets=config.n_targets if config.targeted else 0)  # fmt: skip
-    ids = shrink.place_like(np.arange(batch, dtype=np.int32), y)
-    best, best_norm = x, jnp.full((batch,), jnp.inf, x.dtype)
-    host = _use_host_loop(loop, x)
-    sync = host and _spans_devices(x)
-    rows = shrink.Rows.full(batch)
-    for r in range(config.n_targets * config.n_restarts):
-        if compact:  # one host sync per run
-            todo = shrink.to_host(attackable & ~(best_norm <= eps))
-            rows = shrink.select(todo, sizes)
-            if rows is None:
-                break
-        xb, yb, eb = rows.take(x), rows.take(y), rows.take(eps)
-        target = rows.take(targets[:, r // config.n_restarts]) if config.targeted else yb
-        x1 = xb
-        if r % config.n_restarts:  # the first run of each target starts at x
-            x1 = _start(jax.random.fold_in(key, r), xb, eb, rows.take(ids), norm=config.norm)
-        state = (x1, rows.take(best), rows.take(best_norm))
-        args = (loss_fn, judge_fn, xb, yb, target, eb, alpha_max, eta, beta)
-        if host:  # one call per iteration (XLA:CPU's convolution gradients in loops, see apgd)
-            for _ in range(config.n_iter):
-                state = _step(*args, state, config=config)
-                if sync:
-                    jax.block_until_ready(state)
-        else:
-            state = _run_lax(*args, state, config=config)
-        best, best_norm = rows.put(best, state[1]), rows.put(best_norm, state[2])
-    return _finish(judge_fn, x, y, best, best_norm, eps, attackable, exact=config.exact)
+    def finish(self, fns, params, batch, carry):
+        x, y = batch.x, batch.y
+        success = carry["attackable"] & carry["done"]
+        x_adv = jnp.where(geometry.expand(success, x), carry["best"], x)
+        if self.config.exact:  # every break was judged in its batch when it happened
+            return types.AttackResult(x_adv, carry["attackable"] & ~success)
+        # Per sample, the judge's verdict on the returned batch equals the one found in the
+        # search.
+        return types.AttackResult(x_adv, losses.correct(fns[1](x_adv), y))
 
 
-def _check_config(n_iter, n_target_classes, n_restarts, alpha_max, eta, beta) -> None:
+_OPTIONS = ("n_iter", "n_restarts", "alpha_max", "eta", "beta", "compact", "bucket_sizes",
+            "loop")  # fmt: skip
+
+
+def _run(logits_fn, judge_fn, x, y, *, key, norm, eps, n_iter, n_targets, n_restarts,
+         alpha_max, eta, beta, compact, bucket_sizes, loop) -> types.AttackResult:  # fmt: skip
+    """FAB's own checks, then the driver (n_targets None: untargeted)."""
+    needs = "FAB" if n_targets is None else "FAB-T"
+    checked = contract.validate(logits_fn, judge_fn, x, y, norm=norm, eps=eps, needs=needs)
     contract.check_int("n_iter", n_iter, 0)
-    contract.check_int("n_target_classes", n_target_classes, 1)
+    contract.check_int("n_target_classes", 1 if n_targets is None else n_targets, 1)
     contract.check_int("n_restarts", n_restarts, 1)
-    if not 0.0 <= alpha_max <= 1.0:
-        raise ValueError(f"alpha_max must lie in [0, 1], got {alpha_max!r}.")
+    contract.check_range("alpha_max", alpha_max, 0.0, 1.0)
     if not (np.isfinite(eta) and eta > 0):
         raise ValueError(f"eta (the overshoot) must be a finite number > 0, got {eta!r}.")
-    if not 0.0 < beta < 1.0:
-        raise ValueError(f"beta (the backward step) must lie in (0, 1), got {beta!r}.")
+    contract.check_range("beta (the backward step)", beta, 0.0, 1.0, closed=False)
+    targeted = n_targets is not None
+    config = FabConfig(
+        norm=norm, n_restarts=int(n_restarts),
+        n_targets=min(int(n_targets), checked.num_classes - 1) if targeted else 1,
+        targeted=targeted, exact=not compact,
+    )  # fmt: skip
+    x = jnp.asarray(x)
+    dtype = x.dtype
+    params = dict(alpha_max=jnp.asarray(alpha_max, dtype), eta=jnp.asarray(eta, dtype),
+                  beta=jnp.asarray(beta, dtype))  # fmt: skip
+    return driver.run(FabSteps(config), contract.traced_pair(logits_fn, checked.judge_fn, x),
+                      params, x, y, checked.eps, key,
+                      runs=config.n_targets * config.n_restarts,
+                      phases=[driver.Phase(int(n_iter))], loop=loop, compact=bool(compact),
+                      bucket_sizes=bucket_sizes)  # fmt: skip
 
 
+@types.declare(can_shrink=True, options=("n_target_classes", *_OPTIONS))
 def fab_targeted(
-    logits_fn: contract.LogitsFn,
+    logits_fn: types.LogitsFn,
     x: jax.Array,
     y: jax.Array,
     *,
@@ -283,11 +279,11 @@ def fab_targeted(
     alpha_max: float = 0.1,
     eta: float = 1.05,
     beta: float = 0.9,
-    judge_fn: contract.LogitsFn | None = None,
+    judge_fn: types.LogitsFn | None = None,
     compact: bool = True,
     bucket_sizes: Sequence[int] | None = None,
     loop: str = "auto",
-) -> contract.AttackResult:
+) -> types.AttackResult:
     """FAB-T (AutoAttack's standard settings by default) against `logits_fn`.
 
     x: (B, H, W, C) images in [0, 1] (may be sharded over the batch); y: (B,) labels.
@@ -303,17 +299,15 @@ def fab_targeted(
     per shape and configuration (a pytree logits function's weights are traced, see
     `contract`); eps, alpha_max, eta and beta are traced.
     """
-    checked = contract.validate(logits_fn, judge_fn, x, y, norm=norm, eps=eps, needs="FAB-T")
-    _check_config(n_iter, n_target_classes, n_restarts, alpha_max, eta, beta)
-    config = FabConfig(norm=norm, n_iter=int(n_iter), n_restarts=int(n_restarts),
-                       n_targets=min(int(n_target_classes), checked.num_classes - 1),
-                       exact=not compact)  # fmt: skip
-    return _run(logits_fn, checked, x, y, key, alpha_max, eta, beta, config, compact,
-                bucket_sizes, loop)  # fmt: skip
+    return _run(logits_fn, judge_fn, x, y, key=key, norm=norm, eps=eps, n_iter=n_iter,
+                n_targets=n_target_classes, n_restarts=n_restarts, alpha_max=alpha_max,
+                eta=eta, beta=beta, compact=compact, bucket_sizes=bucket_sizes,
+                loop=loop)  # fmt: skip
 
 
+@types.declare(can_shrink=True, options=_OPTIONS)
 def fab(
-    logits_fn: contract.LogitsFn,
+    logits_fn: types.LogitsFn,
     x: jax.Array,
     y: jax.Array,
     *,
@@ -325,11 +319,11 @@ def fab(
     alpha_max: float = 0.1,
     eta: float = 1.05,
     beta: float = 0.9,
-    judge_fn: contract.LogitsFn | None = None,
+    judge_fn: types.LogitsFn | None = None,
     compact: bool = True,
     bucket_sizes: Sequence[int] | None = None,
     loop: str = "auto",
-) -> contract.AttackResult:
+) -> types.AttackResult:
     """Untargeted FAB (AutoAttack's `plus` settings by default: 100 iterations, 5 restarts).
 
     As `fab_targeted`, but every iteration heads for the linearised boundary closest to its
@@ -338,25 +332,6 @@ def fab(
     distance eps / 2 from x; the smallest adversarial perturbation over all runs is kept and
     counts where its norm is <= eps. Returns AttackResult(x_adv, robust) as `fab_targeted`.
     """
-    checked = contract.validate(logits_fn, judge_fn, x, y, norm=norm, eps=eps, needs="FAB")
-    _check_config(n_iter, 1, n_restarts, alpha_max, eta, beta)
-    config = FabConfig(norm=norm, n_iter=int(n_iter), n_targets=1, n_restarts=int(n_restarts),
-                       targeted=False, exact=not compact)  # fmt: skip
-    return _run(logits_fn, checked, x, y, key, alpha_max, eta, beta, config, compact,
-                bucket_sizes, loop)  # fmt: skip
-
-
-def _run(logits_fn, checked, x, y, key, alpha_max, eta, beta, config, compact, bucket_sizes,
-         loop) -> contract.AttackResult:  # fmt: skip
-    if loop not in LOOPS:
-        raise ValueError(f"loop must be one of {LOOPS}, got {loop!r}.")
-    x, y = jnp.asarray(x), jnp.asarray(y)
-    sizes = shrink.attack_sizes(x, bucket_sizes) if compact else ()
-    loss_fn, judge_fn = contract.traced_pair(logits_fn, checked.judge_fn, x)
-    dtype = x.dtype
-    x_adv, robust = _search(
-        loss_fn, judge_fn, x, y, key, checked.eps, jnp.asarray(alpha_max, dtype),
-        jnp.asarray(eta, dtype), jnp.asarray(beta, dtype), config=config, compact=bool(compact),
-        sizes=sizes, loop=loop,
-    )  # fmt: skip
-    return contract.AttackResult(x_adv, robust)
+    return _run(logits_fn, judge_fn, x, y, key=key, norm=norm, eps=eps, n_iter=n_iter,
+                n_targets=None, n_restarts=n_restarts, alpha_max=alpha_max, eta=eta,
+                beta=beta, compact=compact, bucket_sizes=bucket_sizes, loop=loop)  # fmt: skip
