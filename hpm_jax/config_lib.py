@@ -24,6 +24,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import os
+import types
 from collections.abc import Sequence
 from typing import Any
 
@@ -68,14 +69,26 @@ def split_overrides(argv: Sequence[str], name: str = "config") -> tuple[list[str
     return rest, overrides
 
 
+def load_module(path: str, relative_to: str | None = None) -> types.ModuleType:
+    """The config file `path` run as a module (configs/ is not a package: files are read by
+    path). `relative_to`: a file whose directory `path` is relative to, so that a config can
+    build on another experiment: `load_module("fashion_mnist.py", relative_to=__file__)`."""
+    if relative_to is not None:
+        path = os.path.join(os.path.dirname(os.path.abspath(relative_to)), path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No config file {path!r}; see configs/.")
+    module_spec = importlib.util.spec_from_file_location("_hpm_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
 def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
     """`get_config(arg)` of the file in `spec` ("path.py" or "path.py:arg"), then overrides."""
     path, _, arg = spec.partition(":")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No config file {path!r} (from {spec!r}); see configs/.")
-    module_spec = importlib.util.spec_from_file_location("_hpm_config", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    module = load_module(path)
     if not hasattr(module, "get_config"):
         raise ConfigError(f"{path} defines no get_config(arg=None).")
     try:
