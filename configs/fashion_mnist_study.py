@@ -16,14 +16,15 @@ the user names (e.g. the demo's WORKDIR/at/model); the study refuses to start wi
 
 import ml_collections
 
-from hpm_jax import config_lib, config_sections
+from hpm_jax import config_lib
 
-VARIANTS = config_sections.FASHION_MNIST_VARIANTS  # `hpm` is always on
+fashion_mnist = config_lib.load_module("fashion_mnist.py", relative_to=__file__)
+VARIANTS = fashion_mnist.VARIANTS  # `hpm` is always on
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     variants = config_lib.parse_variants(arg, VARIANTS)
-    config = config_sections.fashion_mnist_config(variants | {"hpm"})
+    config = fashion_mnist.get_config(",".join(sorted(variants | {"hpm"})))
     # "": hpm_jax.study names the missing --config.init.checkpoint=DIR itself.
     config.init.checkpoint = ""
     config.evaluation.naive_autoattack = False

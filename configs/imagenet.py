@@ -17,12 +17,14 @@ split over every device of every host; computation in bfloat16 (parameters in fl
 (`--config.init.checkpoint=DIR`). Data: TFDS `imagenet2012` as array_record (manual
 download, see hpm_jax.data). The `evaluation` section (`hpm_jax.evaluate`) attacks at the
 training threat model (Linf 4/255, RobustBench's) on RobustBench's 5000 validation images
-with full AutoAttack budgets. The shared sections: `hpm_jax.config_sections`.
+with full AutoAttack budgets. Values not stated here: the defaults in
+`hpm_jax.config_sections.DEFAULTS`.
 """
 
 import ml_collections
 
-from hpm_jax import config_lib, config_sections
+from hpm_jax import config_lib
+from hpm_jax import config_sections as common
 
 VARIANTS = ("fc", "local")
 # `local`'s evaluation: a few iterations of each attack, to try the pipeline.
@@ -33,37 +35,36 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     variants = config_lib.parse_variants(arg, VARIANTS)
     local = "local" in variants
     if local:  # a tiny ResNet-18-shaped network
-        kwargs = {
-            "dtype": "float32",
-            "stage_sizes": (1, 1, 1, 1),
-            "bottleneck": False,
-            "image_size": 224,
-        }
+        kwargs = dict(dtype="float32", stage_sizes=(1, 1, 1, 1), bottleneck=False, image_size=224)
     else:
-        kwargs = {"dtype": "bfloat16"}  # computation; parameters in float32
-    config = config_sections.training_config(
-        dataset=config_sections.dataset("imagenet2012", eval_split="validation"),
-        # ~0.5 examples per class in a 512-image batch: P_ema dominates the mixture.
-        model=config_sections.model("resnet50", num_classes=1000, kwargs=kwargs, pseudo_count=1.0),
-        init=config_sections.init(None, prototype_examples=100000),  # ~100 per class
-        objective=config_sections.objective("pgd_at"),
+        kwargs = dict(dtype="bfloat16")  # computation; parameters in float32
+    config = common.training_config(
+        dataset=dict(name="imagenet2012", eval_split="validation"),
+        model=dict(
+            name="resnet50",
+            num_classes=1000,
+            kwargs=kwargs,
+            # ~0.5 examples per class in a 512-image batch: P_ema dominates the mixture.
+            head_kwargs=dict(pseudo_count=1.0),
+        ),
+        init=dict(checkpoint=None, prototype_examples=100000),  # ~100 per class
+        objective=dict(name="pgd_at"),
         # Salman et al.: 3 steps of 2 * eps / 3.
-        attack=config_sections.attack(eps=4 / 255, step_size=8 / 255 / 3, num_steps=3),
-        train=config_sections.train(
+        attack=dict(eps=4 / 255, step_size=8 / 255 / 3, num_steps=3),
+        train=dict(
             batch_size=512,
             num_steps=5000,  # ~2 epochs
             learning_rate=0.02,
             warmup_steps=200,
             weight_decay=1e-4,
         ),
-        eval=config_sections.eval_(
+        eval=dict(
             batch_size=500,
             every_steps=1000,
             num_examples=5000,
-            attack_steps=10,
-            attack_step_size=1 / 255,
+            attack=dict(num_steps=10, step_size=1 / 255),
         ),
-        checkpoint=config_sections.checkpoint(every_steps=500, keep=3),
+        checkpoint=dict(every_steps=500, keep=3),
     )
     if "fc" in variants:
         config.model.head = "fc"
@@ -85,10 +86,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Linf, RobustBench's) with full budgets on RobustBench's 5000 validation images (`local`:
     # tiny ones). batch_size: HPM's batch context (part of the result), near training's 512;
     # a multiple of 1, 2 or 4 devices (--config.evaluation.batch_size=512 on 8 or 16).
-    config.evaluation = config_sections.evaluation(
+    config.evaluation = common.evaluation(
         config.attack,
         num_examples=32 if local else 5000,
         batch_size=16 if local else 500,
-        attack_options=config_sections.attack_budgets(**TINY_BUDGETS if local else {}),
+        attack_options=common.attack_budgets(**TINY_BUDGETS if local else {}),
     )
     return config

@@ -15,8 +15,23 @@ In Python (tests, notebooks):
 
 `:local` passes "local" to `get_config`, which returns the small laptop variant. Keys are
 split at dots only, so names with hyphens override like any other:
-`--config.evaluation.attack_options.apgd-ce.n_iter=10`. A key that is not in the config is
-an error naming the keys that are (`ConfigError`, also a KeyError).
+`--config.evaluation.attack_options.apgd-ce.n_iter=10`; the identifier spelling `apgd_ce`
+names the same key. A key that is not in the config is an error naming the keys that are
+(`ConfigError`, also a KeyError: the one error type for config problems).
+
+Why not `ml_collections.config_flags` (DEFINE_config_file): it parses `--config=path.py:arg`
+and `--config.a.b=v` too, but it applies the overrides while absl parses the flags, to the
+file's ConfigDict as it is, through paths that must be Python identifiers. The programs need
+more than that: `hpm-evaluate` fills a config's missing evaluation knobs before applying
+`--config.evaluation.*` (`hpm_jax.evaluate.load_evaluation_config`), the study and the zoo
+apply override strings to configs built in code (study points, `hpm_jax.zoo.evaluation`),
+attack names are keys with hyphens (`apgd-ce`: config_flags' path parser refuses them), a
+whole section can be replaced by a dict literal (`--config.evaluation.attack_options={}`),
+and every mistake is one line naming the key and the keys that are (config_flags reports an
+unknown override as an unknown absl flag). So this module keeps its own small parser:
+`split_overrides` (argv), `apply_overrides` (the tree walk and its errors) and
+`load_config`; the rest is ml_collections' own (ConfigDict's type checks and its int ->
+float conversion on assignment).
 """
 
 from __future__ import annotations
@@ -24,6 +39,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import os
+import types
 from collections.abc import Sequence
 from typing import Any
 
@@ -68,14 +84,26 @@ def split_overrides(argv: Sequence[str], name: str = "config") -> tuple[list[str
     return rest, overrides
 
 
+def load_module(path: str, relative_to: str | None = None) -> types.ModuleType:
+    """The config file `path` run as a module (configs/ is not a package: files are read by
+    path). `relative_to`: a file whose directory `path` is relative to, so that a config can
+    build on another experiment: `load_module("fashion_mnist.py", relative_to=__file__)`."""
+    if relative_to is not None:
+        path = os.path.join(os.path.dirname(os.path.abspath(relative_to)), path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No config file {path!r}; see configs/.")
+    module_spec = importlib.util.spec_from_file_location("_hpm_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
 def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
     """`get_config(arg)` of the file in `spec` ("path.py" or "path.py:arg"), then overrides."""
     path, _, arg = spec.partition(":")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No config file {path!r} (from {spec!r}); see configs/.")
-    module_spec = importlib.util.spec_from_file_location("_hpm_config", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    module = load_module(path)
     if not hasattr(module, "get_config"):
         raise ConfigError(f"{path} defines no get_config(arg=None).")
     try:
@@ -109,12 +137,14 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str])
         parts = key.split(".")
         node = config
         for depth, part in enumerate(parts):
+            if isinstance(node, ml_collections.ConfigDict) and part not in node:
+                parts[depth] = part = _hyphenated(node, part)
             if not isinstance(node, ml_collections.ConfigDict) or part not in node:
                 raise ConfigError(_unknown_key(config, parts, depth, override))
             if depth < len(parts) - 1:
                 node = node[part]
         leaf, current = parts[-1], node[parts[-1]]
-        value = _parse_value(text, current)
+        value = _parse_value(text)
         if isinstance(current, ml_collections.ConfigDict) and isinstance(value, dict):
             node[leaf] = ml_collections.ConfigDict(value)  # a whole section, as a dict literal
             continue
@@ -154,14 +184,20 @@ def _unknown_key(config: ml_collections.ConfigDict, parts: list[str], depth: int
     )
 
 
-def _parse_value(text: str, current: Any) -> Any:
+def _hyphenated(node: ml_collections.ConfigDict, part: str) -> str:
+    """`part`, or the key of `node` it spells as an identifier (apgd_ce for apgd-ce: the
+    spelling ml_collections.config_flags would need)."""
+    hyphenated = part.replace("_", "-")
+    return hyphenated if hyphenated in node else part
+
+
+def _parse_value(text: str) -> Any:
+    """A Python literal, or a bare string (dataset=cifar10). An int given to a float key
+    becomes a float when set: ConfigDict converts it."""
     try:
-        value = ast.literal_eval(text)
+        return ast.literal_eval(text)
     except (ValueError, SyntaxError):
-        value = text  # a bare string, e.g. dataset=cifar10
-    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    return value
+        return text
 
 
 def check_plain(config: ml_collections.ConfigDict, prefix: str = "") -> None:

@@ -86,3 +86,27 @@ def test_parse_variants_names_the_unknown_and_the_known(tmp_path):
     assert config_lib.load_config(f"{path}:small").small is True
     with pytest.raises(config_lib.ConfigError, match=r"c\.py:big: Unknown variant\(s\) \['big'\]"):
         config_lib.load_config(f"{path}:big")
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
+def test_every_configs_overrides_apply_and_unknown_keys_are_named(path):
+    overrides = ["seed=3", "train.num_steps=7", "train.learning_rate=1", "attack.norm=L2"]
+    config = config_lib.load_config(path, overrides)
+    assert (config.seed, config.train.num_steps, config.attack.norm) == (3, 7, "L2")
+    assert config.train.learning_rate == 1.0 and isinstance(config.train.learning_rate, float)
+    with pytest.raises(config_lib.ConfigError, match=r"config\.train has no key 'num_stepz'"):
+        config_lib.load_config(path, ["train.num_stepz=7"])
+    with pytest.raises(config_lib.ConfigError, match=r"num_steps holds a int \(\d+\), not a str"):
+        config_lib.load_config(path, ["train.num_steps=many"])
+
+
+@pytest.mark.parametrize("spelling", ["apgd-ce", "apgd_ce"])
+def test_attack_keys_take_the_hyphenated_and_the_identifier_spelling(spelling):
+    path = os.path.join(os.path.dirname(__file__), "..", "configs", "fashion_mnist.py")
+    config = config_lib.load_config(path, [f"evaluation.attack_options.{spelling}.n_iter=7"])
+    assert config.evaluation.attack_options["apgd-ce"].n_iter == 7
+    assert "apgd_ce" not in config.evaluation.attack_options  # no second key
+    with pytest.raises(
+        config_lib.ConfigError, match=r"no section 'apgd_cee'; its keys are apgd-ce"
+    ):
+        config_lib.apply_overrides(config, ["evaluation.attack_options.apgd_cee.n_iter=7"])

@@ -1,9 +1,10 @@
-"""The experiment configs (configs/*.py) and the sections they share (hpm_jax.config_sections):
+"""The experiment configs (configs/*.py) and the defaults they share (hpm_jax.config_sections):
 invariants over every file and every combination of its variants, not a frozen snapshot."""
 
 import glob
 import importlib.util
 import itertools
+import json
 import os
 
 import ml_collections
@@ -14,18 +15,7 @@ from hpm_jax.training import model_init
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "configs")
 CONFIGS = sorted(glob.glob(os.path.join(CONFIG_DIR, "*.py")))
-# The section each key of a config is built by.
-BUILDERS = {
-    "dataset": "dataset",
-    "model": "model",
-    "init": "init",
-    "objective": "objective",
-    "attack": "attack",
-    "train": "train",
-    "eval": "eval_",
-    "checkpoint": "checkpoint",
-    "evaluation": "evaluation",
-}
+SECTIONS = (*config_sections.TRAINING_SECTIONS, "evaluation")
 
 
 def _variants(path: str) -> tuple[str, ...]:
@@ -69,27 +59,48 @@ def test_every_config_parses_its_variants_with_parse_variants(path):
     assert ", ".join(known) in str(info.value)
 
 
-def test_a_change_in_a_base_section_shows_in_every_config(monkeypatch):
-    def marked(build):
-        def wrapper(*args, **kwargs):
-            section = build(*args, **kwargs)
-            section.from_base = True
-            return section
-
-        return wrapper
-
-    for builder in set(BUILDERS.values()):
-        monkeypatch.setattr(config_sections, builder, marked(getattr(config_sections, builder)))
+def test_a_change_in_a_default_shows_in_every_config(monkeypatch):
+    for name in SECTIONS:
+        monkeypatch.setitem(config_sections.DEFAULTS, name, {**config_sections.DEFAULTS[name]})
+        monkeypatch.setitem(config_sections.DEFAULTS[name], "from_defaults", True)
     for spec in ALL_SPECS:
         config = config_lib.load_config(spec)
-        for key in BUILDERS:
-            assert config[key].get("from_base") is True, (_name(spec), key)
+        written = json.loads(config.to_json())  # as run records store it: in insertion order
+        assert list(written)[: len(SECTIONS) + 1] == ["seed", *SECTIONS], _name(spec)
+        for name in SECTIONS:
+            assert config[name].get("from_defaults") is True, (_name(spec), name)
 
 
+def test_sections_take_their_keys_in_the_tables_order_and_refuse_unknown_ones():
+    given = dict(step_size=0.1, num_steps=1, mode="fc", eps=0.5)  # out of order
+    attack = config_sections.section("attack", given)
+    assert list(json.loads(attack.to_json())) == list(config_sections.DEFAULTS["attack"])
+    assert (attack.eps, attack.mode, attack.norm) == (0.5, "fc", "Linf")
+    with pytest.raises(TypeError, match=r"attack: unknown key\(s\) \['epss'\]; its keys are"):
+        config_sections.section("attack", {**given, "epss": 0.1})
+    with pytest.raises(TypeError, match=r"attack\.eps is required"):
+        config_sections.section("attack", dict(step_size=0.1, num_steps=1))
+    with pytest.raises(TypeError, match=r"eval\.attack: unknown key\(s\) \['steps'\]"):
+        config_sections.section(
+            "eval",
+            dict(batch_size=1, every_steps=0, num_examples=0, attack=dict(steps=1)),
+        )
+    model = config_sections.section(  # head_kwargs is open: any HPMHead field
+        "model", dict(name="m", num_classes=2, head_kwargs=dict(lam=0.3, pseudo_count=1.0))
+    )
+    assert model.head_kwargs.to_dict() == {
+        "mixing": "count",
+        "pseudo_count": 1.0,
+        "ema_decay": 0.99,
+        "lam": 0.3,
+    }
+
+
+CIFAR_VARIANTS = _variants(os.path.join(CONFIG_DIR, "cifar10.py"))
 CIFAR_ARGS = [
     ",".join(c)
-    for r in range(len(config_sections.CIFAR_VARIANTS) + 1)
-    for c in itertools.combinations(config_sections.CIFAR_VARIANTS, r)
+    for r in range(len(CIFAR_VARIANTS) + 1)
+    for c in itertools.combinations(CIFAR_VARIANTS, r)
 ]
 
 
@@ -134,11 +145,11 @@ def test_no_default_paths_and_fine_tuning_requires_init_checkpoint(spec):
 
 
 def test_evaluation_section_is_the_evaluators_defaults():
-    attack = config_sections.attack(norm="L2", eps=0.5, step_size=0.1, num_steps=1)
+    attack = config_sections.section("attack", dict(norm="L2", eps=0.5, step_size=0.1, num_steps=1))
     config = ml_collections.ConfigDict({"attack": attack})
     assert config_sections.evaluation(attack).to_dict() == (
         evaluate.default_evaluation_config(config).to_dict()
     )
     assert config_sections.evaluation().to_dict() == evaluate.default_evaluation_config().to_dict()
-    with pytest.raises(TypeError, match=r"unknown knob\(s\) \['epss'\]"):
+    with pytest.raises(TypeError, match=r"evaluation: unknown key\(s\) \['epss'\]"):
         config_sections.evaluation(epss=0.1)

@@ -18,13 +18,14 @@ Only these modules define absl flags: the library takes ConfigDicts and paths. A
     cli.run("hpm-train", main, user_errors=(ConfigError,))
 
 `run` takes the `--config.KEY=VALUE` arguments out of argv (`config_lib.split_overrides`:
-keys split at dots only, so `--config.evaluation.attack_options.apgd-ce.n_iter=10` works)
-and runs `main` under absl. Every user error (a bad or missing flag, a config file, variant
-or key that does not exist, a value of the wrong type, and the `user_errors` the program
-names: a missing dataset, a checkpoint of another architecture, settings changed under an
-existing state file...) ends the program with one line on stderr, `PROG: error: MESSAGE`,
-naming the fix, and exit code 2 (`EXIT_USER_ERROR`), without a traceback. The programs check
-what they are asked for before they write anything, so such an error never loses output.
+keys split at dots only, so `--config.evaluation.attack_options.apgd-ce.n_iter=10` works, as
+does `apgd_ce`) and runs `main` under absl. Every user error (a bad or missing flag, a config
+file, variant or key that does not exist, a value of the wrong type, and the `user_errors`
+the program names: a missing dataset, a checkpoint of another architecture, settings changed
+under an existing state file...) ends the program with one line on stderr, `PROG: error:
+MESSAGE`, naming the fix, and exit code 2 (`EXIT_USER_ERROR`), without a traceback. The
+programs check what they are asked for before they write anything, so such an error never
+loses output.
 """
 
 from __future__ import annotations
@@ -149,7 +150,8 @@ def require(prog: str, **values: object) -> None:
 
 def define_config_flag(name: str = "config", help_string: str = "") -> flags.FlagHolder:
     """The `--config=path.py[:arg]` flag (a string: `config_lib.load_config` reads it). Its
-    `--config.a.b=v` overrides are taken out of argv by `config_lib.split_overrides` (`run`)."""
+    `--config.a.b=v` overrides are taken out of argv by `config_lib.split_overrides` (`run`).
+    Not `ml_collections.config_flags`: config_lib's docstring says why."""
     help_string = help_string or (
         "Config file, path.py or path.py:variant; override keys as --config.train.num_steps=100."
     )
