@@ -25,7 +25,7 @@ import pytest
 
 from hpm_jax.attacks import AttackSpec, AutoAttack, buckets, common, contract, versions
 from hpm_jax.attacks.resume import StateMismatchError, StateStore
-from hpm_jax.sharding import make_mesh
+from hpm_jax.runtime.sharding import make_mesh
 
 EPS = 0.1
 SIZES = (8, 4)

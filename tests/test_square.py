@@ -22,7 +22,7 @@ from hpm_jax.attacks.square import (
     square_run,
     square_side,
 )
-from hpm_jax.sharding import data_sharding, make_mesh
+from hpm_jax.runtime.sharding import data_sharding, make_mesh
 
 # The module itself, whatever the package exports under the name `square`.
 square_module = importlib.import_module("hpm_jax.attacks.square")

@@ -1,5 +1,5 @@
-"""The HPM design-space study (`hpm_jax.study`) on a tiny model and budget: end to end, the
-table and plot, a resume after a simulated kill and after deleting one point's results
+"""The HPM design-space study (`hpm_jax.experiments.study`) on a tiny model and budget: end to
+end, the table and plot, a resume after a simulated kill and after deleting one point's results
 (both reproduce the table), config checks, and the interval arithmetic against scipy."""
 
 import json
@@ -10,8 +10,11 @@ import shutil
 import numpy as np
 import pytest
 
-from hpm_jax import config_lib, evaluate, study, train
+from hpm_jax import config_lib
 from hpm_jax.data import offline
+from hpm_jax.evaluation import evaluate
+from hpm_jax.experiments import study
+from hpm_jax.training import train
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "fashion_mnist_study.py")
 TINY_MODEL = [
@@ -50,7 +53,7 @@ def base_model(tmp_path_factory):
     import jax
     import jax.numpy as jnp
 
-    from hpm_jax.model_export import save_model
+    from hpm_jax.models.export import save_model
     from hpm_jax.training import model_init
 
     config = config_lib.load_config(

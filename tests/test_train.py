@@ -33,11 +33,12 @@ from test_train_support import (
     tiny_overrides,
 )
 
-from hpm_jax import data, integrity, train
+from hpm_jax import data
 from hpm_jax.config_lib import load_config
-from hpm_jax.model_export import load_model
-from hpm_jax.sharding import make_mesh
-from hpm_jax.training import metrics, model_init, train_checkpoints
+from hpm_jax.models.export import load_model
+from hpm_jax.runtime import integrity
+from hpm_jax.runtime.sharding import make_mesh
+from hpm_jax.training import metrics, model_init, train, train_checkpoints
 
 STEPS, BATCH = 3, 8  # the FC run's; the reference run trains REFERENCE_STEPS
 REFERENCE_STEPS = 4

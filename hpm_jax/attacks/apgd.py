@@ -59,7 +59,7 @@ from hpm_jax.attacks.apgd_steps import (
     l1_checkpoints,
     largereps_schedule,
 )
-from hpm_jax.xla_options import jit
+from hpm_jax.runtime.xla_options import jit
 
 __all__ = [
     "ApgdConfig",

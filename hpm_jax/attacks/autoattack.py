@@ -73,8 +73,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from hpm_jax.attacks import buckets, checks, contract, versions
 from hpm_jax.attacks.resume import ChainState, StateMismatchError, StateStore, data_hash
 from hpm_jax.attacks.versions import AttackSpec
-from hpm_jax.sharding import data_sharding, make_mesh, replicated
-from hpm_jax.xla_options import jit
+from hpm_jax.runtime.sharding import data_sharding, make_mesh, replicated
+from hpm_jax.runtime.xla_options import jit
 
 logger = logging.getLogger("hpm_jax.autoattack")
 

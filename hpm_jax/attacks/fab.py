@@ -70,7 +70,7 @@ import numpy as np
 from hpm_jax.attacks import common, contract, shrink
 from hpm_jax.attacks.apgd import LOOPS, _spans_devices, _use_host_loop
 from hpm_jax.attacks.fab_projections import boundary_step
-from hpm_jax.xla_options import jit
+from hpm_jax.runtime.xla_options import jit
 
 # The reference floors step lengths at 1e-8 before forming alpha = |d1| / (|d1| + |d2|).
 _MIN_STEP = 1e-8

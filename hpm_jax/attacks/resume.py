@@ -20,7 +20,7 @@ the whole dataset. A kill at any moment leaves a JSON that lists only complete f
 result is unchanged.
 
 Damage from outside (a disk or copy fault, a partial sync, a hand edit) is told apart by
-checksums (`hpm_jax.integrity`) and named in one line to `log`: an image file is a cache, so
+checksums (`runtime.integrity`) and named in one line to `log`: an image file is a cache, so
 `load_images` sets its entry aside (`state.damaged`) and `recompute_damaged` runs that one
 (attack, batch) again; a damaged JSON falls back to `<state>.prev`, the copy saved one batch
 earlier (that batch is then redone); with neither readable the attack starts afresh.
@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from hpm_jax import integrity
+from hpm_jax.runtime import integrity
 
 FORMAT = "hpm_jax.autoattack/1"
 

@@ -89,7 +89,7 @@ from hpm_jax.attacks.square_proposals import (  # noqa: F401  (l2_init etc.: pub
     l2_pattern,
     linf_init,
 )
-from hpm_jax.xla_options import jit
+from hpm_jax.runtime.xla_options import jit
 
 NORMS = ("Linf", "L2", "L1")
 LOSSES = ("margin", "ce")

@@ -1,4 +1,5 @@
-"""`hpm-evaluate` (and `python -m hpm_jax.evaluate`): the flags around `hpm_jax.evaluate.run`.
+"""`hpm-evaluate` (and `python -m hpm_jax.evaluate`): the flags around
+`hpm_jax.evaluation.evaluate.run`.
 
     hpm-evaluate --config=configs/fashion_mnist.py --checkpoint=DIR --workdir=OUT \\
         --baseline_checkpoint=/tmp/fmnist_at/model --config.evaluation.num_examples=1000
@@ -11,11 +12,12 @@ from absl import flags
 
 from hpm_jax import cli
 from hpm_jax.attacks.resume import StateMismatchError
-from hpm_jax.model_export import CheckpointMismatchError
+from hpm_jax.models.export import CheckpointMismatchError
 
 PROG = "hpm-evaluate"
 with cli.program_imports(PROG):  # the core install: one line naming the extra
-    from hpm_jax import data, evaluate, reports
+    from hpm_jax import data
+    from hpm_jax.evaluation import evaluate, reports
 _CONFIG = cli.define_config_flag()
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Model directory (model.json) to evaluate.")
 _ROBUSTBENCH = flags.DEFINE_string(
@@ -48,7 +50,7 @@ def main(argv: list[str], overrides: list[str]) -> None:
     del argv  # cli.run refuses positional arguments
     rb = None
     if _ROBUSTBENCH.value:
-        from hpm_jax.zoo import evaluation as rb_eval
+        from hpm_jax.evaluation import robustbench as rb_eval
 
         if _CHECKPOINT.value:
             cli.fail(PROG, "give --checkpoint or --robustbench, not both.")

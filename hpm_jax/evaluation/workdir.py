@@ -16,8 +16,9 @@ import json
 import os
 from typing import Any
 
-from hpm_jax import evaluation_log, integrity
-from hpm_jax.evaluation_data import EvaluationSetupError
+from hpm_jax.evaluation import log as evaluation_log
+from hpm_jax.evaluation.inputs import EvaluationSetupError
+from hpm_jax.runtime import integrity
 
 REPORT, SUMMARY, STATE_DIR, ADV_DIR = "report.json", "summary.md", "state", "adversarial"
 IDENTITY = "evaluation.json"  # in STATE_DIR: what the state there belongs to

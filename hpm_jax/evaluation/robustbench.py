@@ -28,7 +28,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from hpm_jax.zoo.robustbench_table import RobustBenchModel
+from hpm_jax.interop.zoo.robustbench_table import RobustBenchModel
 
 # RobustBench dataset -> (TFDS name, eval split, RobustBench's full evaluation size).
 DATASETS = {
@@ -166,8 +166,9 @@ def load_config(robustbench: dict[str, Any], spec: str | None = None, overrides=
     """The config of `hpm-evaluate --robustbench`: `spec`'s (a config file) or, without one,
     `robustbench_config`'s; the leaderboard's norm and eps and RobustBench's order in either
     case; then the `--config.KEY=VALUE` overrides."""
-    from hpm_jax import config_lib, evaluate
-    from hpm_jax.zoo.robustbench import entry
+    from hpm_jax import config_lib
+    from hpm_jax.evaluation import evaluate
+    from hpm_jax.interop.zoo.robustbench import entry
 
     try:
         info = entry(robustbench["name"], robustbench.get("dataset", "cifar10"),
