@@ -14,6 +14,7 @@ from hpm_jax import config_lib
 from hpm_jax.data import offline
 from hpm_jax.evaluation import evaluate
 from hpm_jax.experiments import study
+from hpm_jax.runtime.identity import WorkdirMismatchError
 from hpm_jax.training import train
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "fashion_mnist_study.py")
@@ -141,7 +142,7 @@ def test_study_runs_resumes_after_a_kill_and_after_a_deleted_point(
 
     # The same name with other overrides is refused before anything runs.
     changed = _config(base_model, ['study.points.convex=("model.head_kwargs.lam=0.3",)'])
-    with pytest.raises(study.StudyError, match=r"overrides.*another name"):
+    with pytest.raises(WorkdirMismatchError, match=r"overrides.*another name"):
         study.run(changed, workdir, log=None)
     # A knob a newer hpm-jax adds (present on one side only) is no change.
     point = os.path.join(workdir, "points", "convex", "seed_0", study.POINT_JSON)

@@ -24,9 +24,9 @@ from hpm_jax.attacks.checks import CheckResult
 from hpm_jax.attacks.contract import AttackResult
 from hpm_jax.attacks.fab import fab, fab_targeted
 from hpm_jax.attacks.msa import MSAReport, mixed_surrogate_attack
-from hpm_jax.attacks.resume import StateMismatchError
 from hpm_jax.attacks.square import square
 from hpm_jax.attacks.versions import AttackSpec
+from hpm_jax.runtime.identity import WorkdirMismatchError
 
 __all__ = [
     "AttackResult",
@@ -35,7 +35,7 @@ __all__ = [
     "AutoAttackReport",
     "CheckResult",
     "MSAReport",
-    "StateMismatchError",
+    "WorkdirMismatchError",
     "apgd",
     "apgd_targeted",
     "fab",

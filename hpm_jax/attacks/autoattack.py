@@ -71,8 +71,9 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from hpm_jax.attacks import buckets, checks, contract, versions
-from hpm_jax.attacks.resume import ChainState, StateMismatchError, StateStore, data_hash
+from hpm_jax.attacks.resume import ChainState, StateStore, data_hash
 from hpm_jax.attacks.versions import AttackSpec
+from hpm_jax.runtime.identity import WorkdirMismatchError as StateMismatchError
 from hpm_jax.runtime.sharding import data_sharding, make_mesh, replicated
 from hpm_jax.runtime.xla_options import jit
 

@@ -50,7 +50,7 @@ from hpm_jax.evaluation.inputs import (  # noqa: F401  (re-exported: evaluate.lo
     load_eval_data,
     load_eval_subset,
     load_model_dir,
-    load_robustbench,
+    load_robustbench_for_evaluation,
     model_identity,
 )
 from hpm_jax.evaluation.runner import AttackRunner, attack_list, clean_accuracy  # noqa: F401
@@ -101,6 +101,35 @@ def load_evaluation_config(spec: str, overrides=()) -> ml_collections.ConfigDict
     config = config_lib.load_config(spec)
     with config.unlocked():
         config.evaluation = completed_evaluation(config)
+    config_lib.apply_overrides(config, overrides)
+    return config
+
+
+def load_robustbench_config(robustbench: dict[str, Any], spec: str | None = None, overrides=()):
+    """The config of `hpm-evaluate --robustbench`: `spec`'s (a config file) or, without one,
+    `robustbench_config`'s; the leaderboard's norm and eps and RobustBench's order in either
+    case; then the `--config.KEY=VALUE` overrides."""
+    from hpm_jax import config_lib
+    from hpm_jax.evaluation import robustbench as rb_eval
+    from hpm_jax.interop.zoo.robustbench import entry
+
+    try:
+        info = entry(robustbench["name"], robustbench.get("dataset", "cifar10"),
+                     robustbench.get("threat_model", "Linf"))  # fmt: skip
+    except ValueError as e:
+        raise EvaluationSetupError(f"--robustbench: {e}") from None
+    standard = rb_eval.robustbench_config(info)
+    config = config_lib.load_config(spec) if spec else standard
+    tfds_name = rb_eval.DATASETS[info.dataset][0]
+    if config.dataset.name != tfds_name:
+        raise EvaluationSetupError(
+            f"--robustbench {info.name} is a {info.dataset} model but the config's dataset is "
+            f"{config.dataset.name!r}; use a {tfds_name} config or none."
+        )
+    with config.unlocked():
+        config.evaluation = completed_evaluation(config)
+        for key in ("norm", "eps", "order"):
+            config.evaluation[key] = standard.evaluation[key]
     config_lib.apply_overrides(config, overrides)
     return config
 
@@ -175,7 +204,7 @@ def _load_inputs(config, ev, checkpoint, baseline_checkpoint, robustbench) -> _I
     against `ev` and the others (EvaluationSetupError naming the fix); nothing is written."""
     rb_info = spec = None
     if robustbench is not None:
-        model, variables, directory, rb_info, spec = load_robustbench(**robustbench)
+        model, variables, directory, rb_info, spec = load_robustbench_for_evaluation(**robustbench)
     else:
         model, variables, directory = load_model_dir(checkpoint, "checkpoint")
     modes = models.head_modes(model)
@@ -244,7 +273,7 @@ def run(
     settings to TensorBoard event files in `workdir/tensorboard`.
 
     Everything asked for is checked before the first write. A workdir holding an evaluation
-    of another checkpoint, data or settings is an EvaluationSetupError naming the changes,
+    of another checkpoint, data or settings is a WorkdirMismatchError naming the changes,
     unless `overwrite`, which discards that evaluation's state and report first."""
     # ---- check: everything asked for is loaded and checked before the first write ----------
     ev = evaluation_config(config)

@@ -132,9 +132,15 @@ def model_identity(directory: str, variables: Any, spec: dict | None = None) -> 
     return {"spec": spec, "variables_sha256": h.hexdigest()}
 
 
-def load_robustbench(name: str, dataset: str = "cifar10", threat_model: str = "Linf",
-                      model_dir: str = "./models", download: bool = True):  # fmt: skip
-    """(model, variables, label, table entry, model spec) of a RobustBench model by name."""
+def load_robustbench_for_evaluation(
+    name: str,
+    dataset: str = "cifar10",
+    threat_model: str = "Linf",
+    model_dir: str = "./models",
+    download: bool = True,
+):
+    """(model, variables, label, table entry, model spec) of a RobustBench model by name
+    (`hpm_jax.interop.zoo.load_robustbench` returns the first two)."""
     from hpm_jax.interop import zoo
 
     try:

@@ -58,6 +58,7 @@ from hpm_jax.experiments.study_report import (  # noqa: F401  (re-exported: stud
     write,
 )
 from hpm_jax.runtime import integrity
+from hpm_jax.runtime.identity import check_identity
 
 POINT_JSON = "point.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -198,15 +199,6 @@ def _figures(report: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _changed(stored: Any, current: Any, prefix: str = "") -> list[str]:
-    """Keys whose values differ where both configs have them. A key only one side has is a
-    knob added (or dropped) by a newer hpm-jax, whose default keeps the old behaviour."""
-    if isinstance(stored, dict) and isinstance(current, dict):
-        return [d for k in sorted(set(stored) & set(current))
-                for d in _changed(stored[k], current[k], f"{prefix}{k}.")]  # fmt: skip
-    return [] if stored == current else [f"{prefix[:-1]}: {stored!r} -> {current!r}"]
-
-
 def _check_point(directory: str, record: dict[str, Any]) -> None:
     """Write point.json, or refuse when the directory holds another point under this name:
     other overrides, seed, or a base config value changed since it ran."""
@@ -219,13 +211,16 @@ def _check_point(directory: str, record: dict[str, Any]) -> None:
             "delete the file and run again (training and evaluation resume, checking their own "
             "settings); else delete the directory",
         )
-        changed = _changed(stored, record)
-        if changed:
-            raise StudyError(
-                f"{directory} holds a run with other settings ({'; '.join(changed[:3])}"
-                f"{'; ...' if len(changed) > 3 else ''}); give the point another name, or "
-                "delete that directory."
-            )
+        # A key only one side has is a knob added (or dropped) by a newer hpm-jax, whose
+        # default keeps the old behaviour: only the keys both records have are compared.
+        check_identity(
+            stored,
+            record,
+            what=f"{directory} holds a run with other settings",
+            fix="give the point another name, or delete that directory.",
+            shared_only=True,
+            inline=3,
+        )
         return
     os.makedirs(directory, exist_ok=True)
     integrity.write_json(path, record)

@@ -33,9 +33,12 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
 from hpm_jax import config_sections, data
+from hpm_jax.config_lib import ConfigError
 from hpm_jax.models import abstract_variables, judge_mode
 from hpm_jax.models.export import CheckpointMismatchError, save_model
+from hpm_jax.runtime import identity as identity_lib
 from hpm_jax.runtime import integrity, progress
+from hpm_jax.runtime.identity import WorkdirMismatchError
 from hpm_jax.runtime.sharding import check_batch_divisible, data_sharding, make_mesh, replicated
 from hpm_jax.training import metrics as metrics_lib
 from hpm_jax.training import model_init, objectives, steps
@@ -49,15 +52,11 @@ _TRAIN_STREAM, _EVAL_STREAM = 1, 2
 _CONSOLE_KEYS = ("loss", "train_adv_accuracy_hpm", "train_adv_accuracy_fc", "learning_rate")
 
 
-class ConfigError(ValueError):
-    """The config asks for something impossible; the message names the key."""
-
-
 # Errors about the setup (config, data, workdir, init checkpoint): printed as one message.
 SETUP_ERRORS = (
     ConfigError,
     data.DatasetNotFoundError,
-    checkpoints_lib.RunMismatchError,
+    WorkdirMismatchError,
     model_init.InitCheckpointError,
     CheckpointMismatchError,
 )
@@ -403,7 +402,7 @@ def _initial_state(
             out_shardings=rep,
         )(_global(variables, rep))
         return 0, state
-    changed = checkpoints_lib.differences(stored["config"], run_info["config"])
+    changed = identity_lib.differences(stored["config"], run_info["config"])
     _print(f"Resuming from {checkpoints.directory} at step {start}.")
     if changed:
         _print("  config changes since that checkpoint:\n    " + "\n    ".join(changed))
