@@ -8,7 +8,7 @@
 From scratch (`init.checkpoint` ""): `model.init` with `config.seed`. None: the config
 fine-tunes a pretrained model that the user has to name, an error naming
 --config.init.checkpoint=DIR (configs have no default paths). From a directory written by
-`python -m hpm_jax.convert` or `model_export.save_model`: the stored model must be the
+`python -m hpm_jax.convert` or `hpm_jax.models.export.save_model`: the stored model must be the
 configured backbone with the same options. An FC checkpoint fine-tuned with an HPM (or l2)
 head keeps its backbone, batch-norm statistics and FC weights (the HPM head's `fc` sits at
 the FC head's path), and its prototypes start at the class means of the training features
