@@ -41,7 +41,7 @@ import numpy as np
 from hpm_jax.attacks import losses
 from hpm_jax.attacks.apgd_attack import apgd
 from hpm_jax.models import get_model
-from hpm_jax.sharding import data_sharding, make_mesh
+from hpm_jax.runtime.sharding import data_sharding, make_mesh
 
 MODELS = {
     "resnet18": dict(name="resnet18"),

@@ -15,7 +15,8 @@ Models:
   small_cnn  the parity tests' CNN (tests/parity_models.py), trained here for a few seconds
              with fast FGSM training on offline Fashion-MNIST; data: the first --n test images.
   resnet18   AutoAttack's own pretrained CIFAR-10 ResNet-18 (shipped in the pyautoattack
-             wheel), converted with hpm_jax.convert. There is no CIFAR-10 on this machine and
+             wheel), converted with hpm_jax.interop.convert. There is no CIFAR-10 on this machine
+            and
              no network: the images are 32x32 crops of matplotlib's sample photograph
              (tests/real_images.py), labelled with the torch model's own predictions, so clean
              accuracy is 100% by construction and robust accuracy is "keeps its prediction".
@@ -104,7 +105,7 @@ def resnet18(n: int):
     from real_images import photo_crops
     from torch_reference import pyautoattack_example, pyautoattack_example_path
 
-    from hpm_jax.convert import load_state_dict, torch_to_flax
+    from hpm_jax.interop.convert import load_state_dict, torch_to_flax
     from hpm_jax.models import get_model, logits_fn
 
     path = pyautoattack_example_path("model_test.pt")
@@ -116,7 +117,8 @@ def resnet18(n: int):
     x = photo_crops(n, size=32, seed=0)
     with torch.no_grad():
         y = net(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).argmax(1).numpy()
-    # The weights are arguments of the compiled programs (not constants), as in hpm_jax.evaluate.
+    # The weights are arguments of the compiled programs (not constants), as in
+    # hpm_jax.evaluation.evaluate.
     return (net, logits_fn(model, variables), x, y,
             f"{n} 32x32 crops of a real photo (labels: torch predictions)")  # fmt: skip
 

@@ -3,12 +3,13 @@
 from common import hardware_summary
 print(hardware_summary())   # CPU model, cores, memory, load average, versions, date
 
-The library's `hpm_jax.provenance` holds the pieces (the evaluation reports use them too).
+The library's `hpm_jax.evaluation.provenance` holds the pieces (the evaluation reports use them
+too).
 """
 
 from __future__ import annotations
 
-from hpm_jax import provenance
+from hpm_jax.evaluation import provenance
 
 BENCHMARK_PACKAGES = ("jax", "jaxlib", "flax", "torch", "pyautoattack", "numpy")
 

@@ -123,7 +123,7 @@ def result(program: str, workdir: Path):
     if program == "train":
         import jax
 
-        from hpm_jax.model_export import load_model
+        from hpm_jax.models.export import load_model
 
         _, variables = load_model(str(workdir / "model"))
         summary = json.loads((workdir / "summary.json").read_text())
@@ -184,7 +184,9 @@ def _tear(
 
 
 def torn_evaluation(root: Path, ctx: dict, per_kind: int, rng) -> tuple[int, int]:
-    from hpm_jax import cli, evaluate, integrity
+    from hpm_jax import cli
+    from hpm_jax.evaluation import evaluate
+    from hpm_jax.runtime import integrity
 
     config = evaluate.load_evaluation_config(CONFIG, EVAL)
     reference = root / "evaluate_ref"
@@ -209,7 +211,8 @@ def torn_evaluation(root: Path, ctx: dict, per_kind: int, rng) -> tuple[int, int
 
 
 def torn_training(root: Path, ctx: dict, per_kind: int, rng) -> tuple[int, int]:
-    from hpm_jax import config_lib, train
+    from hpm_jax import config_lib
+    from hpm_jax.training import train
 
     config = config_lib.load_config(CONFIG, TRAIN)
     reference = root / "train_ref"
@@ -233,7 +236,9 @@ def torn_training(root: Path, ctx: dict, per_kind: int, rng) -> tuple[int, int]:
 
 
 def torn_study(root: Path, ctx: dict, rng) -> tuple[int, int]:
-    from hpm_jax import cli, integrity, study
+    from hpm_jax import cli
+    from hpm_jax.experiments import study
+    from hpm_jax.runtime import integrity
 
     config = study.load_study_config(CONFIG, [f"init.checkpoint={ctx['fc_model']}", *STUDY])
     workdir = root / "study_ref"  # in place: the evaluation's identity names its checkpoint path

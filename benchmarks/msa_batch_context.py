@@ -25,10 +25,11 @@ import jax.numpy as jnp
 import numpy as np
 from common import hardware_summary
 
-from hpm_jax import config_lib, evaluate
+from hpm_jax import config_lib
 from hpm_jax.attacks import pgd
-from hpm_jax.model_export import load_model
+from hpm_jax.evaluation import evaluate
 from hpm_jax.models import logits_fn
+from hpm_jax.models.export import load_model
 
 
 def _judge(fn, x, y, batch_size):

@@ -27,7 +27,7 @@ import numpy as np
 import optax
 
 from hpm_jax.models import get_model
-from hpm_jax.sharding import data_sharding, make_mesh, replicated
+from hpm_jax.runtime.sharding import data_sharding, make_mesh, replicated
 from hpm_jax.training import objectives, steps
 from hpm_jax.training import train_state as state_lib
 

@@ -1,4 +1,4 @@
-"""The model programs with and without hpm_jax.xla_options.CPU_OPTIONS, side by side.
+"""The model programs with and without hpm_jax.runtime.xla_options.CPU_OPTIONS, side by side.
 
     python benchmarks/xla_cpu_options.py                                  # resnet18, 12..128
     python benchmarks/xla_cpu_options.py --model small_cnn --shape 28 28 1 --batches 64 300
@@ -6,7 +6,7 @@
 For each batch size: the median wall time of --repeats jitted forward passes and of
 forward + input gradient (the attacks' two programs; the gradient of the top logit's sum),
 compiled with plain `jax.jit` (XLA:CPU's defaults: YNNPACK fusions) and with
-`hpm_jax.xla_options.jit` (YNNPACK fusions off), interleaved in one process on the same
+`hpm_jax.runtime.xla_options.jit` (YNNPACK fusions off), interleaved in one process on the same
 random weights and images, the batch sharded over --devices XLA host devices.
 """
 
@@ -34,7 +34,7 @@ def main(args: argparse.Namespace) -> None:
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
     from hpm_jax.models import get_model, logits_fn
-    from hpm_jax.xla_options import compiler_options, jit
+    from hpm_jax.runtime.xla_options import compiler_options, jit
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from common import hardware_summary

@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from hpm_jax import integrity
+from hpm_jax.runtime import integrity
 
 MODES = ("truncated", "zeroed", "garbage")
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "fashion_mnist.py")
@@ -116,7 +116,7 @@ def kill_in_step_3(monkeypatch):
 
 
 def kill_in_final_model(monkeypatch):
-    from hpm_jax import train
+    from hpm_jax.training import train
 
     def save_model(directory, *args, **kwargs):
         os.makedirs(directory)
@@ -142,7 +142,8 @@ def fake_stages(tmp_path, monkeypatch):
     stand-ins whose figures depend on the seed; the base model a bare model.json."""
     import test_study
 
-    from hpm_jax import evaluate, train
+    from hpm_jax.evaluation import evaluate
+    from hpm_jax.training import train
 
     base = tmp_path / "at_model"
     base.mkdir()

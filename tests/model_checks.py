@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from hpm_jax.sharding import data_sharding, make_mesh, replicated
+from hpm_jax.runtime.sharding import data_sharding, make_mesh, replicated
 
 
 def _loss(model, params, batch_stats, x, y):

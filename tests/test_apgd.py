@@ -12,7 +12,7 @@ from hpm_jax.attacks import apgd_steps as steps
 from hpm_jax.attacks import driver, geometry
 from hpm_jax.attacks.apgd_attack import apgd, apgd_targeted
 from hpm_jax.attacks.apgd_steps import checkpoints, l1_checkpoints, largereps_schedule
-from hpm_jax.sharding import data_sharding, make_mesh
+from hpm_jax.runtime.sharding import data_sharding, make_mesh
 
 ORD = {"Linf": np.inf, "L2": 2, "L1": 1}
 DUAL = {"Linf": 1, "L2": 2}  # min ||d||_p with (w_y - w_c)·d = m is m / ||w_y - w_c||_dual

@@ -11,7 +11,7 @@ from test_square import X_BOX, X_LINF, Y_BOX, Y_LINF, Q, linear
 from hpm_jax.attacks import AutoAttack, apgd_targeted, batching
 from hpm_jax.attacks.msa import mixed_surrogate_attack
 from hpm_jax.attacks.square_attack import square, square_run
-from hpm_jax.sharding import data_sharding, make_mesh
+from hpm_jax.runtime.sharding import data_sharding, make_mesh
 
 SIZES = (16, 8, 4)
 

@@ -32,8 +32,9 @@ from hpm_jax.attacks import (
     types,
     versions,
 )
-from hpm_jax.attacks.resume import StateMismatchError, StateStore
-from hpm_jax.sharding import make_mesh
+from hpm_jax.attacks.resume import StateStore
+from hpm_jax.runtime.identity import WorkdirMismatchError
+from hpm_jax.runtime.sharding import make_mesh
 
 EPS = 0.1
 SIZES = (8, 4)
@@ -381,17 +382,17 @@ def test_a_state_file_of_another_evaluation_is_refused(tmp_path):
     x, y, _ = make_data(24, seed=2)
     state = tmp_path / "s.json"
     run(x, y, state_path=state)
-    with pytest.raises(StateMismatchError, match=r"eps: state file has 0\.1, this run has 0\.2"):
+    with pytest.raises(WorkdirMismatchError, match=r"different evaluation(.|\n)*eps: 0\.1 -> 0\.2"):
         AutoAttack(mean_model, eps=0.2, version=shift_chain(), bucket_sizes=SIZES, log=None,
                    run_checks=False).run(x, y, batch_size=8, state_path=state)  # fmt: skip
-    with pytest.raises(StateMismatchError, match="data: state file has"):
+    with pytest.raises(WorkdirMismatchError, match=r"data: '[0-9a-f]{64}' -> '[0-9a-f]{64}'"):
         run(x[::-1].copy(), y[::-1].copy(), state_path=state)
-    with pytest.raises(StateMismatchError, match="batch_size"):
+    with pytest.raises(WorkdirMismatchError, match=r"batch_size: 8 -> 4"):
         run(x, y, state_path=state, batch_size=4, bucket_sizes=(4,))
-    with pytest.raises(StateMismatchError, match="attacks"):
+    with pytest.raises(WorkdirMismatchError, match=r"attacks: \["):
         run(x, y, chain=shift_chain(fracs=(0.3, 0.6)), state_path=state)
     other_model = lambda v: -mean_model(v)
-    with pytest.raises(StateMismatchError, match=r"classifies \d+ clean points differently"):
+    with pytest.raises(WorkdirMismatchError, match=r"classifies \d+ clean points differently"):
         AutoAttack(other_model, eps=EPS, version=shift_chain(), bucket_sizes=SIZES, log=None,
                    run_checks=False).run(x, y, batch_size=8, state_path=state)  # fmt: skip
     # Damage is not another evaluation: a lost image file is recomputed, a torn state file

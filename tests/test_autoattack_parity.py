@@ -72,7 +72,7 @@ from hpm_jax.attacks.autoattack import AutoAttack
 from hpm_jax.attacks.fab_attack import fab, fab_targeted
 from hpm_jax.attacks.losses import cross_entropy
 from hpm_jax.attacks.square_attack import square
-from hpm_jax.sharding import make_mesh
+from hpm_jax.runtime.sharding import make_mesh
 
 pyautoattack = pytest.importorskip("pyautoattack", reason="the reference: pip install pyautoattack")
 from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted  # noqa: E402

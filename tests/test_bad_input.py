@@ -89,10 +89,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hpm_jax import config_lib, evaluate
+from hpm_jax import config_lib
 from hpm_jax.data import offline
-from hpm_jax.model_export import save_model
+from hpm_jax.evaluation import evaluate
 from hpm_jax.models import get_model
+from hpm_jax.models.export import save_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FMNIST = os.path.join(REPO, "configs", "fashion_mnist.py")

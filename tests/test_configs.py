@@ -10,7 +10,8 @@ import os
 import ml_collections
 import pytest
 
-from hpm_jax import config_lib, config_sections, evaluate
+from hpm_jax import config_lib, config_sections
+from hpm_jax.evaluation import evaluate
 from hpm_jax.training import model_init
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "configs")
@@ -132,7 +133,9 @@ def test_no_default_paths_and_fine_tuning_requires_init_checkpoint(spec):
         assert not (isinstance(value, str) and value.startswith(("/", "~"))), (key, value)
     name, _, arg = _name(spec).partition(":")
     variants = set(arg.split(",")) - {""}
-    if name == "fashion_mnist_study.py":  # hpm_jax.study names the missing checkpoint itself
+    if (
+        name == "fashion_mnist_study.py"
+    ):  # hpm_jax.experiments.study names the missing checkpoint itself
         assert config.init.checkpoint == ""
     elif _trains_from_scratch(name, variants):
         assert config.init.checkpoint == ""

@@ -12,11 +12,11 @@ import pytest
 from real_images import photo_crops
 from torch_reference import pyautoattack_example, pyautoattack_example_path, torch
 
-from hpm_jax.convert import CheckpointMismatchError, load_state_dict, torch_to_flax
-from hpm_jax.convert.__main__ import main as convert_main
-from hpm_jax.convert.__main__ import parse_kwargs
-from hpm_jax.model_export import load_model
+from hpm_jax.cli.convert import main as convert_main
+from hpm_jax.cli.convert import parse_kwargs
+from hpm_jax.interop.convert import CheckpointMismatchError, load_state_dict, torch_to_flax
 from hpm_jax.models import get_model
+from hpm_jax.models.export import load_model
 
 
 @pytest.fixture(scope="module")

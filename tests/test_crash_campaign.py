@@ -51,7 +51,8 @@ import pytest
 import test_autoattack as chain_harness
 from crash_support import MODES, Killed, count_commits, damage, install_kill, kill_at
 
-from hpm_jax import cli, integrity
+from hpm_jax import cli
+from hpm_jax.runtime import integrity
 
 # ---- the AutoAttack chain (library): cheap, so every commit is a kill moment -------------
 
@@ -219,8 +220,8 @@ def hpm_evaluation(tmp_path_factory):
     AutoAttack on its FC and l2-EMA heads, MSA on HPM."""
     import test_evaluate
 
-    from hpm_jax import evaluate
-    from hpm_jax.model_export import save_model
+    from hpm_jax.evaluation import evaluate
+    from hpm_jax.models.export import save_model
 
     if not test_evaluate.offline.fashion_mnist_files_present():
         pytest.skip("needs apt-get install dataset-fashion-mnist")
@@ -241,7 +242,7 @@ def hpm_evaluation(tmp_path_factory):
 def test_an_evaluation_killed_at_each_moment_resumes_to_the_same_report(
     moment, hpm_evaluation, tmp_path, monkeypatch
 ):
-    from hpm_jax import evaluate
+    from hpm_jax.evaluation import evaluate
 
     config, checkpoint, _, expected = hpm_evaluation
     name, nth, phase = EVAL_KILLS[moment]
@@ -261,7 +262,7 @@ def _copy(workdir, tmp_path):
 def test_a_torn_evaluation_identity_says_it_is_damaged_and_what_to_do(
     mode, hpm_evaluation, tmp_path
 ):
-    from hpm_jax import evaluate
+    from hpm_jax.evaluation import evaluate
 
     config, checkpoint, workdir, _ = hpm_evaluation
     workdir = _copy(workdir, tmp_path)
@@ -314,7 +315,7 @@ def _torn_path(workdir, kind):
 def test_torn_evaluation_files_are_named_and_recovered_to_the_same_report(
     shift, hpm_evaluation, tmp_path
 ):
-    from hpm_jax import evaluate
+    from hpm_jax.evaluation import evaluate
 
     config, checkpoint, workdir, expected = hpm_evaluation
     originals = {k: np.load(_torn_path(workdir, k)) for k in TORN_KINDS if "npz" in k}
@@ -448,7 +449,7 @@ def fake_stages(tmp_path, monkeypatch):
 def _table(config, workdir, log=None):
     import test_study
 
-    from hpm_jax import study
+    from hpm_jax.experiments import study
 
     return test_study._rows(study.run(config, str(workdir), log=log))
 
@@ -456,7 +457,7 @@ def _table(config, workdir, log=None):
 def test_a_study_killed_at_each_moment_in_turn_resumes_to_the_same_table(
     fake_stages, tmp_path, monkeypatch
 ):
-    from hpm_jax import study
+    from hpm_jax.experiments import study
 
     config, _ = fake_stages
     expected = _table(config, tmp_path / "reference")
@@ -472,7 +473,7 @@ def test_a_study_killed_at_each_moment_in_turn_resumes_to_the_same_table(
 
 @pytest.mark.parametrize("mode", [*MODES, "edited"])
 def test_a_torn_point_json_says_it_is_damaged_and_what_to_do(mode, fake_stages, tmp_path):
-    from hpm_jax import study
+    from hpm_jax.experiments import study
 
     config, _ = fake_stages
     _table(config, tmp_path)
@@ -510,7 +511,8 @@ def test_a_torn_study_marker_reruns_its_stage_to_the_same_table(
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("marker", ["summary.json", "model/model.json"])
 def test_a_torn_demo_marker_reruns_its_stage(marker, mode, tmp_path, monkeypatch):
-    from hpm_jax import demo, train
+    from hpm_jax.experiments import demo
+    from hpm_jax.training import train
 
     stage = tmp_path / "at"
     (stage / "model").mkdir(parents=True)
@@ -537,8 +539,8 @@ def test_a_damaged_model_checkpoint_is_one_line_not_an_orbax_traceback(hpm_evalu
                                                                        mode):  # fmt: skip
     """The model directory an evaluation loads: its largest array chunk and Orbax's metadata
     torn, each is named as damaged (the programs print DamagedFileError as one line)."""
-    from hpm_jax.integrity import DamagedFileError
-    from hpm_jax.model_export import load_model
+    from hpm_jax.models.export import load_model
+    from hpm_jax.runtime.integrity import DamagedFileError
 
     _, checkpoint, _, _ = hpm_evaluation
     for torn in ("_METADATA", "chunk"):

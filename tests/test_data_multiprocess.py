@@ -15,7 +15,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from hpm_jax import data
-from hpm_jax.sharding import make_mesh
+from hpm_jax.runtime.sharding import make_mesh
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_EXAMPLES, BATCH, SEED, TRAIN_STEPS = 37, 8, 5, 3

@@ -9,7 +9,7 @@ import tensorflow_datasets as tfds
 from hpm_jax import data
 from hpm_jax.data import offline
 from hpm_jax.data.pipelines import local_batches
-from hpm_jax.sharding import data_sharding, make_mesh
+from hpm_jax.runtime.sharding import data_sharding, make_mesh
 
 NUM_EXAMPLES = 40  # 5 batches of 8 per epoch
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from hpm_jax.attacks import apgd, apgd_targeted, driver, fab, fab_targeted, square, types
-from hpm_jax.sharding import data_sharding, make_mesh
+from hpm_jax.runtime.sharding import data_sharding, make_mesh
 
 SEEN: list[int] = []  # the row counts each traced step saw
 

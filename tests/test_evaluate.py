@@ -15,11 +15,13 @@ import numpy as np
 import optax
 import pytest
 
-from hpm_jax import config_lib, data, evaluate, integrity
+from hpm_jax import config_lib, data
 from hpm_jax.data import offline
-from hpm_jax.model_export import save_model
+from hpm_jax.evaluation import evaluate
 from hpm_jax.models import get_model
-from hpm_jax.prototypes import init_prototypes
+from hpm_jax.models.export import save_model
+from hpm_jax.models.prototypes import init_prototypes
+from hpm_jax.runtime import integrity
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "fashion_mnist.py")
 ARCH = dict(in_channels=1, image_size=28, channels=[8, 16, 16], num_features=32)

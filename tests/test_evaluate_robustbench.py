@@ -15,8 +15,9 @@ import sys
 import numpy as np
 import pytest
 
-from hpm_jax import integrity, provenance
-from hpm_jax.zoo import evaluation as rb_eval
+from hpm_jax.evaluation import provenance
+from hpm_jax.evaluation import robustbench as rb_eval
+from hpm_jax.runtime import integrity
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAME = "Andriushchenko2020Understanding"  # PreActResNet-18: the smallest CIFAR-10 Linf entry

@@ -12,7 +12,7 @@ import pytest
 from hpm_jax.attacks import geometry
 from hpm_jax.attacks.fab_attack import fab_targeted
 from hpm_jax.attacks.fab_projections import boundary_step
-from hpm_jax.sharding import data_sharding, make_mesh
+from hpm_jax.runtime.sharding import data_sharding, make_mesh
 
 # Jitted once per norm: eager dispatch would compile every op of it separately.
 _step = jax.jit(boundary_step, static_argnames="norm")

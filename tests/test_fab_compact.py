@@ -11,7 +11,7 @@ import pytest
 from test_fab import _closed_form, _fab_linear_ratio, _linear
 
 from hpm_jax.attacks.fab_attack import fab, fab_targeted
-from hpm_jax.sharding import data_sharding, make_mesh
+from hpm_jax.runtime.sharding import data_sharding, make_mesh
 
 N_ITER = 10
 

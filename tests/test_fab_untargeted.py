@@ -9,7 +9,7 @@ import pytest
 from test_fab import MLP, _closed_form, _fab_linear_ratio, _mlp_params, _norms
 
 from hpm_jax.attacks.fab_attack import fab, fab_targeted
-from hpm_jax.sharding import data_sharding, make_mesh
+from hpm_jax.runtime.sharding import data_sharding, make_mesh
 
 # ---------------------------------------------------------------- untargeted FAB
 

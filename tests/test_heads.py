@@ -12,7 +12,7 @@ import pytest
 
 from hpm_jax import models
 from hpm_jax.models import MODES, Classifier, FCHead, HPMHead, L2Head, get_model
-from hpm_jax.sharding import data_sharding, make_mesh, replicated
+from hpm_jax.runtime.sharding import data_sharding, make_mesh, replicated
 
 C, D, B = 6, 5, 4  # fewer examples than classes: some classes are always absent from a batch
 

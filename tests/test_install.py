@@ -37,7 +37,7 @@ def _run(code: str) -> subprocess.CompletedProcess:
 def test_core_imports_need_no_optional_package():
     result = _run(
         """
-        import hpm_jax.attacks, hpm_jax.models, hpm_jax.model_export, hpm_jax.zoo
+        import hpm_jax.attacks, hpm_jax.models, hpm_jax.models.export, hpm_jax.interop.zoo
         from hpm_jax.attacks import apgd, mixed_surrogate_attack
         from hpm_jax.models import get_model
         get_model("small_cnn", num_classes=10, head="hpm", in_channels=1)
@@ -51,7 +51,7 @@ def test_core_imports_need_no_optional_package():
 def test_core_imports_load_no_optional_package():
     """Nothing optional is imported even when installed (no import-time cost, no coupling)."""
     code = (
-        "import sys, hpm_jax.attacks, hpm_jax.models, hpm_jax.zoo\n"
+        "import sys, hpm_jax.attacks, hpm_jax.models, hpm_jax.interop.zoo\n"
         f"print([m for m in {sorted(OPTIONAL)!r} if m in sys.modules])\n"
     )
     result = subprocess.run(

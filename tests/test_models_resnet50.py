@@ -22,11 +22,11 @@ torch = pytest.importorskip("torch", reason="parity tests need the torch extra: 
 
 import torchvision_resnet_reference as tv  # noqa: E402
 
-from hpm_jax.convert import CheckpointMismatchError, torch_to_flax  # noqa: E402
+from hpm_jax.interop.convert import CheckpointMismatchError, torch_to_flax  # noqa: E402
 from hpm_jax.models import get_model  # noqa: E402
 from hpm_jax.models.imagenet_resnet import ResNet50, torch_max_pool  # noqa: E402
 from hpm_jax.models.layers import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from hpm_jax.sharding import data_sharding, make_mesh, replicated  # noqa: E402
+from hpm_jax.runtime.sharding import data_sharding, make_mesh, replicated  # noqa: E402
 
 NUM_CLASSES = 10
 BATCH, SIZE = 4, 64

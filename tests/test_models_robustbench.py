@@ -15,10 +15,10 @@ import optax
 import pytest
 from flax import traverse_util
 
-from hpm_jax.convert import CheckpointMismatchError, torch_to_flax
+from hpm_jax.interop.convert import CheckpointMismatchError, torch_to_flax
 from hpm_jax.models import get_model
 from hpm_jax.models.layers import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
-from hpm_jax.sharding import data_sharding, make_mesh, replicated
+from hpm_jax.runtime.sharding import data_sharding, make_mesh, replicated
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from hpm_jax.attacks import (
     square,
 )
 from hpm_jax.attacks.square_attack import square_run
-from hpm_jax.sharding import make_mesh
+from hpm_jax.runtime.sharding import make_mesh
 
 FAST = {  # the standard chain with fewer iterations, so the suite stays fast on 2 cores
     "apgd-ce": {"n_iter": 10},

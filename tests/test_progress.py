@@ -1,4 +1,4 @@
-"""Progress bars and lines (`hpm_jax.progress`): rate and ETA, tqdm bars, the plain-line
+"""Progress bars and lines (`hpm_jax.runtime.progress`): rate and ETA, tqdm bars, the plain-line
 fallback without a terminal or without tqdm, and the training's step lines with steps/s."""
 
 from __future__ import annotations
@@ -7,8 +7,10 @@ import os
 
 import pytest
 
-from hpm_jax import config_lib, progress, train
+from hpm_jax import config_lib
 from hpm_jax.data import offline
+from hpm_jax.runtime import progress
+from hpm_jax.training import train
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "fashion_mnist.py")
 

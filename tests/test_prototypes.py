@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from hpm_jax import data
-from hpm_jax.model_export import CheckpointMismatchError, load_model, save_model
 from hpm_jax.models import get_model
-from hpm_jax.prototypes import init_prototypes, with_head
-from hpm_jax.sharding import make_mesh
+from hpm_jax.models.export import CheckpointMismatchError, load_model, save_model
+from hpm_jax.models.prototypes import init_prototypes, with_head
+from hpm_jax.runtime.sharding import make_mesh
 
 C = 4
 SMALL = {"channels": (4, 4, 4), "num_features": 8}  # a tiny small_cnn: fast on 2 CPU cores

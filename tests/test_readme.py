@@ -226,7 +226,7 @@ def _run_python(blocks: list[Block], root: str, env: dict[str, str]) -> dict:
 
 
 def _download_hosts_reachable() -> bool:
-    from hpm_jax.zoo import download
+    from hpm_jax.interop.zoo import download
 
     return download.reachable("drive.usercontent.google.com") or download.reachable(
         "www.cs.toronto.edu"

@@ -24,8 +24,8 @@ from hpm_jax import models as hpm_models
 from hpm_jax.analysis import checkpoint_analysis as cli
 from hpm_jax.analysis import sensitivity as S
 from hpm_jax.data import offline
-from hpm_jax.model_export import save_model
 from hpm_jax.models import PROTOTYPES, HPMHead, get_model
+from hpm_jax.models.export import save_model
 
 B, C, D = 24, 5, 12
 

@@ -12,7 +12,7 @@ from jax.experimental import io_callback
 from hpm_jax.attacks import geometry, losses, square_proposals
 from hpm_jax.attacks.square_attack import p_selection, square, square_run, square_side
 from hpm_jax.attacks.square_proposals import l1_init, l1_pattern, l2_init, l2_pattern
-from hpm_jax.sharding import data_sharding, make_mesh
+from hpm_jax.runtime.sharding import data_sharding, make_mesh
 
 H = W = 8
 C, K, B = 3, 4, 16

@@ -1,5 +1,5 @@
-"""The HPM design-space study (`hpm_jax.study`) on a tiny model and budget: end to end, the
-table and plot, a resume after a simulated kill and after deleting one point's results
+"""The HPM design-space study (`hpm_jax.experiments.study`) on a tiny model and budget: end to
+end, the table and plot, a resume after a simulated kill and after deleting one point's results
 (both reproduce the table), config checks, and the interval arithmetic against scipy."""
 
 import json
@@ -10,8 +10,12 @@ import shutil
 import numpy as np
 import pytest
 
-from hpm_jax import config_lib, evaluate, study, train
+from hpm_jax import config_lib
 from hpm_jax.data import offline
+from hpm_jax.evaluation import evaluate
+from hpm_jax.experiments import study
+from hpm_jax.runtime.identity import WorkdirMismatchError
+from hpm_jax.training import train
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "fashion_mnist_study.py")
 TINY_MODEL = [
@@ -50,7 +54,7 @@ def base_model(tmp_path_factory):
     import jax
     import jax.numpy as jnp
 
-    from hpm_jax.model_export import save_model
+    from hpm_jax.models.export import save_model
     from hpm_jax.training import model_init
 
     config = config_lib.load_config(
@@ -138,7 +142,7 @@ def test_study_runs_resumes_after_a_kill_and_after_a_deleted_point(
 
     # The same name with other overrides is refused before anything runs.
     changed = _config(base_model, ['study.points.convex=("model.head_kwargs.lam=0.3",)'])
-    with pytest.raises(study.StudyError, match=r"overrides.*another name"):
+    with pytest.raises(WorkdirMismatchError, match=r"overrides.*another name"):
         study.run(changed, workdir, log=None)
     # A knob a newer hpm-jax adds (present on one side only) is no change.
     point = os.path.join(workdir, "points", "convex", "seed_0", study.POINT_JSON)

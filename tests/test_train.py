@@ -33,11 +33,13 @@ from test_train_support import (
     tiny_overrides,
 )
 
-from hpm_jax import data, integrity, train
+from hpm_jax import data
 from hpm_jax.config_lib import load_config
-from hpm_jax.model_export import load_model
-from hpm_jax.sharding import make_mesh
-from hpm_jax.training import metrics, model_init, train_checkpoints
+from hpm_jax.models.export import load_model
+from hpm_jax.runtime import integrity
+from hpm_jax.runtime.identity import WorkdirMismatchError
+from hpm_jax.runtime.sharding import make_mesh
+from hpm_jax.training import metrics, model_init, train, train_checkpoints
 
 STEPS, BATCH = 3, 8  # the FC run's; the reference run trains REFERENCE_STEPS
 REFERENCE_STEPS = 4
@@ -323,9 +325,9 @@ def test_resume_extends_a_finished_run_and_ignores_half_written_checkpoints(fc_r
 
 def test_a_workdir_of_another_run_is_refused_with_the_differences(fc_run):
     workdir, root, _ = fc_run
-    with pytest.raises(train_checkpoints.RunMismatchError, match=r"model\.head: 'fc' -> 'hpm'"):
+    with pytest.raises(WorkdirMismatchError, match=r"model\.head: 'fc' -> 'hpm'"):
         run(workdir, root, tiny_overrides(root, **{"model.head": "hpm"}))
-    with pytest.raises(train_checkpoints.RunMismatchError, match="--workdir"):
+    with pytest.raises(WorkdirMismatchError, match="--workdir"):
         run(workdir, root, tiny_overrides(root, **{"seed": 1}))
 
 

@@ -64,7 +64,7 @@ def load(overrides):
 
 def run(workdir, data_dir, overrides, devices=None):
     """train.run under the mock data; returns the summary."""
-    from hpm_jax import train
+    from hpm_jax.training import train
 
     with tfds.testing.mock_data(num_examples=NUM_EXAMPLES):
         return train.run(load(overrides), os.fspath(workdir), devices=devices)
@@ -78,7 +78,7 @@ def final_params(workdir) -> dict[str, np.ndarray]:
     """
     import jax
 
-    from hpm_jax.model_export import load_model
+    from hpm_jax.models.export import load_model
 
     _, variables = load_model(os.path.join(workdir, "model"))
     return {
@@ -111,7 +111,7 @@ def _slow_after(step: int) -> None:
 
         return generate()
 
-    data.train_iterator = slowed  # hpm_jax.train looks it up on the module at call time
+    data.train_iterator = slowed  # hpm_jax.training.train looks it up on the module at call time
 
 
 if __name__ == "__main__":

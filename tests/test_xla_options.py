@@ -1,4 +1,4 @@
-"""hpm_jax.xla_options.jit: jax.jit with XLA:CPU's YNNPACK fusions off, on the CPU only."""
+"""hpm_jax.runtime.xla_options.jit: jax.jit with XLA:CPU's YNNPACK fusions off, on the CPU only."""
 
 import functools
 
@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hpm_jax import xla_options
-from hpm_jax.xla_options import jit
+from hpm_jax.runtime import xla_options
+from hpm_jax.runtime.xla_options import jit
 
 
 def _conv(x, w):

@@ -1,4 +1,4 @@
-"""RobustBench models by name (`hpm_jax.zoo`), offline.
+"""RobustBench models by name (`hpm_jax.interop.zoo`), offline.
 
 Checkpoints are written with random weights from RobustBench's own architecture files, saved
 the way RobustBench's downloads are ({"state_dict": {"module." + key: tensor}} for
@@ -17,11 +17,11 @@ import jax
 import numpy as np
 import pytest
 
-from hpm_jax import zoo
-from hpm_jax.convert.__main__ import main as convert_main
+from hpm_jax.cli.convert import main as convert_main
+from hpm_jax.interop import zoo
+from hpm_jax.interop.zoo import download
+from hpm_jax.interop.zoo.robustbench_table import MODELS
 from hpm_jax.models import get_model
-from hpm_jax.zoo import download
-from hpm_jax.zoo.robustbench_table import MODELS
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +124,7 @@ def test_carmon2019_loads_by_name_and_matches_robustbench(ref, tmp_path):
 def test_nested_checkpoint_and_hpm_convert_by_name(ref, tmp_path):
     """Andriushchenko2020Understanding's file holds {"last", "best"}; hpm-convert --robustbench
     writes the model directory that load_model restores."""
-    from hpm_jax.model_export import load_model
+    from hpm_jax.models.export import load_model
 
     torch = ref.torch
     arch = ref.robustbench_architecture("resnet")

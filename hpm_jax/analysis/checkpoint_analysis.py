@@ -30,9 +30,9 @@ from jax.sharding import Mesh
 
 from hpm_jax import data
 from hpm_jax.analysis import plots, sensitivity
-from hpm_jax.model_export import MODEL_SPEC, load_model
 from hpm_jax.models import Classifier, HPMHead, head_modes
-from hpm_jax.sharding import make_mesh, replicated
+from hpm_jax.models.export import MODEL_SPEC, load_model
+from hpm_jax.runtime.sharding import make_mesh, replicated
 
 PROG = "python -m hpm_jax.analysis"
 
@@ -81,7 +81,7 @@ def with_prototypes(
     data_dir: str | None,
 ) -> tuple[Classifier, Any]:
     """An FC model as an HPM model: FC weights kept, P_ema = class means of training images."""
-    from hpm_jax import prototypes  # only FC checkpoints need it
+    from hpm_jax.models import prototypes  # only FC checkpoints need it
 
     hpm = model.clone(head=HPMHead(model.head.num_classes))  # default knobs, s = 1
     variables = prototypes.with_head(variables, hpm)

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from hpm_jax.extras import optional_import
+from hpm_jax.runtime.extras import optional_import
 
 # Figure objects without pyplot: they draw with Agg, change no global backend and open no
 # window, so plotting is safe on servers and inside other programs.

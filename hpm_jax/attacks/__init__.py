@@ -29,10 +29,10 @@ from hpm_jax.attacks.autoattack import AutoAttack, AutoAttackReport
 from hpm_jax.attacks.checks import CheckResult
 from hpm_jax.attacks.fab_attack import fab, fab_targeted
 from hpm_jax.attacks.msa import MSAReport, mixed_surrogate_attack
-from hpm_jax.attacks.resume import StateMismatchError
 from hpm_jax.attacks.square_attack import square
 from hpm_jax.attacks.types import Attack, AttackResult, declare
 from hpm_jax.attacks.versions import AttackSpec
+from hpm_jax.runtime.identity import WorkdirMismatchError
 
 __all__ = [
     "Attack",
@@ -42,7 +42,7 @@ __all__ = [
     "AutoAttackReport",
     "CheckResult",
     "MSAReport",
-    "StateMismatchError",
+    "WorkdirMismatchError",
     "apgd",
     "apgd_targeted",
     "declare",

@@ -35,7 +35,7 @@ Resume. With `state_path`, the state (robust flags, adversarial images, batches 
 fingerprint of the data and configuration) is written atomically after every (attack,
 batch); a run killed at any point and started again with the same arguments continues at
 the batch it was in and ends with the same report. A state file of another evaluation raises
-`StateMismatchError` naming the difference.
+`WorkdirMismatchError` naming the difference.
 
 Batch-dependent judges (HPM): with compact (the default) the attacks judge a point inside
 its bucket (other robust points and repeats). With compact=False every model call sees
@@ -70,10 +70,11 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from hpm_jax.attacks import batching, checks, contract, versions
-from hpm_jax.attacks.resume import ChainState, StateMismatchError, StateStore, data_hash
+from hpm_jax.attacks.resume import ChainState, StateStore, data_hash
 from hpm_jax.attacks.versions import AttackSpec
-from hpm_jax.sharding import data_sharding, make_mesh, replicated
-from hpm_jax.xla_options import jit
+from hpm_jax.runtime.identity import WorkdirMismatchError
+from hpm_jax.runtime.sharding import data_sharding, make_mesh, replicated
+from hpm_jax.runtime.xla_options import jit
 
 logger = logging.getLogger("hpm_jax.autoattack")
 
@@ -449,7 +450,7 @@ class AutoAttack:
     def _restore(self, state, store, clean, x, y, plan) -> np.ndarray:
         changed = int((clean != state.clean).sum())
         if changed and not self.randomized:
-            raise StateMismatchError(
+            raise WorkdirMismatchError(
                 f"the model classifies {changed} clean points differently from when the state "
                 f"file {store.path} was written: a different model or parameters. Pass the "
                 "same model, or another state_path, or delete the file."

@@ -47,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hpm_jax.attacks import batching
-from hpm_jax.xla_options import jit
+from hpm_jax.runtime.xla_options import jit
 
 LOOPS = ("auto", "lax", "host")
 Carry = Any  # a pytree of (B, ...) arrays (None leaves allowed)

@@ -42,7 +42,7 @@ import numpy as np
 
 from hpm_jax.attacks import contract, types, versions
 from hpm_jax.attacks.autoattack import AutoAttack, AutoAttackReport
-from hpm_jax.sharding import make_mesh
+from hpm_jax.runtime.sharding import make_mesh
 
 # The surrogates of an HPM model, as head modes: backbone + FC head, l2 against the EMA
 # prototypes only, HPM with soft assignments in the forward pass, the true HPM forward.

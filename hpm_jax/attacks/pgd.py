@@ -34,7 +34,7 @@ import numpy as np
 
 from hpm_jax.attacks import contract, geometry, losses, types
 from hpm_jax.attacks.losses import cross_entropy
-from hpm_jax.xla_options import jit
+from hpm_jax.runtime.xla_options import jit
 
 LOSSES = ("ce", "kl")
 RANDOM_STARTS = ("uniform", "sphere", "normal", "none")  # `geometry.random_start` kinds

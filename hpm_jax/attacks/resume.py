@@ -1,7 +1,7 @@
 """The resumable state of an AutoAttack run: a JSON file plus the adversarial images beside it.
 
     store = StateStore("eval/aa_state.json", log=print)
-    state = store.load(fingerprint)          # None when absent; StateMismatchError when the
+    state = store.load(fingerprint)          # None when absent; WorkdirMismatchError when the
                                              # file belongs to another evaluation
     state = ChainState.new(fingerprint, clean=flags)
     store.save_images(state, attack=0, batch=3, indices=ids, images=x_adv[ids])
@@ -20,7 +20,7 @@ the whole dataset. A kill at any moment leaves a JSON that lists only complete f
 result is unchanged.
 
 Damage from outside (a disk or copy fault, a partial sync, a hand edit) is told apart by
-checksums (`hpm_jax.integrity`) and named in one line to `log`: an image file is a cache, so
+checksums (`runtime.integrity`) and named in one line to `log`: an image file is a cache, so
 `load_images` sets its entry aside (`state.damaged`) and `recompute_damaged` runs that one
 (attack, batch) again; a damaged JSON falls back to `<state>.prev`, the copy saved one batch
 earlier (that batch is then redone); with neither readable the attack starts afresh.
@@ -41,13 +41,10 @@ from typing import Any
 
 import numpy as np
 
-from hpm_jax import integrity
+from hpm_jax.runtime import integrity
+from hpm_jax.runtime.identity import WorkdirMismatchError, check_identity
 
 FORMAT = "hpm_jax.autoattack/1"
-
-
-class StateMismatchError(ValueError):
-    """The state file was written by a different evaluation (data, model or configuration)."""
 
 
 def data_hash(x: np.ndarray, y: np.ndarray) -> str:
@@ -114,15 +111,6 @@ class ChainState:
         )
 
 
-def _mismatches(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    keys = sorted(set(stored) | set(current))
-    return [
-        f"{k}: state file has {stored.get(k)!r}, this run has {current.get(k)!r}"
-        for k in keys
-        if stored.get(k) != current.get(k)
-    ]
-
-
 _IMAGE_FILE = re.compile(r"^attack(\d+)_batch(\d+)\.npy$")
 
 
@@ -133,7 +121,7 @@ def _entry_ids(entry: Mapping[str, Any]) -> tuple[int, int]:
         return int(entry["attack"]), int(entry["batch"])
     match = _IMAGE_FILE.match(entry["file"])
     if match is None:
-        raise StateMismatchError(f"image entry {entry['file']!r} names no attack and batch.")
+        raise WorkdirMismatchError(f"image entry {entry['file']!r} names no attack and batch.")
     return int(match.group(1)), int(match.group(2))
 
 
@@ -153,7 +141,7 @@ class StateStore:
 
     def load(self, fingerprint: Mapping[str, Any]) -> ChainState | None:
         """The saved state, or None when there is none (or no undamaged copy: named in one
-        line). Raises StateMismatchError naming the differences when the file belongs to
+        line). Raises WorkdirMismatchError naming the differences when the file belongs to
         another evaluation."""
         found = False
         for candidate in (self.path, self.prev):
@@ -177,20 +165,19 @@ class StateStore:
 
     def _check(self, path: Path, d: dict[str, Any], fingerprint) -> ChainState:
         if d.get("format") != FORMAT:
-            raise StateMismatchError(
+            raise WorkdirMismatchError(
                 f"{path} is not an hpm_jax AutoAttack state file (format {d.get('format')!r}, "
                 f"expected {FORMAT!r}); pass another state_path or delete the file."
             )
         # JSON turns tuples into lists; compare in that form.
         current = json.loads(json.dumps(dict(fingerprint)))
-        problems = _mismatches(d["fingerprint"], current)
-        if problems:
-            raise StateMismatchError(
-                f"the AutoAttack state file {path} belongs to a different evaluation, so "
-                "resuming from it would give a wrong result:\n  "
-                + "\n  ".join(problems)
-                + "\nPass the same data and settings, or another state_path, or delete the file."
-            )
+        check_identity(
+            d["fingerprint"],
+            current,
+            what=f"the AutoAttack state file {path} belongs to a different evaluation, so "
+            "resuming from it would give a wrong result",
+            fix="Pass the same data and settings, or another state_path, or delete the file.",
+        )
         return ChainState.from_json(d)
 
     def save(self, state: ChainState) -> None:
@@ -239,7 +226,7 @@ class StateStore:
         for entry in list(state.images):
             indices = np.asarray(entry["indices"], np.int64)
             if state.robust[indices].any():
-                raise StateMismatchError(
+                raise WorkdirMismatchError(
                     f"{self.image_dir / entry['file']} holds images of points the state file "
                     f"{self.path} marks robust; the state is inconsistent. Delete it to start "
                     "afresh."
@@ -270,7 +257,7 @@ class StateStore:
             broken, images = compute(attack, batch, robust)
             broken = np.asarray(broken, np.int64)
             if sorted(broken.tolist()) != sorted(entry["indices"]):
-                raise StateMismatchError(
+                raise WorkdirMismatchError(
                     f"recomputing batch {batch} of attack {attack} broke other points than "
                     f"{self.path} records (the model or attack is not deterministic here), so "
                     "the damaged images cannot be restored; delete that state file to run this "

@@ -1,12 +1,16 @@
 """The programs' command lines: one thin module per program, and what they share.
 
-    hpm_jax/cli/train.py     hpm-train      (python -m hpm_jax.train)     -> hpm_jax.train.run
-    hpm_jax/cli/evaluate.py  hpm-evaluate   (python -m hpm_jax.evaluate)  -> hpm_jax.evaluate.run
-    hpm_jax/cli/demo.py      hpm-demo       (python -m hpm_jax.demo)      -> hpm_jax.demo.run
-    hpm_jax/cli/study.py     hpm-study      (python -m hpm_jax.study)     -> hpm_jax.study.run
-    hpm_jax/cli/analysis.py  hpm-analysis   (python -m hpm_jax.analysis)  -> checkpoint_analysis.run
+    hpm_jax/cli/train.py     hpm-train     (python -m hpm_jax.train)     -> training.train.run
+    hpm_jax/cli/evaluate.py  hpm-evaluate  (python -m hpm_jax.evaluate)  -> evaluation.evaluate.run
+    hpm_jax/cli/demo.py      hpm-demo      (python -m hpm_jax.demo)      -> experiments.demo.run
+    hpm_jax/cli/study.py     hpm-study     (python -m hpm_jax.study)     -> experiments.study.run
+    hpm_jax/cli/analysis.py  hpm-analysis  (python -m hpm_jax.analysis)  -> checkpoint_analysis.run
+    hpm_jax/cli/convert.py   hpm-convert   (python -m hpm_jax.convert)   -> interop.convert
 
-Only these modules define absl flags: the library takes ConfigDicts and paths. A program:
+(each `hpm_jax.X` run with `python -m` is a shim of a few lines that calls its program here).
+
+Only these modules define flags (absl; argparse for hpm-convert): the library takes
+ConfigDicts and paths. A program:
 
     from hpm_jax import cli, config_lib
     _CONFIG = cli.define_config_flag()
@@ -37,7 +41,8 @@ from typing import NoReturn
 
 from absl import app, flags
 
-from hpm_jax import config_lib, integrity
+from hpm_jax import config_lib
+from hpm_jax.runtime import integrity
 
 EXIT_USER_ERROR = 2
 # Errors of what the user asked for, in every program (each program adds its own), and the
@@ -88,7 +93,7 @@ def fail(prog: str, message: str) -> NoReturn:
 @contextlib.contextmanager
 def program_imports(prog: str, extra: str = "train") -> Iterator[None]:
     """Around a program module's imports of the library (its last statement): on the core
-    install, whose missing optional packages `hpm_jax.extras` names, the program (even its
+    install, whose missing optional packages `hpm_jax.runtime.extras` names, the program (even its
     --help) ends with one line naming the extra it needs, not a 25-line traceback."""
     try:
         yield

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from absl import flags, logging
 
-from hpm_jax import cli, model_export
+from hpm_jax import cli
+from hpm_jax.models import export as model_export
 
 PROG = "hpm-demo"
 with cli.program_imports(PROG):  # the core install: one line naming the extra
-    from hpm_jax import data, demo, evaluate, train
+    from hpm_jax import data
+    from hpm_jax.evaluation import evaluate
+    from hpm_jax.experiments import demo
+    from hpm_jax.training import train
 _CONFIG = cli.define_config_flag(
     help_string="Config file, path.py or path.py:variant (default: configs/fashion_mnist.py); "
     "its :hpm variant is the fine-tuning stage. Override keys as --config.train.num_steps=100."

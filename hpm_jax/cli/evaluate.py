@@ -1,4 +1,5 @@
-"""`hpm-evaluate` (and `python -m hpm_jax.evaluate`): the flags around `hpm_jax.evaluate.run`.
+"""`hpm-evaluate` (and `python -m hpm_jax.evaluate`): the flags around
+`hpm_jax.evaluation.evaluate.run`.
 
     hpm-evaluate --config=configs/fashion_mnist.py --checkpoint=DIR --workdir=OUT \\
         --baseline_checkpoint=/tmp/fmnist_at/model --config.evaluation.num_examples=1000
@@ -10,12 +11,13 @@ from __future__ import annotations
 from absl import flags
 
 from hpm_jax import cli
-from hpm_jax.attacks.resume import StateMismatchError
-from hpm_jax.model_export import CheckpointMismatchError
+from hpm_jax.models.export import CheckpointMismatchError
+from hpm_jax.runtime.identity import WorkdirMismatchError
 
 PROG = "hpm-evaluate"
 with cli.program_imports(PROG):  # the core install: one line naming the extra
-    from hpm_jax import data, evaluate, reports
+    from hpm_jax import data
+    from hpm_jax.evaluation import evaluate, reports
 _CONFIG = cli.define_config_flag()
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Model directory (model.json) to evaluate.")
 _ROBUSTBENCH = flags.DEFINE_string(
@@ -48,15 +50,13 @@ def main(argv: list[str], overrides: list[str]) -> None:
     del argv  # cli.run refuses positional arguments
     rb = None
     if _ROBUSTBENCH.value:
-        from hpm_jax.zoo import evaluation as rb_eval
-
         if _CHECKPOINT.value:
             cli.fail(PROG, "give --checkpoint or --robustbench, not both.")
         cli.require(PROG, workdir=_WORKDIR.value)
         rb = {"name": _ROBUSTBENCH.value, "dataset": _DATASET.value,
               "threat_model": _THREAT_MODEL.value, "model_dir": _MODEL_DIR.value,
               "download": _DOWNLOAD.value}  # fmt: skip
-        config = rb_eval.load_config(rb, _CONFIG.value, overrides)
+        config = evaluate.load_robustbench_config(rb, _CONFIG.value, overrides)
     else:
         cli.require(PROG, config=_CONFIG.value, checkpoint=_CHECKPOINT.value,
                     workdir=_WORKDIR.value)  # fmt: skip
@@ -67,8 +67,11 @@ def main(argv: list[str], overrides: list[str]) -> None:
         report = evaluate.run(config, _CHECKPOINT.value, _WORKDIR.value, robustbench=rb,
                               baseline_checkpoint=_BASELINE.value, overwrite=_OVERWRITE.value,
                               progress="auto")  # fmt: skip
-    except StateMismatchError as error:  # a state file the identity check did not cover
-        cli.fail(PROG, f"{cli.one_line(error)} Or pass --overwrite to discard it.")
+    except WorkdirMismatchError as error:  # the workdir's, or an attack state file's
+        message = cli.one_line(error)
+        if "--overwrite" not in message:  # a state file the workdir's identity did not cover
+            message += " Or pass --overwrite to discard it."
+        cli.fail(PROG, message)
     print(reports.table(report))
 
 

@@ -1,4 +1,4 @@
-"""`hpm-study` (and `python -m hpm_jax.study`): the flags around `hpm_jax.study.run`.
+"""`hpm-study` (and `python -m hpm_jax.study`): the flags around `hpm_jax.experiments.study.run`.
 
     hpm-study --config=configs/fashion_mnist_study.py --workdir=/tmp/study \\
         --config.init.checkpoint=/tmp/hpm_demo/at/model           # the demo's PGD-AT model
@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from absl import flags, logging
 
-from hpm_jax import cli, model_export
+from hpm_jax import cli
+from hpm_jax.models import export as model_export
 
 PROG = "hpm-study"
 with cli.program_imports(PROG):  # the core install: one line naming the extra
-    from hpm_jax import data, evaluate, study, train
+    from hpm_jax import data
+    from hpm_jax.evaluation import evaluate
+    from hpm_jax.experiments import study
+    from hpm_jax.training import train
 _CONFIG = cli.define_config_flag(
     help_string="Config file, path.py or path.py:variant (its :hpm variant is fine-tuned) with "
     "an optional study section; override keys as --config.study.seeds='(0, 1)'."

@@ -1,4 +1,4 @@
-"""`hpm-train` (and `python -m hpm_jax.train`): the flags around `hpm_jax.train.run`.
+"""`hpm-train` (and `python -m hpm_jax.train`): the flags around `hpm_jax.training.train.run`.
 
     hpm-train --config=configs/fashion_mnist.py --workdir=/tmp/fmnist_at
     hpm-train --config=configs/imagenet.py --check_config     # the config alone; writes nothing
@@ -19,7 +19,7 @@ from hpm_jax import cli, config_lib
 
 PROG = "hpm-train"
 with cli.program_imports(PROG):  # the core install: one line naming the extra
-    from hpm_jax import train
+    from hpm_jax.training import train
 _CONFIG = cli.define_config_flag()
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and the final model go here.")
 _COORDINATOR = flags.DEFINE_string(

@@ -1,7 +1,7 @@
 """Data: TFDS sources and grain pipelines that yield global batches sharded over the mesh.
 
     from hpm_jax import data
-    from hpm_jax.sharding import make_mesh
+    from hpm_jax.runtime.sharding import make_mesh
 
     mesh = make_mesh()
     train = data.get_source("cifar10", "train[:90%]")     # {"image": uint8 HWC, "label": int}

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from hpm_jax.extras import optional_import
+from hpm_jax.runtime.extras import optional_import
 
 Image = optional_import("PIL.Image", extra="data")
 

@@ -26,8 +26,8 @@ from jax.sharding import Mesh
 
 from hpm_jax.data import augment as augment_lib
 from hpm_jax.data.sources import Source
-from hpm_jax.extras import optional_import
-from hpm_jax.sharding import check_batch_divisible, data_sharding
+from hpm_jax.runtime.extras import optional_import
+from hpm_jax.runtime.sharding import check_batch_divisible, data_sharding
 
 grain = optional_import("grain", extra="data")
 
@@ -124,7 +124,7 @@ def train_iterator(
     Args:
       source: records `{"image": uint8 HWC, "label": int}`, e.g. from `get_source`.
       batch_size: the global batch size, divisible by the number of devices in `mesh`.
-      mesh: the device mesh (`hpm_jax.sharding.make_mesh()`); batches split over `data`.
+      mesh: the device mesh (`hpm_jax.runtime.sharding.make_mesh()`); batches split over `data`.
       seed: fixes the shuffle and the augmentation; each epoch is shuffled differently.
       augment: a name from `augment.TRAIN_AUGMENTATIONS`, "auto" (the standard augmentation
         of `source.name`), or a function (uint8 image, np.random.Generator) -> uint8 image.

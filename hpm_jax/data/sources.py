@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from hpm_jax.data import offline
-from hpm_jax.extras import optional_import
+from hpm_jax.runtime.extras import optional_import
 
 tfds = optional_import("tensorflow_datasets", extra="data")
 

@@ -84,8 +84,8 @@ def parse_modes(mode: Mode | None, head: nn.Module | None = None) -> tuple[tuple
             raise ValueError(
                 f"{cls.__name__} has no logits mode(s) {missing}: its modes are "
                 f"{list(head.logits_modes)}. Other modes need another head, e.g. an FC model "
-                "as an HPM model (fc, ema_l2, soft, hpm) by hpm_jax.prototypes.with_head and "
-                "init_prototypes."
+                "as an HPM model (fc, ema_l2, soft, hpm) by "
+                "hpm_jax.models.prototypes.with_head and init_prototypes."
             )
     return names, single
 
@@ -197,8 +197,8 @@ class _PrototypeHead(nn.Module):
             raise ValueError(
                 f"{cls} needs the `{PROTOTYPES}` collection (ema, seen) and the `log_scale` "
                 "parameter. Turn an FC model's variables into this model's with "
-                "hpm_jax.prototypes.with_head(variables, model), then fill the prototypes with "
-                "hpm_jax.prototypes.init_prototypes."
+                "hpm_jax.models.prototypes.with_head(variables, model), then fill the prototypes "
+                "with hpm_jax.models.prototypes.init_prototypes."
             )
         c, d = self.num_classes, features.shape[-1]
         log_scale = self.param(

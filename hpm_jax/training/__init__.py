@@ -1,4 +1,4 @@
-"""The pieces of `hpm_jax.train`, one concept per module.
+"""The pieces of `hpm_jax.training.train`, one concept per module.
 
     from hpm_jax.training import objectives, steps, train_state
     objective = objectives.Objective.from_config(config)        # PGD-AT / TRADES, FC / HPM

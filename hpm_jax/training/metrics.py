@@ -23,8 +23,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from hpm_jax import integrity
-from hpm_jax.extras import optional_import
+from hpm_jax.runtime import integrity
+from hpm_jax.runtime.extras import optional_import
 
 tensorboardX = optional_import("tensorboardX", extra="train")
 

@@ -8,7 +8,7 @@
 From scratch (`init.checkpoint` ""): `model.init` with `config.seed`. None: the config
 fine-tunes a pretrained model that the user has to name, an error naming
 --config.init.checkpoint=DIR (configs have no default paths). From a directory written by
-`python -m hpm_jax.convert` or `model_export.save_model`: the stored model must be the
+`python -m hpm_jax.convert` or `hpm_jax.models.export.save_model`: the stored model must be the
 configured backbone with the same options. An FC checkpoint fine-tuned with an HPM (or l2)
 head keeps its backbone, batch-norm statistics and FC weights (the HPM head's `fc` sits at
 the FC head's path), and its prototypes start at the class means of the training features
@@ -27,8 +27,8 @@ import ml_collections
 from jax.sharding import Mesh
 
 from hpm_jax import data
-from hpm_jax.model_export import MODEL_SPEC, load_model
 from hpm_jax.models import Classifier, get_model
+from hpm_jax.models.export import MODEL_SPEC, load_model
 
 # Backbone options that change how a model computes, not what it is: a checkpoint trained
 # in float32 fine-tunes in bfloat16.
@@ -125,7 +125,7 @@ def _check_pretrained(directory: str, config, kwargs: dict[str, Any]) -> dict[st
         raise InitCheckpointError(
             f"init.checkpoint={directory!r} is not a model checkpoint (no {spec_path}). Write "
             "one with `python -m hpm_jax.convert --arch ... --checkpoint FILE.pt --out DIR` or "
-            "hpm_jax.model_export.save_model, or set --config.init.checkpoint='' to train "
+            "hpm_jax.models.export.save_model, or set --config.init.checkpoint='' to train "
             "from scratch."
         )
     with open(spec_path) as f:
@@ -161,7 +161,7 @@ def initial_variables(
     if config.model.head == "fc" or spec["kwargs"].get("head", "fc") != "fc":
         return variables  # the same kind of head (check_init_checkpoint): as stored
 
-    from hpm_jax import prototypes  # the HPM-specific initialisation
+    from hpm_jax.models import prototypes  # the HPM-specific initialisation
 
     variables = prototypes.with_head(variables, model)
     source = train_source

@@ -17,8 +17,9 @@ moved to WORKDIR/damaged_checkpoints/ and the run resumes from the one before (o
 checkpoints are a cache of the training so far.
 
 Resuming from a workdir written by another run (a different model, dataset, objective or
-seed) fails with `RunMismatchError` naming the differing keys; other config changes (more
-steps, another evaluation schedule) are allowed and listed on the console.
+seed) fails with `WorkdirMismatchError` (`hpm_jax.runtime.identity`) naming the differing
+keys; other config changes (more steps, another evaluation schedule) are allowed and listed
+on the console.
 """
 
 from __future__ import annotations
@@ -31,21 +32,10 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from hpm_jax.runtime.identity import WorkdirMismatchError, check_identity
+
 CHECKPOINTS = "checkpoints"
 DAMAGED = "damaged_checkpoints"
-
-
-class RunMismatchError(ValueError):
-    """The workdir's checkpoints belong to a different run than this config describes."""
-
-
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, Mapping):
-        out = {}
-        for key, value in tree.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: list(tree) if isinstance(tree, tuple) else tree}
 
 
 def _key_name(key: Any) -> str:
@@ -62,16 +52,6 @@ def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
         "/".join(_key_name(k) for k in path): tuple(leaf.shape)
         for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
     }
-
-
-def differences(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """'key: stored -> current' for every flattened key whose value differs."""
-    a, b = _flatten(stored), _flatten(current)
-    return [
-        f"{key}: {a.get(key, '<absent>')!r} -> {b.get(key, '<absent>')!r}"
-        for key in sorted(set(a) | set(b))
-        if a.get(key, "<absent>") != b.get(key, "<absent>")
-    ]
 
 
 class TrainCheckpoints:
@@ -130,21 +110,20 @@ class TrainCheckpoints:
         """The state saved at `step`, placed as `abstract_state`'s shardings say.
 
         Raises:
-          RunMismatchError: the checkpoint was written by another run (its identity differs)
+          WorkdirMismatchError: the checkpoint was written by another run (its identity differs)
             or holds a differently shaped state; the message lists the differences.
         """
         stored = self.run_info(step)
-        changed = differences(stored["identity"], run_info["identity"])
         fix = (
             f"Use a new --workdir for a different run, or delete {self.directory} to start "
             "this one over."
         )
-        if changed:
-            raise RunMismatchError(
-                f"{self.directory} holds checkpoints of a different run (step {step}):\n  "
-                + "\n  ".join(changed)
-                + f"\n{fix}"
-            )
+        check_identity(
+            stored["identity"],
+            run_info["identity"],
+            what=f"{self.directory} holds checkpoints of a different run (step {step})",
+            fix=fix,
+        )
         stored_shapes = _shapes(self._manager.item_metadata(step)["state"])
         wanted = _shapes(abstract_state)
         mismatched = [
@@ -154,7 +133,7 @@ class TrainCheckpoints:
         ]
         if mismatched:
             shown = "\n  ".join(mismatched[:20])
-            raise RunMismatchError(
+            raise WorkdirMismatchError(
                 f"The training state in {self.directory} (step {step}) does not fit this "
                 f"config ({len(mismatched)} differences, e.g. weight averaging switched on or "
                 f"off):\n  {shown}\n{fix}"
@@ -169,12 +148,12 @@ class TrainCheckpoints:
     ) -> tuple[int | None, Any, dict[str, Any] | None]:
         """(step, state, stored run info) of the newest checkpoint that reads back whole,
         or (None, None, None). A damaged one is named to `log` and moved aside; a checkpoint
-        of another run is RunMismatchError (not damage: nothing is moved)."""
+        of another run is WorkdirMismatchError (not damage: nothing is moved)."""
         for step in sorted(self.all_steps(), reverse=True):
             try:
                 stored = self.run_info(step)
                 return step, self.restore(step, abstract_state, run_info), stored
-            except RunMismatchError:
+            except WorkdirMismatchError:
                 raise
             except Exception as e:  # Orbax and TensorStore raise many types on a torn file
                 aside = os.path.join(os.path.dirname(self.directory), DAMAGED, str(step))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from hpm_jax.convert.core import NORMALIZATION
+from hpm_jax.interop.convert.core import NORMALIZATION
 
 _BLOCK = re.compile(r"^layer(\d+)\.(\d+)\.(.+)$")
 _SHORTCUT = {"shortcut.0": "shortcut_conv", "shortcut.1": "shortcut_bn"}

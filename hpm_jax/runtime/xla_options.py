@@ -1,6 +1,6 @@
 """`jit`: `jax.jit` plus the XLA:CPU compiler options hpm-jax's model programs run fastest with.
 
-    from hpm_jax.xla_options import jit
+    from hpm_jax.runtime.xla_options import jit
     step = jit(step_fn, static_argnames="config")         # used exactly like jax.jit
     @functools.partial(jit, static_argnames="n")           # or as a decorator
     def judge(fn, x, y, *, n): ...
@@ -69,5 +69,7 @@ def jit(fun: Callable | None = None, /, **jit_kwargs: Any) -> Any:
     if fun is None:
         return functools.partial(jit, **jit_kwargs)
     if "compiler_options" in jit_kwargs:
-        raise TypeError("hpm_jax.xla_options.jit sets compiler_options itself; use jax.jit.")
+        raise TypeError(
+            "hpm_jax.runtime.xla_options.jit sets compiler_options itself; use jax.jit."
+        )
     return _Jitted(fun, jit_kwargs)

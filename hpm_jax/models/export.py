@@ -23,8 +23,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from hpm_jax import integrity
 from hpm_jax.models import Classifier, abstract_variables, get_model
+from hpm_jax.runtime import integrity
 
 MODEL_SPEC = "model.json"
 VARIABLES = "variables"
@@ -103,7 +103,7 @@ def model_from_spec(directory: str) -> tuple[Classifier, dict[str, Any]]:
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"{directory} is not an hpm-jax model checkpoint (no {MODEL_SPEC}); write one with "
-            "`python -m hpm_jax.convert` or hpm_jax.model_export.save_model."
+            "`python -m hpm_jax.convert` or hpm_jax.models.export.save_model."
         )
     spec = integrity.read_json(
         path,

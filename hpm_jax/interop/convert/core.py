@@ -20,20 +20,20 @@ from typing import Any
 import numpy as np
 from flax import traverse_util
 
-from hpm_jax.model_export import CheckpointMismatchError
 from hpm_jax.models import abstract_variables, get_model
+from hpm_jax.models.export import CheckpointMismatchError
 
 NORMALIZATION = "<normalization>"
 Rename = Callable[[str], str | None]
 
 # arch -> "module:function" giving its rename function (imported lazily).
 RENAMES: dict[str, str] = {
-    "small_cnn": "hpm_jax.convert.resnet_names:rename_small_cnn",
-    "resnet18": "hpm_jax.convert.resnet_names:rename_resnet18",
-    "preact_resnet18": "hpm_jax.convert.resnet_names:rename_preact_resnet18",
-    "wide_resnet": "hpm_jax.convert.wide_resnet_names:rename_wide_resnet",
-    "dm_wide_resnet": "hpm_jax.convert.wide_resnet_names:rename_dm_wide_resnet",
-    "resnet50": "hpm_jax.convert.torchvision_names:rename_resnet50",
+    "small_cnn": "hpm_jax.interop.convert.resnet_names:rename_small_cnn",
+    "resnet18": "hpm_jax.interop.convert.resnet_names:rename_resnet18",
+    "preact_resnet18": "hpm_jax.interop.convert.resnet_names:rename_preact_resnet18",
+    "wide_resnet": "hpm_jax.interop.convert.wide_resnet_names:rename_wide_resnet",
+    "dm_wide_resnet": "hpm_jax.interop.convert.wide_resnet_names:rename_dm_wide_resnet",
+    "resnet50": "hpm_jax.interop.convert.torchvision_names:rename_resnet50",
 }
 
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "params")

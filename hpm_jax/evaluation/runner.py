@@ -21,10 +21,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from hpm_jax import integrity
 from hpm_jax.attacks import AutoAttack, contract, mixed_surrogate_attack, versions
-from hpm_jax.evaluation_workdir import ADV_DIR, STATE_DIR
-from hpm_jax.xla_options import jit
+from hpm_jax.evaluation.workdir import ADV_DIR, STATE_DIR
+from hpm_jax.runtime import integrity
+from hpm_jax.runtime.xla_options import jit
 
 
 def clean_accuracy(fn: Callable, x: np.ndarray, y: np.ndarray, batch_size: int) -> np.ndarray:

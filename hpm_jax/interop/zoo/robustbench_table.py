@@ -1,6 +1,6 @@
 """RobustBench leaderboard models that hpm-jax has the architecture for: data only.
 
-    from hpm_jax.zoo.robustbench_table import MODELS, lookup
+    from hpm_jax.interop.zoo.robustbench_table import MODELS, lookup
     entry = lookup("Carmon2019Unlabeled", "cifar10", "Linf")
     entry.arch, entry.kwargs        # "wide_resnet", {"depth": 28, "width": 10}
     entry.clean_acc, entry.robust_acc, entry.eps   # 89.69, 59.53, 8/255
@@ -342,7 +342,7 @@ def lookup(name: str, dataset: str = "cifar10", threat_model: str = "Linf") -> R
     elsewhere = [f"{d}/{t}" for d, t, n in MODELS if n == name]
     raise ValueError(
         f"{name!r} is not in hpm-jax's table of {dataset}/{threat_model} RobustBench models "
-        "(hpm_jax.zoo.robustbench_table lists those whose architecture hpm-jax has)."
+        "(hpm_jax.interop.zoo.robustbench_table lists those whose architecture hpm-jax has)."
         + (f" It is listed for {elsewhere}." if elsewhere else "")
         + (f" Close names: {close}." if close else "")
     )

@@ -5,10 +5,10 @@
     python -m hpm_jax.convert --robustbench Carmon2019Unlabeled --out /tmp/wrn \
         [--dataset cifar10 --threat_model Linf --model_dir ./models]
 
-`--robustbench NAME` takes the architecture from `hpm_jax.zoo`'s table and the file from
+`--robustbench NAME` takes the architecture from `hpm_jax.interop.zoo`'s table and the file from
 RobustBench's cache layout, MODEL_DIR/DATASET/THREAT_MODEL/NAME.pt (downloaded if missing).
 
-The result loads with `hpm_jax.model_export.load_model(OUT)`.
+The result loads with `hpm_jax.models.export.load_model(OUT)`.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import ast
 from collections.abc import Sequence
 from typing import Any
 
-from hpm_jax.convert.core import RENAMES, torch_to_flax
-from hpm_jax.convert.torch_io import load_state_dict
-from hpm_jax.model_export import save_model
+from hpm_jax.interop.convert.core import RENAMES, torch_to_flax
+from hpm_jax.interop.convert.torch_io import load_state_dict
+from hpm_jax.models.export import save_model
 
 
 def parse_kwargs(text: str) -> dict[str, Any]:
@@ -78,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> str:
 
 
 def _convert_robustbench(args: argparse.Namespace) -> str:
-    from hpm_jax.zoo.robustbench import model_kwargs, robustbench_variables
+    from hpm_jax.interop.zoo.robustbench import model_kwargs, robustbench_variables
 
     info, variables = robustbench_variables(
         args.robustbench,

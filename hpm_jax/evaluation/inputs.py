@@ -21,7 +21,7 @@ import numpy as np
 
 from hpm_jax import data
 from hpm_jax.data import arrays
-from hpm_jax.model_export import MODEL_SPEC, load_model
+from hpm_jax.models.export import MODEL_SPEC, load_model
 
 
 class EvaluationSetupError(ValueError):
@@ -50,7 +50,8 @@ def load_eval_data(config: ml_collections.ConfigDict, num_examples: int, data_fi
                    order: str = "source"):  # fmt: skip
     """(x float32 NHWC in [0, 1], y int32): the first `num_examples` of the eval split, or of
     the arrays in `data_file` (an .npz of x and y, checked by `data.arrays`). `order`
-    "robustbench" takes RobustBench's subset and order of the split (`hpm_jax.zoo.evaluation`)."""
+    "robustbench" takes RobustBench's subset and order of the split
+    (`hpm_jax.evaluation.robustbench`)."""
     x, y, _ = load_eval_subset(config, num_examples, data_file, order)
     return x, y
 
@@ -58,7 +59,7 @@ def load_eval_data(config: ml_collections.ConfigDict, num_examples: int, data_fi
 def load_eval_subset(config: ml_collections.ConfigDict, num_examples: int, data_file: str = "",
                      order: str = "source"):  # fmt: skip
     """`load_eval_data`'s arrays and a sentence naming the images and their order."""
-    from hpm_jax.zoo import evaluation as rb_eval
+    from hpm_jax.evaluation import robustbench as rb_eval
 
     if order not in rb_eval.ORDERS:
         raise EvaluationSetupError(f"evaluation.order={order!r} is not one of {rb_eval.ORDERS}.")
@@ -131,10 +132,16 @@ def model_identity(directory: str, variables: Any, spec: dict | None = None) -> 
     return {"spec": spec, "variables_sha256": h.hexdigest()}
 
 
-def load_robustbench(name: str, dataset: str = "cifar10", threat_model: str = "Linf",
-                      model_dir: str = "./models", download: bool = True):  # fmt: skip
-    """(model, variables, label, table entry, model spec) of a RobustBench model by name."""
-    from hpm_jax import zoo
+def load_robustbench_for_evaluation(
+    name: str,
+    dataset: str = "cifar10",
+    threat_model: str = "Linf",
+    model_dir: str = "./models",
+    download: bool = True,
+):
+    """(model, variables, label, table entry, model spec) of a RobustBench model by name
+    (`hpm_jax.interop.zoo.load_robustbench` returns the first two)."""
+    from hpm_jax.interop import zoo
 
     try:
         info = zoo.entry(name, dataset, threat_model)

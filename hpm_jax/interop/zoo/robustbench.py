@@ -1,6 +1,6 @@
 """RobustBench models by leaderboard name, as hpm-jax Flax models.
 
-    from hpm_jax.zoo import load_robustbench
+    from hpm_jax.interop.zoo import load_robustbench
     model, variables = load_robustbench("Carmon2019Unlabeled")          # cifar10, Linf
     logits = model.apply(variables, x)          # x: float32 NHWC in [0, 1], 32x32x3
     model, variables = load_robustbench("Salman2020Do_R50", dataset="imagenet")
@@ -9,7 +9,7 @@ The checkpoint is read from `model_dir/<dataset>/<threat_model>/<name>.pt`, the 
 RobustBench's own `load_model` caches, so an existing RobustBench `./models` directory is used
 as is. A missing file is downloaded from RobustBench's source when the network is there;
 without network the call fails within seconds, naming the path to place the file at.
-Architecture, options and normalisation come from `hpm_jax.zoo.robustbench_table`.
+Architecture, options and normalisation come from `hpm_jax.interop.zoo.robustbench_table`.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import os
 
 import jax
 
+from hpm_jax.interop.zoo import download
+from hpm_jax.interop.zoo.robustbench_table import RobustBenchModel, lookup
 from hpm_jax.models import Classifier, get_model
-from hpm_jax.zoo import download
-from hpm_jax.zoo.robustbench_table import RobustBenchModel, lookup
 
 _THREAT_MODELS = {"linf": "Linf", "l2": "L2"}
 
@@ -53,8 +53,8 @@ def robustbench_variables(
 ) -> tuple[RobustBenchModel, dict]:
     """The table entry and the converted (numpy) variables of a RobustBench checkpoint."""
     # Imported here: the converter needs torch (the `torch` extra), the table does not.
-    from hpm_jax.convert import load_state_dict, torch_to_flax
-    from hpm_jax.extras import optional_import
+    from hpm_jax.interop.convert import load_state_dict, torch_to_flax
+    from hpm_jax.runtime.extras import optional_import
 
     info = entry(name, dataset, threat_model)
     optional_import("torch", extra="torch")  # before a download it could not read

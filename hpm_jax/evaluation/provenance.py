@@ -1,6 +1,6 @@
 """What a result needs beside its numbers: software versions, devices, host, date, fingerprints.
 
-    from hpm_jax import provenance
+    from hpm_jax.evaluation import provenance
     provenance.record(x, y, variables)   # {"versions": {...}, "devices": {...}, "date": ...,
                                          #  "data_sha256": ..., "variables_sha256": ...}
     provenance.versions()                # {"jax": "0.10.0", "jaxlib": ..., "hpm-jax": ...}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from hpm_jax.convert.core import NORMALIZATION
+from hpm_jax.interop.convert.core import NORMALIZATION
 
 _WRN_BLOCK = re.compile(r"^block(\d+)\.layer\.(\d+)\.(.+)$")
 _DM_BLOCK = re.compile(r"^layer\.(\d+)\.block\.(\d+)\.(.+)$")

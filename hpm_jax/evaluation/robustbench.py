@@ -28,7 +28,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from hpm_jax.zoo.robustbench_table import RobustBenchModel
+from hpm_jax.interop.zoo.robustbench_table import RobustBenchModel
 
 # RobustBench dataset -> (TFDS name, eval split, RobustBench's full evaluation size).
 DATASETS = {
@@ -160,31 +160,3 @@ def model_info(info: RobustBenchModel, report: dict[str, Any]) -> dict[str, Any]
             "eps": float(info.eps),
         },
     }
-
-
-def load_config(robustbench: dict[str, Any], spec: str | None = None, overrides=()):
-    """The config of `hpm-evaluate --robustbench`: `spec`'s (a config file) or, without one,
-    `robustbench_config`'s; the leaderboard's norm and eps and RobustBench's order in either
-    case; then the `--config.KEY=VALUE` overrides."""
-    from hpm_jax import config_lib, evaluate
-    from hpm_jax.zoo.robustbench import entry
-
-    try:
-        info = entry(robustbench["name"], robustbench.get("dataset", "cifar10"),
-                     robustbench.get("threat_model", "Linf"))  # fmt: skip
-    except ValueError as e:
-        raise evaluate.EvaluationSetupError(f"--robustbench: {e}") from None
-    standard = robustbench_config(info)
-    config = config_lib.load_config(spec) if spec else standard
-    tfds_name = DATASETS[info.dataset][0]
-    if config.dataset.name != tfds_name:
-        raise evaluate.EvaluationSetupError(
-            f"--robustbench {info.name} is a {info.dataset} model but the config's dataset is "
-            f"{config.dataset.name!r}; use a {tfds_name} config or none."
-        )
-    with config.unlocked():
-        config.evaluation = evaluate.completed_evaluation(config)
-        for key in ("norm", "eps", "order"):
-            config.evaluation[key] = standard.evaluation[key]
-    config_lib.apply_overrides(config, overrides)
-    return config

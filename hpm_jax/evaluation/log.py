@@ -8,7 +8,8 @@
 
 Every line the attacks log (AutoAttack's wording: "initial accuracy: ...", "apgd-ce - 2/4 -
 ...", "robust accuracy: ...") goes to `log.txt` and to `console`. One progress bar per attack
-of a section, per batch, with rate and ETA (`hpm_jax.progress`): AutoAttack calls the section's
+of a section, per batch, with rate and ETA (`hpm_jax.runtime.progress`): AutoAttack calls the
+section's
 `on_progress(attack, batch, n_batches)` hook; MSA, whose function takes no hook, drives it by
 its per-batch log lines (`line_progress=True`).
 """
@@ -20,7 +21,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from hpm_jax import progress, provenance
+from hpm_jax.evaluation import provenance
+from hpm_jax.runtime import progress
 
 LOG = "log.txt"
 TENSORBOARD = "tensorboard"  # as the training's (hpm_jax.training.metrics)

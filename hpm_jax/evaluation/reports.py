@@ -1,7 +1,7 @@
 """The human side of an evaluation report: a console table, summary.md and PNG plots.
 
-    from hpm_jax import reports
-    report = json.load(open("/tmp/ev/report.json"))        # hpm_jax.evaluate's report
+    from hpm_jax.evaluation import reports
+    report = json.load(open("/tmp/ev/report.json"))        # hpm_jax.evaluation.evaluate's report
     print(reports.table(report))                           # rows FC, l2-EMA, HPM
     reports.write_all(report, "/tmp/ev")   # summary.md, robustness.png (+ eps_curves.png)
 
@@ -161,7 +161,7 @@ def markdown(report: Mapping[str, Any], files: Mapping[str, str] | None = None) 
 
 def plot_bars(report: Mapping[str, Any], path: str) -> str:
     """Grouped bars per head: clean, AutoAttack, MSA robust accuracy."""
-    from hpm_jax.extras import optional_import
+    from hpm_jax.runtime.extras import optional_import
 
     optional_import("matplotlib", extra="reports").use("Agg")
     import matplotlib.pyplot as plt
@@ -197,7 +197,7 @@ def plot_bars(report: Mapping[str, Any], path: str) -> str:
 
 def plot_curves(report: Mapping[str, Any], path: str) -> str:
     """Robust accuracy against eps, one line per head."""
-    from hpm_jax.extras import optional_import
+    from hpm_jax.runtime.extras import optional_import
 
     optional_import("matplotlib", extra="reports").use("Agg")
     import matplotlib.pyplot as plt

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from hpm_jax.convert.core import NORMALIZATION
+from hpm_jax.interop.convert.core import NORMALIZATION
 
 _BLOCK = re.compile(r"^layer(\d+)\.(\d+)\.(.+)$")
 _DOWNSAMPLE = {"downsample.0": "downsample_conv", "downsample.1": "downsample_bn"}

@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from hpm_jax.convert.core import unwrap_state_dict
+from hpm_jax.interop.convert.core import unwrap_state_dict
 
 
 def load_state_dict(path: str | os.PathLike, key: str | None = None) -> dict[str, np.ndarray]:

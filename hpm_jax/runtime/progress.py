@@ -1,6 +1,6 @@
 """Progress bars with rate and ETA (tqdm), or plain lines where there is no terminal or no tqdm.
 
-    from hpm_jax import progress
+    from hpm_jax.runtime import progress
     bar = progress.Bar("apgd-ce", total=40, unit="batch")   # mode from HPM_PROGRESS / auto
     bar.set(3)                                # 3 of 40 done: rate and ETA from the time since
     bar.close()

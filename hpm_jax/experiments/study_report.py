@@ -1,7 +1,7 @@
-"""The numbers and pictures of an HPM design-space study (`hpm_jax.study`): Student-t
+"""The numbers and pictures of an HPM design-space study (`hpm_jax.experiments.study`): Student-t
 intervals over seeds, the markdown table and the clean-vs-robust plot.
 
-    from hpm_jax import study_report
+    from hpm_jax.experiments import study_report
     study_report.interval([0.452, 0.467])        # {"mean": ..., "half_width": ..., ...}
     table = json.load(open("/tmp/study/study.json"))
     print(study_report.markdown(table))
@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from hpm_jax import integrity
+from hpm_jax.runtime import integrity
 
 STUDY_JSON, STUDY_MD, STUDY_PNG = "study.json", "study.md", "study.png"
 REFERENCE = "default"  # the point the others are compared with, when the study has one
@@ -126,7 +126,7 @@ def markdown(table: dict[str, Any]) -> str:
 def plot(table: dict[str, Any], path: str) -> str:
     """study.png: clean vs MSA robust accuracy per point (95% intervals as error bars), the
     FC baseline's clean vs AutoAttack accuracy as a star and a dotted line."""
-    from hpm_jax.extras import optional_import
+    from hpm_jax.runtime.extras import optional_import
 
     Figure = optional_import("matplotlib.figure", extra="reports").Figure
     fig = Figure(figsize=(6.4, 4.6))

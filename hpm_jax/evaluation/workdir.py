@@ -4,10 +4,10 @@
     prepare_workdir(workdir, identity)    # identity: checkpoint, model hash, data hash, settings
 
 WORKDIR/state/evaluation.json records the identity of the evaluation the state files belong
-to; an evaluation of another checkpoint, data or settings is an `EvaluationSetupError` naming
-what changed, before anything is touched. It is written atomically with a checksum; a
-damaged copy is an `integrity.DamagedFileError` saying so and what to do (the programs: one
-line, exit 2), never taken for another evaluation.
+to; an evaluation of another checkpoint, data or settings is a `WorkdirMismatchError`
+(`hpm_jax.runtime.identity`) naming what changed, before anything is touched. It is written
+atomically with a checksum; a damaged copy is an `integrity.DamagedFileError` saying so and
+what to do (the programs: one line, exit 2), never taken for another evaluation.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ import json
 import os
 from typing import Any
 
-from hpm_jax import evaluation_log, integrity
-from hpm_jax.evaluation_data import EvaluationSetupError
+from hpm_jax.evaluation import log as evaluation_log
+from hpm_jax.runtime import integrity
+from hpm_jax.runtime.identity import check_identity
 
 REPORT, SUMMARY, STATE_DIR, ADV_DIR = "report.json", "summary.md", "state", "adversarial"
 IDENTITY = "evaluation.json"  # in STATE_DIR: what the state there belongs to
@@ -30,7 +31,7 @@ OUTPUTS = (REPORT, SUMMARY, STATE_DIR, ADV_DIR, "robustness.png", "eps_curves.pn
 def prepare_workdir(workdir: str, identity: dict[str, Any], *, overwrite: bool = False) -> None:
     """Make `workdir` ready for the evaluation `identity` describes. Its state and report are
     resumed when they belong to the same evaluation; another evaluation's are an
-    EvaluationSetupError (nothing is touched) or, with `overwrite`, deleted."""
+    WorkdirMismatchError (nothing is touched) or, with `overwrite`, deleted."""
     import shutil
 
     path = os.path.join(workdir, STATE_DIR, IDENTITY)
@@ -44,12 +45,14 @@ def prepare_workdir(workdir: str, identity: dict[str, Any], *, overwrite: bool =
             "attack's state still checks the data and settings). Else pass --overwrite "
             "(run(..., overwrite=True)) to start afresh, or use another --workdir",
         )
-    if stored is not None and stored != current and not overwrite:
-        changed = _differences(stored, current)
-        raise EvaluationSetupError(
-            f"{workdir} holds an evaluation with other settings ({'; '.join(changed[:4])}"
-            f"{'; ...' if len(changed) > 4 else ''}); resuming it would mix the two. Pass "
-            "--overwrite (run(..., overwrite=True)) to discard it, or another --workdir."
+    if stored is not None and not overwrite:
+        check_identity(
+            stored,
+            current,
+            what=f"{workdir} holds an evaluation with other settings",
+            fix="resuming it would mix the two. Pass --overwrite (run(..., overwrite=True)) to "
+            "discard it, or another --workdir.",
+            inline=4,
         )
     if overwrite:
         for name in OUTPUTS:
@@ -62,14 +65,3 @@ def prepare_workdir(workdir: str, identity: dict[str, Any], *, overwrite: bool =
     if stored is None:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         integrity.write_json(path, current)
-
-
-def _differences(stored: Any, current: Any, prefix: str = "") -> list[str]:
-    if isinstance(stored, dict) and isinstance(current, dict):
-        out = []
-        for key in sorted(set(stored) | set(current), key=str):
-            out += _differences(stored.get(key), current.get(key), f"{prefix}{key}.")
-        return out
-    if stored == current:
-        return []
-    return [f"{prefix[:-1] or 'identity'}: {stored!r} -> {current!r}"]

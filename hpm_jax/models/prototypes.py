@@ -1,7 +1,7 @@
 """Prototype state of l2 / HPM heads: convert FC variables, fill P_ema with class means.
 
     from hpm_jax import data
-    from hpm_jax.prototypes import init_prototypes, with_head
+    from hpm_jax.models.prototypes import init_prototypes, with_head
 
     model = get_model("wide_resnet", num_classes=10, head="hpm", depth=28, width=10)
     variables = with_head(fc_variables, model)     # backbone, fc, batch_stats kept; s = 1, P = 0
@@ -26,8 +26,8 @@ from flax import traverse_util
 from flax.core import unfreeze
 from jax.sharding import NamedSharding, PartitionSpec
 
-from hpm_jax.model_export import CheckpointMismatchError
 from hpm_jax.models import PROTOTYPES, Classifier, abstract_variables
+from hpm_jax.models.export import CheckpointMismatchError
 
 # Leaves a head conversion may create (fresh init) or drop (FC -> l2 has no `fc`).
 _NEW_HEAD_STATE = (("params", "head", "log_scale"), (PROTOTYPES, "head"))
@@ -102,7 +102,7 @@ def init_prototypes(
         raise ValueError(
             f"init_prototypes needs a model whose head keeps prototypes (head='l2' or 'hpm'); "
             f"these variables have no `{PROTOTYPES}/head`. Convert FC variables first with "
-            "hpm_jax.prototypes.with_head(variables, model)."
+            "hpm_jax.models.prototypes.with_head(variables, model)."
         )
     num_classes, dim = protos["ema"].shape
 
