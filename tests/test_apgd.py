@@ -219,9 +219,18 @@ def test_single_run_matches_reference_from_the_same_start(norm, eps, loss="ce"):
         linear = lambda v: v.reshape(n, -1) @ w + b
         config = steps.ApgdConfig(norm=norm, loss=loss)
         grad_fn, wrong_fn = steps.objective(linear, linear, yj, None, config)
-        run = jax.jit(lambda x0: steps.run_loop(
-            xj, x0, jnp.full((n,), eps, dtype), jnp.asarray(0.75, dtype), key, grad_fn=grad_fn,
-            wrong_fn=wrong_fn, n_iter=100, norm=norm, sparsity_from_start=True))  # fmt: skip
+        eps_b, rho = jnp.full((n,), eps, dtype), jnp.asarray(0.75, dtype)
+        is_check, window = (jnp.asarray(a) for a in steps.schedule(100, norm))
+
+        @jax.jit
+        def run(x0):  # the reference's attack_single_run from x0: init, then 100 steps
+            state = steps.init_state(xj, x0, eps_b, key, grad_fn=grad_fn, wrong_fn=wrong_fn,
+                                     norm=norm, sparsity_from_start=True)  # fmt: skip
+            state = jax.lax.fori_loop(0, 100, lambda i, s: steps.step(
+                i, s, xj, eps_b, rho, key, is_check[i], window[i], grad_fn=grad_fn,
+                wrong_fn=wrong_fn, norm=norm), state)  # fmt: skip
+            return state["x_best"], state["broken"], state["adv"]
+
         best, broken, adv = (np.asarray(a) for a in run(x0))
         x0 = np.asarray(x0)
 

@@ -4,13 +4,16 @@
     steps.checkpoints(100)                    # [22, 41, 57, 70, 80, 87, 93, 99]
     config = steps.ApgdConfig(norm="Linf", loss="ce")
     grad_fn, wrong_fn = steps.objective(logits_fn, logits_fn, y, None, config)
-    best, broken, adv = steps.run_loop(x, x_start, eps, rho, key, grad_fn=grad_fn,
-                                       wrong_fn=wrong_fn, n_iter=100, norm="Linf")
+    state = steps.init_state(x, x_start, eps, key, grad_fn=grad_fn, wrong_fn=wrong_fn,
+                             norm="Linf", sparsity_from_start=False)
+    is_check, window = steps.schedule(100, "Linf")          # per iteration
+    state = steps.step(0, state, x, eps, rho, key, is_check[0], window[0], grad_fn=grad_fn,
+                       wrong_fn=wrong_fn, norm="Linf")
 
 `apgd_attack.ApgdSteps` hands these pieces to the `driver`, which runs them either inside
 one jitted `lax` loop or as one jitted call per iteration from the host (see there); both
-give the same iterates. Everything here is
-traceable and works on fixed-shape batches with per-sample eps (B,).
+give the same iterates. Everything here is traceable and works on fixed-shape batches with
+per-sample eps (B,).
 """
 
 from __future__ import annotations
@@ -227,19 +230,3 @@ def step(i, s: State, x, eps, rho, key, check, window, *, grad_fn: GradFn, wrong
     s["x_adv"] = jnp.where(_ex(reset, x), s["x_best"], x_new)
     s["grad"] = jnp.where(_ex(reset, x), s["grad_best"], grad)
     return s
-
-
-def run_loop(x, x_start, eps, rho, key, *, grad_fn: GradFn, wrong_fn: WrongFn, n_iter: int,
-             norm: str, sparsity_from_start: bool = False):  # fmt: skip
-    """One APGD run from x_start as a `lax.fori_loop` (the reference's `attack_single_run`).
-    Returns (best-loss point, ever misclassified, last misclassified iterate or x_start)."""
-    is_check, window = (jnp.asarray(a) for a in schedule(n_iter, norm))
-    state = init_state(x, x_start, eps, key, grad_fn=grad_fn, wrong_fn=wrong_fn, norm=norm,
-                       sparsity_from_start=sparsity_from_start)  # fmt: skip
-
-    def body(i, s):
-        return step(i, s, x, eps, rho, key, is_check[i], window[i], grad_fn=grad_fn,
-                    wrong_fn=wrong_fn, norm=norm)  # fmt: skip
-
-    state = jax.lax.fori_loop(0, n_iter, body, state)
-    return state["x_best"], state["broken"], state["adv"]
