@@ -86,13 +86,13 @@ def comparable(report):
 
 
 def train_again(root, workdir):
-    import test_train_support as support
+    import train_support as support
 
     return support.run(workdir, root, support.tiny_overrides(root))
 
 
 def assert_same_training(workdir, summary, trained):
-    import test_train_support as support
+    import train_support as support
 
     _, expected_summary, expected = trained
     got = support.final_params(workdir)

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.experimental import io_callback
-from test_square import X_BOX, X_LINF, Y_BOX, Y_LINF, Q, linear
+from toys import SQUARE_Q, SQUARE_X_BOX, SQUARE_X_LINF, SQUARE_Y_BOX, SQUARE_Y_LINF, square_linear
 
 from hpm_jax.attacks import AutoAttack, apgd_targeted, batching
 from hpm_jax.attacks.msa import mixed_surrogate_attack
@@ -31,10 +31,17 @@ def _recording(model):
 
 
 def test_square_feeds_only_unbroken_points_in_the_smallest_bucket():
-    recorded, sizes = _recording(linear)
+    recorded, sizes = _recording(square_linear)
     # eps 0.2: every point breaks within Q queries, at different iterations.
-    run = square_run(recorded, X_LINF, Y_LINF, key=jax.random.key(9), eps=0.2, n_queries=Q,
-                     bucket_sizes=SIZES)  # fmt: skip
+    run = square_run(
+        recorded,
+        SQUARE_X_LINF,
+        SQUARE_Y_LINF,
+        key=jax.random.key(9),
+        eps=0.2,
+        n_queries=SQUARE_Q,
+        bucket_sizes=SIZES,
+    )
     jax.effects_barrier()
     queries = np.asarray(run.n_queries)
     assert np.all(np.asarray(run.margin) <= 0) and queries.max() > 4
@@ -43,9 +50,16 @@ def test_square_feeds_only_unbroken_points_in_the_smallest_bucket():
     unbroken = [int(np.sum(queries > t)) for t in range(queries.max())]
     assert sizes == [batching.pick_size(n, SIZES) for n in unbroken]
     assert sizes[-1] < 16
-    recorded, whole = _recording(linear)
-    full = square_run(recorded, X_LINF, Y_LINF, key=jax.random.key(9), eps=0.2, n_queries=Q,
-                      compact=False)  # fmt: skip
+    recorded, whole = _recording(square_linear)
+    full = square_run(
+        recorded,
+        SQUARE_X_LINF,
+        SQUARE_Y_LINF,
+        key=jax.random.key(9),
+        eps=0.2,
+        n_queries=SQUARE_Q,
+        compact=False,
+    )
     jax.effects_barrier()
     assert whole == [16] * queries.max()  # every row at every query
     # Per-point draws and a per-sample model: the same search either way.
@@ -53,18 +67,18 @@ def test_square_feeds_only_unbroken_points_in_the_smallest_bucket():
     np.testing.assert_array_equal(full.x_best, run.x_best)
 
 
-@pytest.mark.parametrize("norm, x, y, eps", [("Linf", X_LINF, Y_LINF, 0.02),
-                                             ("L2", X_BOX, Y_BOX, 0.5)])  # fmt: skip
+@pytest.mark.parametrize("norm, x, y, eps", [("Linf", SQUARE_X_LINF, SQUARE_Y_LINF, 0.02),
+                                             ("L2", SQUARE_X_BOX, SQUARE_Y_BOX, 0.5)])  # fmt: skip
 def test_square_compacted_equals_whole_batch_and_agrees_on_1_2_and_4_devices(norm, x, y, eps):
     key = jax.random.key(4)
-    kw = dict(key=key, norm=norm, eps=eps, n_queries=Q, n_restarts=2)
-    whole = square(linear, x, y, compact=False, **kw)
+    kw = dict(key=key, norm=norm, eps=eps, n_queries=SQUARE_Q, n_restarts=2)
+    whole = square(square_linear, x, y, compact=False, **kw)
     robust = np.asarray(whole.robust)
     assert robust.any() and not robust.all()
     for n in (1, 2, 4):
         sharding = data_sharding(make_mesh(jax.devices()[:n]))
         xs, ys = jax.device_put(x, sharding), jax.device_put(y, sharding)
-        res = square(linear, xs, ys, bucket_sizes=SIZES, **kw)
+        res = square(square_linear, xs, ys, bucket_sizes=SIZES, **kw)
         np.testing.assert_array_equal(res.robust, robust)
         np.testing.assert_array_equal(res.x_adv, whole.x_adv)
 
@@ -106,12 +120,12 @@ ONE = make_mesh(jax.devices()[:1])
 
 
 def _chain_sizes(compact):
-    recorded, sizes = _counting(linear)
+    recorded, sizes = _counting(square_linear)
     # eps 0.03: FAB-T's first target breaks 10 of the 16 points, the rest stay robust.
     aa = AutoAttack(recorded, eps=0.03, version=["fab-t", "square"], attack_options=TINY,
                     compact=compact, run_checks=False, log=None, mesh=ONE,
                     bucket_sizes=SIZES if compact else None)  # fmt: skip
-    aa.run(np.asarray(X_LINF), np.asarray(Y_LINF), batch_size=16)
+    aa.run(np.asarray(SQUARE_X_LINF), np.asarray(SQUARE_Y_LINF), batch_size=16)
     jax.effects_barrier()
     return sizes
 
@@ -119,11 +133,21 @@ def _chain_sizes(compact):
 def test_the_chain_passes_compact_to_fab_and_square_and_msa_keeps_the_whole_batch():
     assert min(_chain_sizes(True)) < 16  # buckets shrink inside the attacks
     assert set(_chain_sizes(False)) == {16}  # every call sees the whole batch
-    target, seen = _counting(linear)
-    surrogate, seen_surrogate = _counting(linear)
-    mixed_surrogate_attack(target, {"s": surrogate}, np.asarray(X_LINF), np.asarray(Y_LINF),
-                           eps=0.03, batch_size=16, version=["fab-t", "square"],
-                           attack_options=TINY, run_checks=False, log=None, mesh=ONE)  # fmt: skip
+    target, seen = _counting(square_linear)
+    surrogate, seen_surrogate = _counting(square_linear)
+    mixed_surrogate_attack(
+        target,
+        {"s": surrogate},
+        np.asarray(SQUARE_X_LINF),
+        np.asarray(SQUARE_Y_LINF),
+        eps=0.03,
+        batch_size=16,
+        version=["fab-t", "square"],
+        attack_options=TINY,
+        run_checks=False,
+        log=None,
+        mesh=ONE,
+    )
     jax.effects_barrier()
     assert seen and seen_surrogate and set(seen) == set(seen_surrogate) == {16}
 

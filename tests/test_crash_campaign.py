@@ -345,7 +345,7 @@ def test_torn_evaluation_files_are_named_and_recovered_to_the_same_report(
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """An uninterrupted tiny run on mock CIFAR-10 (3 steps, checkpoints at 2 and 3)."""
-    import test_train_support as support
+    import train_support as support
 
     root = tmp_path_factory.mktemp("train")
     summary = support.run(root / "work", root, support.tiny_overrides(root))

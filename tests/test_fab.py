@@ -8,6 +8,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from toys import (
+    MLP,
+    ORD,
+    closed_form,
+    fab_linear_ratio,
+    linear_problem,
+    mlp_params,
+    norms,
+    relu_mlp,
+)
 
 from hpm_jax.attacks import geometry
 from hpm_jax.attacks.fab_attack import fab_targeted
@@ -16,15 +26,6 @@ from hpm_jax.runtime.sharding import data_sharding, make_mesh
 
 # Jitted once per norm: eager dispatch would compile every op of it separately.
 _step = jax.jit(boundary_step, static_argnames="norm")
-
-ORD = {"Linf": np.inf, "L2": 2, "L1": 1}
-DUAL = {"Linf": 1, "L2": 2, "L1": np.inf}  # min ||d||_p with w·d = m is m / ||w||_dual
-
-
-def _norms(v, norm):
-    v = np.asarray(v, np.float64)
-    return np.linalg.norm(v.reshape(v.shape[0], -1), ord=ORD[norm], axis=1)
-
 
 # ---------------------------------------------------------------- the projection
 
@@ -139,72 +140,35 @@ def test_boundary_step_at_the_boundary_and_with_zero_gradient_does_not_move():
 # ---------------------------------------------------------------- linear models
 
 
-def _fab_linear_ratio(eta=1.05, beta=0.9, alpha_max=0.1, n_iter=100):
-    """What FAB converges to on a linear model, in units of the minimal perturbation: every
-    iterate stays on the ray from x through its projection, so the reference's update reduces
-    to this scalar recursion (the reference itself returns 1.00521x, checked against it)."""
-    s, best = 0.0, np.inf
-    for _ in range(n_iter):
-        d1, d2 = 1.0 - s, 1.0
-        alpha = min(max(d1 / (d1 + d2), 0.0), alpha_max)
-        s = (s + eta * d1) * (1 - alpha) + eta * alpha
-        if s > 1:
-            best, s = min(best, s), beta * s
-    return best
-
-
-def _linear(seed, d=12, c=5, scale=0.1):
-    rng = np.random.default_rng(seed)
-    w = jnp.asarray(rng.normal(size=(d, c)) * scale, jnp.float32)
-    b = jnp.asarray(rng.normal(size=c) * 0.02, jnp.float32)
-    return w, b, (lambda x: x.reshape(x.shape[0], -1) @ w + b)
-
-
-def _closed_form(w, b, x, y, norm):
-    """(B, C): m_t / ||w_y - w_t||_dual for every class t (inf for t = y)."""
-    w, x, y = (
-        np.asarray(w, np.float64),
-        np.asarray(x, np.float64).reshape(len(y), -1),
-        np.asarray(y),
-    )
-    z = x @ w + np.asarray(b, np.float64)
-    out = np.full(z.shape, np.inf)
-    for i, t in itertools.product(range(len(y)), range(w.shape[1])):
-        if t != y[i]:
-            dw = w[:, y[i]] - w[:, t]
-            out[i, t] = (z[i, y[i]] - z[i, t]) / np.linalg.norm(dw, DUAL[norm])
-    return out, z
-
-
 @pytest.mark.parametrize("norm", ["Linf", "L2", "L1"])
 def test_linear_model_one_target_hits_the_closed_form(norm):
     # Interior points and small weights so the box never binds (L1 moves one pixel: far less).
-    w, b, model = _linear(0, scale=0.1 if norm != "L1" else 0.5)
+    w, b, model = linear_problem(0, scale=0.1 if norm != "L1" else 0.5)
     x = jnp.asarray(0.3 + 0.4 * np.random.default_rng(1).random((8, 1, 3, 4)), jnp.float32)
     y = jnp.argmax(model(x), 1)
     res = fab_targeted(model, x, y, key=jax.random.key(0), norm=norm, eps=10.0, n_target_classes=1)
-    closed, z = _closed_form(w, b, x, y, norm)
+    closed, z = closed_form(w, b, x, y, norm)
     second = np.argsort(z, 1)[:, -2]
-    expected = closed[np.arange(8), second] * _fab_linear_ratio()
-    np.testing.assert_allclose(_norms(res.x_adv - x, norm), expected, rtol=3e-4)
+    expected = closed[np.arange(8), second] * fab_linear_ratio()
+    np.testing.assert_allclose(norms(res.x_adv - x, norm), expected, rtol=3e-4)
     assert not np.any(res.robust)
     assert np.all(np.argmax(model(res.x_adv), 1) != y)
 
 
 @pytest.mark.parametrize("norm", ["Linf", "L2"])
 def test_linear_model_several_targets_take_the_min_and_eps_decides(norm):
-    w, b, model = _linear(2, d=12, c=5)
+    w, b, model = linear_problem(2, d=12, c=5)
     x = jnp.asarray(0.3 + 0.4 * np.random.default_rng(3).random((16, 1, 3, 4)), jnp.float32)
     y = jnp.argmax(model(x), 1)
-    closed, _ = _closed_form(w, b, x, y, norm)
-    found = closed.min(1) * _fab_linear_ratio()
+    closed, _ = closed_form(w, b, x, y, norm)
+    found = closed.min(1) * fab_linear_ratio()
     # All 4 other classes (9 is capped at C - 1): the smallest of the per-target optima.
     res = fab_targeted(model, x, y, key=jax.random.key(0), norm=norm, eps=10.0)
-    np.testing.assert_allclose(_norms(res.x_adv - x, norm), found, rtol=3e-4)
+    np.testing.assert_allclose(norms(res.x_adv - x, norm), found, rtol=3e-4)
     # A threshold between the points: below it broken (within eps), above it untouched.
     eps = float(np.median(found))
     res = fab_targeted(model, x, y, key=jax.random.key(0), norm=norm, eps=eps)
-    robust, dist = np.asarray(res.robust), _norms(res.x_adv - x, norm)
+    robust, dist = np.asarray(res.robust), norms(res.x_adv - x, norm)
     broken, safe = found < eps * (1 - 1e-3), closed.min(1) > eps
     assert broken.sum() >= 4 and safe.sum() >= 4
     assert not robust[broken].any() and np.all(dist[broken] <= eps)
@@ -215,7 +179,7 @@ def test_linear_model_several_targets_take_the_min_and_eps_decides(norm):
     eps = np.where(odd, 0.99 * closed.min(1), 1.001 * found)
     res = fab_targeted(model, x, y, key=jax.random.key(0), norm=norm, eps=jnp.asarray(eps))
     np.testing.assert_array_equal(res.robust, odd)
-    assert np.all(_norms(res.x_adv - x, norm) <= np.where(odd, 0.0, eps))
+    assert np.all(norms(res.x_adv - x, norm) <= np.where(odd, 0.0, eps))
 
 
 @pytest.mark.parametrize("norm", ["Linf", "L2", "L1"])
@@ -223,19 +187,19 @@ def test_restarts_start_at_half_eps(norm):
     x = jnp.full((4, 3, 3, 1), 0.5)
     eps = jnp.array([0.1, 0.2, 0.3, 0.4])  # per image (B,)
     start = geometry.sphere_start(jax.random.key(0), x, 0.5 * eps, norm)
-    np.testing.assert_allclose(_norms(start - x, norm), [0.05, 0.1, 0.15, 0.2], rtol=1e-5)
+    np.testing.assert_allclose(norms(start - x, norm), [0.05, 0.1, 0.15, 0.2], rtol=1e-5)
     assert len(np.unique(np.asarray(start))) > 30  # random directions, not a fixed pattern
 
 
 def test_restarts_keep_the_best_point():
-    _, _, model = _linear(4)
+    _, _, model = linear_problem(4)
     x = jnp.asarray(0.3 + 0.4 * np.random.default_rng(5).random((8, 1, 3, 4)), jnp.float32)
     y = jnp.argmax(model(x), 1)
     one = fab_targeted(model, x, y, key=jax.random.key(1), norm="L2", eps=10.0, n_iter=20)
     three = fab_targeted(
         model, x, y, key=jax.random.key(1), norm="L2", eps=10.0, n_iter=20, n_restarts=3
     )
-    assert np.all(_norms(three.x_adv - x, "L2") <= _norms(one.x_adv - x, "L2") * (1 + 1e-6))
+    assert np.all(norms(three.x_adv - x, "L2") <= norms(one.x_adv - x, "L2") * (1 + 1e-6))
     # With no iterations nothing is found: x comes back, robust everywhere.
     none = fab_targeted(model, x, y, key=jax.random.key(1), norm="L2", eps=10.0, n_iter=0)
     assert np.all(np.asarray(none.x_adv) == np.asarray(x)) and np.all(none.robust)
@@ -244,34 +208,8 @@ def test_restarts_keep_the_best_point():
 # ---------------------------------------------------------------- a ReLU MLP in 2-D
 
 
-def _mlp_params(seed, hidden=16, classes=3):
-    rng = np.random.default_rng(seed)
-    return [
-        rng.normal(size=(2, hidden)) * 3,
-        rng.normal(size=hidden),
-        rng.normal(size=(hidden, hidden)) / 4,
-        rng.normal(size=hidden) * 0.5,
-        rng.normal(size=(hidden, classes)),
-        rng.normal(size=classes) * 0.1,
-    ]
-
-
-def _mlp(seed):
-    """A ReLU MLP on 1 x 2 pixel images with 3 classes."""
-    p = [jnp.asarray(a, jnp.float32) for a in _mlp_params(seed)]
-
-    def mlp(x):
-        h = x.reshape(x.shape[0], -1)
-        h = jax.nn.relu(h @ p[0] + p[1])
-        h = jax.nn.relu(h @ p[2] + p[3])
-        return h @ p[4] + p[5]
-
-    return mlp
-
-
-# One function object each: compiled once per shape and configuration across the tests.
-GRID_MLP = _mlp(1)  # FAB's local search reaches the global minimum on its test points
-MLP = _mlp(3)  # three classes in the box; FAB, as the reference, stops at local minima
+# One function object (as toys.MLP): compiled once per shape and configuration across the tests.
+GRID_MLP = relu_mlp(1)  # FAB's local search reaches the global minimum on its test points
 
 
 @pytest.mark.parametrize("norm", ["Linf", "L2"])
@@ -285,7 +223,7 @@ def test_relu_mlp_matches_a_dense_grid(norm):
     g = np.linspace(0, 1, 1001, dtype=np.float32)
     grid = np.stack(np.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2)
     pred = np.asarray(jax.jit(GRID_MLP)(jnp.asarray(grid))).argmax(1)
-    dist = _norms(res.x_adv - x, norm)
+    dist = norms(res.x_adv - x, norm)
     assert not res.robust.any()
     assert np.all(np.asarray(GRID_MLP(res.x_adv)).argmax(1) != np.asarray(y))
     for i in range(len(y)):
@@ -303,7 +241,7 @@ def test_relu_mlp_agrees_with_the_reference_implementation(norm):
     stops at the first success within eps, we keep the best over targets)."""
     torch = pytest.importorskip("torch")
     fab_pt = pytest.importorskip("pyautoattack.fab_pt")
-    p = [torch.tensor(a, dtype=torch.float32) for a in _mlp_params(3)]
+    p = [torch.tensor(a, dtype=torch.float32) for a in mlp_params(3)]
 
     def torch_mlp(x):
         h = x.reshape(x.shape[0], -1)
@@ -325,7 +263,7 @@ def test_relu_mlp_agrees_with_the_reference_implementation(norm):
     assert 6 <= (~ref_robust).sum() < len(y)  # both outcomes occur
     # The projections agree to float32 precision; a point whose iterate lands exactly on the
     # boundary (z_t == z_y up to rounding) may branch differently, so allow a rare outlier.
-    close = np.isclose(_norms(ours.x_adv - x, norm), _norms(ref.numpy() - x, norm), rtol=1e-3)
+    close = np.isclose(norms(ours.x_adv - x, norm), norms(ref.numpy() - x, norm), rtol=1e-3)
     assert close.sum() >= len(y) - 2, close
 
 
@@ -333,7 +271,7 @@ def test_relu_mlp_agrees_with_the_reference_implementation(norm):
 
 
 def test_judge_decides_success_on_the_whole_batch():
-    _, _, model = _linear(7)
+    _, _, model = linear_problem(7)
     x = jnp.asarray(0.3 + 0.4 * np.random.default_rng(8).random((8, 1, 3, 4)), jnp.float32)
     y = jnp.argmax(model(x), 1)
     seen = []
@@ -358,7 +296,7 @@ def test_judge_decides_success_on_the_whole_batch():
 
 
 def test_batch_coupled_judge_verdict_is_on_the_returned_batch():
-    _, _, model = _linear(9)
+    _, _, model = linear_problem(9)
     x = jnp.asarray(0.3 + 0.4 * np.random.default_rng(10).random((8, 1, 3, 4)), jnp.float32)
     y = jnp.argmax(model(x), 1)
 
@@ -370,7 +308,7 @@ def test_batch_coupled_judge_verdict_is_on_the_returned_batch():
     verdict = np.argmax(np.asarray(judge(res.x_adv)), 1) == np.asarray(y)
     np.testing.assert_array_equal(res.robust, verdict)
     moved = np.any(np.asarray(res.x_adv != x).reshape(8, -1), axis=1)
-    assert moved.any() and np.all(_norms(res.x_adv - x, "L2")[moved] <= 0.5)
+    assert moved.any() and np.all(norms(res.x_adv - x, "L2")[moved] <= 0.5)
 
 
 # ---------------------------------------------------------------- devices and errors

@@ -1,6 +1,6 @@
 """FAB-T and FAB shrink their batch between runs (compact=True, the default), as the reference:
 the model is fed only the points not yet broken within eps, bucketed; compact=False feeds the
-whole batch to every run. Helpers: tests/test_fab.py."""
+whole batch to every run. Helpers: tests/toys.py."""
 
 import collections
 
@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_fab import _closed_form, _fab_linear_ratio, _linear
+from toys import closed_form, fab_linear_ratio, linear_problem
 
 from hpm_jax.attacks.fab_attack import fab, fab_targeted
 from hpm_jax.runtime.sharding import data_sharding, make_mesh
@@ -19,11 +19,11 @@ N_ITER = 10
 def _case():
     """16 points of a linear model with 5 classes, eps between FAB's per-target answers so
     that the first target breaks some points, later targets others, some none."""
-    w, b, model = _linear(10, d=12, c=5)
+    w, b, model = linear_problem(10, d=12, c=5)
     x = jnp.asarray(0.3 + 0.4 * np.random.default_rng(3).random((16, 1, 3, 4)), jnp.float32)
     y = jnp.argmax(model(x), 1)
-    closed, z = _closed_form(w, b, x, y, "L2")
-    found = closed * _fab_linear_ratio(n_iter=N_ITER)
+    closed, z = closed_form(w, b, x, y, "L2")
+    found = closed * fab_linear_ratio(n_iter=N_ITER)
     ranked = [found[np.arange(16), np.argsort(z, 1)[:, -k]] for k in (2, 3, 4)]
     first = ranked[0]  # FAB's answer for target 1
     eps = float(np.quantile(first, 0.55))

@@ -1,12 +1,12 @@
 """Untargeted FAB (AutoAttack plus's `fab`): known answers on a linear model where the
 runner-up class is not the closest boundary, restarts, agreement with pyautoattack on a ReLU
-MLP, the judge contract, 1 vs 4 devices and input errors. Helpers: tests/test_fab.py."""
+MLP, the judge contract, 1 vs 4 devices and input errors. Helpers: tests/toys.py."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_fab import MLP, _closed_form, _fab_linear_ratio, _mlp_params, _norms
+from toys import MLP, closed_form, fab_linear_ratio, mlp_params, norms
 
 from hpm_jax.attacks.fab_attack import fab, fab_targeted
 from hpm_jax.runtime.sharding import data_sharding, make_mesh
@@ -30,7 +30,7 @@ def _untargeted_case(norm):
     w, b, model = _scaled_linear(scale=1.0 if norm == "L1" else 0.1)
     pool = jnp.asarray(0.3 + 0.4 * np.random.default_rng(3).random((400, 1, 3, 4)), jnp.float32)
     y = jnp.argmax(model(pool), 1)
-    closed, z = _closed_form(w, b, pool, y, norm)
+    closed, z = closed_form(w, b, pool, y, norm)
     ordered = np.sort(closed, 1)
     clear = ordered[:, 1] > 1.1 * ordered[:, 0]
     elsewhere = np.argmin(closed, 1) != np.argsort(z, 1)[:, -2]
@@ -52,14 +52,14 @@ def _untargeted_case(norm):
 @pytest.mark.parametrize("norm", ["Linf", "L2", "L1"])
 def test_untargeted_fab_heads_for_the_closest_boundary(norm):
     model, x, y, closed, elsewhere = _untargeted_case(norm)
-    found = closed.min(1) * _fab_linear_ratio()
+    found = closed.min(1) * fab_linear_ratio()
     res = fab(model, x, y, key=jax.random.key(0), norm=norm, eps=10.0, n_restarts=1)
-    np.testing.assert_allclose(_norms(res.x_adv - x, norm), found, rtol=3e-4)
+    np.testing.assert_allclose(norms(res.x_adv - x, norm), found, rtol=3e-4)
     assert not np.any(res.robust) and np.all(np.argmax(model(res.x_adv), 1) != y)
     # FAB-T on the runner-up class alone is beaten wherever that class is not the closest.
     runner_up = fab_targeted(model, x, y, key=jax.random.key(0), norm=norm, eps=10.0,
                              n_target_classes=1)  # fmt: skip
-    ratio = _norms(runner_up.x_adv - x, norm) / found
+    ratio = norms(runner_up.x_adv - x, norm) / found
     assert np.all(ratio[elsewhere] > 1.05) and np.allclose(ratio[~elsewhere], 1.0, rtol=3e-4)
     # One eps per image: just above FAB's answer on even points, below the minimum on odd.
     odd = np.arange(16) % 2 == 1
@@ -67,7 +67,7 @@ def test_untargeted_fab_heads_for_the_closest_boundary(norm):
     res = fab(model, x, y, key=jax.random.key(0), norm=norm, eps=jnp.asarray(eps), n_restarts=1)
     np.testing.assert_array_equal(res.robust, odd)
     np.testing.assert_array_equal(np.asarray(res.x_adv)[odd], np.asarray(x)[odd])
-    assert np.all(_norms(res.x_adv - x, norm)[~odd] <= eps[~odd])
+    assert np.all(norms(res.x_adv - x, norm)[~odd] <= eps[~odd])
 
 
 def test_untargeted_restarts_keep_the_best_point():
@@ -76,7 +76,7 @@ def test_untargeted_restarts_keep_the_best_point():
     # compact=False: every run attacks every point, so the smallest norm over runs is kept.
     kw = dict(key=jax.random.key(1), norm="L2", eps=1.0, n_iter=20, compact=False)
     one, five = fab(MLP, x, y, n_restarts=1, **kw), fab(MLP, x, y, n_restarts=5, **kw)
-    d1, d5 = _norms(one.x_adv - x, "L2"), _norms(five.x_adv - x, "L2")
+    d1, d5 = norms(one.x_adv - x, "L2"), norms(five.x_adv - x, "L2")
     found = ~np.asarray(one.robust)
     assert found.sum() >= 8 and np.all(~np.asarray(five.robust)[found])
     assert np.all(d5[found] <= d1[found] * (1 + 1e-6))
@@ -91,7 +91,7 @@ def test_untargeted_relu_mlp_agrees_with_the_reference_implementation(norm):
     the per-point results agree, local minima included."""
     torch = pytest.importorskip("torch")
     fab_pt = pytest.importorskip("pyautoattack.fab_pt")
-    p = [torch.tensor(a, dtype=torch.float32) for a in _mlp_params(3)]
+    p = [torch.tensor(a, dtype=torch.float32) for a in mlp_params(3)]
 
     def torch_mlp(x):
         h = x.reshape(x.shape[0], -1)
@@ -110,7 +110,7 @@ def test_untargeted_relu_mlp_agrees_with_the_reference_implementation(norm):
     np.testing.assert_array_equal(ours.robust, ref_robust)
     assert 4 <= (~ref_robust).sum() <= len(y) - 4, ref_robust  # both outcomes occur
     broken = ~ref_robust
-    close = np.isclose(_norms(ours.x_adv - x, norm), _norms(ref.numpy() - x, norm), rtol=1e-3)
+    close = np.isclose(norms(ours.x_adv - x, norm), norms(ref.numpy() - x, norm), rtol=1e-3)
     assert close[broken].sum() >= broken.sum() - 1, close
 
 

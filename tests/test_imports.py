@@ -234,3 +234,68 @@ def test_the_checks_catch_what_they_forbid(tmp_path, kind):
         assert layer_breaches(edges) == [
             "hpm_jax.attacks.common (attacks) imports hpm_jax.training.steps (training)"
         ]
+
+
+# ---------------------------------------------------------------- the tests' own imports
+
+TESTS = pathlib.Path(__file__).resolve().parent
+# Test modules still imported by others, (importer, imported): to be moved into support modules
+# (as tests/toys.py and tests/train_support.py were); the list may only shrink.
+KNOWN_TEST_IMPORTS = {
+    ("crash_support", "test_evaluate"),
+    ("crash_support", "test_study"),
+    ("test_attack_shrink", "test_apgd"),
+    ("test_crash_campaign", "test_autoattack"),
+    ("test_crash_campaign", "test_evaluate"),
+    ("test_crash_campaign", "test_study"),
+}
+
+
+def imports_of_test_modules(directory: pathlib.Path = TESTS) -> set[tuple[str, str]]:
+    """(importer, test module) for every import of a `test_*` module by a module of
+    `directory`: `import X`, `from X import ...`, `from . import X`, inside functions too."""
+    out = set()
+    for path in sorted(directory.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module] if node.module else [a.name for a in node.names]
+                if node.module:  # `from tests import test_x`, `from .pkg import test_x`
+                    names += [f"{node.module}.{a.name}" for a in node.names]
+            else:
+                continue
+            for name in names:
+                if name.rpartition(".")[2].startswith("test_"):
+                    out.add((path.stem, name.rpartition(".")[2]))
+    return out
+
+
+def test_no_test_module_imports_another():
+    """Shared toy models and helpers live in support modules (tests/toys.py,
+    tests/train_support.py, ...), never in a test module another one imports: importing a test
+    module runs its module-level setup and collects its tests twice under other names."""
+    found = imports_of_test_modules()
+    new = sorted(found - KNOWN_TEST_IMPORTS)
+    assert not new, (
+        "test modules imported by other modules (move what they share into a support module "
+        f"such as tests/toys.py): {[f'{a} imports {b}' for a, b in new]}"
+    )
+    gone = sorted(KNOWN_TEST_IMPORTS - found)
+    assert not gone, f"no longer imported, drop from KNOWN_TEST_IMPORTS: {gone}"
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "from test_fab import MLP\n",
+        "import test_square as sq\n",
+        "def f():\n    import test_apgd\n",
+        "from . import test_apgd\n",
+    ],
+)
+def test_the_test_import_check_catches_one(tmp_path, line):
+    (tmp_path / "test_a.py").write_text("x = 1\n")
+    (tmp_path / "helper.py").write_text("import numpy\n" + line)
+    found = imports_of_test_modules(tmp_path)
+    assert len(found) == 1 and next(iter(found))[0] == "helper", found

@@ -1,88 +1,33 @@
 """Square Attack: the p schedule and window sides against the reference's published numbers, the
 L2 and L1 patterns against pyautoattack's, the Linf vertices, the L2 norm budget and the L1
 projection, known answers on a linear model (Linf, L2, L1), accept-if-better, the judge's role,
-frozen points, 1 vs 4 devices, bad inputs."""
+frozen points, 1 vs 4 devices, bad inputs. The linear model and its data: tests/toys.py."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.experimental import io_callback
+from toys import (
+    SQUARE_B,
+    SQUARE_K,
+    SQUARE_Q,
+    SQUARE_X_BOX,
+    SQUARE_X_L1,
+    SQUARE_X_L2,
+    SQUARE_X_LINF,
+    SQUARE_Y_BOX,
+    SQUARE_Y_L1,
+    SQUARE_Y_L2,
+    SQUARE_Y_LINF,
+    square_linear,
+    square_margins,
+)
 
-from hpm_jax.attacks import geometry, losses, square_proposals
+from hpm_jax.attacks import geometry, square_proposals
 from hpm_jax.attacks.square_attack import p_selection, square, square_run, square_side
 from hpm_jax.attacks.square_proposals import l1_init, l1_pattern, l2_init, l2_pattern
 from hpm_jax.runtime.sharding import data_sharding, make_mesh
-
-H = W = 8
-C, K, B = 3, 4, 16
-Q = 60  # queries per test run: enough for the linear model's breakable points (<= ~40 needed)
-
-# A linear model whose class differences keep one sign per channel across pixels, so that
-# squares of one sign per channel make progress (the minimal perturbations are known exactly).
-_rng = np.random.default_rng(0)
-WEIGHTS = _rng.uniform(0.5, 1.5, (H, W))[:, :, None, None] * _rng.normal(size=(K, C)).T
-_W32 = jnp.asarray(WEIGHTS, jnp.float32)
-
-
-def linear(x):
-    return jnp.einsum("bhwc,hwck->bk", x, _W32)
-
-
-def min_ratio(x, y, eps, norm):
-    """Per sample: the smallest perturbation (Linf or L2) that makes another class win, over
-    eps, in float64. A vertex delta = -eps * sign(w_y - w_c) lowers z_y - z_c by exactly
-    eps * ||w_y - w_c||_1 (Linf); no L2 (L1) delta of norm eps lowers it by more than
-    eps * ||w_y - w_c||_2 (eps * ||w_y - w_c||_inf)."""
-    w = WEIGHTS.reshape(-1, K)
-    z = np.asarray(x, np.float64).reshape(len(x), -1) @ w
-    dual = {"Linf": 1, "L2": 2, "L1": np.inf}[norm]
-    out = []
-    for zi, yi in zip(z, np.asarray(y), strict=True):
-        out.append(
-            min(
-                (zi[yi] - zi[c]) / (eps * np.linalg.norm(w[:, yi] - w[:, c], dual))
-                for c in range(K)
-                if c != yi
-            )
-        )
-    return np.asarray(out)
-
-
-def _pool(n=400):
-    x = _rng.uniform(0.2, 0.8, (n, H, W, C)).astype(np.float32)
-    y = np.asarray(jnp.argmax(linear(jnp.asarray(x)), axis=1))
-    return x, y
-
-
-def _batch(r, low, high):
-    """8 points with r < low and 8 with r > high, in that order."""
-    lo, hi = np.flatnonzero(r < low), np.flatnonzero(r > high)
-    assert len(lo) >= 8 and len(hi) >= 8, (len(lo), len(hi))
-    return np.concatenate([lo[:8], hi[:8]])
-
-
-POOL_X, POOL_Y = _pool()
-# Linf: at eps 0.05 the first 8 need < 0.5 eps; the last 8 need > 0.55 * 0.05 / 0.015 > 1.8 eps
-# at eps 0.015.
-LINF_IDX = _batch(min_ratio(POOL_X, POOL_Y, 0.05, "Linf"), 0.5, 0.55)
-X_LINF, Y_LINF = jnp.asarray(POOL_X[LINF_IDX]), jnp.asarray(POOL_Y[LINF_IDX])
-# L2: at eps 0.5 the first 8 need < 0.1 eps; the last 8 need > 0.7 * 0.5 / 0.3 > 1.1 eps at 0.3.
-L2_IDX = _batch(min_ratio(POOL_X, POOL_Y, 0.5, "L2"), 0.1, 0.7)
-X_L2, Y_L2 = jnp.asarray(POOL_X[L2_IDX]), jnp.asarray(POOL_Y[L2_IDX])
-# L1: at eps 2 the first 8 need < 0.1 eps; the last 8 need > 0.7 * 2 / 1.2 > 1.1 eps at 1.2.
-L1_IDX = _batch(min_ratio(POOL_X, POOL_Y, 2.0, "L1"), 0.1, 0.7)
-X_L1, Y_L1 = jnp.asarray(POOL_X[L1_IDX]), jnp.asarray(POOL_Y[L1_IDX])
-# Images over the whole box, with exact 0 and 1 pixels, so that clipping is exercised.
-X_BOX = jnp.asarray(
-    np.clip(_rng.uniform(-0.2, 1.2, (B, H, W, C)), 0.0, 1.0).astype(np.float32)
-)  # fmt: skip
-Y_BOX = jnp.argmax(linear(X_BOX), axis=1)
-
-
-def margins(x, y):
-    return np.asarray(losses.margin(linear(x), y))
-
 
 # ---- the schedule ----------------------------------------------------------------------------
 
@@ -151,12 +96,14 @@ def _on_vertices(x_adv, x, eps):
 
 def test_linf_start_is_vertical_stripes_on_the_vertices():
     eps = 0.1
-    run = square_run(linear, X_BOX, Y_BOX, key=jax.random.key(1), eps=eps, n_queries=0)
+    run = square_run(
+        square_linear, SQUARE_X_BOX, SQUARE_Y_BOX, key=jax.random.key(1), eps=eps, n_queries=0
+    )
     np.testing.assert_array_equal(run.n_queries, 1)  # the start is one query
-    assert _on_vertices(run.x_best, X_BOX, eps)
+    assert _on_vertices(run.x_best, SQUARE_X_BOX, eps)
     # One sign per column and channel: down a column the perturbation has one sign, or is 0
     # where the box face is already at x (x = 1 going up, x = 0 going down).
-    sign = np.sign(np.asarray(run.x_best - X_BOX))  # (B, H, W, C)
+    sign = np.sign(np.asarray(run.x_best - SQUARE_X_BOX))  # (B, H, W, C)
     up, down = np.any(sign > 0, axis=1), np.any(sign < 0, axis=1)
     assert not np.any(up & down)
     assert 0.35 < up.mean() < 0.65  # both signs, about equally often
@@ -192,29 +139,40 @@ def test_l2_start_is_the_meta_pattern_grid_at_norm_eps():
 
 
 def test_linf_search_stays_on_vertices_within_eps_and_the_box():
-    eps = np.linspace(0.02, 0.3, B).astype(np.float32)  # one eps per image
-    run = square_run(linear, X_BOX, Y_BOX, key=jax.random.key(3), eps=eps, n_queries=Q)
+    eps = np.linspace(0.02, 0.3, SQUARE_B).astype(np.float32)  # one eps per image
+    run = square_run(
+        square_linear,
+        SQUARE_X_BOX,
+        SQUARE_Y_BOX,
+        key=jax.random.key(3),
+        eps=eps,
+        n_queries=SQUARE_Q,
+    )
     x_best = np.asarray(run.x_best)
     assert x_best.min() >= 0.0 and x_best.max() <= 1.0
-    assert np.all(np.asarray(geometry.per_sample_norm(run.x_best - X_BOX, "Linf")) <= eps + 1e-6)
-    assert _on_vertices(x_best, X_BOX, eps)
-    np.testing.assert_allclose(run.margin, margins(run.x_best, Y_BOX), atol=1e-4)
+    assert np.all(
+        np.asarray(geometry.per_sample_norm(run.x_best - SQUARE_X_BOX, "Linf")) <= eps + 1e-6
+    )
+    assert _on_vertices(x_best, SQUARE_X_BOX, eps)
+    np.testing.assert_allclose(run.margin, square_margins(run.x_best, SQUARE_Y_BOX), atol=1e-4)
 
 
 def test_linf_known_answers_on_a_linear_model():
     key = jax.random.key(4)
     # eps = 0.05: the first 8 points need less than half of it, so Square breaks them.
-    res = square(linear, X_LINF, Y_LINF, key=key, eps=0.05, n_queries=Q)
+    res = square(square_linear, SQUARE_X_LINF, SQUARE_Y_LINF, key=key, eps=0.05, n_queries=SQUARE_Q)
     robust = np.asarray(res.robust)
     assert not robust[:8].any()
     broken = ~robust
-    assert np.all(margins(res.x_adv, Y_LINF)[broken] <= 0)
-    delta = np.asarray(geometry.per_sample_norm(res.x_adv - X_LINF, "Linf"))
+    assert np.all(square_margins(res.x_adv, SQUARE_Y_LINF)[broken] <= 0)
+    delta = np.asarray(geometry.per_sample_norm(res.x_adv - SQUARE_X_LINF, "Linf"))
     assert np.all(delta <= 0.05 + 1e-6) and np.all(delta[broken] > 0)
-    np.testing.assert_array_equal(res.x_adv[robust], X_LINF[robust])  # as the reference: x
+    np.testing.assert_array_equal(res.x_adv[robust], SQUARE_X_LINF[robust])  # as the reference: x
     # eps = 0.015: the last 8 need more than 1.8 eps; no Linf perturbation within eps breaks
     # them (the best vertex lowers each margin by exactly eps * ||w_y - w_c||_1).
-    res = square(linear, X_LINF, Y_LINF, key=key, eps=0.015, n_queries=Q)
+    res = square(
+        square_linear, SQUARE_X_LINF, SQUARE_Y_LINF, key=key, eps=0.015, n_queries=SQUARE_Q
+    )
     assert np.asarray(res.robust)[8:].all()
 
 
@@ -223,9 +181,9 @@ def test_accepts_only_improvements_so_the_margin_never_rises():
     eps = 0.1
     key = jax.random.key(5)
     history = []
-    for n in (0, 20, Q):
-        run = square_run(linear, X_BOX, Y_BOX, key=key, eps=eps, n_queries=n)
-        np.testing.assert_allclose(run.margin, margins(run.x_best, Y_BOX), atol=1e-4)
+    for n in (0, 20, SQUARE_Q):
+        run = square_run(square_linear, SQUARE_X_BOX, SQUARE_Y_BOX, key=key, eps=eps, n_queries=n)
+        np.testing.assert_allclose(run.margin, square_margins(run.x_best, SQUARE_Y_BOX), atol=1e-4)
         history.append(np.asarray(run.margin))
         if n == 0:
             np.testing.assert_array_equal(run.n_queries, 1)
@@ -238,12 +196,22 @@ def test_accepts_only_improvements_so_the_margin_never_rises():
 
 
 def test_l2_search_stays_within_eps_and_the_box():
-    eps = np.linspace(0.2, 2.0, B).astype(np.float32)  # one eps per image
-    run = square_run(linear, X_BOX, Y_BOX, key=jax.random.key(6), norm="L2", eps=eps, n_queries=Q)
+    eps = np.linspace(0.2, 2.0, SQUARE_B).astype(np.float32)  # one eps per image
+    run = square_run(
+        square_linear,
+        SQUARE_X_BOX,
+        SQUARE_Y_BOX,
+        key=jax.random.key(6),
+        norm="L2",
+        eps=eps,
+        n_queries=SQUARE_Q,
+    )
     x_best = np.asarray(run.x_best)
     assert x_best.min() >= 0.0 and x_best.max() <= 1.0
-    assert np.all(np.asarray(geometry.per_sample_norm(run.x_best - X_BOX, "L2")) <= eps + 1e-5)
-    np.testing.assert_allclose(run.margin, margins(run.x_best, Y_BOX), atol=1e-4)
+    assert np.all(
+        np.asarray(geometry.per_sample_norm(run.x_best - SQUARE_X_BOX, "L2")) <= eps + 1e-5
+    )
+    np.testing.assert_allclose(run.margin, square_margins(run.x_best, SQUARE_Y_BOX), atol=1e-4)
 
 
 def test_l2_proposal_moves_mass_between_two_windows_at_norm_eps():
@@ -278,13 +246,17 @@ def test_l2_proposal_moves_mass_between_two_windows_at_norm_eps():
 
 def test_l2_known_answers_on_a_linear_model():
     key = jax.random.key(7)
-    res = square(linear, X_L2, Y_L2, key=key, norm="L2", eps=0.5, n_queries=Q)
+    res = square(
+        square_linear, SQUARE_X_L2, SQUARE_Y_L2, key=key, norm="L2", eps=0.5, n_queries=SQUARE_Q
+    )
     robust = np.asarray(res.robust)
     assert not robust[:8].any()  # they need less than 0.1 eps
-    assert np.all(margins(res.x_adv, Y_L2)[~robust] <= 0)
-    assert np.all(np.asarray(geometry.per_sample_norm(res.x_adv - X_L2, "L2")) <= 0.5 + 1e-5)
+    assert np.all(square_margins(res.x_adv, SQUARE_Y_L2)[~robust] <= 0)
+    assert np.all(np.asarray(geometry.per_sample_norm(res.x_adv - SQUARE_X_L2, "L2")) <= 0.5 + 1e-5)
     # they need more than 1.1 eps: no L2 perturbation of norm eps can break them
-    res = square(linear, X_L2, Y_L2, key=key, norm="L2", eps=0.3, n_queries=Q)
+    res = square(
+        square_linear, SQUARE_X_L2, SQUARE_Y_L2, key=key, norm="L2", eps=0.3, n_queries=SQUARE_Q
+    )
     assert np.asarray(res.robust)[8:].all()
 
 
@@ -368,25 +340,41 @@ def test_l1_proposal_moves_mass_into_window_1_then_projects():
 
 
 def test_l1_search_stays_within_eps_and_the_box():
-    eps = np.linspace(0.5, 6.0, B).astype(np.float32)  # one eps per image
-    run = square_run(linear, X_BOX, Y_BOX, key=jax.random.key(6), norm="L1", eps=eps, n_queries=Q)
+    eps = np.linspace(0.5, 6.0, SQUARE_B).astype(np.float32)  # one eps per image
+    run = square_run(
+        square_linear,
+        SQUARE_X_BOX,
+        SQUARE_Y_BOX,
+        key=jax.random.key(6),
+        norm="L1",
+        eps=eps,
+        n_queries=SQUARE_Q,
+    )
     x_best = np.asarray(run.x_best)
     assert x_best.min() >= 0.0 and x_best.max() <= 1.0
-    assert np.all(np.asarray(geometry.per_sample_norm(run.x_best - X_BOX, "L1")) <= eps + L1_ATOL)
-    np.testing.assert_allclose(run.margin, margins(run.x_best, Y_BOX), atol=1e-4)
+    assert np.all(
+        np.asarray(geometry.per_sample_norm(run.x_best - SQUARE_X_BOX, "L1")) <= eps + L1_ATOL
+    )
+    np.testing.assert_allclose(run.margin, square_margins(run.x_best, SQUARE_Y_BOX), atol=1e-4)
     assert np.all(np.diff(np.asarray(run.margin)) != 0)  # every point searched on its own
 
 
 def test_l1_known_answers_on_a_linear_model():
     key = jax.random.key(7)
-    res = square(linear, X_L1, Y_L1, key=key, norm="L1", eps=2.0, n_queries=Q)
+    res = square(
+        square_linear, SQUARE_X_L1, SQUARE_Y_L1, key=key, norm="L1", eps=2.0, n_queries=SQUARE_Q
+    )
     robust = np.asarray(res.robust)
     assert not robust[:8].any()  # they need less than 0.1 eps
-    assert np.all(margins(res.x_adv, Y_L1)[~robust] <= 0)
-    assert np.all(np.asarray(geometry.per_sample_norm(res.x_adv - X_L1, "L1")) <= 2.0 + L1_ATOL)
-    np.testing.assert_array_equal(res.x_adv[robust], X_L1[robust])
+    assert np.all(square_margins(res.x_adv, SQUARE_Y_L1)[~robust] <= 0)
+    assert np.all(
+        np.asarray(geometry.per_sample_norm(res.x_adv - SQUARE_X_L1, "L1")) <= 2.0 + L1_ATOL
+    )
+    np.testing.assert_array_equal(res.x_adv[robust], SQUARE_X_L1[robust])
     # they need more than 1.1 eps: no L1 perturbation of norm eps can break them
-    res = square(linear, X_L1, Y_L1, key=key, norm="L1", eps=1.2, n_queries=Q)
+    res = square(
+        square_linear, SQUARE_X_L1, SQUARE_Y_L1, key=key, norm="L1", eps=1.2, n_queries=SQUARE_Q
+    )
     assert np.asarray(res.robust)[8:].all()
 
 
@@ -396,28 +384,41 @@ def test_l1_known_answers_on_a_linear_model():
 def test_the_judge_decides_success_and_sees_the_whole_batch():
     key = jax.random.key(8)
     # logits_fn alone breaks the first 8 points at this eps.
-    assert not np.asarray(square(linear, X_LINF, Y_LINF, key=key, eps=0.05, n_queries=Q).robust)[
-        :8
-    ].any()
-    y_judge = Y_LINF.at[0].set((Y_LINF[0] + 1) % K)  # the judge gets point 0 wrong on x
-    first_half = (jnp.arange(B) < 8)[:, None]
+    assert not np.asarray(
+        square(
+            square_linear, SQUARE_X_LINF, SQUARE_Y_LINF, key=key, eps=0.05, n_queries=SQUARE_Q
+        ).robust
+    )[:8].any()
+    # The judge gets point 0 wrong on x.
+    y_judge = SQUARE_Y_LINF.at[0].set((SQUARE_Y_LINF[0] + 1) % SQUARE_K)
+    first_half = (jnp.arange(SQUARE_B) < 8)[:, None]
 
     def judge(x):
         # Points 0-7: always the judge's classes, wherever x is. Points 8-15: wrong on
         # anything but the clean image. Called on the whole batch at once.
-        assert x.shape[0] == B
-        moved = jnp.any(x != X_LINF, axis=(1, 2, 3))
-        strict = jax.nn.one_hot(jnp.where(moved, (Y_LINF + 1) % K, Y_LINF), K)
-        return jnp.where(first_half, jax.nn.one_hot(y_judge, K), strict)
+        assert x.shape[0] == SQUARE_B
+        moved = jnp.any(x != SQUARE_X_LINF, axis=(1, 2, 3))
+        strict = jax.nn.one_hot(
+            jnp.where(moved, (SQUARE_Y_LINF + 1) % SQUARE_K, SQUARE_Y_LINF), SQUARE_K
+        )
+        return jnp.where(first_half, jax.nn.one_hot(y_judge, SQUARE_K), strict)
 
     # The judge couples rows by position: compact=False keeps every row in its batch.
-    res = square(linear, X_LINF, Y_LINF, key=key, eps=0.05, n_queries=Q, judge_fn=judge,
-                 compact=False)  # fmt: skip
+    res = square(
+        square_linear,
+        SQUARE_X_LINF,
+        SQUARE_Y_LINF,
+        key=key,
+        eps=0.05,
+        n_queries=SQUARE_Q,
+        judge_fn=judge,
+        compact=False,
+    )
     robust = np.asarray(res.robust)
     np.testing.assert_array_equal(robust[:8], np.arange(8) > 0)  # 0: wrong on x already
-    np.testing.assert_array_equal(res.x_adv[:8], X_LINF[:8])  # robust, or never attacked
+    np.testing.assert_array_equal(res.x_adv[:8], SQUARE_X_LINF[:8])  # robust, or never attacked
     assert not robust[8:].any()  # any point the search reached breaks them
-    assert _on_vertices(res.x_adv[8:], X_LINF[8:], 0.05)
+    assert _on_vertices(res.x_adv[8:], SQUARE_X_LINF[8:], 0.05)
 
 
 def test_broken_points_are_frozen_and_the_loop_stops_when_all_are_broken():
@@ -428,15 +429,22 @@ def test_broken_points_are_frozen_and_the_loop_stops_when_all_are_broken():
 
     def recorded_linear(x):
         io_callback(record, None, x, ordered=True)
-        return linear(x)
+        return square_linear(x)
 
     # At eps = 0.2 every point of the batch needs less than a third of eps (r < 1.31 at 0.05).
-    run = square_run(recorded_linear, X_LINF, Y_LINF, key=jax.random.key(9), eps=0.2, n_queries=Q,
-                     compact=False)  # fmt: skip
+    run = square_run(
+        recorded_linear,
+        SQUARE_X_LINF,
+        SQUARE_Y_LINF,
+        key=jax.random.key(9),
+        eps=0.2,
+        n_queries=SQUARE_Q,
+        compact=False,
+    )
     queries = np.asarray(run.n_queries)
     assert np.all(np.asarray(run.margin) <= 0)
     assert queries.min() == 1  # some points are broken by the start already
-    assert queries.max() < Q + 1
+    assert queries.max() < SQUARE_Q + 1
     # One call per iteration until the last point broke, not Q + 1.
     assert len(calls) == queries.max()
     for i, q in enumerate(queries):
@@ -449,18 +457,22 @@ def test_broken_points_are_frozen_and_the_loop_stops_when_all_are_broken():
 
 
 def test_one_and_four_devices_give_the_same_result():
-    sharded = jax.device_put(X_LINF, data_sharding(make_mesh()))
+    sharded = jax.device_put(SQUARE_X_LINF, data_sharding(make_mesh()))
     assert len(sharded.sharding.device_set) == 4
     key = jax.random.key(4)
-    one = square(linear, X_LINF, Y_LINF, key=key, eps=0.05, n_queries=Q)
-    four = square(linear, sharded, Y_LINF, key=key, eps=0.05, n_queries=Q)
+    one = square(square_linear, SQUARE_X_LINF, SQUARE_Y_LINF, key=key, eps=0.05, n_queries=SQUARE_Q)
+    four = square(square_linear, sharded, SQUARE_Y_LINF, key=key, eps=0.05, n_queries=SQUARE_Q)
     np.testing.assert_array_equal(one.robust, four.robust)
     np.testing.assert_array_equal(one.x_adv, four.x_adv)
 
-    sharded = jax.device_put(X_BOX, data_sharding(make_mesh()))
+    sharded = jax.device_put(SQUARE_X_BOX, data_sharding(make_mesh()))
     key = jax.random.key(6)
-    one = square_run(linear, X_BOX, Y_BOX, key=key, norm="L2", eps=0.5, n_queries=Q)
-    four = square_run(linear, sharded, Y_BOX, key=key, norm="L2", eps=0.5, n_queries=Q)
+    one = square_run(
+        square_linear, SQUARE_X_BOX, SQUARE_Y_BOX, key=key, norm="L2", eps=0.5, n_queries=SQUARE_Q
+    )
+    four = square_run(
+        square_linear, sharded, SQUARE_Y_BOX, key=key, norm="L2", eps=0.5, n_queries=SQUARE_Q
+    )
     np.testing.assert_array_equal(one.n_queries, four.n_queries)
     np.testing.assert_allclose(one.x_best, four.x_best, atol=1e-6)
     np.testing.assert_allclose(one.margin, four.margin, atol=1e-5)
@@ -476,23 +488,33 @@ def test_one_and_four_devices_give_the_same_result():
         ({"eps": 0.0}, ValueError, "eps must be"),
         ({"eps": float("nan")}, ValueError, "eps must be"),
         ({"eps": np.full(3, 0.1)}, ValueError, "one finite value > 0 per image"),
-        ({"eps": np.r_[np.full(B - 1, 0.1), -0.1]}, ValueError, "one finite value > 0 per image"),
-        ({"x": X_LINF[0]}, ValueError, "NHWC"),
-        ({"x": (X_LINF * 255).astype(jnp.uint8)}, TypeError, "floating point"),
-        ({"x": X_LINF * 2}, ValueError, r"\[0, 1\]"),
-        ({"y": Y_LINF[:3]}, ValueError, "one label per image"),
+        (
+            {"eps": np.r_[np.full(SQUARE_B - 1, 0.1), -0.1]},
+            ValueError,
+            "one finite value > 0 per image",
+        ),
+        ({"x": SQUARE_X_LINF[0]}, ValueError, "NHWC"),
+        ({"x": (SQUARE_X_LINF * 255).astype(jnp.uint8)}, TypeError, "floating point"),
+        ({"x": SQUARE_X_LINF * 2}, ValueError, r"\[0, 1\]"),
+        ({"y": SQUARE_Y_LINF[:3]}, ValueError, "one label per image"),
         ({"n_queries": -1}, ValueError, "n_queries"),
         ({"n_queries": 2.5}, ValueError, "n_queries"),
         ({"p_init": 0.0}, ValueError, "p_init"),
         ({"p_init": 1.5}, ValueError, "p_init"),
         ({"n_restarts": 0}, ValueError, "n_restarts"),
         ({"loss": "dlr"}, ValueError, "loss must be one of"),
-        ({"x": X_LINF[:, :4, :4], "norm": "L2"}, ValueError, "at least 5 x 5"),
-        ({"x": X_LINF[:, :4, :4], "norm": "L1"}, ValueError, "L1 Square needs images of at"),
+        ({"x": SQUARE_X_LINF[:, :4, :4], "norm": "L2"}, ValueError, "at least 5 x 5"),
+        ({"x": SQUARE_X_LINF[:, :4, :4], "norm": "L1"}, ValueError, "L1 Square needs images of at"),
     ],
 )
 def test_bad_inputs_raise_clear_errors(change, error, match):
-    kwargs = {"x": X_LINF, "y": Y_LINF, "key": jax.random.key(0), "eps": 0.05, **change}
+    kwargs = {
+        "x": SQUARE_X_LINF,
+        "y": SQUARE_Y_LINF,
+        "key": jax.random.key(0),
+        "eps": 0.05,
+        **change,
+    }
     x, y = kwargs.pop("x"), kwargs.pop("y")
     with pytest.raises(error, match=match):
-        square(linear, x, y, **kwargs)
+        square(square_linear, x, y, **kwargs)

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from tensorboardX.proto import event_pb2
-from test_train_support import (
+from train_support import (
     CONFIG,
     NUM_EXAMPLES,
     REPO,
@@ -43,7 +43,7 @@ from hpm_jax.training import metrics, model_init, train, train_checkpoints
 
 STEPS, BATCH = 3, 8  # the FC run's; the reference run trains REFERENCE_STEPS
 REFERENCE_STEPS = 4
-SUPPORT = os.path.join(os.path.dirname(__file__), "test_train_support.py")
+SUPPORT = os.path.join(os.path.dirname(__file__), "train_support.py")
 
 
 def reference_overrides(root):

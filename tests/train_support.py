@@ -3,8 +3,8 @@ running it, reading results.
 
 Also the script of the subprocess tests (the mock data lives in-process, so a subprocess
 must set it up itself):
-    python tests/test_train_support.py run WORKDIR DATA_DIR OVERRIDES_JSON [SLOW_AFTER_STEP]
-    python tests/test_train_support.py worker PROCESS_ID PORT WORKDIR DATA_DIR OVERRIDES_JSON
+    python tests/train_support.py run WORKDIR DATA_DIR OVERRIDES_JSON [SLOW_AFTER_STEP]
+    python tests/train_support.py worker PROCESS_ID PORT WORKDIR DATA_DIR OVERRIDES_JSON
 """
 
 import json
