@@ -54,11 +54,17 @@ _CONTRACT = frozenset({"key", "norm", "eps", "judge_fn"})
 class AttackSpec:
     """One attack of a chain: `fn(logits_fn, x, y, *, key, norm, eps, judge_fn, **kwargs)`
     following the attack contract (`types`). Put AttackSpecs in a custom `version` list to
-    run attacks of your own in the chain."""
+    run attacks of your own in the chain; declare what your function supports with
+    `types.declare` (a plain function is taken to support every norm and nothing more)."""
 
     name: str
     fn: Callable[..., types.AttackResult]
     kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def attack(self) -> types.Attack:
+        """The function with its declarations (`types.Attack`)."""
+        return types.declared(self.fn)
 
 
 def attack_settings(version: str, norm: str) -> list[tuple[str, dict[str, Any]]]:
