@@ -80,9 +80,9 @@ def count_commits(monkeypatch, matches, fn) -> int:
 
 
 def comparable(report):
-    import test_evaluate
+    import evaluation_support
 
-    return test_evaluate._comparable(report)
+    return evaluation_support.comparable(report)
 
 
 def train_again(root, workdir):
@@ -140,7 +140,7 @@ CHECKPOINT_FILES = {  # files of a checkpoint that Orbax reads
 def fake_stages(tmp_path, monkeypatch):
     """(study config, {stage: workdirs it ran in}): `train.run` and `evaluate.run` replaced by
     stand-ins whose figures depend on the seed; the base model a bare model.json."""
-    import test_study
+    import evaluation_support
 
     from hpm_jax.evaluation import evaluate
     from hpm_jax.training import train
@@ -174,4 +174,4 @@ def fake_stages(tmp_path, monkeypatch):
 
     monkeypatch.setattr(train, "run", fake_train)
     monkeypatch.setattr(evaluate, "run", fake_evaluate)
-    return test_study._config(str(base), ["study.baseline=False"]), ran
+    return evaluation_support.tiny_study_config(str(base), ["study.baseline=False"]), ran

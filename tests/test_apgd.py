@@ -7,6 +7,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from toys import APGD_B as B
+from toys import APGD_C as C
+from toys import APGD_MODEL as MODEL
+from toys import APGD_SHAPE as SHAPE
+from toys import ApgdLinear, apgd_batch
 
 from hpm_jax.attacks import apgd_steps as steps
 from hpm_jax.attacks import driver, geometry
@@ -15,74 +20,11 @@ from hpm_jax.attacks.apgd_steps import checkpoints, l1_checkpoints, largereps_sc
 from hpm_jax.runtime.sharding import data_sharding, make_mesh
 
 ORD = {"Linf": np.inf, "L2": 2, "L1": 1}
-DUAL = {"Linf": 1, "L2": 2}  # min ||d||_p with (w_y - w_c)·d = m is m / ||w_y - w_c||_dual
-SHAPE = (4, 4, 3)
-B, C = 32, 10
 
 
 def _norms(v, norm):
     v = np.asarray(v, np.float64)
     return np.linalg.norm(v.reshape(v.shape[0], -1), ord=ORD[norm], axis=1)
-
-
-class Linear:
-    """z = flatten(x) @ W + b with float64 NumPy copies for the closed forms. One instance per
-    test module reuses the jit cache: the model is a static argument hashed by identity."""
-
-    def __init__(self, seed, n_classes=C, scale=1.0):
-        rng = np.random.default_rng(seed)
-        d = int(np.prod(SHAPE))
-        self.W = rng.normal(0, scale, (d, n_classes))
-        self.b = rng.normal(0, 0.1, n_classes)
-        self.Wj, self.bj = jnp.asarray(self.W, jnp.float32), jnp.asarray(self.b, jnp.float32)
-
-    def __call__(self, x):
-        return x.reshape(x.shape[0], -1) @ self.Wj + self.bj
-
-    def np_logits(self, x):
-        return np.asarray(x, np.float64).reshape(len(x), -1) @ self.W + self.b
-
-    def labels(self, x):
-        return jnp.asarray(np.argmax(self.np_logits(x), 1), jnp.int32)
-
-    def min_perturbation(self, x, y, norm, reach=False):
-        """Closed form without the box: min over c != y of m_c / ||w_y - w_c||_dual (Linf,
-        L2); for L1 with the box, the fractional knapsack: spend the budget on the
-        coordinates of largest |w_y - w_c| first, each up to its room in the helpful
-        direction (the exact LP optimum). reach=True (Linf, L2) also returns the largest
-        coordinate of that minimal perturbation: where it is below the distance of x to the
-        box faces, the box does not bind."""
-        z, y = self.np_logits(x), np.asarray(y)
-        xf = np.asarray(x, np.float64).reshape(len(x), -1)
-        best, largest = np.full(len(y), np.inf), np.zeros(len(y))
-        for i, yi in enumerate(y):
-            for c in range(self.W.shape[1]):
-                if c == yi:
-                    continue
-                margin, dw = z[i, yi] - z[i, c], self.W[:, yi] - self.W[:, c]
-                if norm != "L1":
-                    size = margin / np.linalg.norm(dw, DUAL[norm])
-                    if size < best[i]:  # the L2 optimum is size * dw / ||dw||_2
-                        best[i] = size
-                        largest[i] = size * (1 if norm == "Linf" else np.abs(dw).max()
-                                             / np.linalg.norm(dw))  # fmt: skip
-                    continue
-                room = np.where(dw > 0, xf[i], 1 - xf[i])  # decreasing dw·x moves x against dw
-                cost = 0.0
-                for j in np.argsort(-np.abs(dw)):
-                    use = min(room[j], margin / abs(dw[j]))
-                    cost, margin = cost + use, margin - use * abs(dw[j])
-                    if margin <= 1e-12:
-                        best[i] = min(best[i], cost)
-                        break
-        return (best, largest) if reach else best
-
-
-MODEL = Linear(0)
-
-
-def _batch(seed, lo=0.3, hi=0.7, n=B, shape=SHAPE):
-    return jnp.asarray(np.random.default_rng(seed).uniform(lo, hi, (n, *shape)), jnp.float32)
 
 
 def _gap_eps(dmin):
@@ -204,7 +146,7 @@ def test_single_run_matches_reference_from_the_same_start(norm, eps, loss="ce"):
     torch = pytest.importorskip("torch")
     reference = pytest.importorskip("pyautoattack.autopgd_base")
     wide = norm != "L1"
-    model, n = Linear(1), 16
+    model, n = ApgdLinear(1), 16
     x = np.random.default_rng(2).uniform(0.3, 0.7, (n, *SHAPE))
     y = np.argmax(model.np_logits(x), 1)
     dtype = np.float64 if wide else np.float32
@@ -264,7 +206,8 @@ def test_single_run_matches_reference_from_the_same_start(norm, eps, loss="ce"):
 # CE is compared with the reference above.
 @pytest.mark.parametrize("norm,loss", [("Linf", "dlr"), ("L2", "ce"), ("L1", "dlr")])
 def test_linear_model_breaks_exactly_the_points_within_eps(norm, loss):
-    x = _batch(3) if norm != "L1" else _batch(3, 0.0, 1.0)  # L1: the box binds, accounted for
+    # L1: the box binds, accounted for
+    x = apgd_batch(3) if norm != "L1" else apgd_batch(3, 0.0, 1.0)
     y = MODEL.labels(x)
     if norm == "L1":
         dmin = MODEL.min_perturbation(x, y, norm)
@@ -280,7 +223,7 @@ def test_linear_model_breaks_exactly_the_points_within_eps(norm, loss):
 
 
 def test_l1_largereps():
-    x = _batch(4, 0.0, 1.0)
+    x = apgd_batch(4, 0.0, 1.0)
     y = MODEL.labels(x)
     eps, must_break = _gap_eps(MODEL.min_perturbation(x, y, "L1"))
     res = apgd(MODEL, x, y, key=jax.random.key(1), norm="L1", eps=eps, use_largereps=True)
@@ -312,7 +255,7 @@ class Slab:
 
 def test_relu_mlp_slab():
     model = Slab(5)
-    x = _batch(6, 0.4, 0.6, n=16)
+    x = apgd_batch(6, 0.4, 0.6, n=16)
     y = jnp.asarray(np.argmax(np.asarray(model(x)), 1), jnp.int32)
     assert 0 < int(y.sum()) < len(y)  # points inside and outside the slab
     dmin = model.min_perturbation(x)
@@ -323,7 +266,7 @@ def test_relu_mlp_slab():
 
 
 def test_apgd_targeted_linear_10_classes():
-    x = _batch(7)
+    x = apgd_batch(7)
     y = MODEL.labels(x)
     eps, must_break = _gap_eps(MODEL.min_perturbation(x, y, "Linf"))
     res = apgd_targeted(MODEL, x, y, key=jax.random.key(3), eps=eps)
@@ -354,7 +297,7 @@ def test_apgd_targeted_takes_targets_by_clean_logit_rank():
     d = int(np.prod(shape))
     w0, w2 = rng.normal(0, 1, d), rng.normal(0, 1, d)
     W = jnp.asarray(np.stack([w0, w0, w2, w0], 1), jnp.float32)
-    x = _batch(9, n=8, shape=shape)
+    x = apgd_batch(9, n=8, shape=shape)
     base = np.asarray(x).reshape(8, -1) @ np.stack([w0, w2], 1)
     gap = base[:, 0] - base[:, 1]  # z_0 - z_2 before the bias of class 2
     b2 = gap - 1.5  # z_0 - z_2 = 1.5 for every point: ranked 3rd, between z_1 and z_3
@@ -385,7 +328,7 @@ def test_apgd_targeted_takes_targets_by_clean_logit_rank():
 
 
 def test_judge_decides_success_on_the_whole_batch():
-    x = _batch(10)
+    x = apgd_batch(10)
     y = MODEL.labels(x)
     dmin = MODEL.min_perturbation(x, y, "Linf")
     eps, must_break = _gap_eps(dmin)
@@ -411,7 +354,7 @@ def test_useless_loss_with_a_correct_judge_only_finds_the_random_start():
     """logits_fn constant: zero gradient, so every iterate stays at the random start (on the
     Linf sphere). The judge (the real model) still decides: what breaks is truly broken,
     sits exactly at distance eps, and far fewer points break than with the real loss."""
-    x = _batch(11)
+    x = apgd_batch(11)
     y = MODEL.labels(x)
     dmin = MODEL.min_perturbation(x, y, "Linf")
     eps = float(np.median(dmin)) * 1.5
@@ -432,7 +375,7 @@ def test_restarts_keep_earlier_breaks_and_only_add():
     """Linear models leave restarts nothing to find, so the judge here errs at random (2% of
     calls per point): each restart (fresh keys) adds breaks, and restart 0 is the same run
     whatever n_restarts, so its breaks and their x_adv must be kept."""
-    x = _batch(12)
+    x = apgd_batch(12)
     y = MODEL.labels(x)
     eps = float(np.median(MODEL.min_perturbation(x, y, "Linf"))) * 0.5
     onehot = jax.nn.one_hot(y, C)
@@ -458,7 +401,7 @@ def test_eot_averages_gradients_over_fresh_draws():
     """A randomized model whose gradient is drowned in noise: z_y gets a * (v·x) - a *
     stop_gradient(v·x) with a fresh a ~ N(0, 8^2) per call (logits unchanged, gradient
     noisy). One draw per step misses points; the mean of 20 fresh draws finds every one."""
-    x = _batch(13)
+    x = apgd_batch(13)
     y = MODEL.labels(x)
     eps, must_break = _gap_eps(MODEL.min_perturbation(x, y, "Linf"))
     v = jnp.asarray(np.random.default_rng(14).normal(0, 1, int(np.prod(SHAPE))), jnp.float32)
@@ -477,7 +420,7 @@ def test_eot_averages_gradients_over_fresh_draws():
 
 
 def test_one_and_four_devices_agree():
-    x = _batch(15)
+    x = apgd_batch(15)
     y = MODEL.labels(x)
     eps = float(np.median(MODEL.min_perturbation(x, y, "Linf")))
     kw = dict(key=jax.random.key(8), eps=eps, n_iter=20, n_restarts=2)
@@ -490,7 +433,7 @@ def test_one_and_four_devices_agree():
 
 
 def test_new_eps_values_do_not_recompile():
-    x = _batch(16)
+    x = apgd_batch(16)
     y = MODEL.labels(x)
     apgd(MODEL, x, y, key=jax.random.key(0), eps=0.01, n_iter=20)
     sizes = driver.compiled_programs()
@@ -509,7 +452,7 @@ def test_new_eps_values_do_not_recompile():
 def test_lax_and_host_loops_agree(norm, kwargs):
     """The one-program run (GPU/TPU default) and the per-iteration host loop (CPU default)
     compute the same iterates: restarts, largereps stages and keys included."""
-    x = _batch(18, 0.0, 1.0)
+    x = apgd_batch(18, 0.0, 1.0)
     y = MODEL.labels(x)
     eps = float(np.median(MODEL.min_perturbation(x, y, norm))) * (1.0 if norm == "L1" else 0.8)
     kw = dict(key=jax.random.key(9), norm=norm, eps=eps, n_iter=12, **kwargs)
@@ -523,7 +466,7 @@ def test_lax_and_host_loops_agree(norm, kwargs):
 
 
 def test_clear_errors():
-    x, y = _batch(17, n=4), jnp.zeros(4, jnp.int32)
+    x, y = apgd_batch(17, n=4), jnp.zeros(4, jnp.int32)
     key = jax.random.key(0)
     cases = [
         (dict(eps=0.0), "eps must be"),

@@ -6,7 +6,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.experimental import io_callback
-from toys import SQUARE_Q, SQUARE_X_BOX, SQUARE_X_LINF, SQUARE_Y_BOX, SQUARE_Y_LINF, square_linear
+from toys import (
+    APGD_MODEL,
+    SQUARE_Q,
+    SQUARE_X_BOX,
+    SQUARE_X_LINF,
+    SQUARE_Y_BOX,
+    SQUARE_Y_LINF,
+    apgd_batch,
+    square_linear,
+)
 
 from hpm_jax.attacks import AutoAttack, apgd_targeted, batching
 from hpm_jax.attacks.msa import mixed_surrogate_attack
@@ -153,19 +162,17 @@ def test_the_chain_passes_compact_to_fab_and_square_and_msa_keeps_the_whole_batc
 
 
 def test_apgd_t_attacks_only_the_points_still_robust_and_agrees_on_1_2_and_4_devices():
-    from test_apgd import MODEL, _batch
-
-    x = _batch(7)
-    y = MODEL.labels(x)
-    eps = float(np.quantile(MODEL.min_perturbation(x, y, "Linf"), 0.6))
+    x = apgd_batch(7)
+    y = APGD_MODEL.labels(x)
+    eps = float(np.quantile(APGD_MODEL.min_perturbation(x, y, "Linf"), 0.6))
     kw = dict(key=jax.random.key(3), eps=eps, n_iter=10, n_target_classes=3)
-    counted, sizes = _counting(MODEL)
+    counted, sizes = _counting(APGD_MODEL)
     res = apgd_targeted(counted, x, y, bucket_sizes=(32, 16, 8), **kw)
     jax.effects_barrier()
     robust = np.asarray(res.robust)
     assert 0 < robust.sum() <= 16  # after the first target: a bucket of 16 or fewer
     assert 32 in sizes and min(sizes) < 32
-    counted, whole = _counting(MODEL)
+    counted, whole = _counting(APGD_MODEL)
     full = apgd_targeted(counted, x, y, compact=False, **kw)
     jax.effects_barrier()
     assert set(whole) == {32}
@@ -173,6 +180,6 @@ def test_apgd_t_attacks_only_the_points_still_robust_and_agrees_on_1_2_and_4_dev
     for n in (2, 4):
         sharding = data_sharding(make_mesh(jax.devices()[:n]))
         xs, ys = jax.device_put(x, sharding), jax.device_put(y, sharding)
-        other = apgd_targeted(MODEL, xs, ys, bucket_sizes=(32, 16, 8), **kw)
+        other = apgd_targeted(APGD_MODEL, xs, ys, bucket_sizes=(32, 16, 8), **kw)
         np.testing.assert_array_equal(other.robust, robust)
         np.testing.assert_allclose(other.x_adv, res.x_adv, atol=1e-6)

@@ -6,8 +6,6 @@ image of the report can be predicted exactly; the real attacks are tested on a l
 whose minimal adversarial perturbations are known in closed form.
 """
 
-import collections
-import functools
 import itertools
 import json
 import os
@@ -19,123 +17,33 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
+import toys
+from toys import (
+    CHAIN_EPS,
+    CHAIN_FAIL_AT,
+    CHAIN_FRACS,
+    CHAIN_SIZES,
+    CHAIN_TRACES,
+    ChainInterrupt,
+    assert_same_report,
+    chain_data,
+    chain_ids,
+    mean_model,
+    resume_chain,
+    run_chain,
+    shift_chain,
+)
 
 from hpm_jax.attacks import (
-    AttackSpec,
     AutoAttack,
     batching,
-    geometry,
-    losses,
-    types,
     versions,
 )
 from hpm_jax.attacks.resume import StateStore
 from hpm_jax.runtime.identity import WorkdirMismatchError
 from hpm_jax.runtime.sharding import make_mesh
-
-EPS = 0.1
-SIZES = (8, 4)
-
-
-# ------------------------------------------------------------------ a model and test attacks
-def mean_model(x):
-    """Class 0 where the mean intensity exceeds 0.5, else class 1."""
-    t = x.reshape(x.shape[0], -1).mean(1)
-    return 10.0 * jnp.stack([t - 0.5, 0.5 - t], axis=1)
-
-
-TRACES = collections.Counter()  # (frac, noise, bucket size) -> times traced
-SPY: list | None = None  # when a list, shift_attack appends (name, frac, bucket images)
-FAIL_AT: dict = {}  # {"frac": f, "call": k}: raise on the k-th call with that frac
-
-
-class Interrupt(Exception):
-    pass
-
-
-@functools.partial(jax.jit, static_argnames=("logits_fn", "judge_fn", "frac", "noise"))
-def _shift(logits_fn, x, y, key, eps, *, judge_fn, frac, noise):
-    TRACES[(frac, noise, x.shape[0])] += 1  # runs only while tracing: counts compilations
-    step = frac * eps
-    if noise:  # a random step per point: the outcome depends on the key and the layout
-        step = step * jax.random.uniform(key, (x.shape[0], 1, 1, 1))
-    x_adv = jnp.clip(x - step, 0.0, 1.0)
-    judge = logits_fn if judge_fn is None else judge_fn
-    robust = losses.correct(judge(x), y) & losses.correct(judge(x_adv), y)
-    return types.AttackResult(jnp.where(geometry.expand(robust, x), x, x_adv), robust)
-
-
-def shift_attack(logits_fn, x, y, *, key, norm, eps, judge_fn=None, frac=1.0, noise=False):
-    """Follows the attack contract: x_adv = x - frac * eps (times a uniform draw if noise)."""
-    assert norm == "Linf"
-    if FAIL_AT.get("frac") == frac:
-        FAIL_AT["call"] -= 1
-        if FAIL_AT["call"] == 0:
-            raise Interrupt("interrupted inside an attack")
-    if SPY is not None:
-        SPY.append((frac, np.asarray(x)))
-    return _shift(logits_fn, x, y, key, eps, judge_fn=judge_fn, frac=frac, noise=noise)
-
-
-FRACS = (0.3, 0.6, 1.0)
-
-
-def shift_chain(noise=False, fracs=FRACS):
-    return [
-        AttackSpec(f"shift-{i}", shift_attack, {"frac": f, "noise": noise})
-        for i, f in enumerate(fracs)
-    ]
-
-
-def make_data(n, seed=0):
-    """Images of constant intensity t (plus a zero-mean id pattern, so every image is unique),
-    labels mostly 0 where t > 0.5; a few wrong labels (clean errors) and class-1 points."""
-    rng = np.random.default_rng(seed)
-    u = 0.05 + 0.1 * rng.integers(0, 15, n)  # distance above 0.5 in units of eps
-    t = 0.5 + EPS * u
-    y = np.zeros(n, np.int32)
-    y[rng.random(n) < 0.1] = 1  # clean errors: t > 0.5 predicts 0
-    below = rng.random(n) < 0.15  # class-1 points below 0.5: moving down never breaks them
-    t[below], y[below] = 0.5 - EPS * u[below], 1
-    x = np.repeat(t[:, None], 4, axis=1)
-    ids = 1e-4 * np.arange(n)
-    x[:, 0] += ids
-    x[:, 1] -= ids
-    return x.reshape(n, 2, 2, 1).astype(np.float32), y, t
-
-
-def identify(images, x):
-    """Dataset indices of a batch of (possibly shifted) images, from their id pattern."""
-    d = images.reshape(len(images), -1)
-    ids = np.rint((d[:, 0] - d[:, 1]) / 2e-4).astype(int)
-    np.testing.assert_allclose(x.reshape(len(x), -1)[ids, 0] - x.reshape(len(x), -1)[ids, 1],
-                               d[:, 0] - d[:, 1], atol=1e-5)  # fmt: skip
-    return ids
-
-
-def run(x, y, *, chain=None, log=None, mesh=None, state_path=None, **kw):
-    batch_size = kw.pop("batch_size", 8)
-    aa = AutoAttack(
-        mean_model,
-        eps=EPS,
-        version=chain or shift_chain(),
-        bucket_sizes=kw.pop("bucket_sizes", SIZES),
-        mesh=mesh,
-        log=log,
-        run_checks=kw.pop("run_checks", False),
-        **kw,
-    )
-    return aa.run(x, y, batch_size=batch_size, state_path=state_path)
-
-
-def assert_same_report(a, b):
-    np.testing.assert_array_equal(a.robust, b.robust)
-    np.testing.assert_array_equal(a.x_adv, b.x_adv)
-    assert a.robust_accuracy_after == b.robust_accuracy_after
-    assert (a.clean_accuracy, a.robust_accuracy) == (b.clean_accuracy, b.robust_accuracy)
 
 
 # --------------------------------------------------------------------------------- buckets
@@ -195,22 +103,21 @@ def test_compact_keeps_the_points_in_order_and_pads_by_repeating_them():
 
 # ------------------------------------------------------------------------ chain, report, log
 def test_chain_scatters_back_exactly_the_expected_points_and_images():
-    global SPY
-    x, y, t = make_data(45)
+    x, y, t = chain_data(45)
     lines = []
-    SPY = []
+    toys.CHAIN_SPY = []
     try:
-        report = run(x, y, log=lines.append)
+        report = run_chain(x, y, log=lines.append)
     finally:
-        spied, SPY = SPY, None
+        spied, toys.CHAIN_SPY = toys.CHAIN_SPY, None
 
     clean = (t > 0.5) == (y == 0)
     np.testing.assert_array_equal(report.clean, clean)
     robust, x_want = clean.copy(), x.copy()
     after = {}
-    for i, frac in enumerate(FRACS):
-        broken = robust & (y == 0) & (t - frac * EPS < 0.5)
-        x_want[broken] = np.clip(x[broken] - np.float32(frac * EPS), 0, 1)
+    for i, frac in enumerate(CHAIN_FRACS):
+        broken = robust & (y == 0) & (t - frac * CHAIN_EPS < 0.5)
+        x_want[broken] = np.clip(x[broken] - np.float32(frac * CHAIN_EPS), 0, 1)
         robust &= ~broken
         after[f"shift-{i}"] = robust.mean()
     np.testing.assert_array_equal(report.robust, robust)
@@ -227,20 +134,21 @@ def test_chain_scatters_back_exactly_the_expected_points_and_images():
     # Buckets hold only points robust before the attack (padding repeats them), in sizes
     # of the list, and every robust point of every batch is attacked exactly once.
     robust_before = clean.copy()
-    for frac in FRACS:
+    for frac in CHAIN_FRACS:
         seen = []
         for f, images in spied:
             if f != frac:
                 continue
-            assert len(images) in SIZES
-            ids = identify(images, x)
+            assert len(images) in CHAIN_SIZES
+            ids = chain_ids(images, x)
             assert robust_before[ids].all()
             real = list(dict.fromkeys(ids.tolist()))  # first occurrences: the real rows
             seen += real
         assert sorted(seen) == np.flatnonzero(robust_before).tolist()
-        robust_before &= ~((y == 0) & (t - frac * EPS < 0.5))
+        robust_before &= ~((y == 0) & (t - frac * CHAIN_EPS < 0.5))
 
-    assert report.num_examples == 45 and report.batch_size == 8 and report.bucket_sizes == SIZES
+    assert report.num_examples == 45 and report.batch_size == 8
+    assert report.bucket_sizes == CHAIN_SIZES
     assert report.attacks == ["shift-0", "shift-1", "shift-2"] and report.version == "custom"
     assert set(report.times) == set(report.attacks) and report.num_devices == 4
     d = json.loads(report.to_json())
@@ -264,9 +172,9 @@ def test_log_lines_use_the_reference_wording():
     for fmt in formats.values():
         assert fmt in ref, fmt  # the wording below is the reference's own
 
-    x, y, _ = make_data(20, seed=3)
+    x, y, _ = chain_data(20, seed=3)
     lines = []
-    report = run(x, y, log=lines.append)
+    report = run_chain(x, y, log=lines.append)
     assert formats["using"].format("custom", "shift-0, shift-1, shift-2") == lines[0]
     assert formats["initial"].format(report.clean_accuracy) in lines
     assert formats["final"].format(report.robust_accuracy) == lines[-1]
@@ -279,16 +187,15 @@ def test_log_lines_use_the_reference_wording():
 
 
 def test_no_robust_points_left_skips_the_remaining_attacks(caplog):
-    global SPY
-    x, y, t = make_data(60, seed=4)
-    keep = (t > 0.5) & (t < 0.5 + 0.9 * EPS)  # breakable by a full eps step
+    x, y, t = chain_data(60, seed=4)
+    keep = (t > 0.5) & (t < 0.5 + 0.9 * CHAIN_EPS)  # breakable by a full eps step
     x, y = x[keep], np.zeros(keep.sum(), np.int32)  # and all correctly classified
     chain = shift_chain(fracs=(1.0, 0.61))
-    lines, SPY = [], []
+    lines, toys.CHAIN_SPY = [], []
     try:
-        report = run(x, y, chain=chain, log=lines.append)
+        report = run_chain(x, y, chain=chain, log=lines.append)
     finally:
-        spied, SPY = SPY, None
+        spied, toys.CHAIN_SPY = toys.CHAIN_SPY, None
     assert report.robust_accuracy == 0 and report.robust_accuracy_after == {
         "shift-0": 0.0,
         "shift-1": 0.0,
@@ -298,26 +205,18 @@ def test_no_robust_points_left_skips_the_remaining_attacks(caplog):
 
 
 # ------------------------------------------------------------------------- resume and state
-def _resume_config(state_path=None, on_progress=None, log=None):
-    x, y, _ = make_data(45, seed=1)
-    return run(
-        x, y, chain=shift_chain(noise=True), state_path=state_path, on_progress=on_progress,
-        log=log, seed=7,
-    )  # fmt: skip
-
-
 def test_resume_after_sigkill_gives_the_uninterrupted_report(tmp_path):
     state = tmp_path / "aa_state.json"
     marker = tmp_path / "stopped"
     script = f"""
 import sys, time
 sys.path.insert(0, {str(Path(__file__).parent)!r})
-import test_autoattack as t
+import toys as t
 def on_progress(attack, batch, n_batches):
     if attack == "shift-1" and batch == 2:
         open({str(marker)!r}, "w").close()
         time.sleep(600)
-t._resume_config({str(state)!r}, on_progress)
+t.resume_chain({str(state)!r}, on_progress)
 """
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     proc = subprocess.Popen([sys.executable, "-c", script], env=env)
@@ -334,7 +233,7 @@ t._resume_config({str(state)!r}, on_progress)
         proc.wait()
 
     lines = []
-    resumed = _resume_config(state, log=lines.append)
+    resumed = resume_chain(state, log=lines.append)
     assert resumed.resumed
     assert "shift-0 was/were already run." in lines
     assert any(line.startswith("robust accuracy at the time of restoring") for line in lines)
@@ -343,9 +242,9 @@ t._resume_config({str(state)!r}, on_progress)
         "5/6",
         "6/6",
     ]
-    assert_same_report(resumed, _resume_config())
+    assert_same_report(resumed, resume_chain())
     # A finished state file resumes to the same report without attacking again.
-    assert_same_report(_resume_config(state), resumed)
+    assert_same_report(resume_chain(state), resumed)
 
 
 def test_interruption_between_image_and_state_writes_resumes_exactly(tmp_path, monkeypatch):
@@ -357,74 +256,80 @@ def test_interruption_between_image_and_state_writes_resumes_exactly(tmp_path, m
         save_images(self, st, attack=attack, batch=batch, indices=indices, images=images)
         if attack == 1:  # the images are on disk, the state that lists them is not
             written.append(batch)
-            raise Interrupt("killed between the image write and the state write")
+            raise ChainInterrupt("killed between the image write and the state write")
 
     monkeypatch.setattr(StateStore, "save_images", dying_save_images)
-    with pytest.raises(Interrupt):
-        _resume_config(state)
+    with pytest.raises(ChainInterrupt):
+        resume_chain(state)
     monkeypatch.setattr(StateStore, "save_images", save_images)
     saved = json.loads(state.read_text())
     assert saved["batches_done"]["shift-1"] == written[0]  # that batch is not done
     assert (tmp_path / "s.json.adv" / f"attack1_batch{written[0]}.npy").exists()
     assert not any(e["file"].startswith("attack1_") for e in saved["images"])
     # Inside an attack, before anything of its batch was saved.
-    FAIL_AT.update(frac=1.0, call=3)
+    CHAIN_FAIL_AT.update(frac=1.0, call=3)
     try:
-        with pytest.raises(Interrupt):
-            _resume_config(state)
+        with pytest.raises(ChainInterrupt):
+            resume_chain(state)
     finally:
-        FAIL_AT.clear()
+        CHAIN_FAIL_AT.clear()
     assert 0 < json.loads(state.read_text())["batches_done"]["shift-2"] < 6
-    assert_same_report(_resume_config(state), _resume_config())
+    assert_same_report(resume_chain(state), resume_chain())
 
 
 def test_a_state_file_of_another_evaluation_is_refused(tmp_path):
-    x, y, _ = make_data(24, seed=2)
+    x, y, _ = chain_data(24, seed=2)
     state = tmp_path / "s.json"
-    run(x, y, state_path=state)
+    run_chain(x, y, state_path=state)
     with pytest.raises(WorkdirMismatchError, match=r"different evaluation(.|\n)*eps: 0\.1 -> 0\.2"):
-        AutoAttack(mean_model, eps=0.2, version=shift_chain(), bucket_sizes=SIZES, log=None,
+        AutoAttack(mean_model, eps=0.2, version=shift_chain(), bucket_sizes=CHAIN_SIZES, log=None,
                    run_checks=False).run(x, y, batch_size=8, state_path=state)  # fmt: skip
     with pytest.raises(WorkdirMismatchError, match=r"data: '[0-9a-f]{64}' -> '[0-9a-f]{64}'"):
-        run(x[::-1].copy(), y[::-1].copy(), state_path=state)
+        run_chain(x[::-1].copy(), y[::-1].copy(), state_path=state)
     with pytest.raises(WorkdirMismatchError, match=r"batch_size: 8 -> 4"):
-        run(x, y, state_path=state, batch_size=4, bucket_sizes=(4,))
+        run_chain(x, y, state_path=state, batch_size=4, bucket_sizes=(4,))
     with pytest.raises(WorkdirMismatchError, match=r"attacks: \["):
-        run(x, y, chain=shift_chain(fracs=(0.3, 0.6)), state_path=state)
+        run_chain(x, y, chain=shift_chain(fracs=(0.3, 0.6)), state_path=state)
     other_model = lambda v: -mean_model(v)
     with pytest.raises(WorkdirMismatchError, match=r"classifies \d+ clean points differently"):
-        AutoAttack(other_model, eps=EPS, version=shift_chain(), bucket_sizes=SIZES, log=None,
-                   run_checks=False).run(x, y, batch_size=8, state_path=state)  # fmt: skip
+        AutoAttack(
+            other_model,
+            eps=CHAIN_EPS,
+            version=shift_chain(),
+            bucket_sizes=CHAIN_SIZES,
+            log=None,
+            run_checks=False,
+        ).run(x, y, batch_size=8, state_path=state)
     # Damage is not another evaluation: a lost image file is recomputed, a torn state file
     # replaced by its previous copy (tests/test_crash_campaign.py tries every kind).
-    expected = run(x, y)
+    expected = run_chain(x, y)
     image = next((tmp_path / "s.json.adv").iterdir())
     image.unlink()
-    assert_same_report(run(x, y, state_path=state), expected)
+    assert_same_report(run_chain(x, y, state_path=state), expected)
     state.write_text("{not json")
-    assert_same_report(run(x, y, state_path=state), expected)
+    assert_same_report(run_chain(x, y, state_path=state), expected)
 
 
 # ------------------------------------------------------------------ compilations and devices
 def test_any_number_of_batches_compiles_once_per_bucket_size():
     fracs = (0.31, 0.62)  # used by no other test: their compilations are counted from zero
     for seed, n in [(5, 40), (6, 200)]:
-        x, y, _ = make_data(n, seed=seed)
-        run(x, y, chain=shift_chain(noise=True, fracs=fracs))
-    counts = {k: v for k, v in TRACES.items() if k[0] in fracs}
+        x, y, _ = chain_data(n, seed=seed)
+        run_chain(x, y, chain=shift_chain(noise=True, fracs=fracs))
+    counts = {k: v for k, v in CHAIN_TRACES.items() if k[0] in fracs}
     assert counts and all(v == 1 for v in counts.values()), counts
-    assert {k[2] for k in counts} <= set(SIZES)
+    assert {k[2] for k in counts} <= set(CHAIN_SIZES)
 
 
 def test_the_same_seed_gives_the_same_report_on_1_and_4_devices():
-    x, y, _ = make_data(45, seed=1)
+    x, y, _ = chain_data(45, seed=1)
     chain = shift_chain(noise=True)
-    one = run(x, y, chain=chain, seed=3, mesh=make_mesh(jax.devices()[:1]))
-    four = run(x, y, chain=chain, seed=3, mesh=make_mesh(jax.devices()[:4]))
+    one = run_chain(x, y, chain=chain, seed=3, mesh=make_mesh(jax.devices()[:1]))
+    four = run_chain(x, y, chain=chain, seed=3, mesh=make_mesh(jax.devices()[:4]))
     assert (one.num_devices, four.num_devices) == (1, 4)
     assert_same_report(one, four)
     # A different seed changes the random steps, hence the result.
-    other = run(x, y, chain=chain, seed=4)
+    other = run_chain(x, y, chain=chain, seed=4)
     assert not np.array_equal(other.x_adv, four.x_adv)
 
 
@@ -458,26 +363,26 @@ def test_versions_are_the_reference_settings_and_capped_at_c_minus_1():
 def test_configuration_errors_are_clear():
     for norm in ("Linf", "L2", "L1"):  # every attack of every version is ported
         for version in ("standard", "plus"):
-            assert AutoAttack(mean_model, eps=EPS, norm=norm, version=version).attacks
+            assert AutoAttack(mean_model, eps=CHAIN_EPS, norm=norm, version=version).attacks
     with pytest.raises(ValueError, match="norm must be one of"):
-        AutoAttack(mean_model, eps=EPS, norm="L0")
+        AutoAttack(mean_model, eps=CHAIN_EPS, norm="L0")
     with pytest.raises(ValueError, match="unknown attack 'pgd'"):
-        AutoAttack(mean_model, eps=EPS, version=["apgd-ce", "pgd"])
+        AutoAttack(mean_model, eps=CHAIN_EPS, version=["apgd-ce", "pgd"])
     with pytest.raises(ValueError, match="once in a chain"):
-        AutoAttack(mean_model, eps=EPS, version=["apgd-ce", "apgd-ce"])
+        AutoAttack(mean_model, eps=CHAIN_EPS, version=["apgd-ce", "apgd-ce"])
     with pytest.raises(ValueError, match=r"attack_options name \['square'\]"):
-        AutoAttack(mean_model, eps=EPS, version=["apgd-ce"], attack_options={"square": {}})
+        AutoAttack(mean_model, eps=CHAIN_EPS, version=["apgd-ce"], attack_options={"square": {}})
     with pytest.raises(TypeError, match="takes no \\['n_querys'\\]"):
-        AutoAttack(mean_model, eps=EPS, attack_options={"square": {"n_querys": 10}})
+        AutoAttack(mean_model, eps=CHAIN_EPS, attack_options={"square": {"n_querys": 10}})
     with pytest.raises(ValueError, match="cannot attack a randomized model"):
-        AutoAttack(mean_model, eps=EPS, randomized=True)
+        AutoAttack(mean_model, eps=CHAIN_EPS, randomized=True)
     with pytest.raises(ValueError, match="eps must be"):
         AutoAttack(mean_model, eps=-1.0)
-    x, y, _ = make_data(8)
+    x, y, _ = chain_data(8)
     with pytest.raises(ValueError, match="num_classes=3 but the model outputs 2"):
-        run(x, y, num_classes=3)
+        run_chain(x, y, num_classes=3)
     with pytest.raises(ValueError, match=r"images in \[0, 1\]"):
-        run(x * 3, y)
+        run_chain(x * 3, y)
 
 
 def batch_coupled(x):
@@ -486,10 +391,10 @@ def batch_coupled(x):
 
 
 def test_checks_run_on_the_first_batch_and_flag_a_batch_coupled_judge(caplog):
-    x, y, _ = make_data(24, seed=8)
+    x, y, _ = chain_data(24, seed=8)
     lines = []
     with caplog.at_level("WARNING", logger="hpm_jax.autoattack"):
-        report = run(x, y, judge_fn=batch_coupled, run_checks=True, log=lines.append)
+        report = run_chain(x, y, judge_fn=batch_coupled, run_checks=True, log=lines.append)
     by_name = {c.name: c for c in report.checks}
     assert by_name["batch_dependence"].flagged
     assert not by_name["randomized"].flagged and not by_name["softmax_output"].flagged
@@ -497,7 +402,7 @@ def test_checks_run_on_the_first_batch_and_flag_a_batch_coupled_judge(caplog):
     assert any("depends on the rest of the batch" in r.message for r in caplog.records)
     assert any(line.startswith("Warning: the output depends") for line in lines)
     # A plain model passes everything (Square is not in this chain: not applicable).
-    plain = run(x, y, run_checks=True)
+    plain = run_chain(x, y, run_checks=True)
     assert not plain.flagged, [c.message for c in plain.flagged]
     assert {c.name for c in plain.checks} == {
         "randomized", "softmax_output", "zero_gradients", "dynamic", "batch_dependence",
@@ -627,7 +532,7 @@ APGD_CE = {"apgd-ce": {"n_iter": 20, "n_restarts": 1}}  # as REAL_OPTIONS: share
 
 def _real_apgd_ce(x, y, eps, mesh=None):
     aa = AutoAttack(linear, eps=eps, version=["apgd-ce"], attack_options=APGD_CE, log=None,
-                    run_checks=False, bucket_sizes=SIZES, mesh=mesh, seed=1)  # fmt: skip
+                    run_checks=False, bucket_sizes=CHAIN_SIZES, mesh=mesh, seed=1)  # fmt: skip
     return aa.run(x, y, batch_size=8)
 
 

@@ -48,7 +48,7 @@ import sys
 import crash_support as support
 import numpy as np
 import pytest
-import test_autoattack as chain_harness
+import toys
 from crash_support import MODES, Killed, count_commits, damage, install_kill, kill_at
 
 from hpm_jax import cli
@@ -65,7 +65,7 @@ KINDS = {
 
 @pytest.fixture(scope="module")
 def chain_reference():
-    return chain_harness._resume_config()
+    return toys.resume_chain()
 
 
 @pytest.mark.parametrize("phase", ["before", "after"])
@@ -75,44 +75,44 @@ def test_chain_killed_at_every_write_resumes_to_the_same_report(
 ):
     matches = KINDS[kind]
     total = count_commits(
-        monkeypatch, matches, lambda: chain_harness._resume_config(tmp_path / "count" / "s.json")
+        monkeypatch, matches, lambda: toys.resume_chain(tmp_path / "count" / "s.json")
     )
     assert total >= 5, f"only {total} writes of {kind}"
     for nth in sorted({1, 2, total // 2, total}):  # benchmarks/crash_campaign.py: all of them
         state = tmp_path / f"{nth}" / "s.json"
         with pytest.raises(Killed), kill_at(monkeypatch, matches, nth, phase):
-            chain_harness._resume_config(state)
-        chain_harness.assert_same_report(chain_harness._resume_config(state), chain_reference)
+            toys.resume_chain(state)
+        toys.assert_same_report(toys.resume_chain(state), chain_reference)
 
 
 def test_chain_killed_inside_an_attack_resumes_to_the_same_report(chain_reference, tmp_path):
     for call in (1, 4):  # the first batch of the last attack, and one in its middle
         state = tmp_path / f"{call}" / "s.json"
-        chain_harness.FAIL_AT.update(frac=1.0, call=call)
+        toys.CHAIN_FAIL_AT.update(frac=1.0, call=call)
         try:
-            with pytest.raises(chain_harness.Interrupt):
-                chain_harness._resume_config(state)
+            with pytest.raises(toys.ChainInterrupt):
+                toys.resume_chain(state)
         finally:
-            chain_harness.FAIL_AT.clear()
-        chain_harness.assert_same_report(chain_harness._resume_config(state), chain_reference)
+            toys.CHAIN_FAIL_AT.clear()
+        toys.assert_same_report(toys.resume_chain(state), chain_reference)
 
 
 @pytest.fixture
 def finished_chain(tmp_path):
     state = tmp_path / "s.json"
-    chain_harness._resume_config(state)
+    toys.resume_chain(state)
     return state
 
 
 def _resume_counting(state):
     """The resumed report, the attack calls it made, and its log lines."""
     lines = []
-    chain_harness.SPY = []
+    toys.CHAIN_SPY = []
     try:
-        report = chain_harness._resume_config(state, log=lines.append)
-        return report, len(chain_harness.SPY), lines
+        report = toys.resume_chain(state, log=lines.append)
+        return report, len(toys.CHAIN_SPY), lines
     finally:
-        chain_harness.SPY = None
+        toys.CHAIN_SPY = None
 
 
 @pytest.mark.parametrize("mode", [*MODES, "missing"])
@@ -123,7 +123,7 @@ def test_a_torn_image_file_is_named_and_that_batch_alone_recomputed(
     torn = images[len(images) // 2]
     damage(torn, mode)
     report, calls, lines = _resume_counting(finished_chain)
-    chain_harness.assert_same_report(report, chain_reference)
+    toys.assert_same_report(report, chain_reference)
     assert calls == 1  # one (attack, batch), not the attack and not the chain
     named = [line for line in lines if torn.name in line]
     assert len(named) == 1 and "is damaged" in named[0] and "recomputed" in named[0], lines
@@ -135,7 +135,7 @@ def test_a_torn_image_file_is_named_and_that_batch_alone_recomputed(
 def test_a_torn_state_file_falls_back_to_its_previous_copy(mode, finished_chain, chain_reference):
     damage(finished_chain, mode)
     report, calls, lines = _resume_counting(finished_chain)
-    chain_harness.assert_same_report(report, chain_reference)
+    toys.assert_same_report(report, chain_reference)
     assert calls == 1  # the batch the previous copy had not recorded
     assert any("s.json is damaged" in line for line in lines), lines
     assert any("saved a batch earlier" in line for line in lines), lines
@@ -148,7 +148,7 @@ def test_both_copies_torn_start_the_attack_afresh_with_a_line(
     damage(finished_chain, mode)
     damage(str(finished_chain) + ".prev", mode)
     report, calls, lines = _resume_counting(finished_chain)
-    chain_harness.assert_same_report(report, chain_reference)
+    toys.assert_same_report(report, chain_reference)
     assert calls > 1 and any("starts afresh" in line for line in lines), lines
 
 
@@ -170,14 +170,14 @@ def test_a_full_disk_keeps_the_previous_state_and_stops_with_one_line(
 
     monkeypatch.setattr(integrity, "write_bytes", full_after_ten)
     with pytest.raises(integrity.DiskFullError) as error:
-        chain_harness._resume_config(state)
+        toys.resume_chain(state)
     monkeypatch.setattr(integrity, "write_bytes", real)
     path, before = writes[9], writes[10]
     assert (open(path, "rb").read() if os.path.exists(path) else None) == before
     assert not [p for p in os.listdir(os.path.dirname(path)) if p.endswith(".tmp")]
     message = cli.one_line(error.value)
     assert "no space left" in message and "previous copy is intact" in message
-    chain_harness.assert_same_report(chain_harness._resume_config(state), chain_reference)
+    toys.assert_same_report(toys.resume_chain(state), chain_reference)
 
 
 def test_programs_turn_damage_and_a_full_disk_into_one_line_and_exit_2(tmp_path, capsys):
@@ -218,24 +218,25 @@ EVAL_KILLS = {  # id: (which committed file, its occurrence, before/after the re
 def hpm_evaluation(tmp_path_factory):
     """A tiny HPM model (a few SGD steps, class-mean prototypes) and its finished evaluation:
     AutoAttack on its FC and l2-EMA heads, MSA on HPM."""
-    import test_evaluate
+    import evaluation_support
 
+    from hpm_jax.data import offline
     from hpm_jax.evaluation import evaluate
     from hpm_jax.models.export import save_model
 
-    if not test_evaluate.offline.fashion_mnist_files_present():
+    if not offline.fashion_mnist_files_present():
         pytest.skip("needs apt-get install dataset-fashion-mnist")
     root = tmp_path_factory.mktemp("hpm")
-    _, variables = test_evaluate._train_tiny(n_steps=10)
+    _, variables = evaluation_support.train_tiny(n_steps=10)
     checkpoint = save_model(str(root / "model"), variables, arch="small_cnn", num_classes=10,
-                            head="hpm", **test_evaluate.ARCH)  # fmt: skip
-    config = test_evaluate.tiny_config(**EVAL)
+                            head="hpm", **evaluation_support.ARCH)  # fmt: skip
+    config = evaluation_support.tiny_config(**EVAL)
     workdir = root / "eval"
     report = evaluate.run(config, checkpoint, str(workdir), log=None)
     assert (
         report["heads"]["hpm"]["msa"]["robust_accuracy"] < report["heads"]["hpm"]["clean_accuracy"]
     )
-    return config, checkpoint, workdir, test_evaluate._comparable(report)
+    return config, checkpoint, workdir, evaluation_support.comparable(report)
 
 
 @pytest.mark.parametrize("moment", sorted(EVAL_KILLS))
@@ -447,11 +448,11 @@ def fake_stages(tmp_path, monkeypatch):
 
 
 def _table(config, workdir, log=None):
-    import test_study
+    import evaluation_support
 
     from hpm_jax.experiments import study
 
-    return test_study._rows(study.run(config, str(workdir), log=log))
+    return evaluation_support.study_rows(study.run(config, str(workdir), log=log))
 
 
 def test_a_study_killed_at_each_moment_in_turn_resumes_to_the_same_table(

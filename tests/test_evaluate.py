@@ -9,86 +9,24 @@ raised from its log hook inside MSA) resumes to the same report, and the errors.
 
 import os
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
+from evaluation_support import ARCH, EPS, comparable, tiny_config, train_tiny
 
-from hpm_jax import config_lib, data
 from hpm_jax.data import offline
 from hpm_jax.evaluation import evaluate
-from hpm_jax.models import get_model
 from hpm_jax.models.export import save_model
-from hpm_jax.models.prototypes import init_prototypes
 from hpm_jax.runtime import integrity
-
-CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "fashion_mnist.py")
-ARCH = dict(in_channels=1, image_size=28, channels=[8, 16, 16], num_features=32)
-EPS = 0.1
 
 pytestmark = pytest.mark.skipif(
     not offline.fashion_mnist_files_present(), reason="needs apt-get install dataset-fashion-mnist"
 )
 
 
-def tiny_config(**evaluation):
-    config = config_lib.load_config(CONFIG)
-    with config.unlocked():
-        config.evaluation = evaluate.default_evaluation_config()
-        settings = dict(
-            num_examples=24,
-            batch_size=8,  # 4 devices; 3 fixed batches
-            eps=EPS,
-            # Tiny budgets: APGD-CE for the gradient part, a few Square queries.
-            version="apgd-ce,square",
-            attack_options={"apgd-ce": {"n_iter": 3, "n_restarts": 1}, "square": {"n_queries": 4}},
-            surrogates=("fc", "ste"),
-        )
-        config.evaluation.update({**settings, **evaluation})
-    return config
-
-
-def _train_tiny(n_steps=40, batch=64):
-    """A few SGD steps of CE on the FC logits, then P_ema = class means: a weak but real model."""
-    model = get_model("small_cnn", num_classes=10, head="hpm", **ARCH)
-    source = data.get_source("fashion_mnist", "train")
-    x = np.stack([source[i]["image"] for i in range(n_steps * batch // 4)]).astype(np.float32)
-    x = x.reshape(-1, 28, 28, 1) / 255.0
-    y = np.asarray([source[i]["label"] for i in range(len(x))], np.int32)
-    variables = model.init(jax.random.key(0), jnp.asarray(x[:2]))
-    opt = optax.sgd(0.1, momentum=0.9)
-
-    @jax.jit
-    def step(params, stats, opt_state, xb, yb):
-        def loss(p):
-            logits, upd = model.apply(
-                {**variables, "params": p, "batch_stats": stats}, xb, train=True, mode="fc",
-                mutable=["batch_stats"],
-            )  # fmt: skip
-            return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean(), upd
-
-        (_, upd), g = jax.value_and_grad(loss, has_aux=True)(params)
-        updates, opt_state = opt.update(g, opt_state)
-        return optax.apply_updates(params, updates), upd["batch_stats"], opt_state
-
-    params, stats = variables["params"], variables["batch_stats"]
-    opt_state = opt.init(params)
-    for i in range(n_steps):
-        j = (i * batch) % len(x)
-        params, stats, opt_state = step(
-            params, stats, opt_state, x[j : j + batch], y[j : j + batch]
-        )
-    variables = {**variables, "params": params, "batch_stats": stats}
-    batches = [{"image": jnp.asarray(x[i : i + 128]), "label": jnp.asarray(y[i : i + 128])}
-               for i in range(0, len(x), 128)]  # fmt: skip
-    return model, init_prototypes(model, variables, batches)
-
-
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
-    _, variables = _train_tiny()
+    _, variables = train_tiny()
     hpm_dir = save_model(str(root / "hpm"), variables, arch="small_cnn", num_classes=10,
                          head="hpm", **ARCH)  # fmt: skip
     fc_vars = {
@@ -107,17 +45,6 @@ def evaluated(checkpoints, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("eval")
     report = evaluate.run(tiny_config(), checkpoints["hpm"], str(workdir), log=None)
     return report, workdir
-
-
-def _comparable(tree):
-    """The report without what differs between runs (wall-clock times, dates, resume marks,
-    paths)."""
-    if isinstance(tree, dict):
-        drop = {"times", "seconds", "total_seconds", "resumed", "files", "date"}
-        return {k: _comparable(v) for k, v in tree.items() if k not in drop}
-    if isinstance(tree, list):
-        return [_comparable(v) for v in tree]
-    return tree
 
 
 def test_report_fields_and_consistency(evaluated):
@@ -211,10 +138,10 @@ def test_interrupted_evaluation_resumes_to_the_same_report(evaluated, checkpoint
     resumed = evaluate.run(config, checkpoints["hpm"], str(tmp_path), log=None)
     assert resumed["heads"]["hpm"]["msa"]["chain"]["resumed"] is True
     assert "naive_autoattack" not in resumed["heads"]["hpm"]
-    expected = _comparable(report)
+    expected = comparable(report)
     del expected["heads"]["hpm"]["naive_autoattack"], expected["flagged"]["hpm/naive_autoattack"]
     expected["settings"]["naive_autoattack"] = False
-    assert _comparable(resumed) == expected
+    assert comparable(resumed) == expected
 
 
 def test_errors_name_the_problem_and_the_fix(checkpoints, tmp_path):

@@ -9,6 +9,7 @@ import shutil
 
 import numpy as np
 import pytest
+from evaluation_support import STUDY_CONFIG, TINY_MODEL, TINY_STUDY, study_rows, tiny_study_config
 
 from hpm_jax import config_lib
 from hpm_jax.data import offline
@@ -17,31 +18,6 @@ from hpm_jax.experiments import study
 from hpm_jax.runtime.identity import WorkdirMismatchError
 from hpm_jax.training import train
 
-CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "fashion_mnist_study.py")
-TINY_MODEL = [
-    "model.kwargs.channels=(4, 8, 8)",
-    "model.kwargs.num_features=16",
-]
-TINY = [
-    *TINY_MODEL,
-    "train.num_steps=2",
-    "train.warmup_steps=0",
-    "train.batch_size=16",
-    "train.log_every_steps=2",
-    "eval.num_examples=16",
-    "eval.batch_size=16",
-    "eval.attack.num_steps=1",
-    "checkpoint.every_steps=2",
-    "init.prototype_examples=64",
-    "evaluation.num_examples=16",
-    "evaluation.batch_size=8",
-    "evaluation.version='apgd-ce'",  # MSA: APGD-CE through each surrogate; a compile less
-    "evaluation.attack_options={'apgd-ce': {'n_iter': 2, 'n_restarts': 1}}",
-    "evaluation.surrogates=('fc', 'ste')",
-    "study.points={'default': (), 'convex': (\"model.head_kwargs.mixing='convex'\",)}",
-    "study.run=()",
-    "study.seeds=(0,)",  # two seeds double the time; test_summary_over_seeds covers them
-]
 needs_data = pytest.mark.skipif(
     not offline.fashion_mnist_files_present(), reason="needs apt-get install dataset-fashion-mnist"
 )
@@ -58,7 +34,7 @@ def base_model(tmp_path_factory):
     from hpm_jax.training import model_init
 
     config = config_lib.load_config(
-        CONFIG.replace("fashion_mnist_study", "fashion_mnist"), TINY_MODEL
+        STUDY_CONFIG.replace("fashion_mnist_study", "fashion_mnist"), TINY_MODEL
     )
     model, kwargs = model_init.build_model(config)
     variables = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
@@ -70,19 +46,11 @@ def base_model(tmp_path_factory):
     )
 
 
-def _config(base_model, extra=()):
-    return study.load_study_config(CONFIG, [*TINY, f"init.checkpoint={base_model}", *extra])
-
-
-def _rows(table):
-    return json.loads(json.dumps({k: table[k] for k in ("rows", "baseline", "per_seed")}))
-
-
 @needs_data
 def test_study_runs_resumes_after_a_kill_and_after_a_deleted_point(
     base_model, tmp_path, monkeypatch
 ):
-    config = _config(base_model)
+    config = tiny_study_config(base_model)
     workdir = os.fspath(tmp_path / "study")
     real_evaluate = evaluate.run
     calls = []
@@ -109,7 +77,7 @@ def test_study_runs_resumes_after_a_kill_and_after_a_deleted_point(
     for name in (study.STUDY_JSON, study.STUDY_MD, study.STUDY_PNG):
         assert os.path.getsize(os.path.join(workdir, name)) > 0
     with open(os.path.join(workdir, study.STUDY_JSON)) as f:
-        assert _rows(json.load(f)) == _rows(table)
+        assert study_rows(json.load(f)) == study_rows(table)
     assert [r["name"] for r in table["rows"]] == ["default", "convex"]
     assert table["baseline"]["clean"] >= table["baseline"]["autoattack"]
     for row in table["rows"]:
@@ -137,11 +105,11 @@ def test_study_runs_resumes_after_a_kill_and_after_a_deleted_point(
     # Deleting one point's results: that point alone runs again, to the same table.
     shutil.rmtree(os.path.join(workdir, "points", "default", "seed_0"))
     again = []
-    assert _rows(study.run(config, workdir, log=again.append)) == _rows(table)
+    assert study_rows(study.run(config, workdir, log=again.append)) == study_rows(table)
     assert sum("complete; skipped" in line for line in again) == 1  # convex
 
     # The same name with other overrides is refused before anything runs.
-    changed = _config(base_model, ['study.points.convex=("model.head_kwargs.lam=0.3",)'])
+    changed = tiny_study_config(base_model, ['study.points.convex=("model.head_kwargs.lam=0.3",)'])
     with pytest.raises(WorkdirMismatchError, match=r"overrides.*another name"):
         study.run(changed, workdir, log=None)
     # A knob a newer hpm-jax adds (present on one side only) is no change.
@@ -152,7 +120,7 @@ def test_study_runs_resumes_after_a_kill_and_after_a_deleted_point(
     del record["checksum"]  # as that older hpm-jax wrote it (an edited copy reads as damaged)
     with open(point, "w") as f:
         json.dump(record, f)
-    assert _rows(study.run(config, workdir, log=None)) == _rows(table)
+    assert study_rows(study.run(config, workdir, log=None)) == study_rows(table)
 
 
 def test_interval_matches_scipy_student_t():
@@ -180,7 +148,7 @@ def test_interval_matches_scipy_student_t():
 def test_summary_over_seeds_intervals_table_and_plot(tmp_path):
     """summarize / markdown / plot on made-up figures of 2 points x 3 seeds."""
     scipy_stats = pytest.importorskip("scipy.stats")
-    config = study.load_study_config(CONFIG, [*TINY, "study.seeds=(0, 1, 2)"])
+    config = study.load_study_config(STUDY_CONFIG, [*TINY_STUDY, "study.seeds=(0, 1, 2)"])
     msa = {"default": [0.45, 0.47, 0.44], "convex": [0.50, 0.46, 0.48]}
     per_seed = {
         name: {
@@ -219,21 +187,21 @@ def test_summary_over_seeds_intervals_table_and_plot(tmp_path):
 
 
 def test_study_config_errors_name_the_fix(tmp_path):
-    config = study.load_study_config(CONFIG, ["study.run=('nope',)"])
+    config = study.load_study_config(STUDY_CONFIG, ["study.run=('nope',)"])
     with pytest.raises(study.StudyError, match=r"not in study\.points"):
         study.study_config(config)
-    config = study.load_study_config(CONFIG, ["study.seeds=(0, 0)"])
+    config = study.load_study_config(STUDY_CONFIG, ["study.seeds=(0, 0)"])
     with pytest.raises(study.StudyError, match="distinct"):
         study.study_config(config)
-    config = study.load_study_config(CONFIG, ["study.points={'a/b': ()}", "study.run=()"])
+    config = study.load_study_config(STUDY_CONFIG, ["study.points={'a/b': ()}", "study.run=()"])
     with pytest.raises(study.StudyError, match="name"):
         study.study_config(config)
-    config = study.load_study_config(CONFIG, ["init.checkpoint=''"])
+    config = study.load_study_config(STUDY_CONFIG, ["init.checkpoint=''"])
     with pytest.raises(study.StudyError, match=r"init\.checkpoint"):
         study.run(config, os.fspath(tmp_path), log=None)
     # An unknown key in a point's overrides fails before any training, naming the keys.
     config = study.load_study_config(
-        CONFIG, ["study.points.convex=('model.head_kwargs.lamb=0.3',)"]
+        STUDY_CONFIG, ["study.points.convex=('model.head_kwargs.lamb=0.3',)"]
     )
     with pytest.raises(config_lib.ConfigError, match="lam"):
         study.point_config(config, tuple(config.study.points.convex), 0)
@@ -241,7 +209,7 @@ def test_study_config_errors_name_the_fix(tmp_path):
 
 def test_every_head_knob_is_overridable_and_fashion_mnist_gets_a_default_study():
     config = study.load_study_config(
-        CONFIG.replace("fashion_mnist_study", "fashion_mnist"), ["study.seeds=(3,)"]
+        STUDY_CONFIG.replace("fashion_mnist_study", "fashion_mnist"), ["study.seeds=(3,)"]
     )
     assert list(config.study.points) == ["default"] and config.model.head == "hpm"
     point = study.point_config(

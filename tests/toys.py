@@ -1,20 +1,25 @@
-"""Toy models and data shared by the attack tests (FAB and Square), with known answers; a
-support module, not a test module, so that no test module imports another::
+"""Toy models and data shared by the attack tests (APGD, FAB, Square and the AutoAttack chain),
+with known answers; a support module, not a test module, so that no test module imports
+another::
 
     from toys import MLP, closed_form, fab_linear_ratio, linear_problem, norms
     from toys import SQUARE_Q, SQUARE_X_LINF, SQUARE_Y_LINF, square_linear
+    from toys import APGD_MODEL, apgd_batch
+    from toys import assert_same_report, chain_data, resume_chain, run_chain, shift_chain
 
 Every array is built at import from fixed seeds, in a fixed order (the Square pool and batches
 draw from one generator), so every importer sees the same values.
 """
 
+import collections
+import functools
 import itertools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hpm_jax.attacks import losses
+from hpm_jax.attacks import AttackSpec, AutoAttack, geometry, losses, types
 
 # ---------------------------------------------------------------- FAB: linear models and an MLP
 
@@ -172,3 +177,188 @@ SQUARE_Y_BOX = jnp.argmax(square_linear(SQUARE_X_BOX), axis=1)
 def square_margins(x, y):
     """The margin loss of square_linear at (x, y), as numpy."""
     return np.asarray(losses.margin(square_linear(x), y))
+
+
+# ---------------------------------------------------------------- APGD: a linear model on images
+
+APGD_SHAPE = (4, 4, 3)
+APGD_B, APGD_C = 32, 10
+
+
+class ApgdLinear:
+    """z = flatten(x) @ W + b on APGD_SHAPE images, with float64 NumPy copies for the closed
+    forms. One instance (APGD_MODEL) shared by the tests reuses the jit cache: the model is a
+    static argument hashed by identity."""
+
+    def __init__(self, seed, n_classes=APGD_C, scale=1.0):
+        rng = np.random.default_rng(seed)
+        d = int(np.prod(APGD_SHAPE))
+        self.W = rng.normal(0, scale, (d, n_classes))
+        self.b = rng.normal(0, 0.1, n_classes)
+        self.Wj, self.bj = jnp.asarray(self.W, jnp.float32), jnp.asarray(self.b, jnp.float32)
+
+    def __call__(self, x):
+        return x.reshape(x.shape[0], -1) @ self.Wj + self.bj
+
+    def np_logits(self, x):
+        return np.asarray(x, np.float64).reshape(len(x), -1) @ self.W + self.b
+
+    def labels(self, x):
+        return jnp.asarray(np.argmax(self.np_logits(x), 1), jnp.int32)
+
+    def min_perturbation(self, x, y, norm, reach=False):
+        """Closed form without the box: min over c != y of m_c / ||w_y - w_c||_dual (Linf,
+        L2); for L1 with the box, the fractional knapsack: spend the budget on the
+        coordinates of largest |w_y - w_c| first, each up to its room in the helpful
+        direction (the exact LP optimum). reach=True (Linf, L2) also returns the largest
+        coordinate of that minimal perturbation: where it is below the distance of x to the
+        box faces, the box does not bind."""
+        z, y = self.np_logits(x), np.asarray(y)
+        xf = np.asarray(x, np.float64).reshape(len(x), -1)
+        best, largest = np.full(len(y), np.inf), np.zeros(len(y))
+        for i, yi in enumerate(y):
+            for c in range(self.W.shape[1]):
+                if c == yi:
+                    continue
+                margin, dw = z[i, yi] - z[i, c], self.W[:, yi] - self.W[:, c]
+                if norm != "L1":
+                    size = margin / np.linalg.norm(dw, DUAL[norm])
+                    if size < best[i]:  # the L2 optimum is size * dw / ||dw||_2
+                        best[i] = size
+                        largest[i] = size * (1 if norm == "Linf" else np.abs(dw).max()
+                                             / np.linalg.norm(dw))  # fmt: skip
+                    continue
+                room = np.where(dw > 0, xf[i], 1 - xf[i])  # decreasing dw·x moves x against dw
+                cost = 0.0
+                for j in np.argsort(-np.abs(dw)):
+                    use = min(room[j], margin / abs(dw[j]))
+                    cost, margin = cost + use, margin - use * abs(dw[j])
+                    if margin <= 1e-12:
+                        best[i] = min(best[i], cost)
+                        break
+        return (best, largest) if reach else best
+
+
+APGD_MODEL = ApgdLinear(0)
+
+
+def apgd_batch(seed, lo=0.3, hi=0.7, n=APGD_B, shape=APGD_SHAPE):
+    """n images of `shape`, uniform in [lo, hi) from `seed`."""
+    return jnp.asarray(np.random.default_rng(seed).uniform(lo, hi, (n, *shape)), jnp.float32)
+
+
+# ---------------------------------------------------------------- AutoAttack chain: shift attacks
+# Attacks of known outcome (x_adv = x - frac * eps) against a model that thresholds the mean
+# intensity: every flag and image of a chain's report can be predicted exactly.
+
+CHAIN_EPS = 0.1
+CHAIN_SIZES = (8, 4)
+
+
+def mean_model(x):
+    """Class 0 where the mean intensity exceeds 0.5, else class 1."""
+    t = x.reshape(x.shape[0], -1).mean(1)
+    return 10.0 * jnp.stack([t - 0.5, 0.5 - t], axis=1)
+
+
+CHAIN_TRACES = collections.Counter()  # (frac, noise, bucket size) -> times traced
+CHAIN_SPY: list | None = None  # when a list, shift_attack appends (frac, bucket images)
+CHAIN_FAIL_AT: dict = {}  # {"frac": f, "call": k}: raise on the k-th call with that frac
+
+
+class ChainInterrupt(Exception):
+    """Raised by shift_attack where CHAIN_FAIL_AT says."""
+
+
+@functools.partial(jax.jit, static_argnames=("logits_fn", "judge_fn", "frac", "noise"))
+def shift_step(logits_fn, x, y, key, eps, *, judge_fn, frac, noise):
+    CHAIN_TRACES[(frac, noise, x.shape[0])] += 1  # runs only while tracing: counts compilations
+    step = frac * eps
+    if noise:  # a random step per point: the outcome depends on the key and the layout
+        step = step * jax.random.uniform(key, (x.shape[0], 1, 1, 1))
+    x_adv = jnp.clip(x - step, 0.0, 1.0)
+    judge = logits_fn if judge_fn is None else judge_fn
+    robust = losses.correct(judge(x), y) & losses.correct(judge(x_adv), y)
+    return types.AttackResult(jnp.where(geometry.expand(robust, x), x, x_adv), robust)
+
+
+def shift_attack(logits_fn, x, y, *, key, norm, eps, judge_fn=None, frac=1.0, noise=False):
+    """Follows the attack contract: x_adv = x - frac * eps (times a uniform draw if noise)."""
+    assert norm == "Linf"
+    if CHAIN_FAIL_AT.get("frac") == frac:
+        CHAIN_FAIL_AT["call"] -= 1
+        if CHAIN_FAIL_AT["call"] == 0:
+            raise ChainInterrupt("interrupted inside an attack")
+    if CHAIN_SPY is not None:
+        CHAIN_SPY.append((frac, np.asarray(x)))
+    return shift_step(logits_fn, x, y, key, eps, judge_fn=judge_fn, frac=frac, noise=noise)
+
+
+CHAIN_FRACS = (0.3, 0.6, 1.0)
+
+
+def shift_chain(noise=False, fracs=CHAIN_FRACS):
+    """The chain of shift attacks, one per frac."""
+    return [
+        AttackSpec(f"shift-{i}", shift_attack, {"frac": f, "noise": noise})
+        for i, f in enumerate(fracs)
+    ]
+
+
+def chain_data(n, seed=0):
+    """Images of constant intensity t (plus a zero-mean id pattern, so every image is unique),
+    labels mostly 0 where t > 0.5; a few wrong labels (clean errors) and class-1 points."""
+    rng = np.random.default_rng(seed)
+    u = 0.05 + 0.1 * rng.integers(0, 15, n)  # distance above 0.5 in units of eps
+    t = 0.5 + CHAIN_EPS * u
+    y = np.zeros(n, np.int32)
+    y[rng.random(n) < 0.1] = 1  # clean errors: t > 0.5 predicts 0
+    below = rng.random(n) < 0.15  # class-1 points below 0.5: moving down never breaks them
+    t[below], y[below] = 0.5 - CHAIN_EPS * u[below], 1
+    x = np.repeat(t[:, None], 4, axis=1)
+    ids = 1e-4 * np.arange(n)
+    x[:, 0] += ids
+    x[:, 1] -= ids
+    return x.reshape(n, 2, 2, 1).astype(np.float32), y, t
+
+
+def chain_ids(images, x):
+    """Dataset indices of a batch of (possibly shifted) images, from their id pattern."""
+    d = images.reshape(len(images), -1)
+    ids = np.rint((d[:, 0] - d[:, 1]) / 2e-4).astype(int)
+    np.testing.assert_allclose(x.reshape(len(x), -1)[ids, 0] - x.reshape(len(x), -1)[ids, 1],
+                               d[:, 0] - d[:, 1], atol=1e-5)  # fmt: skip
+    return ids
+
+
+def run_chain(x, y, *, chain=None, log=None, mesh=None, state_path=None, **kw):
+    """AutoAttack of mean_model with `chain` (default shift_chain()) at CHAIN_EPS."""
+    batch_size = kw.pop("batch_size", 8)
+    aa = AutoAttack(
+        mean_model,
+        eps=CHAIN_EPS,
+        version=chain or shift_chain(),
+        bucket_sizes=kw.pop("bucket_sizes", CHAIN_SIZES),
+        mesh=mesh,
+        log=log,
+        run_checks=kw.pop("run_checks", False),
+        **kw,
+    )
+    return aa.run(x, y, batch_size=batch_size, state_path=state_path)
+
+
+def assert_same_report(a, b):
+    """Two AutoAttack reports agree on every flag, image and accuracy."""
+    np.testing.assert_array_equal(a.robust, b.robust)
+    np.testing.assert_array_equal(a.x_adv, b.x_adv)
+    assert a.robust_accuracy_after == b.robust_accuracy_after
+    assert (a.clean_accuracy, a.robust_accuracy) == (b.clean_accuracy, b.robust_accuracy)
+
+
+def resume_chain(state_path=None, on_progress=None, log=None):
+    """The noisy chain on 45 points, seed 7: the run that the resume tests kill and resume."""
+    x, y, _ = chain_data(45, seed=1)
+    return run_chain(
+        x, y, chain=shift_chain(noise=True), state_path=state_path, on_progress=on_progress,
+        log=log, seed=7,
+    )  # fmt: skip
