@@ -83,12 +83,15 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "fc_weight": 1.0,  # ... plus this much of it on the FC logits
         "prototype_features": "auto",  # TRADES: clean, PGD-AT: adversarial
     },
-    "attack": {  # the PGD attack inside training (and the threat model `evaluation` takes)
+    "attack": {  # the attack inside training (and the threat model `evaluation` takes)
+        "method": "pgd",  # "pgd", or "apgd": APGD's schedule, momentum and best iterate
         "norm": "Linf",
         "eps": REQUIRED,
-        "step_size": REQUIRED,
-        "num_steps": REQUIRED,
-        "random_start": "auto",  # uniform for PGD-AT, 0.001 * normal for TRADES
+        "step_size": REQUIRED,  # PGD's; APGD sets its own (2 eps, halved at checkpoints)
+        "num_steps": REQUIRED,  # PGD steps, or APGD iterations (one more gradient per run)
+        "loss": "auto",  # CE for PGD-AT, KL for TRADES; APGD with PGD-AT may take "dlr"
+        "restarts": 1,  # APGD runs per batch; the highest-loss iterate over them is kept
+        "random_start": "auto",  # PGD: uniform for PGD-AT, 0.001 * normal for TRADES
         "bn_mode": "auto",  # train for PGD-AT, eval for TRADES (as their references)
         "mode": "hpm",  # HPM heads: the logits the attack differentiates
     },

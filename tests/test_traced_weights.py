@@ -5,12 +5,12 @@ the compiled program's size does not grow with the parameter count (a closure's 
 """
 
 import functools
-import logging
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from train_support import compiles
 
 from hpm_jax.attacks import (
     AutoAttack,
@@ -29,30 +29,6 @@ from hpm_jax.attacks.apgd_steps import ApgdConfig
 from hpm_jax.models import forward, get_model, head_logits_fn, logits_fn, logits_fns
 
 N, SIZE, EPS = 8, 8, 1e-3  # a small eps: most points stay robust under the first weights
-
-
-class _CountCompiles(logging.Handler):
-    def __init__(self):
-        super().__init__()
-        self.names = []
-
-    def emit(self, record):
-        message = record.getMessage()
-        if message.startswith("Compiling "):
-            self.names.append(message.split(" with ")[0])
-
-
-def compiles(run):
-    """The programs XLA compiled while `run()` ran (jax_log_compiles)."""
-    handler = _CountCompiles()
-    logger = logging.getLogger("jax")
-    logger.addHandler(handler)
-    try:
-        with jax.log_compiles():
-            run()
-    finally:
-        logger.removeHandler(handler)
-    return handler.names
 
 
 @functools.lru_cache(maxsize=1)

@@ -8,6 +8,7 @@ must set it up itself):
 """
 
 import json
+import logging
 import os
 import sys
 import time
@@ -91,6 +92,32 @@ def assert_close(a, b, rtol=1e-4, atol=1e-5):
     assert sorted(a) == sorted(b)
     for key in a:
         np.testing.assert_allclose(a[key], b[key], rtol=rtol, atol=atol, err_msg=key)
+
+
+class _CountCompiles(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def emit(self, record):
+        message = record.getMessage()
+        if message.startswith("Compiling "):
+            self.names.append(message.split(" with ")[0])
+
+
+def compiles(run) -> list[str]:
+    """The programs XLA compiled while `run()` ran (jax_log_compiles), as "Compiling NAME"."""
+    import jax
+
+    handler = _CountCompiles()
+    logger = logging.getLogger("jax")
+    logger.addHandler(handler)
+    try:
+        with jax.log_compiles():
+            run()
+    finally:
+        logger.removeHandler(handler)
+    return handler.names
 
 
 def _slow_after(step: int) -> None:

@@ -60,6 +60,7 @@ _MIN_CLASSES = {
     "dlr": (3, "The DLR loss"),
     "dlr-targeted": (4, "APGD-T's targeted DLR loss"),
 }
+PERTURB_LOSSES = ("ce", "dlr", "kl")
 _OPTIONS = ("n_iter", "n_restarts", "eot_iter", "rho", "use_largereps", "randomized", "loop",
             "compact", "bucket_sizes")  # fmt: skip
 
@@ -67,15 +68,22 @@ _OPTIONS = ("n_iter", "n_restarts", "eot_iter", "rho", "use_largereps", "randomi
 @dataclasses.dataclass(frozen=True)
 class ApgdSteps:
     """APGD as the `driver` runs it: runs are targets x restarts (n_targets 0: untargeted),
-    the phases APGD-L1's largereps stages. Carry: robust, x_adv and the targets' ranking."""
+    the phases APGD-L1's largereps stages. Carry: robust, x_adv and the targets' ranking.
+    keep_best (the inner maximisation of adversarial training, `apgd_perturb`): every run
+    attacks every row and the carry keeps each row's highest-loss iterate over the runs
+    (x_best, loss_best), and for the "kl" loss the clean logits (params["reference"])."""
 
     config: ApgdConfig
     n_restarts: int
     n_targets: int = 0
+    keep_best: bool = False
     gradients = True
 
     def begin(self, fns, params, batch, key):
         """(judge correct on x, the n_targets classes other than y ranked by loss_fn)."""
+        if self.keep_best:
+            return dict(x_best=batch.x, loss_best=jnp.full(batch.y.shape, -jnp.inf),
+                        reference=params.get("reference"))  # fmt: skip
         loss_fn, judge_fn = fns
         key_clean = jax.random.split(key)[0]
         config = self.config
@@ -91,6 +99,8 @@ class ApgdSteps:
         return dict(robust=losses.correct(judged, batch.y), x_adv=batch.x, ranking=ranking)
 
     def todo(self, carry):
+        if self.keep_best:
+            return jnp.ones(carry["loss_best"].shape, bool)
         return carry["robust"]
 
     def _keys(self, ctx):
@@ -112,16 +122,18 @@ class ApgdSteps:
         target = None
         if self.n_targets:
             target = jnp.take(carry["ranking"], ctx.run // self.n_restarts, axis=1)
-        grad_fn, wrong_fn = steps.objective(*fns, y, target, config)
+        reference = carry.get("reference")
+        grad_fn, wrong_fn = steps.objective(*fns, y, target, config, reference)
         x_start = steps.stage_start(x_init, x, stage_eps, config.use_largereps)
         state = steps.init_state(x, x_start, stage_eps, key, grad_fn=grad_fn,
                                  wrong_fn=wrong_fn, norm=config.norm,
                                  sparsity_from_start=config.use_largereps)  # fmt: skip
-        return dict(state, eps=stage_eps, target=target)
+        return dict(state, eps=stage_eps, target=target, reference=reference)
 
     def step(self, fns, params, batch, ctx, state, i, schedule):
         is_check, window = schedule
-        grad_fn, wrong_fn = steps.objective(*fns, batch.y, state["target"], self.config)
+        grad_fn, wrong_fn = steps.objective(*fns, batch.y, state["target"], self.config,
+                                            state["reference"])  # fmt: skip
         return steps.step(i, state, batch.x, state["eps"], params["rho"], self._keys(ctx)[1],
                           is_check, window, grad_fn=grad_fn, wrong_fn=wrong_fn,
                           norm=self.config.norm)  # fmt: skip
@@ -133,13 +145,21 @@ class ApgdSteps:
         return state
 
     def end(self, fns, params, batch, carry, state):
-        """Points robust before the run and broken by it take its iterate; earlier breaks stay."""
+        """Points robust before the run and broken by it take its iterate; earlier breaks stay.
+        keep_best: the run's best iterate where its loss beats the earlier runs'."""
+        if self.keep_best:
+            better = state["loss_best"] > carry["loss_best"]
+            x_best = jnp.where(geometry.expand(better, batch.x), state["x_best"], carry["x_best"])
+            loss_best = jnp.where(better, state["loss_best"], carry["loss_best"])
+            return dict(carry, x_best=x_best, loss_best=loss_best)
         robust, broken = carry["robust"], state["broken"]
         newly = geometry.expand(robust & broken, batch.x)
         x_adv = jnp.where(newly, state["adv"], carry["x_adv"])
         return dict(carry, robust=robust & ~broken, x_adv=x_adv)
 
     def finish(self, fns, params, batch, carry):
+        if self.keep_best:
+            return carry["x_best"]
         return types.AttackResult(carry["x_adv"], carry["robust"])
 
 
@@ -250,3 +270,48 @@ def apgd_targeted(
                 use_largereps=use_largereps, randomized=randomized, loop=loop,
                 compact=compact, bucket_sizes=bucket_sizes,
                 n_targets=int(n_target_classes))  # fmt: skip
+
+
+def perturb(
+    logits_fn: types.LogitsFn,
+    x: jax.Array,
+    y: jax.Array,
+    *,
+    key: jax.Array,
+    eps: float | jax.Array,
+    norm: str = "Linf",
+    loss: str = "ce",
+    n_iter: int = 10,
+    n_restarts: int = 1,
+    rho: float = 0.75,
+    reference_logits: jax.Array | None = None,
+) -> jax.Array:
+    """APGD as the inner maximisation of adversarial training: the highest-loss iterate of
+    each point over `n_restarts` runs of `n_iter` iterations (APGD's step-size schedule,
+    momentum and restarts from the best point), within eps of x in [0, 1].
+
+    Traceable: call it inside a jitted (sharded) training step; the driver's lax loop, no
+    host sync, one compiled program whatever the weights. loss: "ce" or "dlr" of the true
+    label (PGD-AT), or "kl" (TRADES: KL(softmax(reference_logits) || softmax(f(x_adv))),
+    reference_logits the clean logits). Each run costs n_iter + 1 gradients (the start's and
+    one per iteration). No gradient flows back through the result (as `pgd.perturb`). The
+    same iterates as the driver's host loop for `ApgdSteps(..., keep_best=True)`.
+    """
+    contract.check_norm(norm, ("Linf", "L2"))
+    if loss not in PERTURB_LOSSES:
+        raise ValueError(f"loss must be one of {PERTURB_LOSSES}, got {loss!r}.")
+    if (loss == "kl") != (reference_logits is not None):
+        raise ValueError('loss="kl" needs reference_logits (the clean logits); other losses '
+                         "take none.")  # fmt: skip
+    contract.check_int("n_iter", n_iter, 1)
+    contract.check_int("n_restarts", n_restarts, 1)
+    x = jax.lax.stop_gradient(x)
+    eps = jnp.broadcast_to(jnp.asarray(eps, x.dtype), x.shape[:1])
+    params = dict(rho=jnp.asarray(rho, x.dtype))
+    if reference_logits is not None:
+        params["reference"] = jax.lax.stop_gradient(reference_logits)
+    attack = ApgdSteps(ApgdConfig(norm=norm, loss=loss), int(n_restarts), keep_best=True)
+    phases = [driver.Phase(int(n_iter), steps.schedule(int(n_iter), norm))]
+    x_best = driver.run_traced(attack, (logits_fn, logits_fn), params, x, y, eps, key,
+                               runs=int(n_restarts), phases=phases)  # fmt: skip
+    return jax.lax.stop_gradient(x_best)

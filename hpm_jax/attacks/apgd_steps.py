@@ -41,8 +41,9 @@ class ApgdConfig:
     """The static settings of an APGD iteration (one compiled program per distinct value; the
     iteration count is not one of them, so the host loop's programs serve any n_iter).
 
-    loss: "ce", "dlr" or "dlr-targeted"; shared_judge: the judge is logits_fn itself, so the
-    logits of the gradient pass also judge (one forward pass saved per iteration)."""
+    loss: "ce", "dlr", "dlr-targeted" or "kl" (TRADES); shared_judge: the judge is logits_fn
+    itself, so the logits of the gradient pass also judge (one forward pass saved per
+    iteration)."""
 
     norm: str
     loss: str
@@ -93,16 +94,19 @@ def schedule(n_iter: int, norm: str) -> tuple[np.ndarray, np.ndarray]:
     return is_check, window
 
 
-def objective(logits_fn, judge_fn, y, target, config: ApgdConfig):
+def objective(logits_fn, judge_fn, y, target, config: ApgdConfig, reference=None):
     """(grad_fn, wrong_fn): grad_fn(x_adv, key) -> (per-sample loss of logits_fn, its logits,
     the gradient averaged over eot_iter draws); wrong_fn(x_adv, logits, key) -> (B,) bool,
     the judge misclassifies (with config.shared_judge, judged on those logits). Both see the
-    whole batch."""
+    whole batch. target: APGD-T's classes (B,); reference: the clean logits (B, C) the "kl"
+    loss (TRADES) moves away from."""
     loss, eot_iter, randomized = config.loss, config.eot_iter, config.randomized
     if loss == "ce":
         loss_fn = losses.cross_entropy
     elif loss == "dlr":
         loss_fn = losses.dlr
+    elif loss == "kl":
+        loss_fn = lambda logits, y: losses.kl_divergence(logits, reference)
     else:
         loss_fn = lambda logits, y: losses.targeted_dlr(logits, y, target)
 

@@ -146,8 +146,7 @@ def _count_live(attack, state):
     return jnp.sum(attack.live(state))
 
 
-@functools.partial(jit, static_argnames=("attack", "n_iter"))
-def _loop(attack, fns, params, batch, ctx, state, schedule, start, stop_at, *, n_iter):
+def _lax_iterations(attack, fns, params, batch, ctx, state, schedule, start, stop_at, n_iter):
     """Iterations start, start + 1, ... < n_iter as one lax loop; for an attack with `live`,
     also stopping once at most stop_at rows are live. Returns (next i, state, live rows)."""
 
@@ -165,6 +164,12 @@ def _loop(attack, fns, params, batch, ctx, state, schedule, start, stop_at, *, n
 
     i, state = jax.lax.while_loop(cond, lambda c: (c[0] + 1, body(*c)), (start, state))
     return i, state, jnp.sum(attack.live(state))
+
+
+@functools.partial(jit, static_argnames=("attack", "n_iter"))
+def _loop(attack, fns, params, batch, ctx, state, schedule, start, stop_at, *, n_iter):
+    return _lax_iterations(attack, fns, params, batch, ctx, state, schedule, start, stop_at,
+                           n_iter)  # fmt: skip
 
 
 @functools.partial(jit, static_argnames="attack")
@@ -274,6 +279,40 @@ def _iterate(attack, fns, params, batch, ctx, state, phase: Phase, sizes, host: 
             return whole
         rows = batching.select(batching.to_host(_live(attack, whole)), sizes)
         state = _freeze(attack, rows.take(whole), rows.real_mask(batch.y))
+
+
+def run_traced(
+    attack: Iterative,
+    fns,
+    params,
+    x: jax.Array,
+    y: jax.Array,
+    eps: jax.Array,
+    key: jax.Array,
+    *,
+    runs: int,
+    phases: Sequence[Phase],
+) -> Any:
+    """`run` as one traceable computation, for use inside a jitted program (a training step):
+    every run on the whole batch (compact=False), its iterations one lax loop per phase, no
+    host sync and no early stop (a run whose rows are all done still runs; `todo` masks
+    `real` only). The same iterates as `run(..., compact=False)` wherever that runs every
+    run (an attack whose `todo` stays True, as the training attacks')."""
+    ids = jnp.arange(x.shape[0], dtype=jnp.int32)
+    batch = Batch(x, y, eps, ids)
+    carry = attack.begin(fns, params, batch, key)
+    for r in range(int(runs)):
+        real = attack.todo(carry)
+        state = None
+        for p, phase in enumerate(phases):
+            ctx = Context(key, jnp.int32(r), jnp.int32(p))
+            state = attack.init(fns, params, batch, carry, ctx, state, real)
+            schedule = jax.tree_util.tree_map(jnp.asarray, phase.schedule)
+            start, stop_at = jnp.int32(0), jnp.int32(0)
+            _, state, _ = _lax_iterations(attack, fns, params, batch, ctx, state, schedule,
+                                          start, stop_at, int(phase.n_iter))  # fmt: skip
+        carry = attack.end(fns, params, batch, carry, state)
+    return attack.finish(fns, params, batch, carry)
 
 
 def run(attack: Iterative, fns, params, x: jax.Array, y: jax.Array, eps: jax.Array,

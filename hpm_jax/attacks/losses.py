@@ -4,6 +4,7 @@
     loss = dlr(logits, y)                                 # Croce & Hein's DLR, scale-free
     loss = targeted_dlr(logits, y, target)                # APGD-T's loss
     m = margin(logits, y)                                 # z_y - max_{c != y} z_c (> 0 correct)
+    kl = kl_divergence(logits, clean_logits)              # TRADES' KL to the clean output
 
 All take logits (B, C) and integer labels (B,) and return (B,) float arrays.
 """
@@ -44,6 +45,13 @@ def targeted_dlr(logits: jax.Array, y: jax.Array, target: jax.Array) -> jax.Arra
     top = jax.lax.top_k(logits, 4)[0]
     scale = top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + _DLR_EPS
     return -(_take(logits, y) - _take(logits, target)) / scale
+
+
+def kl_divergence(logits: jax.Array, reference_logits: jax.Array) -> jax.Array:
+    """(B,) KL(softmax(reference) || softmax(logits)), >= 0; the attacker maximises it."""
+    log_p = jax.nn.log_softmax(reference_logits, axis=-1)
+    log_q = jax.nn.log_softmax(logits, axis=-1)
+    return jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
 
 
 def correct(logits: jax.Array, y: jax.Array) -> jax.Array:

@@ -41,13 +41,6 @@ RANDOM_STARTS = ("uniform", "sphere", "normal", "none")  # `geometry.random_star
 NORMS = ("Linf", "L2")
 
 
-def kl_divergence(logits: jax.Array, reference_logits: jax.Array) -> jax.Array:
-    """(B,) KL(softmax(reference) || softmax(logits)), >= 0; the attacker maximises it."""
-    log_p = jax.nn.log_softmax(reference_logits, axis=-1)
-    log_q = jax.nn.log_softmax(logits, axis=-1)
-    return jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
-
-
 def _check_static(norm: str, loss: str, random_start: str, num_steps: int, reference) -> None:
     contract.check_norm(norm, NORMS)
     if loss not in LOSSES:
@@ -104,7 +97,7 @@ def perturb(
         logits = logits_fn(x_adv)
         if loss == "ce":
             return jnp.sum(cross_entropy(logits, y))
-        return jnp.sum(kl_divergence(logits, reference_logits))
+        return jnp.sum(losses.kl_divergence(logits, reference_logits))
 
     grad_fn = jax.grad(objective)
 

@@ -8,6 +8,10 @@
 PGD-AT (Madry et al. 2018): minimise CE(f(x_adv), y) with x_adv = PGD maximising CE.
 TRADES (Zhang et al. 2019): minimise CE(f(x), y) + beta * KL(f(x) || f(x_adv)) with x_adv =
 PGD maximising that KL from a 0.001 * N(0, 1) start.
+`attack.method="apgd"` crafts x_adv with APGD instead (`apgd_attack.perturb`: AutoAttack's
+step-size schedule and momentum, the highest-loss iterate over `attack.restarts` runs of
+`attack.num_steps` iterations from a random point on the eps-sphere), on the same loss (CE,
+or "dlr" by `attack.loss`, for PGD-AT; KL for TRADES), inside the same jitted step.
 
 Heads: each model trains its own output, the mode its head declares as judging it
 (`hpm_jax.models.judge_mode`): an FC model its logits (mode "fc"), an l2 model its l2
@@ -42,10 +46,11 @@ import jax.numpy as jnp
 import ml_collections
 
 from hpm_jax import models
-from hpm_jax.attacks import pgd
+from hpm_jax.attacks import apgd_attack, losses, pgd
 from hpm_jax.attacks.losses import cross_entropy
 
 OBJECTIVES = ("pgd_at", "trades")
+METHODS = ("pgd", "apgd")
 HEADS = tuple(models.HEADS)  # config.model.head names: "fc", "l2", "hpm"
 PROTOTYPE_FEATURES = ("auto", "clean", "adversarial")
 BN_MODES = ("auto", "train", "eval")
@@ -53,7 +58,8 @@ BN_MODES = ("auto", "train", "eval")
 
 @dataclasses.dataclass(frozen=True)
 class AttackSpec:
-    """A PGD attack: what `pgd.perturb` needs, plus how the model runs under attack."""
+    """The training attack: what `pgd.perturb` or `apgd_attack.perturb` needs, plus how the
+    model runs under attack."""
 
     norm: str = "Linf"
     eps: float = 8 / 255
@@ -62,6 +68,9 @@ class AttackSpec:
     random_start: str = "uniform"
     bn_train: bool = False  # batch norm with batch statistics (train mode) while attacking
     mode: str = "fc"  # the head mode whose logits the attack differentiates
+    method: str = "pgd"
+    loss: str = "ce"  # "ce", "dlr" (APGD) or "kl" (TRADES)
+    restarts: int = 1
 
     @classmethod
     def from_config(cls, attack: ml_collections.ConfigDict, *, head: str, objective: str):
@@ -80,6 +89,25 @@ class AttackSpec:
             )
         if attack.norm not in pgd.NORMS:
             raise ValueError(f"attack.norm must be one of {pgd.NORMS}, got {attack.norm!r}.")
+        method = attack.get("method", "pgd")
+        if method not in METHODS:
+            raise ValueError(
+                f"attack.method must be one of {METHODS}, got {method!r}; e.g. "
+                "--config.attack.method=apgd."
+            )
+        loss = attack.get("loss", "auto")
+        natural = "ce" if objective == "pgd_at" else "kl"
+        allowed = ("auto", natural, "dlr") if (method, objective) == ("apgd", "pgd_at") else (
+            "auto", natural)  # fmt: skip
+        if loss not in allowed:
+            raise ValueError(
+                f"attack.loss must be one of {allowed} for {method} with {objective}, got {loss!r}."
+            )
+        restarts = attack.get("restarts", 1)
+        if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
+            raise ValueError(f"attack.restarts must be an integer >= 1, got {restarts!r}.")
+        if method == "pgd" and restarts != 1:
+            raise ValueError("attack.restarts is APGD's; PGD makes one run (set method=apgd).")
         if not attack.eps > 0 or not attack.step_size > 0 or attack.num_steps < 1:
             raise ValueError(
                 "attack.eps and attack.step_size must be > 0 and attack.num_steps >= 1, got "
@@ -101,6 +129,9 @@ class AttackSpec:
             random_start=random_start,
             bn_train=bn_mode == "train",
             mode=mode,
+            method=method,
+            loss=natural if loss == "auto" else loss,
+            restarts=int(restarts),
         )
 
 
@@ -156,8 +187,8 @@ def adversarial_examples(
     key: jax.Array,
     objective: Objective,
 ) -> jax.Array:
-    """The objective's inner maximisation: PGD on CE (PGD-AT) or on KL to the clean output
-    (TRADES), against the model with its current weights."""
+    """The objective's inner maximisation: PGD or APGD (`attack.method`) on CE (PGD-AT) or on
+    KL to the clean output (TRADES), against the model with its current weights."""
     attack = objective.attack
     # The model as the attack sees it: its mode and batch-norm mode, the batch statistics a
     # train-mode pass would update dropped; no gradient reaches the weights through x_adv.
@@ -165,6 +196,11 @@ def adversarial_examples(
         model, jax.lax.stop_gradient(variables), mode=attack.mode, train=attack.bn_train
     )
     reference = logits_fn(x) if objective.name == "trades" else None
+    if attack.method == "apgd":
+        return apgd_attack.perturb(
+            logits_fn, x, y, key=key, eps=attack.eps, norm=attack.norm, loss=attack.loss,
+            n_iter=attack.num_steps, n_restarts=attack.restarts, reference_logits=reference,
+        )  # fmt: skip
     return pgd.perturb(
         logits_fn, x, y, key=key, eps=attack.eps, step_size=attack.step_size,
         num_steps=attack.num_steps, norm=attack.norm, loss="kl" if reference is not None else "ce",
@@ -231,7 +267,7 @@ def objective_loss(
             term = jnp.mean(cross_entropy(adv[mode], y))
         else:
             natural = jnp.mean(cross_entropy(clean[mode], y))
-            robust = jnp.mean(pgd.kl_divergence(adv[mode], clean[mode]))
+            robust = jnp.mean(losses.kl_divergence(adv[mode], clean[mode]))
             term = natural + objective.trades_beta * robust
             metrics[f"natural_loss_{mode}"] = natural
             metrics[f"robust_kl_{mode}"] = robust
