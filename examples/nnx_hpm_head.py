@@ -12,7 +12,7 @@ params become `nnx.Param` (trained by the optimizer); the `prototypes` collectio
 `seen`) becomes `Prototypes` variables, changed only by the head's EMA update. Calling the
 head with `mutable=["prototypes"]` writes that update back into the NNX module, so the model
 is the whole state, as NNX expects. `linen_variables(model.head)` gives the Linen variables,
-e.g. to save with `hpm_jax.model_export.save_model` or to apply the Linen head directly.
+e.g. to save with `hpm_jax.models.export.save_model` or to apply the Linen head directly.
 """
 
 from __future__ import annotations
