@@ -10,7 +10,6 @@ uninterrupted result bit for bit, HPM fine-tuning from an FC checkpoint, and cle
 
 import json
 import os
-import signal
 import socket
 import struct
 import subprocess
@@ -27,7 +26,9 @@ from train_support import (
     NUM_EXAMPLES,
     REPO,
     assert_close,
+    child_env,
     final_params,
+    kill_at_step,
     load,
     run,
     tiny_overrides,
@@ -171,16 +172,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _child_env(**extra):
-    path = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
-    return dict(os.environ, PYTHONPATH=path, **extra)
-
-
 @pytest.mark.slow
 def test_two_processes_train_the_same_model_as_one(reference, tmp_path):
     _, root, summary, expected = reference
     port, workdir = _free_port(), tmp_path / "work"
-    env = _child_env(XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    env = child_env(XLA_FLAGS="--xla_force_host_platform_device_count=2")
     args = [str(port), str(workdir), str(root), json.dumps(reference_overrides(root))]
     workers = [
         subprocess.Popen(
@@ -222,25 +218,8 @@ def _losses(workdir):
 @pytest.mark.slow
 def test_a_killed_run_resumes_to_the_uninterrupted_result(reference, tmp_path):
     ref_workdir, root, ref_summary, expected = reference
-    workdir, kill_after = tmp_path / "killed", 3
-    # The child sleeps 0.5 s before each batch from step `kill_after` on, so the SIGKILL
-    # lands while it trains, whatever the machine's speed.
-    command = [sys.executable, "-u", SUPPORT, "run", str(workdir), str(root)]
-    command += [json.dumps(reference_overrides(root)), str(kill_after - 1)]
-    child = subprocess.Popen(
-        command, env=_child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    log = []
-    try:
-        for line in child.stdout:
-            log.append(line)
-            if line.startswith(f"step {kill_after}/{REFERENCE_STEPS}"):
-                child.send_signal(signal.SIGKILL)
-                break
-    finally:
-        child.kill()
-        child.wait(timeout=60)
-    assert child.returncode == -signal.SIGKILL, "".join(log[-50:])
+    workdir = tmp_path / "killed"
+    kill_at_step(workdir, root, reference_overrides(root), step=3, total=REFERENCE_STEPS)
     assert train_checkpoints.TrainCheckpoints(workdir, every_steps=2, keep=2).latest_step() == 2
     assert not os.path.exists(workdir / "model")  # it never got to the end
 

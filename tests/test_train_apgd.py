@@ -4,19 +4,32 @@ devices, resume) as PGD has them."""
 
 import functools
 import os
-import shutil
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from train_support import assert_close, compiles, final_params, load, run, tiny_overrides
+from train_support import (
+    assert_close,
+    compiles,
+    final_params,
+    kill_at_step,
+    load,
+    run,
+    tiny_overrides,
+)
 
 from hpm_jax.attacks import apgd_attack, apgd_steps, contract, driver
 from hpm_jax.models import get_model
 from hpm_jax.training import metrics, objectives
 
 SHAPE = (4, 4, 3)
+STEPS = 4  # the training runs': checkpoints at 2 and 4, so a kill at 3 resumes from 2
+
+
+def _losses(workdir):
+    records = metrics.read_jsonl(os.path.join(workdir, metrics.JSONL))
+    return [(r["step"], r["loss"]) for r in records if "loss" in r]
 
 
 def _linear(classes, seed=0):
@@ -109,7 +122,8 @@ def apgd_run(tmp_path_factory):
     compiled."""
     root = tmp_path_factory.mktemp("apgd_run")
     workdir = root / "work"
-    apgd = {"attack.method": "apgd", "attack.num_steps": 2, "attack.restarts": 2}
+    apgd = {"attack.method": "apgd", "attack.num_steps": 2, "attack.restarts": 2,
+            "train.num_steps": STEPS}  # fmt: skip
     # L2 steps are continuous in the gradient (Linf's sign() turns float rounding into steps).
     l2 = {"attack.norm": "L2", "attack.eps": 0.5, "eval.attack.step_size": 0.2}
     overrides = tiny_overrides(root, **apgd, **l2)
@@ -120,33 +134,34 @@ def apgd_run(tmp_path_factory):
 
 def test_the_training_step_compiles_once_for_the_whole_run(apgd_run):
     workdir, _, _, summary, names = apgd_run
-    assert summary["steps"] == 3 and summary["devices"] == 4
+    assert summary["steps"] == STEPS and summary["devices"] == 4
     assert names.count("Compiling jit(train_step)") == 1, names
-    losses = [r["loss"] for r in metrics.read_jsonl(os.path.join(workdir, metrics.JSONL))
-              if "loss" in r]  # fmt: skip
-    assert len(losses) == 3 and np.all(np.isfinite(losses))
+    losses = [loss for _, loss in _losses(workdir)]
+    assert len(losses) == STEPS and np.all(np.isfinite(losses))
 
 
-def test_apgd_training_on_one_device_equals_four_and_resumes(apgd_run, tmp_path):
+def test_apgd_training_on_one_device_equals_four(apgd_run, tmp_path):
     workdir, root, overrides, _, _ = apgd_run
-    expected = final_params(workdir)
     one = run(tmp_path / "one", root, overrides, devices=jax.devices()[:1])
     assert one["devices"] == 1
     # Float32 sums in another order (the L2 steps are continuous in them): as PGD's test.
-    assert_close(final_params(tmp_path / "one"), expected, rtol=2e-4, atol=2e-5)
-    # A run killed after its step-2 checkpoint, before step 3's and the final model (what a
-    # SIGKILL there leaves; test_train's slow test sends the real signal to a PGD run):
-    # resumed, it trains the same model bit for bit (same devices, same programs, data and
-    # randomness by step).
+    assert_close(final_params(tmp_path / "one"), final_params(workdir), rtol=2e-4, atol=2e-5)
+
+
+@pytest.mark.slow
+def test_a_killed_apgd_run_resumes_to_the_uninterrupted_result(apgd_run, tmp_path):
+    workdir, root, overrides, _, _ = apgd_run
     killed = tmp_path / "killed"
-    shutil.copytree(workdir, killed)
-    shutil.rmtree(killed / "checkpoints" / "3")
-    shutil.rmtree(killed / "model")
+    kill_at_step(killed, root, overrides, step=3, total=STEPS)
+    assert not os.path.exists(killed / "model")  # it never got to the end
     again = run(killed, root, overrides)
     assert again["resumed_from"] == 2
-    got = final_params(killed)
+    # Same devices, same programs, data and randomness by step: bit for bit.
+    expected, got = final_params(workdir), final_params(killed)
+    assert sorted(got) == sorted(expected)
     for key in expected:
         np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+    assert _losses(killed) == _losses(workdir)
 
 
 def test_bad_apgd_settings_are_named():

@@ -120,6 +120,38 @@ def compiles(run) -> list[str]:
     return handler.names
 
 
+def child_env(**extra) -> dict[str, str]:
+    """The environment of a subprocess that imports this repository's hpm_jax."""
+    path = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    return dict(os.environ, PYTHONPATH=path, **extra)
+
+
+def kill_at_step(workdir, data_dir, overrides, *, step: int, total: int) -> None:
+    """Run training in a subprocess and SIGKILL it while it trains step `step` of `total`:
+    the child sleeps 0.5 s before each batch from step `step` on, so the signal lands inside
+    the run whatever the machine's speed. Raises unless the child died of the signal."""
+    import signal
+    import subprocess
+
+    script = os.fspath(Path(__file__).resolve())
+    command = [sys.executable, "-u", script, "run", os.fspath(workdir), os.fspath(data_dir)]
+    command += [json.dumps(overrides), str(step - 1)]
+    child = subprocess.Popen(
+        command, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    log = []
+    try:
+        for line in child.stdout:
+            log.append(line)
+            if line.startswith(f"step {step}/{total}"):
+                child.send_signal(signal.SIGKILL)
+                break
+    finally:
+        child.kill()
+        child.wait(timeout=60)
+    assert child.returncode == -signal.SIGKILL, "".join(log[-50:])
+
+
 def _slow_after(step: int) -> None:
     """Slow the training stream down after `step` batches, so a test can kill mid-run."""
     from hpm_jax import data
