@@ -95,8 +95,8 @@ def test_norm_functions_name_a_bad_norm():
         geometry.per_sample_norm(jnp.ones((1, 2)), "L3")
     with pytest.raises(ValueError, match="Linf and L2"):
         geometry.project(jnp.ones((1, 1, 1, 1)), jnp.ones((1, 1, 1, 1)), 0.1, "L1")
-    with pytest.raises(ValueError, match="Linf and L2"):
-        geometry.sphere_start(jax.random.key(0), jnp.ones((1, 1, 1, 1)), 0.1, "L1")
+    with pytest.raises(ValueError, match="norm must be one of"):
+        geometry.sphere_start(jax.random.key(0), jnp.ones((1, 1, 1, 1)), 0.1, "L3")
 
 
 def test_project_linf_is_the_exact_clip_into_ball_and_box_with_per_sample_eps():
