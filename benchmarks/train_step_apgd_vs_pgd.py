@@ -23,13 +23,12 @@ from __future__ import annotations
 import argparse
 import functools
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from common import hardware_summary
+from common import alternating_step_times, hardware_summary
 
 from hpm_jax.attacks import apgd_attack, pgd
 from hpm_jax.attacks.losses import cross_entropy
@@ -76,21 +75,8 @@ def _step_fn(method: str, grads: int, mesh, batch):
 
 def time_steps(grads: int, args, mesh, batch, key) -> None:
     runs = {m: list(_step_fn(m, grads, mesh, batch)) for m in ("pgd", "apgd")}
-    for method, (fn, state) in runs.items():  # compile and warm up
-        for _ in range(2):
-            state, metrics = fn(state, batch, key)
-        jax.block_until_ready(metrics)
-        runs[method][1] = state
-    times = {"pgd": [], "apgd": []}
-    for r in range(args.rounds):
-        for method in ("pgd", "apgd") if r % 2 == 0 else ("apgd", "pgd"):
-            fn, state = runs[method]
-            start = time.perf_counter()
-            for _ in range(args.steps_per_round):
-                state, metrics = fn(state, batch, key)
-            jax.block_until_ready(metrics)
-            times[method].append((time.perf_counter() - start) / args.steps_per_round)
-            runs[method][1] = state
+    times = alternating_step_times(runs, batch, key, rounds=args.rounds,
+                                   steps=args.steps_per_round)  # fmt: skip
     p, a = statistics.median(times["pgd"]), statistics.median(times["apgd"])
     ratios = [x / y for x, y in zip(times["apgd"], times["pgd"], strict=True)]
     paired, lo, hi = statistics.median(ratios), min(ratios), max(ratios)

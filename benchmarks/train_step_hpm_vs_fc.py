@@ -19,12 +19,12 @@ import ast
 import functools
 import platform
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from common import alternating_step_times
 
 from hpm_jax.models import get_model
 from hpm_jax.runtime.sharding import data_sharding, make_mesh, replicated
@@ -110,22 +110,8 @@ def main() -> None:
     )
     key = jax.device_put(jax.random.key(0), replicated(mesh))
     runs = {head: list(_step_fn(head, args, mesh, batch)) for head in ("fc", "hpm")}
-    for head, (fn, state) in runs.items():  # compile and warm up
-        for _ in range(2):
-            state, metrics = fn(state, batch, key)
-        jax.block_until_ready(metrics)
-        runs[head][1] = state
-
-    times = {"fc": [], "hpm": []}
-    for r in range(args.rounds):
-        for head in ("fc", "hpm") if r % 2 == 0 else ("hpm", "fc"):
-            fn, state = runs[head]
-            start = time.perf_counter()
-            for _ in range(args.steps_per_round):
-                state, metrics = fn(state, batch, key)
-            jax.block_until_ready(metrics)
-            times[head].append((time.perf_counter() - start) / args.steps_per_round)
-            runs[head][1] = state
+    times = alternating_step_times(runs, batch, key, rounds=args.rounds,
+                                   steps=args.steps_per_round)  # fmt: skip
 
     # XLA's own count of the compiled steps' floating-point work: load-independent.
     flops = {}
