@@ -27,8 +27,7 @@ import statistics
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from common import alternating_step_times, hardware_summary
+from common import alternating_step_times, hardware_summary, jitted_train_step
 
 from hpm_jax.attacks import apgd_attack, pgd
 from hpm_jax.attacks.losses import cross_entropy
@@ -36,8 +35,7 @@ from hpm_jax.data.offline import debian_fashion_mnist
 from hpm_jax.models import get_model, logits_fn
 from hpm_jax.models.export import load_model
 from hpm_jax.runtime.sharding import data_sharding, make_mesh, replicated
-from hpm_jax.training import objectives, steps
-from hpm_jax.training import train_state as state_lib
+from hpm_jax.training import objectives
 
 MODEL_KWARGS = dict(in_channels=1, image_size=28, channels=(16, 32, 64), num_features=256)
 EPS, STEP_SIZE = 0.1, 0.04  # configs/fashion_mnist.py's training attack
@@ -57,20 +55,8 @@ def _step_fn(method: str, grads: int, mesh, batch):
         mode="fc", method=method, num_steps=grads if method == "pgd" else grads - 1,
     )  # fmt: skip
     objective = objectives.Objective("pgd_at", (("fc", 1.0),), attack, 6.0, None)
-    optimizer = optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(0.01, momentum=0.9))
     variables = jax.jit(model.init)(jax.random.key(0), batch["image"][:1])
-    rep = replicated(mesh)
-    state = jax.jit(
-        functools.partial(state_lib.create_state, optimizer=optimizer, ema=False),
-        out_shardings=rep,
-    )(variables)
-    fn = jax.jit(
-        functools.partial(steps.train_step, model, optimizer, objective, 0.0),
-        in_shardings=(rep, data_sharding(mesh), rep),
-        out_shardings=(rep, rep),
-        donate_argnums=0,
-    )
-    return fn, state
+    return jitted_train_step(model, objective, variables, mesh)
 
 
 def time_steps(grads: int, args, mesh, batch, key) -> None:

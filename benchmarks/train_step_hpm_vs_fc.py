@@ -16,20 +16,17 @@ from __future__ import annotations
 
 import argparse
 import ast
-import functools
 import platform
 import statistics
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from common import alternating_step_times
+from common import alternating_step_times, jitted_train_step
 
 from hpm_jax.models import get_model
 from hpm_jax.runtime.sharding import data_sharding, make_mesh, replicated
-from hpm_jax.training import objectives, steps
-from hpm_jax.training import train_state as state_lib
+from hpm_jax.training import objectives
 
 
 def _kwargs(text: str) -> dict:
@@ -62,7 +59,6 @@ def _step_fn(head: str, args, mesh, batch):
     weights = (("fc", 1.0),) if head == "fc" else (("hpm", 1.0), ("fc", 1.0))
     features = None if head == "fc" else ("clean" if args.objective == "trades" else "adversarial")
     objective = objectives.Objective(args.objective, weights, attack, 6.0, features)
-    optimizer = optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(0.01, momentum=0.9))
     variables = jax.jit(model.init)(jax.random.key(0), batch["image"][:1])
     if head == "hpm":  # prototypes as after init_prototypes: every class seen
         protos = variables["prototypes"]["head"]
@@ -70,18 +66,7 @@ def _step_fn(head: str, args, mesh, batch):
             "ema": jax.random.normal(jax.random.key(1), protos["ema"].shape),
             "seen": jnp.ones_like(protos["seen"]),
         }
-    rep = replicated(mesh)
-    state = jax.jit(
-        functools.partial(state_lib.create_state, optimizer=optimizer, ema=False),
-        out_shardings=rep,
-    )(variables)
-    fn = jax.jit(
-        functools.partial(steps.train_step, model, optimizer, objective, 0.0),
-        in_shardings=(rep, data_sharding(mesh), rep),
-        out_shardings=(rep, rep),
-        donate_argnums=0,
-    )
-    return fn, state
+    return jitted_train_step(model, objective, variables, mesh)
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ momentum 0.75 from the second step on, step-size checkpoints after 22% of the bu
 intervals shrinking by 3% down to 6% (`checkpoints(n_iter)`); at a checkpoint the step halves
 where the loss rose in at most rho of the steps since the last one, or where the step was not
 halved last time and the best loss did not improve, and those points restart from their best
-loss point. L1 uses the sparse-gradient step, the exact L1-ball-and-box projection (`l1.py`)
+loss point. L1 uses the sparse-gradient step, the exact L1-ball-and-box projection (`geometry.py`)
 and the adaptive sparsity schedule; `use_largereps` runs its 3 eps, 2 eps, eps stages.
 
 The loss and its gradient come from `logits_fn`; whether an iterate is misclassified comes from
