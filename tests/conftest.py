@@ -1,13 +1,25 @@
 """Every test sees 4 CPU devices, so sharding is exercised on a single machine; each test
-module's compiled programs are released when the module ends."""
+module's compiled programs are released when the module ends.
+
+`HPM_TEST_PLATFORM=gpu launch/test.sh` (or `tpu`) runs the suite on that backend instead:
+tests that need 4 devices or hold only on the CPU skip with their reason
+(tests/platform_support.py)."""
 
 import os
 
 import pytest
 
 # Must be set before JAX initialises its backends, i.e. before any test imports jax.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
+PLATFORM = os.environ.get("HPM_TEST_PLATFORM", "cpu").lower()
+if PLATFORM == "cpu":
+    os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+os.environ.setdefault("JAX_PLATFORMS", PLATFORM)
+if PLATFORM != "cpu":
+    import jax
+
+    # The tolerances are derived for float32 arithmetic; an accelerator's default precision
+    # (TF32 convolutions on NVIDIA, bf16 passes on TPU) is benchmarks/gpu_check.py's subject.
+    jax.config.update("jax_default_matmul_precision", "highest")
 
 
 @pytest.fixture(autouse=True, scope="module")

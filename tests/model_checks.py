@@ -8,6 +8,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import optax
+from platform_support import take_devices
 
 from hpm_jax.runtime.sharding import data_sharding, make_mesh, replicated
 
@@ -22,7 +23,7 @@ def _loss(model, params, batch_stats, x, y):
 
 def grads_on_devices(model, variables, x, y, num_devices: int):
     """(loss, grads, new batch_stats) of a train-mode step, batch split over `num_devices`."""
-    mesh = make_mesh(jax.devices()[:num_devices])
+    mesh = make_mesh(take_devices(num_devices))
     x = jax.device_put(jnp.asarray(x), data_sharding(mesh))
     y = jax.device_put(jnp.asarray(y), data_sharding(mesh))
     variables = jax.device_put(variables, replicated(mesh))

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from platform_support import take_devices
 from toys import APGD_B as B
 from toys import APGD_C as C
 from toys import APGD_MODEL as MODEL
@@ -425,7 +426,7 @@ def test_one_and_four_devices_agree():
     eps = float(np.median(MODEL.min_perturbation(x, y, "Linf")))
     kw = dict(key=jax.random.key(8), eps=eps, n_iter=20, n_restarts=2)
     single = apgd(MODEL, jax.device_put(x, jax.devices()[0]), y, **kw)
-    sharding = data_sharding(make_mesh(jax.devices()[:4]))
+    sharding = data_sharding(make_mesh(take_devices(4)))
     sharded = apgd(MODEL, jax.device_put(x, sharding), jax.device_put(y, sharding), **kw)
     assert sharded.x_adv.sharding.is_equivalent_to(sharding, 4)
     np.testing.assert_array_equal(np.asarray(sharded.robust), np.asarray(single.robust))

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.experimental import io_callback
+from platform_support import take_devices
 from toys import (
     APGD_MODEL,
     SQUARE_Q,
@@ -85,7 +86,7 @@ def test_square_compacted_equals_whole_batch_and_agrees_on_1_2_and_4_devices(nor
     robust = np.asarray(whole.robust)
     assert robust.any() and not robust.all()
     for n in (1, 2, 4):
-        sharding = data_sharding(make_mesh(jax.devices()[:n]))
+        sharding = data_sharding(make_mesh(take_devices(n)))
         xs, ys = jax.device_put(x, sharding), jax.device_put(y, sharding)
         res = square(square_linear, xs, ys, bucket_sizes=SIZES, **kw)
         np.testing.assert_array_equal(res.robust, robust)
@@ -96,7 +97,7 @@ def test_attack_sizes_are_the_buckets_below_the_batch():
     x = jnp.zeros((16, 2, 2, 1))
     assert batching.attack_sizes(x) == (12, 8, 4)  # 16 -> 12 -> 9 -> 7 -> 6 -> 5 -> 4, to 4s
     assert batching.attack_sizes(x, (32, 16, 8, 4)) == (8, 4)
-    four = jax.device_put(x, data_sharding(make_mesh(jax.devices()[:4])))
+    four = jax.device_put(x, data_sharding(make_mesh(take_devices(4))))
     with pytest.raises(ValueError, match="do not split evenly over the 4 devices"):
         batching.attack_sizes(four, (16, 6))
     assert batching.select(np.zeros(16, bool), (8, 4)) is None
@@ -125,7 +126,7 @@ def _counting(model):
     return counted, sizes
 
 
-ONE = make_mesh(jax.devices()[:1])
+ONE = make_mesh(take_devices(1))
 
 
 def _chain_sizes(compact):
@@ -178,7 +179,7 @@ def test_apgd_t_attacks_only_the_points_still_robust_and_agrees_on_1_2_and_4_dev
     assert set(whole) == {32}
     assert np.sum(np.asarray(full.robust)) == robust.sum()  # a linear model: no luck involved
     for n in (2, 4):
-        sharding = data_sharding(make_mesh(jax.devices()[:n]))
+        sharding = data_sharding(make_mesh(take_devices(n)))
         xs, ys = jax.device_put(x, sharding), jax.device_put(y, sharding)
         other = apgd_targeted(APGD_MODEL, xs, ys, bucket_sizes=(32, 16, 8), **kw)
         np.testing.assert_array_equal(other.robust, robust)

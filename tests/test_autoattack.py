@@ -20,6 +20,7 @@ import jax
 import numpy as np
 import pytest
 import toys
+from platform_support import take_devices
 from toys import (
     CHAIN_EPS,
     CHAIN_FAIL_AT,
@@ -324,8 +325,8 @@ def test_any_number_of_batches_compiles_once_per_bucket_size():
 def test_the_same_seed_gives_the_same_report_on_1_and_4_devices():
     x, y, _ = chain_data(45, seed=1)
     chain = shift_chain(noise=True)
-    one = run_chain(x, y, chain=chain, seed=3, mesh=make_mesh(jax.devices()[:1]))
-    four = run_chain(x, y, chain=chain, seed=3, mesh=make_mesh(jax.devices()[:4]))
+    one = run_chain(x, y, chain=chain, seed=3, mesh=make_mesh(take_devices(1)))
+    four = run_chain(x, y, chain=chain, seed=3, mesh=make_mesh(take_devices(4)))
     assert (one.num_devices, four.num_devices) == (1, 4)
     assert_same_report(one, four)
     # A different seed changes the random steps, hence the result.
@@ -455,7 +456,7 @@ def test_standard_autoattack_breaks_exactly_the_points_below_eps_on_1_2_and_4_de
     reports = {}
     for n in (1, 2, 4):
         aa = AutoAttack(linear, eps=eps, attack_options=REAL_OPTIONS, bucket_sizes=(8,),
-                        mesh=make_mesh(jax.devices()[:n]), log=None)  # fmt: skip
+                        mesh=make_mesh(take_devices(n)), log=None)  # fmt: skip
         report = reports[n] = aa.run(x, y, batch_size=8)
         assert report.num_devices == n
         np.testing.assert_array_equal(report.robust, dist > eps)
@@ -559,7 +560,7 @@ def test_real_attacks_do_not_recompile_for_more_batches_and_agree_on_1_and_4_dev
     assert four.clean_accuracy == pytest.approx(37 / 64)
     assert not [c for c in compiles if c[0] == "/jax/core/compile/backend_compile_duration"]
     assert 0 < four.robust_accuracy < four.clean_accuracy
-    one = _real_apgd_ce(x, y, eps, mesh=make_mesh(jax.devices()[:1]))
+    one = _real_apgd_ce(x, y, eps, mesh=make_mesh(take_devices(1)))
     assert_same_report(one, four)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from platform_support import cpu_only
 
 from hpm_jax import data
 from hpm_jax.runtime.sharding import make_mesh
@@ -63,6 +64,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
+@cpu_only("2 processes on localhost, each with 2 fake CPU devices (XLA_FLAGS)")
 def test_two_processes_build_the_same_global_batches(tmp_path):
     port, out = _free_port(), tmp_path / "batches.npz"
     env = dict(

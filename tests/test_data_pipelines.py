@@ -1,10 +1,10 @@
 """grain pipelines: global sharded batches, determinism, resumption, and complete evaluation."""
 
 import grain
-import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from platform_support import take_devices
 
 from hpm_jax import data
 from hpm_jax.data import offline
@@ -16,8 +16,7 @@ NUM_EXAMPLES = 40  # 5 batches of 8 per epoch
 
 @pytest.fixture(scope="module")
 def mesh():
-    assert jax.device_count() == 4, "tests/conftest.py should give 4 CPU devices"
-    return make_mesh()
+    return make_mesh(take_devices(4))
 
 
 @pytest.fixture

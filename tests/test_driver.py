@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from platform_support import take_devices
 
 from hpm_jax.attacks import apgd, apgd_targeted, driver, fab, fab_targeted, square, types
 from hpm_jax.runtime.sharding import data_sharding, make_mesh
@@ -144,7 +145,7 @@ def test_every_attack_gives_the_same_result_with_either_loop(name, attack, setti
     could differ), so the results are identical, on a batch split over two devices."""
     x = jnp.asarray(np.random.default_rng(1).uniform(0, 1, (20, 4, 4, 3)), jnp.float32)
     y = jnp.argmax(_model(x), 1)
-    sharding = data_sharding(make_mesh(jax.devices()[:2]))
+    sharding = data_sharding(make_mesh(take_devices(2)))
     x, y = jax.device_put(x, sharding), jax.device_put(y, sharding)
     kw = dict(key=jax.random.key(3), eps=0.05, compact=compact, **settings)
     if judge == "other":

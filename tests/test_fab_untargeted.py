@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from platform_support import take_devices
 from toys import MLP, closed_form, fab_linear_ratio, mlp_params, norms
 
 from hpm_jax.attacks.fab_attack import fab, fab_targeted
@@ -141,7 +142,7 @@ def test_untargeted_one_and_four_devices_agree():
     y = jnp.argmax(MLP(x), 1)
     kw = dict(key=jax.random.key(3), norm="L1", eps=0.3, n_restarts=3)
     out = []
-    for devices in (jax.devices()[:1], jax.devices()[:4]):
+    for devices in (take_devices(1), take_devices(4)):
         sharding = data_sharding(make_mesh(devices))
         out.append(fab(MLP, jax.device_put(x, sharding), jax.device_put(y, sharding), **kw))
     np.testing.assert_array_equal(out[0].robust, out[1].robust)

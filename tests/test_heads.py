@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from platform_support import take_devices
 
 from hpm_jax import models
 from hpm_jax.models import MODES, Classifier, FCHead, HPMHead, L2Head, get_model
@@ -402,7 +403,7 @@ def test_same_results_on_1_and_4_devices():
     variables["prototypes"]["head"] = {"ema": ema, "seen": jnp.array([0, 2, 2, 2, 2, 2])}
     results = []
     for n in (1, 4):
-        mesh = make_mesh(jax.devices()[:n])
+        mesh = make_mesh(take_devices(n))
         batch = jax.device_put((x, y), data_sharding(mesh))
         step = jax.jit(functools.partial(_train_step, model))
         results.append(step(jax.device_put(variables, replicated(mesh)), *batch))

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax.traverse_util import flatten_dict
+from platform_support import take_devices
 
 torch = pytest.importorskip("torch", reason="parity tests need the torch extra: launch/test.sh")
 
@@ -135,7 +136,7 @@ def run_on(devices, jitted_step, variables, data):
 
 @pytest.fixture(scope="module")
 def one_device(jitted_step, variables, data):
-    return run_on(jax.devices()[:1], jitted_step, variables, data)
+    return run_on(take_devices(1), jitted_step, variables, data)
 
 
 def torch_train_step(net: torch.nn.Module, x: np.ndarray, y: np.ndarray, dtype=torch.float32):
@@ -209,7 +210,7 @@ def run_float64_on(devices, variables, data):
 
 @pytest.fixture(scope="module")
 def float64_one_device(variables, data):
-    return run_float64_on(jax.devices()[:1], variables, data)
+    return run_float64_on(take_devices(1), variables, data)
 
 
 def test_train_mode_gradients_match_torch_in_float64(torch_net, data, float64_one_device):
@@ -230,8 +231,7 @@ def test_four_devices_match_one(variables, data, float64_one_device):
     1e-9 leaves a factor ~500 for any CPU and reduction order, while real sharding bugs
     (per-device batch statistics, a missing gradient all-reduce) change these values by
     1e-2 and more."""
-    assert jax.device_count() >= 4, "tests/conftest.py should give 4 CPU devices"
-    four = run_float64_on(jax.devices()[:4], variables, data)
+    four = run_float64_on(take_devices(4), variables, data)
     one = float64_one_device
     assert len(four["logits"].sharding.device_set) == 4
     for name in ("logits", "eval_param_grads", "input_grads", "train_loss", "batch_stats"):

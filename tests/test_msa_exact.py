@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from platform_support import take_devices
 
 from hpm_jax.attacks import (
     AutoAttack,
@@ -122,7 +123,7 @@ def test_msa_on_a_batch_coupled_target_sees_only_the_exact_batches_on_1_2_and_4_
         report = mixed_surrogate_attack(
             target, {"plain": plain}, x, y, eps=0.05, batch_size=BATCH, version=TINY_CHAIN,
             attack_options={k: FAST[k] for k in TINY_CHAIN},
-            mesh=make_mesh(jax.devices()[:n_devices]), log=None,
+            mesh=make_mesh(take_devices(n_devices)), log=None,
         )  # fmt: skip
         # Every model call saw at most one batch: the attacks, the clean pass and the final
         # re-evaluation exactly one batch (6 or 3 rows), the sanity checks parts of the first.
@@ -145,7 +146,7 @@ def test_autoattack_without_compaction_sees_only_the_exact_batches():
     target = _coupled(seen)
     report = AutoAttack(
         target, eps=0.05, attack_options=FAST, compact=False, run_checks=False, log=None,
-        mesh=make_mesh(jax.devices()[:2]),
+        mesh=make_mesh(take_devices(2)),
     ).run(x, y, batch_size=BATCH)  # fmt: skip
     assert set(seen) == {6, 3}
     np.testing.assert_array_equal(report.clean, _exact_correct(target, x, y))

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from platform_support import take_devices
 
 from hpm_jax import data
 from hpm_jax.models import get_model
@@ -72,8 +73,8 @@ def test_init_prototypes_equals_numpy_class_means_with_a_masked_tail():
     images = rng.integers(0, 256, size=(n, 28, 28, 1), dtype=np.uint8)
     labels = rng.integers(0, C - 1, size=n)  # class 3 never occurs
     source = [{"image": images[i], "label": int(labels[i])} for i in range(n)]
-    batches = data.eval_iterator(source, batch_size=8, mesh=make_mesh(), num_threads=1)
-    assert jax.device_count() == 4  # the batches are split over 4 devices
+    mesh = make_mesh(take_devices(4))  # the batches are split over 4 devices
+    batches = data.eval_iterator(source, batch_size=8, mesh=mesh, num_threads=1)
 
     with pytest.warns(UserWarning, match=r"classes \[3\] had no example"):
         out = init_prototypes(model, variables, batches)

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from platform_support import take_devices
 from train_support import compiles
 
 from hpm_jax.attacks import (
@@ -194,7 +195,7 @@ def test_weights_on_one_device_attack_a_batch_sharded_over_four():
     device = jax.devices()[0]
     committed = jax.device_put(first, device)
     fn = logits_fn(model, committed, mode="fc")
-    mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:4]), ("data",))
+    mesh = jax.sharding.Mesh(np.asarray(take_devices(4)), ("data",))
     batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
     xs, ys = jax.device_put((x, y), batch)
     sharded = apgd(fn, xs, ys, key=jax.random.key(1), eps=EPS, n_iter=3)
@@ -203,7 +204,7 @@ def test_weights_on_one_device_attack_a_batch_sharded_over_four():
     np.testing.assert_array_equal(np.asarray(sharded.robust), np.asarray(single.robust))
     placed = contract.place(fn, mesh)
     assert placed.args[0]["params"]["head"]["fc"]["kernel"].sharding.device_set == set(
-        jax.devices()[:4]
+        take_devices(4)
     )
     kernel = placed.args[0]["params"]["head"]["fc"]["kernel"]
     assert contract.place(placed, mesh).args[0]["params"]["head"]["fc"]["kernel"] is kernel  # once

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from platform_support import cpu_only, take_devices
 from tensorboardX.proto import event_pb2
 from train_support import (
     CONFIG,
@@ -159,7 +160,7 @@ def test_trades_with_hpm_head_and_weight_averaging(reference):
 
 def test_one_device_trains_the_same_model_as_four(reference, tmp_path):
     _, root, summary, expected = reference
-    one = run(tmp_path / "work", root, reference_overrides(root), devices=jax.devices()[:1])
+    one = run(tmp_path / "work", root, reference_overrides(root), devices=take_devices(1))
     assert one["devices"] == 1
     # Float32 sums in another order: equal to rounding, after a few steps of SGD.
     assert_close(final_params(tmp_path / "work"), expected, rtol=2e-4, atol=2e-5)
@@ -173,6 +174,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
+@cpu_only("2 processes on localhost, each with 2 fake CPU devices (XLA_FLAGS)")
 def test_two_processes_train_the_same_model_as_one(reference, tmp_path):
     _, root, summary, expected = reference
     port, workdir = _free_port(), tmp_path / "work"

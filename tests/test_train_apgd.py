@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from platform_support import take_devices
 from train_support import (
     assert_close,
     compiles,
@@ -142,7 +143,7 @@ def test_the_training_step_compiles_once_for_the_whole_run(apgd_run):
 
 def test_apgd_training_on_one_device_equals_four(apgd_run, tmp_path):
     workdir, root, overrides, _, _ = apgd_run
-    one = run(tmp_path / "one", root, overrides, devices=jax.devices()[:1])
+    one = run(tmp_path / "one", root, overrides, devices=take_devices(1))
     assert one["devices"] == 1
     # Float32 sums in another order (the L2 steps are continuous in them): as PGD's test.
     assert_close(final_params(tmp_path / "one"), final_params(workdir), rtol=2e-4, atol=2e-5)

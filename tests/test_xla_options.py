@@ -6,9 +6,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from platform_support import cpu_only
 
 from hpm_jax.runtime import xla_options
 from hpm_jax.runtime.xla_options import jit
+
+pytestmark = cpu_only("XLA:CPU's compiler options")
 
 
 def _conv(x, w):
