@@ -143,15 +143,19 @@ def _timed(times: dict[str, float], name: str, perturb):
     return wrapper
 
 
-def run_reference(net, x, y, *, norm, eps, n_targets, square_queries, batch_size):
-    """pyautoattack's standard chain: robust flags, accuracy after each attack (from its log
-    lines), seconds in each attack's `perturb` (timed around it), total seconds."""
+def run_reference(net, x, y, *, norm, eps, n_targets, square_queries, batch_size, device="cpu",
+                  n_iter=100):  # fmt: skip
+    """pyautoattack's standard chain on `device` (where `net` is): robust flags, accuracy after
+    each attack (from its log lines), seconds in each attack's `perturb` (timed around it),
+    total seconds."""
     import pyautoattack
 
-    aa = pyautoattack.AutoAttack(net, norm=norm, eps=eps, seed=0, version="standard")
+    aa = pyautoattack.AutoAttack(net, norm=norm, eps=eps, seed=0, version="standard",
+                                 device=device)  # fmt: skip
     aa.apgd_targeted.n_target_classes = n_targets
     aa.fab.n_target_classes = n_targets
     aa.square.n_queries = square_queries
+    aa.apgd.n_iter = aa.apgd_targeted.n_iter = aa.fab.n_iter = n_iter
     times: dict[str, float] = {}
     # In the standard version each attack object runs exactly one attack of the chain.
     for name, attack in [("apgd-ce", aa.apgd), ("apgd-t", aa.apgd_targeted), ("fab-t", aa.fab),
@@ -175,13 +179,14 @@ def run_reference(net, x, y, *, norm, eps, n_targets, square_queries, batch_size
     for name in ATTACKS:  # attacks skipped once nothing robust is left: no time, accuracy 0
         times.setdefault(name, 0.0)
         after.setdefault(name, 0.0)
-    return y_adv.numpy() == y, after, times, total
+    return y_adv.cpu().numpy() == y, after, times, total
 
 
-def run_ours(logits_fn, x, y, *, norm, eps, n_targets, square_queries, batch_size):
+def run_ours(logits_fn, x, y, *, norm, eps, n_targets, square_queries, batch_size, n_iter=100):
     options = {
-        "apgd-t": {"n_target_classes": n_targets},
-        "fab-t": {"n_target_classes": n_targets},
+        "apgd-ce": {"n_iter": n_iter},
+        "apgd-t": {"n_target_classes": n_targets, "n_iter": n_iter},
+        "fab-t": {"n_target_classes": n_targets, "n_iter": n_iter},
         "square": {"n_queries": square_queries},
     }
     aa = AutoAttack(logits_fn, norm=norm, eps=eps, seed=0, attack_options=options, log=None)
