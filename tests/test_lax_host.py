@@ -74,22 +74,23 @@ CHAIN = {  # AutoAttack "standard" on 2 devices, compact
     "fab-t": dict(n_iter=6, n_target_classes=2),
     "square": dict(n_queries=30),
 }
-SQUARE_EPS = {"square": dict(eps=0.02)}  # Square breaks none of the 16 points at 0.01
 MSA = {k: CHAIN[k] for k in ("apgd-ce", "fab-t", "square")}  # 4 devices, exact, a judge
+FUNCTIONS = {"apgd-ce": apgd, "apgd-t": apgd_targeted, "fab-t": fab_targeted, "square": square}
+ITERATIONS = {"apgd-ce": 8, "apgd-t": 8, "fab-t": 6, "square": 30}
+SQUARE_EPS = {"square": dict(eps=0.02)}  # Square breaks none of the 16 points at 0.01
+EXACT_JUDGE = dict(compact=False, judge=True)
 # (id, attack, settings, devices, iterations per run (the tolerance's n_iter)).
 CASES = [
-    *[(name, fn, dict(CHAIN[name], **SQUARE_EPS.get(name, {})), 2, n) for name, fn, n in
-      [("apgd-ce", apgd, 8), ("apgd-t", apgd_targeted, 8), ("fab-t", fab_targeted, 6),
-       ("square", square, 30)]],
-    *[(f"{name}-exact-judge", fn, dict(MSA[name], compact=False, judge=True,
-                                       **SQUARE_EPS.get(name, {})), 4, n)
-      for name, fn, n in [("apgd-ce", apgd, 8), ("fab-t", fab_targeted, 6), ("square", square, 30)]],
+    *[(name, FUNCTIONS[name], dict(CHAIN[name], **SQUARE_EPS.get(name, {})), 2,
+       ITERATIONS[name]) for name in CHAIN],
+    *[(f"{name}-exact-judge", FUNCTIONS[name],
+       dict(MSA[name], **EXACT_JUDGE, **SQUARE_EPS.get(name, {})), 4, ITERATIONS[name])
+      for name in MSA],
     ("apgd-dlr-L2-restarts", apgd, dict(n_iter=8, loss="dlr", norm="L2", n_restarts=2), 1, 8),
-    ("apgd-L1-largereps-exact", apgd, dict(n_iter=6, norm="L1", use_largereps=True,
-                                           compact=False), 1, 6),
+    ("apgd-L1-largereps-exact", apgd,
+     dict(n_iter=6, norm="L1", use_largereps=True, compact=False), 1, 6),
     ("apgd-dlr-eot", apgd, dict(n_iter=6, loss="dlr", eot_iter=3, randomized=True), 1, 6),
-    ("fab-L1-exact-judge", fab, dict(n_iter=6, n_restarts=2, norm="L1", compact=False,
-                                     judge=True), 1, 6),
+    ("fab-L1-exact-judge", fab, dict(n_iter=6, n_restarts=2, norm="L1", **EXACT_JUDGE), 1, 6),
 ]  # fmt: skip
 
 
