@@ -24,7 +24,8 @@ accuracy: ...", "robust accuracy after APGD-CE: ... (total time ... s)", "robust
 JAX shape. The data is cut into fixed batches of `batch_size`. For each attack and batch the
 still-robust points (with compact, the default) are gathered into a bucket, padded (by
 repeating them) to the smallest of a few sizes (`batching.bucket_sizes`: batch_size, x7/8,
-x49/64, ... multiples of 4 and of the device count), sharded over the mesh and attacked by
+x49/64, ... on CPU, halving on GPU/TPU (`batching.ladder_step`); multiples of 4 and of the
+device count), sharded over the mesh and attacked by
 the jitted attack; results of the real points are scattered back. So any number of batches
 compiles at most len(sizes) programs per attack and no work goes to broken points; the
 attacks shrink further inside (`driver`). The key of (attack a, batch b) is
@@ -205,7 +206,8 @@ class AutoAttack:
         {"square": {"n_queries": 1000}}.
     randomized: call the model as f(x, key) (default: True for version "rand").
     mesh: the devices buckets are sharded over (default: all).
-    bucket_sizes: instead of `batching.bucket_sizes(batch_size, num_devices)`.
+    bucket_sizes: instead of `batching.bucket_sizes(batch_size, num_devices)` with the
+        ladder of the mesh's backend (7/8 steps on CPU, halving on GPU/TPU).
     compact: attack only the still-robust points, packed into buckets (default). False:
         every attack runs on whole batches, so a batch-dependent judge always sees a point
         among the other points of its own batch (the Mixed Surrogate Attack needs this);
@@ -408,7 +410,8 @@ class AutoAttack:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
         n_dev = self.mesh.devices.size
         if self.compact:
-            sizes = self.bucket_sizes or batching.bucket_sizes(int(batch_size), n_dev)
+            step = batching.ladder_step(self.mesh.devices.flat)
+            sizes = self.bucket_sizes or batching.bucket_sizes(int(batch_size), n_dev, step=step)
             batching.check_bucket_sizes(sizes, batch_size, n_dev)
             sizes = tuple(sorted(set(sizes), reverse=True))
         else:  # the exact batches: batch_size rows, the last batch its own size
