@@ -98,8 +98,10 @@ def main() -> None:
     x = np.random.default_rng(1).uniform(0, 1, (args.n, 8, 8, 3)).astype(np.float32)
     y = np.asarray(jnp.argmax(fn(jnp.asarray(x)), 1), np.int32)
     gpu_ladder = batching.bucket_sizes(500, 1, step=batching.ladder_step([_Gpu()]))
-    runs = {"CPU (auto loop, 7/8 ladder)": dict(loop="auto", bucket_sizes=None),
-            "GPU (lax loop, halving ladder)": dict(loop="lax", bucket_sizes=gpu_ladder)}  # fmt: skip
+    runs = {
+        "CPU (auto loop, 7/8 ladder)": dict(loop="auto", bucket_sizes=None),
+        "GPU (lax loop, halving ladder)": dict(loop="lax", bucket_sizes=gpu_ladder),
+    }
     print(f"standard chain, {args.n} points, batches of 500, eps {args.eps}, n_iter {args.n_iter}")
     for name, kw in runs.items():
         report, counter = count(fn, x, y, eps=args.eps, n_iter=args.n_iter, **kw)
