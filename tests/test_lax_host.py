@@ -32,7 +32,7 @@ from hpm_jax.runtime.sharding import data_sharding, make_mesh
 B, SIZE, CLASSES, CHANNELS = 16, 8, 10, (4, 8)
 BUCKETS = (16,)  # compact without shrinking: no second set of programs at a smaller size
 SHRINK = ("apgd-t", "square")  # ... except here: (16, 8), between targets and inside a run
-EPS = {"Linf": 0.01, "L2": 0.2, "L1": 1.0}  # each attack breaks some of the 16 points, not all
+EPS = {"Linf": 0.01, "L2": 0.1, "L1": 0.5}  # each attack breaks some of the 16 points, not all
 
 
 def rounding_tolerance(n_iter: int) -> float:
