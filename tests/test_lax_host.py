@@ -8,7 +8,9 @@ convolution's input gradient with another kernel inside a while loop than in a p
 its own, which sums the same products in another order (measured: 1 ulp apart). APGD's Linf
 and L1 steps read only signs and ranks of the gradient, Square no gradient at all, so their
 results agree bit for bit; L2 steps and FAB's projections scale with the gradient's values,
-so their iterates move apart by rounding.
+so their iterates move apart by rounding. A gap beyond rounding is a bug: APGD-DLR once moved
+points 1e-2 apart, where y ranked third and DLR's gradient, exactly 0 there, was rounding
+noise that the step normalised into a full step (`losses.dlr` now returns the exact 0).
 """
 
 import jax
