@@ -143,6 +143,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "curve_eps": (),  # robust accuracy vs eps at these radii, e.g. (0.05, 0.1); () = none
         "curve_attacks": ("apgd-ce",),  # the attacks of each curve point (names)
         "run_checks": True,
+        # How the attacks iterate (hpm_jax.attacks.driver): "auto" (one jitted call per
+        # iteration for gradient attacks on CPU, one lax loop otherwise), "lax" or "host".
+        "loop": "auto",
         # An .npz with `x` (N, H, W, C) float in [0, 1] and `y` (N,) int labels to evaluate
         # instead of the dataset's eval split ("" = the split).
         "data_file": "",

@@ -73,6 +73,27 @@ def test_targeted_dlr_matches_numpy_and_ignores_shift_and_scale(logits):
     np.testing.assert_allclose(moved, got, rtol=1e-4, atol=1e-5)
 
 
+def test_dlr_gradient_is_exactly_zero_on_its_plateau_and_untouched_elsewhere():
+    """Where y ranks third, DLR = (z_pi1 - z_y) / (z_pi1 - z_y) = 1 around the point: its
+    gradient is exactly 0 (autodiff through both paths left +-1 ulp of noise, which APGD's
+    sign and L2 steps blew up into full steps). Elsewhere it is the formula's own gradient."""
+    z = jnp.asarray(np.random.default_rng(1).normal(size=(256, 10)) * 3, jnp.float32)
+    rank = jnp.argsort(-z, axis=1)
+    y = rank[:, jnp.arange(256) % 5]  # y ranked 1st .. 5th, in turn
+    y = y[jnp.arange(256), jnp.arange(256)]
+    third = np.arange(256) % 5 == 2
+
+    def formula(v):  # the loss without the plateau rule
+        top = jax.lax.top_k(v, 3)[0]
+        return -losses.margin(v, y) / (top[:, 0] - top[:, 2] + 1e-12)
+
+    grad = np.asarray(jax.grad(lambda v: losses.dlr(v, y).sum())(z))
+    raw = np.asarray(jax.grad(lambda v: formula(v).sum())(z))
+    assert np.all(grad[third] == 0) and np.any(raw[third] != 0)  # the noise the rule removes
+    np.testing.assert_array_equal(grad[~third], raw[~third])
+    np.testing.assert_array_equal(losses.dlr(z, y), formula(z))  # the value is unchanged
+
+
 def test_dlr_stays_finite_when_the_top_logits_tie():
     z = jnp.zeros((2, 5))
     y = jnp.array([0, 3])

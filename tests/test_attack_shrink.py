@@ -93,6 +93,24 @@ def test_square_compacted_equals_whole_batch_and_agrees_on_1_2_and_4_devices(nor
         np.testing.assert_array_equal(res.x_adv, whole.x_adv)
 
 
+def test_the_bucket_ladder_follows_the_backend_of_the_batch():
+    """7/8 steps where every device is a CPU (23 sizes for batch 500), halving on GPU/TPU (5),
+    and on a mix; the chain and the attacks take it from their batch's devices."""
+
+    class Device:  # what ladder_step reads of a jax Device
+        def __init__(self, platform):
+            self.platform = platform
+
+    assert batching.ladder_step([Device("cpu")] * 4) == 7 / 8
+    for devices in ([Device("gpu")], [Device("tpu")] * 8, [Device("cpu"), Device("gpu")]):
+        assert batching.ladder_step(devices) == 1 / 2
+    assert batching.bucket_sizes(500, 1, step=1 / 2) == (500, 252, 128, 64, 32)
+    assert len(batching.bucket_sizes(500, 1, step=7 / 8)) == 23
+    x = jnp.zeros((64, 1, 1, 1))  # on the CPU here: the CPU ladder
+    assert batching.attack_sizes(x) == batching.bucket_sizes(64, 1, step=7 / 8)[1:]
+    assert batching.attack_sizes(np.zeros((64, 1, 1, 1))) == batching.attack_sizes(x)
+
+
 def test_attack_sizes_are_the_buckets_below_the_batch():
     x = jnp.zeros((16, 2, 2, 1))
     assert batching.attack_sizes(x) == (12, 8, 4)  # 16 -> 12 -> 9 -> 7 -> 6 -> 5 -> 4, to 4s

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from evaluation_support import ARCH, EPS, comparable, tiny_config, train_tiny
 
+from hpm_jax.attacks import driver
 from hpm_jax.data import offline
 from hpm_jax.evaluation import evaluate
 from hpm_jax.models.export import save_model
@@ -152,6 +153,8 @@ def test_errors_name_the_problem_and_the_fix(checkpoints, tmp_path):
     with pytest.raises(evaluate.EvaluationSetupError, match="not modes of this model"):
         evaluate.run(tiny_config(surrogates=("fc", "bpda")), checkpoints["hpm"], str(tmp_path),
                      log=None)  # fmt: skip
+    with pytest.raises(evaluate.EvaluationSetupError, match=r"evaluation.loop='python'"):
+        evaluate.run(tiny_config(loop="python"), checkpoints["hpm"], str(tmp_path), log=None)
     with pytest.raises(evaluate.EvaluationSetupError, match="multiple of the 4 devices"):
         evaluate.run(tiny_config(batch_size=6), checkpoints["hpm"], str(tmp_path), log=None)
     config = tiny_config()
@@ -160,3 +163,17 @@ def test_errors_name_the_problem_and_the_fix(checkpoints, tmp_path):
     with pytest.raises(evaluate.EvaluationSetupError, match=r"unknown key.*typo"):
         evaluate.run(config, checkpoints["hpm"], str(tmp_path), log=None)
     assert not (tmp_path / "report.json").exists()
+
+
+def test_evaluation_loop_reaches_the_attacks_and_the_report(evaluated, checkpoints, tmp_path):
+    """evaluation.loop=lax: no attack compiles a host-loop step (APGD's would under "auto" on
+    the CPU), the report records the loop, and the FC model (the HPM model's own FC head)
+    keeps the robust flags the shared evaluation's host loop gave it."""
+    steps = driver.compiled_programs()["step"]
+    report = evaluate.run(tiny_config(loop="lax"), checkpoints["fc"], str(tmp_path), log=None)
+    assert driver.compiled_programs()["step"] == steps
+    assert report["settings"]["loop"] == "lax"
+    assert report["heads"]["fc"]["autoattack"]["loop"] == "lax"
+    lax_flags, host_flags = (np.load(d / "adversarial" / "autoattack_fc.npz")["robust"]
+                             for d in (tmp_path, evaluated[1]))  # fmt: skip
+    np.testing.assert_array_equal(lax_flags, host_flags)

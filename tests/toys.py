@@ -6,6 +6,7 @@ another::
     from toys import SQUARE_Q, SQUARE_X_LINF, SQUARE_Y_LINF, square_linear
     from toys import APGD_MODEL, apgd_batch
     from toys import assert_same_report, chain_data, resume_chain, run_chain, shift_chain
+    from toys import conv_net                   # a tiny ReLU conv net (pytree logits function)
 
 Every array is built at import from fixed seeds, in a fixed order (the Square pool and batches
 draw from one generator), so every importer sees the same values.
@@ -99,6 +100,52 @@ def relu_mlp(seed):
 
 # One function object: compiled once per shape and configuration across the tests.
 MLP = relu_mlp(3)  # three classes in the box; FAB, as the reference, stops at local minima
+
+# ---------------------------------------------------------------- a tiny convolutional net
+
+CONV_KERNEL = 3  # every layer's kernel side
+
+
+def _conv_logits(params, x):
+    """Two 3x3 ReLU convolutions (the second with stride 2) and a dense layer; NHWC in [0, 1]."""
+    h = x - 0.5
+    for i, stride in enumerate((1, 2)):
+        h = jax.lax.conv_general_dilated(h, params[f"conv{i}"], (stride, stride), "SAME",
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))  # fmt: skip
+        h = jax.nn.relu(h + params[f"bias{i}"])
+    return h.reshape(h.shape[0], -1) @ params["dense"] + params["bias"]
+
+
+def _randomized_conv_logits(params, x, key):
+    return _conv_logits(params, x + 0.02 * jax.random.normal(key, x.shape, x.dtype))
+
+
+def conv_net(seed=0, *, channels=(4, 8), classes=10, size=8, in_channels=3, randomized=False,
+             jitter=0.0):  # fmt: skip
+    """A tiny ReLU conv net as a pytree logits function (its weights traced by the attacks).
+    Its last bias centres the logits of uniform random images, so every class is predicted
+    somewhere. randomized: f(x, key), Gaussian input noise (sigma 0.02). jitter: the weights
+    of net `seed` times (1 + jitter * N(0, 1)): a second model that mostly agrees with it."""
+    rng = np.random.default_rng(seed)
+    params, c_in = {}, in_channels
+    for i, c_out in enumerate(channels):
+        fan_in = CONV_KERNEL * CONV_KERNEL * c_in
+        shape = (CONV_KERNEL, CONV_KERNEL, c_in, c_out)
+        params[f"conv{i}"] = rng.normal(size=shape) * 2 / np.sqrt(fan_in)
+        params[f"bias{i}"] = rng.normal(size=c_out) * 0.1
+        c_in = c_out
+    features = c_in * (size // 2) ** 2
+    params["dense"] = rng.normal(size=(features, classes)) * 3 / np.sqrt(features)
+    params["bias"] = np.zeros(classes)
+    if jitter:
+        noise = np.random.default_rng(seed + 1000)
+        params = {k: v * (1 + jitter * noise.normal(size=v.shape)) for k, v in params.items()}
+    params = {k: jnp.asarray(v, jnp.float32) for k, v in params.items()}
+    pool = jnp.asarray(rng.uniform(0, 1, (256, size, size, in_channels)), jnp.float32)
+    params["bias"] = -jnp.mean(_conv_logits(params, pool), axis=0)
+    fn = _randomized_conv_logits if randomized else _conv_logits
+    return jax.tree_util.Partial(fn, params)
+
 
 # ---------------------------------------------------------------- Square: a linear model on images
 

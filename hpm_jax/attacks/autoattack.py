@@ -24,7 +24,8 @@ accuracy: ...", "robust accuracy after APGD-CE: ... (total time ... s)", "robust
 JAX shape. The data is cut into fixed batches of `batch_size`. For each attack and batch the
 still-robust points (with compact, the default) are gathered into a bucket, padded (by
 repeating them) to the smallest of a few sizes (`batching.bucket_sizes`: batch_size, x7/8,
-x49/64, ... multiples of 4 and of the device count), sharded over the mesh and attacked by
+x49/64, ... on CPU, halving on GPU/TPU (`batching.ladder_step`); multiples of 4 and of the
+device count), sharded over the mesh and attacked by
 the jitted attack; results of the real points are scattered back. So any number of batches
 compiles at most len(sizes) programs per attack and no work goes to broken points; the
 attacks shrink further inside (`driver`). The key of (attack a, batch b) is
@@ -69,7 +70,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from hpm_jax.attacks import batching, checks, contract, versions
+from hpm_jax.attacks import batching, checks, contract, driver, versions
 from hpm_jax.attacks.resume import ChainState, StateStore, data_hash
 from hpm_jax.attacks.versions import AttackSpec
 from hpm_jax.runtime.identity import WorkdirMismatchError
@@ -123,6 +124,7 @@ class AutoAttackReport:
     checks: list[checks.CheckResult]
     resumed: bool = False
     rand_verdict: str | None = None
+    loop: str = "auto"
 
     @property
     def flagged(self) -> list[checks.CheckResult]:
@@ -204,7 +206,8 @@ class AutoAttack:
         {"square": {"n_queries": 1000}}.
     randomized: call the model as f(x, key) (default: True for version "rand").
     mesh: the devices buckets are sharded over (default: all).
-    bucket_sizes: instead of `batching.bucket_sizes(batch_size, num_devices)`.
+    bucket_sizes: instead of `batching.bucket_sizes(batch_size, num_devices)` with the
+        ladder of the mesh's backend (7/8 steps on CPU, halving on GPU/TPU).
     compact: attack only the still-robust points, packed into buckets (default). False:
         every attack runs on whole batches, so a batch-dependent judge always sees a point
         among the other points of its own batch (the Mixed Surrogate Attack needs this);
@@ -217,6 +220,11 @@ class AutoAttack:
         every attack counts a break at the judged iterate where it happens.
     rand_verdict: how a randomized model is judged, "rerun" (the reference) or "any_draw"
         (RAND_VERDICTS); ignored for deterministic models.
+    loop: "auto", "lax" or "host" (`driver`), passed to every attack that lists `loop` among
+        its options (all of the built-in ones): "lax" runs an attack's iterations as one
+        jitted `lax` loop (the default on GPU and TPU), "host" as one jitted call per
+        iteration (the default for gradient attacks on CPU). Both give the same results
+        (within float rounding); the report records the setting.
     run_checks: run the sanity checks on the first batch.
     log: receives each log line (default print; None: the `hpm_jax.autoattack` logger only).
     on_progress(attack, batch, n_batches): called after each batch is done and saved.
@@ -238,11 +246,14 @@ class AutoAttack:
         bucket_sizes: Sequence[int] | None = None,
         compact: bool = True,
         rand_verdict: str = "rerun",
+        loop: str = "auto",
         run_checks: bool = True,
         log: Callable[[str], Any] | None = print,
         on_progress: Callable[[str, int, int], Any] | None = None,
     ):
         contract.check_norm(norm)
+        driver.check_loop(loop)
+        self.loop = loop
         if np.ndim(eps) != 0:
             raise ValueError(f"eps must be a finite number > 0 (one radius), got {eps!r}.")
         contract.check_eps(eps, 1)
@@ -399,7 +410,8 @@ class AutoAttack:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
         n_dev = self.mesh.devices.size
         if self.compact:
-            sizes = self.bucket_sizes or batching.bucket_sizes(int(batch_size), n_dev)
+            step = batching.ladder_step(self.mesh.devices.flat)
+            sizes = self.bucket_sizes or batching.bucket_sizes(int(batch_size), n_dev, step=step)
             batching.check_bucket_sizes(sizes, batch_size, n_dev)
             sizes = tuple(sorted(set(sizes), reverse=True))
         else:  # the exact batches: batch_size rows, the last batch its own size
@@ -478,13 +490,19 @@ class AutoAttack:
         if store is not None:
             store.save(state)
 
-    def _shrink_options(self, attack, plan: _Plan) -> dict[str, Any]:
-        """compact (and the chain's bucket sizes) for attacks that declare they can shrink
-        (`types.Attack.can_shrink`): compact=False keeps every point in its batch for every
-        model call."""
-        if not attack.can_shrink:
-            return {}
-        return {"compact": True, "bucket_sizes": plan.sizes} if self.compact else {"compact": False}
+    def _chain_options(self, attack, plan: _Plan) -> dict[str, Any]:
+        """What the chain passes to `attack` besides the contract, where it declares it takes
+        it (`types.Attack`): compact and the chain's bucket sizes to attacks that can shrink
+        (compact=False keeps every point in its batch for every model call), and the loop to
+        attacks whose options name `loop`."""
+        options: dict[str, Any] = {}
+        if attack.can_shrink:
+            options["compact"] = self.compact
+            if self.compact:
+                options["bucket_sizes"] = plan.sizes
+        if attack.options is not None and "loop" in attack.options:
+            options["loop"] = self.loop
+        return options
 
     def _attack_batch(self, a, spec, b, x, y, x_adv, state, store, plan) -> None:
         """Attack the robust points of batch b with attack a, in one bucket; scatter back."""
@@ -530,7 +548,7 @@ class AutoAttack:
                 norm=self.norm,
                 eps=self.eps,
                 judge_fn=self.judge_fn,
-                **{**self._shrink_options(spec.attack, plan), **spec.kwargs},
+                **{**self._chain_options(spec.attack, plan), **spec.kwargs},
             )
             robust_b = res.robust
             if self.rand_verdict == "rerun":  # the reference: one run on the output decides
@@ -583,4 +601,5 @@ class AutoAttack:
             checks=[*results, *closing],
             resumed=state.resumed,
             rand_verdict=self.rand_verdict,
+            loop=self.loop,
         )

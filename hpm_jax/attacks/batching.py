@@ -1,6 +1,7 @@
 """Batching: fixed batches, bucket sizes, and the rows of a batch a model call sees.
 
     sizes = bucket_sizes(batch_size=250, num_devices=4)   # (252, 220, 192, ..., 20, 16)
+    sizes = bucket_sizes(500, 1, step=ladder_step(jax.devices()))  # GPU/TPU: 500, 252, ... 32
     batches = batch_slices(10_000, 250)                    # the dataset's fixed batches
     rows = compact(np.array([3, 17, 40]), sizes)           # 3 points padded to 16 rows
     xb = rows.take(x)                                      # (16, H, W, C), rows 3.. repeat
@@ -19,6 +20,13 @@ half: 181 robust points of a batch of 300 ran as 304 rows; steps of 3/4 up to a 
 on average, and 36 robust points of 128 ran as 44 rows), for twice as many sizes as 3/4.
 Sizes are multiples of the device count, so a bucket always shards evenly over the mesh, and
 of 4, so they do not change between 1, 2 and 4 devices.
+
+The ladder depends on the backend of the batch's devices (`ladder_step`): 7/8 on the CPU,
+where a padded row costs its full compute and a compile a few seconds; halving on GPU and
+TPU, where a compile of a large model's attack programs costs tens of seconds to minutes
+(convolution autotuning) and padding rows of an underused device costs little. Batch 500
+gives 23 sizes on the CPU and 5 (500, 252, 128, 64, 32) on a GPU (benchmarks/RESULTS.md
+counts the programs of a standard run for both).
 
 The chain (`autoattack`) hands each attack a bucket of the points still robust; inside an
 attack (`driver`), points keep breaking and the rows still to attack are re-bucketed into the
@@ -43,6 +51,20 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
+
+
+# Each bucket size over the next larger, per backend; halving on every other backend.
+LADDER_STEPS = {"cpu": 7 / 8}
+ACCELERATOR_STEP = 1 / 2
+
+
+def ladder_step(devices) -> float:
+    """The bucket ladder's step for a batch on `devices` (jax Devices): `LADDER_STEPS` of
+    their platform where they all share one, else `ACCELERATOR_STEP`."""
+    platforms = {d.platform for d in devices}
+    if len(platforms) == 1:
+        return LADDER_STEPS.get(platforms.pop(), ACCELERATOR_STEP)
+    return ACCELERATOR_STEP
 
 
 def bucket_sizes(
@@ -124,6 +146,13 @@ def batch_slices(num_examples: int, batch_size: int) -> list[np.ndarray]:
     ]
 
 
+def devices_of(x) -> list[jax.Device]:
+    """The devices the batch `x` lies on (jax's default devices for host arrays)."""
+    if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer):
+        return list(x.sharding.device_set)
+    return jax.devices()
+
+
 def num_devices(x) -> int:
     """The number of devices the batch `x` is spread over (1 for host arrays)."""
     if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer):
@@ -133,9 +162,11 @@ def num_devices(x) -> int:
 
 def attack_sizes(x, sizes: Sequence[int] | None = None) -> tuple[int, ...]:
     """The bucket sizes an attack may shrink its batch `x` into: `sizes` (the chain's, or
-    `bucket_sizes(B, devices)` by default) below the batch size, largest first."""
+    `bucket_sizes(B, devices)` with the ladder of x's backend by default) below the batch
+    size, largest first."""
     batch, n_dev = int(x.shape[0]), num_devices(x)
-    sizes = bucket_sizes(batch, n_dev) if sizes is None else sizes
+    if sizes is None:
+        sizes = bucket_sizes(batch, n_dev, step=ladder_step(devices_of(x)))
     uneven = [int(s) for s in sizes if int(s) % n_dev]
     if uneven:
         raise ValueError(

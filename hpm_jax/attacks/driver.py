@@ -21,9 +21,11 @@ The driver owns every rule around them, once:
   `loop="host"`, one jitted call per iteration; "auto" takes the host loop on CPU for gradient
   attacks (XLA:CPU runs the backward convolutions of a model inside a while loop without its
   fast kernels, 2-3x slower, see benchmarks/RESULTS.md) and the lax loop otherwise. Both give
-  the same iterates. Per-iteration values (`Phase.schedule`: APGD's step-size checkpoints,
-  Square's window sizes) enter as traced values, so the host loop's step compiles once
-  whatever the number of iterations. On several devices the host loop waits for each step:
+  the same iterates up to float rounding (inside a loop XLA:CPU sums a convolution's input
+  gradient in another order, 1 ulp apart; tests/test_lax_host.py). Per-iteration values
+  (`Phase.schedule`: APGD's step-size checkpoints, Square's window sizes) enter as traced
+  values, so the host loop's step compiles once whatever the number of iterations. On
+  several devices the host loop waits for each step:
   queued programs whose collectives (the sharded batch's all-gathers) wait for each other can
   occupy every thread of XLA:CPU's pool, which then starves and aborts after 40 s.
 - **Compilation.** The `Iterative` object is hashable and static (its settings); the logits

@@ -42,7 +42,9 @@ sharded over a mesh stay sharded; a fixed key gives the same result on any numbe
 The untargeted `fab` (AutoAttack's `plus`) runs the same iteration, but each step heads for
 the class whose linearised boundary is closest to the iterate, |z_c - z_y| / ||grad||_dual
 over c != y (the reference's get_diff_logits_grads_batch): C backward passes per iteration,
-from one vjp. Its defaults are `plus`'s: 100 iterations, 5 runs (from x, then 4 random starts).
+from one vjp, `class_chunk` (10) at a time in a scan that keeps the closest boundary so far, so
+memory holds 10 backward passes whatever C (the reference loops over the classes one by one).
+Its defaults are `plus`'s: 100 iterations, 5 runs (from x, then 4 random starts).
 
 On a linear model every iterate stays on the ray from x to its projection, and the
 reference's update settles at 1.00521 times the minimal perturbation (eta's overshoot against
@@ -72,28 +74,60 @@ from hpm_jax.attacks.fab_projections import boundary_step
 _MIN_STEP = 1e-8
 # ... and adds 1e-12 to the gradient norms that scale the untargeted distances.
 _TINY = 1e-12
+# Untargeted FAB's backward passes at a time: CIFAR-10's all at once (one vmapped vjp, as
+# before chunking), CIFAR-100 in 10 chunks, ImageNet in 100, so memory stays that of 10.
+CLASS_CHUNK = 10
 # The distance to a hyperplane {w·d = m} in a norm is |m| / ||w|| in its dual norm.
 _DUAL = {"Linf": "L1", "L2": "L2", "L1": "Linf"}
 
 
-def _closest_boundary(z: jax.Array, vjp, y: jax.Array, norm: str):
+def _closest_in(classes: jax.Array, z: jax.Array, vjp, y: jax.Array, norm: str):
+    """Of the boundaries z_c - z_y = 0 for the classes `classes` (k,) (ids >= C are padding),
+    the closest to the iterate: its (B,) distance, class and (B, ...) gradient. Their k
+    gradients come from one vjp vmapped over the cotangents e_c - e_y."""
+    batch, num_classes = z.shape
+    real = classes < num_classes
+    is_y = jax.nn.one_hot(y, num_classes, dtype=z.dtype)
+    onehots = jax.nn.one_hot(classes, num_classes, dtype=z.dtype)  # padding: all zero
+    cotangents = (onehots[:, None, :] - is_y) * real[:, None, None].astype(z.dtype)
+    grads = jax.vmap(lambda c: vjp(c)[0])(cotangents)  # (k, B, ...): grad of z_c - z_y
+    diffs = z - jnp.take_along_axis(z, y[:, None], 1)  # (B, C)
+    diffs = jnp.take(diffs, jnp.minimum(classes, num_classes - 1), axis=1)  # (B, k)
+    flat = grads.reshape(classes.shape[0] * batch, -1)
+    scale = geometry.per_sample_norm(flat, _DUAL[norm]).reshape(classes.shape[0], batch).T
+    excluded = (classes[None, :] == y[:, None]) | ~real[None, :]
+    dist = jnp.where(excluded, jnp.inf, jnp.abs(diffs) / (_TINY + scale))
+    pick = jnp.argmin(dist, axis=1)  # ties to the lowest class, as torch's min
+    grad = jnp.take_along_axis(grads, geometry.expand(pick, grads[0])[None], 0)[0]
+    return jnp.take_along_axis(dist, pick[:, None], 1)[:, 0], classes[pick], grad
+
+
+def _closest_boundary(z: jax.Array, vjp, y: jax.Array, norm: str, class_chunk: int):
     """The untargeted FAB's choice (the reference's get_diff_logits_grads_batch): of the
     linearised boundaries z_c - z_y = 0, c != y, the one closest to the iterate in `norm`,
-    |z_c - z_y| / ||grad (z_c - z_y)||_dual. Returns its (B,) value and (B, ...) gradient.
-    All C gradients come from one vjp, vmapped over the cotangents e_c - e_y (C backward
-    passes, as the reference's full Jacobian)."""
-    batch, num_classes = z.shape
-    is_y = jax.nn.one_hot(y, num_classes, dtype=bool)
-    cotangents = jnp.eye(num_classes, dtype=z.dtype)[:, None, :] - is_y.astype(z.dtype)
-    grads = jax.vmap(lambda c: vjp(c)[0])(cotangents)  # (C, B, ...): grad of z_c - z_y
-    diffs = z - jnp.take_along_axis(z, y[:, None], 1)  # (B, C)
-    flat = grads.reshape(num_classes * batch, -1)
-    scale = geometry.per_sample_norm(flat, _DUAL[norm]).reshape(num_classes, batch).T
-    dist = jnp.where(is_y, jnp.inf, jnp.abs(diffs) / (_TINY + scale))
-    closest = jnp.argmin(dist, axis=1)  # ties to the lowest class, as torch's min
-    f = jnp.take_along_axis(diffs, closest[:, None], 1)[:, 0]
-    grad = jnp.take_along_axis(grads, geometry.expand(closest, grads[0])[None], 0)[0]
-    return f, grad
+    |z_c - z_y| / ||grad (z_c - z_y)||_dual. Returns its (B,) value z_c - z_y and (B, ...)
+    gradient. The C backward passes (the reference's full Jacobian) run `class_chunk` at a
+    time, in a scan over the chunks that keeps only the closest boundary so far: memory
+    holds class_chunk backward passes, not C. Ties go to the lowest class either way."""
+    num_classes = z.shape[1]
+    class_chunk = min(class_chunk, num_classes)
+    n_chunks = -(-num_classes // class_chunk)
+    chunks = jnp.arange(n_chunks * class_chunk, dtype=jnp.int32).reshape(n_chunks, class_chunk)
+    if n_chunks == 1:
+        _, closest, grad = _closest_in(chunks[0], z, vjp, y, norm)
+    else:
+
+        def visit(best, classes):
+            found = _closest_in(classes, z, vjp, y, norm)
+            nearer = found[0] < best[0]  # strict: a tie keeps the earlier, lower class
+            return jax.tree_util.tree_map(
+                lambda new, old: jnp.where(geometry.expand(nearer, new), new, old), found, best
+            ), None
+
+        first = _closest_in(chunks[0], z, vjp, y, norm)
+        (_, closest, grad), _ = jax.lax.scan(visit, first, chunks[1:])
+    diffs = z - jnp.take_along_axis(z, y[:, None], 1)
+    return jnp.take_along_axis(diffs, closest[:, None], 1)[:, 0], grad
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +141,7 @@ class FabConfig:
     n_restarts: int
     targeted: bool = True
     exact: bool = False  # compact=False: breaks judged in the batch as it stands (`_iteration`)
+    class_chunk: int = CLASS_CHUNK  # untargeted: backward passes at a time (`_closest_boundary`)
 
 
 def _iteration(logits_fn, judge_fn, x, y, target, eps, alpha_max, eta, beta, state, config):
@@ -133,7 +168,7 @@ def _iteration(logits_fn, judge_fn, x, y, target, eps, alpha_max, eta, beta, sta
         grad = vjp(jnp.ones_like(f1))[0]
     else:
         z, vjp = jax.vjp(logits_fn, x1)
-        f1, grad = _closest_boundary(z, vjp, y, norm)
+        f1, grad = _closest_boundary(z, vjp, y, norm, config.class_chunk)
     w = grad.reshape(flat)
     x0, x1f = x.reshape(flat), x1.reshape(flat)
     # The same hyperplane seen from x1 and from the clean x0: f(x0) = f1 + w·(x0 - x1).
@@ -236,13 +271,15 @@ _OPTIONS = ("n_iter", "n_restarts", "alpha_max", "eta", "beta", "compact", "buck
 
 
 def _run(logits_fn, judge_fn, x, y, *, key, norm, eps, n_iter, n_targets, n_restarts,
-         alpha_max, eta, beta, compact, bucket_sizes, loop) -> types.AttackResult:  # fmt: skip
+         alpha_max, eta, beta, compact, bucket_sizes, loop,
+         class_chunk=CLASS_CHUNK) -> types.AttackResult:  # fmt: skip
     """FAB's own checks, then the driver (n_targets None: untargeted)."""
     needs = "FAB" if n_targets is None else "FAB-T"
     checked = contract.validate(logits_fn, judge_fn, x, y, norm=norm, eps=eps, needs=needs)
     contract.check_int("n_iter", n_iter, 0)
     contract.check_int("n_target_classes", 1 if n_targets is None else n_targets, 1)
     contract.check_int("n_restarts", n_restarts, 1)
+    contract.check_int("class_chunk", class_chunk, 1)
     contract.check_range("alpha_max", alpha_max, 0.0, 1.0)
     if not (np.isfinite(eta) and eta > 0):
         raise ValueError(f"eta (the overshoot) must be a finite number > 0, got {eta!r}.")
@@ -251,7 +288,7 @@ def _run(logits_fn, judge_fn, x, y, *, key, norm, eps, n_iter, n_targets, n_rest
     config = FabConfig(
         norm=norm, n_restarts=int(n_restarts),
         n_targets=min(int(n_targets), checked.num_classes - 1) if targeted else 1,
-        targeted=targeted, exact=not compact,
+        targeted=targeted, exact=not compact, class_chunk=int(class_chunk),
     )  # fmt: skip
     x = jnp.asarray(x)
     dtype = x.dtype
@@ -305,7 +342,7 @@ def fab_targeted(
                 loop=loop)  # fmt: skip
 
 
-@types.declare(can_shrink=True, options=_OPTIONS)
+@types.declare(can_shrink=True, options=(*_OPTIONS, "class_chunk"))
 def fab(
     logits_fn: types.LogitsFn,
     x: jax.Array,
@@ -323,6 +360,7 @@ def fab(
     compact: bool = True,
     bucket_sizes: Sequence[int] | None = None,
     loop: str = "auto",
+    class_chunk: int = CLASS_CHUNK,
 ) -> types.AttackResult:
     """Untargeted FAB (AutoAttack's `plus` settings by default: 100 iterations, 5 restarts).
 
@@ -330,8 +368,11 @@ def fab(
     iterate (over all classes c != y, |z_c - z_y| / ||grad||_dual), which costs C backward
     passes per iteration instead of one. Run 0 starts at x, runs 1.. at random points at
     distance eps / 2 from x; the smallest adversarial perturbation over all runs is kept and
-    counts where its norm is <= eps. Returns AttackResult(x_adv, robust) as `fab_targeted`.
+    counts where its norm is <= eps. class_chunk: how many of the C backward passes run at
+    once (memory: class_chunk of them, not C; default 10, all of CIFAR-10's); the result
+    does not depend on it. Returns AttackResult(x_adv, robust) as `fab_targeted`.
     """
     return _run(logits_fn, judge_fn, x, y, key=key, norm=norm, eps=eps, n_iter=n_iter,
                 n_targets=None, n_restarts=n_restarts, alpha_max=alpha_max, eta=eta,
-                beta=beta, compact=compact, bucket_sizes=bucket_sizes, loop=loop)  # fmt: skip
+                beta=beta, compact=compact, bucket_sizes=bucket_sizes, loop=loop,
+                class_chunk=class_chunk)  # fmt: skip

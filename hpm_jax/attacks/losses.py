@@ -37,7 +37,14 @@ def dlr(logits: jax.Array, y: jax.Array) -> jax.Array:
     """Difference of logits ratio: -(z_y - max_{c != y} z_c) / (z_pi1 - z_pi3), with z_pi the
     logits sorted in decreasing order. Invariant to shifting and scaling the logits."""
     top = jax.lax.top_k(logits, 3)[0]
-    return -margin(logits, y) / (top[:, 0] - top[:, 2] + _DLR_EPS)
+    value = -margin(logits, y) / (top[:, 0] - top[:, 2] + _DLR_EPS)
+    # Where y ranks third, numerator and denominator are both z_pi1 - z_y: DLR is 1 on a
+    # plateau and its gradient is exactly 0. Computed through both paths it is rounding noise
+    # (cotangents of +-1 ulp), which a sign (Linf) or normalised (L2) step blows up to a full
+    # step in a direction that depends on how XLA compiled the program (the lax and host
+    # loops moved such points apart by ~1e-2). The gradient is set to its exact value, 0.
+    plateau = _take(logits, y) == top[:, 2]
+    return jnp.where(plateau, jax.lax.stop_gradient(value), value)
 
 
 def targeted_dlr(logits: jax.Array, y: jax.Array, target: jax.Array) -> jax.Array:

@@ -173,6 +173,7 @@ def mixed_surrogate_attack(
     state_path: str | Path | None = None,
     num_classes: int | None = None,
     mesh=None,
+    loop: str = "auto",
     run_checks: bool = True,
     log: Callable[[str], Any] | None = print,
 ) -> MSAReport:
@@ -184,7 +185,8 @@ def mixed_surrogate_attack(
     surrogates: {name: logits_fn} supplying loss and gradient, in the order they run.
     version: the AutoAttack version whose attacks MSA runs ("standard": APGD-CE, APGD-T,
         FAB-T through each surrogate, Square against the target) or a list of names.
-    state_path: a resumable state file, as AutoAttack's; the rest as AutoAttack.
+    state_path: a resumable state file, as AutoAttack's; loop ("auto", "lax", "host"): how
+        every attack iterates, as AutoAttack's; the rest as AutoAttack.
     """
     mesh = make_mesh() if mesh is None else mesh
     # The weights replicated on the mesh once (one copy of the arrays the surrogates share
@@ -202,6 +204,7 @@ def mixed_surrogate_attack(
         num_classes=num_classes,
         mesh=mesh,
         compact=False,
+        loop=loop,
         run_checks=run_checks,
         log=log,
     )

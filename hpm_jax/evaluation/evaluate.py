@@ -41,6 +41,7 @@ import ml_collections
 import numpy as np
 
 from hpm_jax import config_sections, models
+from hpm_jax.attacks.driver import LOOPS
 from hpm_jax.attacks.resume import data_hash
 from hpm_jax.evaluation import log as evaluation_log
 from hpm_jax.evaluation import provenance
@@ -156,6 +157,10 @@ def evaluation_config(config: ml_collections.ConfigDict) -> ml_collections.Confi
                 f"evaluation.{name}={ev[name]!r} must be > 0 (the radius of the threat model), "
                 "e.g. --config.evaluation.eps=0.03137 for 8/255."
             )
+    if ev.loop not in LOOPS:
+        raise EvaluationSetupError(
+            f"evaluation.loop={ev.loop!r} is not one of {LOOPS}; e.g. --config.evaluation.loop=lax."
+        )
     if int(ev.batch_size) < 1 or int(ev.num_examples) < 0:
         raise EvaluationSetupError(
             f"evaluation.batch_size={ev.batch_size} must be >= 1 and evaluation.num_examples="

@@ -111,6 +111,7 @@ class AttackRunner:
             version=version,
             seed=int(self.ev.seed),
             attack_options=self._options(version),
+            loop=str(self.ev.loop),
             run_checks=bool(self.ev.run_checks),
             log=self.log,
             on_progress=on_progress,
@@ -139,6 +140,7 @@ class AttackRunner:
             seed=int(self.ev.seed),
             attack_options=self._options(version),
             state_path=self._state(name),
+            loop=str(self.ev.loop),
             run_checks=bool(self.ev.run_checks),
             log=self.log,
         )
