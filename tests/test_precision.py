@@ -44,8 +44,11 @@ def test_decision_margin_with_and_without_labels():
 C = 4
 # Each row's logits are its first C pixels (x 10): row 0 a near tie between classes 0 and 1
 # (margin 1e-4 of the scale), the others clear (margin >= 0.1).
-BASE = np.array([[1.0, 1.0 - 1e-4, 0.2, 0.1], [1.0, 0.9, 0.0, 0.3], [0.1, 0.8, 0.5, 1.0],
-                 [0.6, 0.0, 1.0, 0.2], [1.0, 0.2, 0.5, 0.8], [0.3, 1.0, 0.1, 0.0]], np.float32)  # fmt: skip
+BASE = np.array(
+    [[1.0, 1.0 - 1e-4, 0.2, 0.1], [1.0, 0.9, 0.0, 0.3], [0.1, 0.8, 0.5, 1.0],
+     [0.6, 0.0, 1.0, 0.2], [1.0, 0.2, 0.5, 0.8], [0.3, 1.0, 0.1, 0.0]],
+    np.float32,
+)  # fmt: skip
 XT = jnp.asarray(np.pad(BASE, ((0, 0), (0, 12 - C))).reshape(6, 2, 2, 3) / 10)
 FULL = XT.shape[0]
 
@@ -158,8 +161,9 @@ def test_every_program_of_a_run_is_traced_at_the_requested_precision():
     x = rng.uniform(0.2, 0.8, (8, 2, 2, 3)).astype(np.float32)
     y = np.asarray(jnp.argmax(spy_model(jnp.asarray(x)), 1))
     SEEN.clear()
-    report = AutoAttack(spy_model, eps=0.05, version=["apgd-ce"], log=None, precision="high",
-                        attack_options={"apgd-ce": {"n_iter": 2}}).run(x, y, batch_size=8)  # fmt: skip
+    aa = AutoAttack(spy_model, eps=0.05, version=["apgd-ce"], log=None, precision="high",
+                    attack_options={"apgd-ce": {"n_iter": 2}})  # fmt: skip
+    report = aa.run(x, y, batch_size=8)
     # checks (eager), the clean and final passes and APGD's programs all traced the model.
     assert len(SEEN) >= 4 and set(SEEN) == {"high"}, SEEN
     assert report.precision == "high" and report.to_dict()["logit_tolerance"] == 1e-5
