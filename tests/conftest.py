@@ -8,6 +8,10 @@ import pytest
 # Must be set before JAX initialises its backends, i.e. before any test imports jax.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The programs turn JAX's persistent compilation cache on (hpm_jax.runtime.compilation_cache);
+# in the suite (in-process and in subprocesses) it stays off, so no test writes to the
+# user's cache or loads another run's programs; tests/test_compilation_cache.py turns it on.
+os.environ.setdefault("JAX_ENABLE_COMPILATION_CACHE", "false")
 
 
 @pytest.fixture(autouse=True, scope="module")

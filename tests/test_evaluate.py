@@ -154,6 +154,8 @@ def test_errors_name_the_problem_and_the_fix(checkpoints, tmp_path):
                      log=None)  # fmt: skip
     with pytest.raises(evaluate.EvaluationSetupError, match="multiple of the 4 devices"):
         evaluate.run(tiny_config(batch_size=6), checkpoints["hpm"], str(tmp_path), log=None)
+    with pytest.raises(evaluate.EvaluationSetupError, match=r"precision='tf32' is not one of"):
+        evaluate.run(tiny_config(precision="tf32"), checkpoints["hpm"], str(tmp_path), log=None)
     config = tiny_config()
     with config.unlocked():
         config.evaluation.typo = 1
