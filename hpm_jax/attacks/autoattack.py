@@ -35,7 +35,12 @@ Resume. With `state_path`, the state (robust flags, adversarial images, batches 
 fingerprint of the data and configuration) is written atomically after every (attack,
 batch); a run killed at any point and started again with the same arguments continues at
 the batch it was in and ends with the same report. A state file of another evaluation raises
-`WorkdirMismatchError` naming the difference.
+`WorkdirMismatchError` naming the difference, and so does a clean verdict that changed, unless
+at a near tie (rounding in another process, `precision`): the saved verdict stands there.
+
+Precision. Every program of a run is traced at `precision` ("highest": float32 matmuls and
+convolutions on every backend; `precision.PRECISIONS`), which the report and the state file
+record; its `logit_tolerance` decides what a near tie is for the checks and a resume.
 
 Batch-dependent judges (HPM): with compact (the default) the attacks judge a point inside
 its bucket (other robust points and repeats). With compact=False every model call sees

@@ -15,7 +15,10 @@ The first five follow Croce & Hein's AutoAttack checks (`checks.py` of the refer
 `check_batch_dependence` is ours: HPM's logits depend on the whole batch, which the reference
 never looks for. Each check returns a `CheckResult` and never raises on a suspicious model:
 the evaluation goes on and the report carries the flags. Functions are called as given
-(eagerly), once per check, on a batch of real inputs.
+(eagerly), once per check, on a batch of real inputs. The checks that compare two
+computations of the same logits (`check_batch_dependence`, `check_final_reevaluation`) take a
+`tolerance` from the precision in use (`precision.logit_tolerance`): a prediction or verdict
+that changes at a near tie (decision margin within it) is rounding, counted but not flagged.
 """
 
 from __future__ import annotations

@@ -20,11 +20,12 @@ The evaluation set is the first `evaluation.num_examples` of the eval split, cut
 batches of `evaluation.batch_size` in order: HPM classifies a point in its batch's context,
 so batch size and order are part of the result and are recorded. Attack settings come from
 `config.evaluation` (see `default_evaluation_config`; a config without that section gets
-those defaults) and are written into the report. WORKDIR receives `report.json`,
-`summary.md`, `robustness.png` (and `eps_curves.png` with `evaluation.curve_eps`),
-`adversarial/*.npz` (x_adv and per-sample robust flags) and `state/` (the attacks' resumable
-state files: a killed evaluation started again with the same arguments continues where it
-stopped and ends with the same report).
+those defaults) and are written into the report; `evaluation.precision` is the matmul
+precision of every program (report.json's `precision`, with the logit tolerance it
+implies). WORKDIR receives `report.json`, `summary.md`, `robustness.png` (and
+`eps_curves.png` with `evaluation.curve_eps`), `adversarial/*.npz` (x_adv and per-sample
+robust flags) and `state/` (the attacks' resumable state files: a killed evaluation started
+again with the same arguments continues where it stopped and ends with the same report).
 """
 
 from __future__ import annotations
