@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from toys import CHAIN_EPS, CHAIN_SIZES, chain_data, shift_chain
 
-from hpm_jax.attacks import AutoAttack, checks, precision
+from hpm_jax.attacks import AutoAttack, checks, mixed_surrogate_attack, precision
 from hpm_jax.runtime.identity import WorkdirMismatchError
 
 TF32_NOISE = 2 * precision.TF32_UNIT  # one logit's error, relative to the logits' scale
@@ -173,3 +173,17 @@ def test_every_program_of_a_run_is_traced_at_the_requested_precision():
     assert "precision = [HIGH, HIGH]" in text
     with pytest.raises(ValueError, match="precision must be one of"):
         AutoAttack(spy_model, eps=0.05, precision="tf32")
+
+
+def test_msa_runs_every_surrogate_at_the_requested_precision():
+    rng = np.random.default_rng(2)
+    x = rng.uniform(0.2, 0.8, (8, 2, 2, 3)).astype(np.float32)
+    y = np.asarray(jnp.argmax(spy_model(jnp.asarray(x)), 1))
+    SEEN.clear()
+    report = mixed_surrogate_attack(
+        spy_model, {"a": lambda v: 2 * spy_model(v), "b": spy_model}, x, y, eps=0.05,
+        batch_size=8, version=["apgd-ce"], attack_options={"apgd-ce": {"n_iter": 2}},
+        run_checks=False, log=None, precision="high",
+    )  # fmt: skip
+    assert len(SEEN) >= 3 and set(SEEN) == {"high"}, SEEN
+    assert report.chain.precision == "high"
