@@ -99,5 +99,5 @@ def test_a_second_evaluation_compiles_nothing_again(inputs, tmp_path):
     assert second["cache_hits"] == second["compile_requests_use_cache"], second
     assert _files(cache) == written
     report = integrity.read_json(tmp_path / "second" / "report.json")
-    assert report["precision"]["level"] == "highest"
-    assert report["provenance"]["matmul_precision"] == "highest"
+    assert report["precision"]["level"] == "high"
+    assert report["provenance"]["matmul_precision"] == "high"

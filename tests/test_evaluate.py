@@ -71,10 +71,10 @@ def test_report_fields_and_consistency(evaluated):
     msa = report["heads"]["hpm"]["msa"]
     assert list(msa["per_surrogate"]) == ["fc", "ste"]
     # The default precision, float32's tolerance, in the report, every attack and provenance.
-    assert report["precision"] == {"level": "highest", "backend": "cpu",
+    assert report["precision"] == {"level": "high", "backend": "cpu",
                                    "compute_dtype": "float32", "logit_tolerance": 1e-5}  # fmt: skip
-    assert report["provenance"]["matmul_precision"] == "highest"
-    assert {msa["chain"]["precision"], msa["chain"]["logit_tolerance"]} == {"highest", 1e-5}
+    assert report["provenance"]["matmul_precision"] == "high"
+    assert {msa["chain"]["precision"], msa["chain"]["logit_tolerance"]} == {"high", 1e-5}
     assert list(msa["robust_accuracy_after"]) == ["apgd-ce@fc", "apgd-ce@ste", "square"]
     # HPM is a dynamic, batch-coupled defense: the naive evaluation's checks must say so.
     naive = report["heads"]["hpm"]["naive_autoattack"]

@@ -25,6 +25,9 @@ def test_tolerances_follow_the_rounding_of_each_precision():
     assert precision.logit_tolerance("default", "cpu") == precision.FLOAT32_FLOOR  # XLA:CPU: f32
     assert TF32_TOL == 8 * 2.0**-11 and TF32_TOL >= 2 * TF32_NOISE  # a margin moves by 2 errors
     assert precision.logit_tolerance("default", "tpu") == 8 * 2.0**-8
+    # The default, "high": TF32 on a GPU, 3 bfloat16 passes (~16 bits) on a TPU.
+    assert precision.DEFAULT == "high" and precision.logit_tolerance("high", "gpu") == TF32_TOL
+    assert precision.logit_tolerance("high", "tpu") == 8 * 2.0**-16
     # A bfloat16 model rounds to bfloat16 whatever the level; an unknown platform: the coarsest.
     assert precision.logit_tolerance("highest", "gpu", "bfloat16") == 8 * 2.0**-8
     assert precision.logit_tolerance("high", "metal") == 8 * 2.0**-11  # the GPU's TF32
@@ -161,16 +164,16 @@ def test_every_program_of_a_run_is_traced_at_the_requested_precision():
     x = rng.uniform(0.2, 0.8, (8, 2, 2, 3)).astype(np.float32)
     y = np.asarray(jnp.argmax(spy_model(jnp.asarray(x)), 1))
     SEEN.clear()
-    aa = AutoAttack(spy_model, eps=0.05, version=["apgd-ce"], log=None, precision="high",
+    aa = AutoAttack(spy_model, eps=0.05, version=["apgd-ce"], log=None, precision="highest",
                     attack_options={"apgd-ce": {"n_iter": 2}})  # fmt: skip
     report = aa.run(x, y, batch_size=8)
     # checks (eager), the clean and final passes and APGD's programs all traced the model.
-    assert len(SEEN) >= 4 and set(SEEN) == {"high"}, SEEN
-    assert report.precision == "high" and report.to_dict()["logit_tolerance"] == 1e-5
+    assert len(SEEN) >= 4 and set(SEEN) == {"highest"}, SEEN
+    assert report.precision == "highest" and report.to_dict()["logit_tolerance"] == 1e-5
     # The level is in the program: the lowered dot asks for it.
-    with precision.applied("high"):
+    with precision.applied("highest"):
         text = jax.jit(spy_model).lower(jnp.asarray(x)).as_text()
-    assert "precision = [HIGH, HIGH]" in text
+    assert "precision = [HIGHEST, HIGHEST]" in text
     with pytest.raises(ValueError, match="precision must be one of"):
         AutoAttack(spy_model, eps=0.05, precision="tf32")
 
@@ -183,7 +186,7 @@ def test_msa_runs_every_surrogate_at_the_requested_precision():
     report = mixed_surrogate_attack(
         spy_model, {"a": lambda v: 2 * spy_model(v), "b": spy_model}, x, y, eps=0.05,
         batch_size=8, version=["apgd-ce"], attack_options={"apgd-ce": {"n_iter": 2}},
-        run_checks=False, log=None, precision="high",
+        run_checks=False, log=None, precision="highest",
     )  # fmt: skip
-    assert len(SEEN) >= 3 and set(SEEN) == {"high"}, SEEN
-    assert report.chain.precision == "high"
+    assert len(SEEN) >= 3 and set(SEEN) == {"highest"}, SEEN
+    assert report.chain.precision == "highest"

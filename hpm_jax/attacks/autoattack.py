@@ -38,9 +38,9 @@ the batch it was in and ends with the same report. A state file of another evalu
 `WorkdirMismatchError` naming the difference, and so does a clean verdict that changed, unless
 at a near tie (rounding in another process, `precision`): the saved verdict stands there.
 
-Precision. Every program of a run is traced at `precision` ("highest": float32 matmuls and
-convolutions on every backend; `precision.PRECISIONS`), which the report and the state file
-record; its `logit_tolerance` decides what a near tie is for the checks and a resume.
+Precision. Every program of a run is traced at `precision` (default "high", the reference's
+arithmetic: float32 on the CPU, TF32 on a GPU; `precision.PRECISIONS`), which the report and
+the state file record; its `logit_tolerance` decides what a near tie is for the checks and a resume.
 
 Batch-dependent judges (HPM): with compact (the default) the attacks judge a point inside
 its bucket (other robust points and repeats). With compact=False every model call sees
@@ -230,7 +230,7 @@ class AutoAttack:
         every attack counts a break at the judged iterate where it happens.
     rand_verdict: how a randomized model is judged, "rerun" (the reference) or "any_draw"
         (RAND_VERDICTS); ignored for deterministic models.
-    precision: float32 matmul / convolution precision of every program ("highest", "high",
+    precision: float32 matmul / convolution precision of every program ("high", "highest",
         "default": `precision.PRECISIONS`); "highest" computes in float32 on every backend.
     logit_tolerance: the relative decision margin within which a changed verdict is a near
         tie (not flagged by the checks, no reason to refuse a resume); default

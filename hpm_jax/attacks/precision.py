@@ -1,20 +1,21 @@
 """The arithmetic precision of an evaluation's programs, and the logit tolerance it implies.
 
     from hpm_jax.attacks import precision
-    with precision.applied("highest"):              # every matmul / convolution traced inside
+    with precision.applied("high"):                 # every matmul / convolution traced inside
         report = AutoAttack(fn, eps=8 / 255).run(x, y, batch_size=500)
     tol = precision.logit_tolerance("default", "gpu")    # 2**-8: TF32's rounding, x8
     near = precision.decision_margin(logits, y) <= tol  # verdicts within rounding noise
 
 Precision. `PRECISIONS` are JAX's levels for float32 matrix products and convolutions
-(`jax.default_matmul_precision`): "highest" is float32 everywhere (the default: the CPU's
-arithmetic, the reference's on the CPU, and within rounding of the reference on a GPU, where
-PyTorch runs matmuls in float32 and cuDNN convolutions in TF32 unless told otherwise);
-"high" and "default" let the backend round the operands (GPU: TF32, 11 significant bits;
-TPU: 3 or 1 bfloat16 passes). On the CPU all three compute in float32. `applied` sets it
-while programs are traced: it is part of every program's cache key, so programs traced
-under another level compile anew. An operation that asks for its own precision (the l2
-heads ask for HIGHEST) keeps it.
+(`jax.default_matmul_precision`): "highest" is float32 everywhere (TPU: 6 bfloat16 passes);
+"high" rounds the operands to TF32 on a GPU (11 significant bits) and computes in 3
+bfloat16 passes on a TPU (~16 bits); "default" is the backend's fastest (GPU: TF32, TPU: one
+bfloat16 pass, 8 bits). On the CPU all three compute in float32. The default, "high", is the
+reference's arithmetic: pyautoattack leaves PyTorch's defaults, float32 on the CPU and TF32
+cuDNN convolutions on a GPU (docs/design.md, section 3). `applied` sets the level while
+programs are traced: it is part of every program's cache key, so programs traced under
+another level compile anew. An operation that asks for its own precision (the l2 heads ask
+for HIGHEST) keeps it.
 
 Tolerance. Logits computed at another batch shape, in another process or with other
 kernels differ by rounding: float32 summation order (~sqrt(K) u for a sum of K terms,
@@ -43,7 +44,7 @@ PRECISIONS = {
     "high": "GPU: TF32 (11 significant bits); TPU: 3 bfloat16 passes; CPU: float32",
     "default": "the backend's fastest: GPU TF32, TPU one bfloat16 pass; CPU float32",
 }
-DEFAULT = "highest"
+DEFAULT = "high"  # the reference's arithmetic (module docstring)
 
 FLOAT32_UNIT = 2.0**-24
 TF32_UNIT = 2.0**-11
