@@ -17,8 +17,10 @@ configurations or machines never load a wrong one. The cache is never pruned (JA
 `jax_compilation_cache_max_size`, default unlimited, sets a bound).
 
 JAX caches only programs that took at least 1 s to compile by default; `enable` caches
-every program (`jax_persistent_cache_min_compile_time_secs=0`, no minimum size), since an
-evaluation's many small programs compile in well under a second each on a GPU yet add up.
+every program (`jax_persistent_cache_min_compile_time_secs=0`, no minimum size): with the
+threshold, a tiny evaluation kept 4 of its 27 programs (benchmarks/RESULTS.md), and the
+many quick programs add up. On a GPU, JAX's default also keeps XLA's autotuning results
+there (`jax_persistent_cache_enable_xla_caches`).
 JAX_ENABLE_COMPILATION_CACHE=false (JAX's switch; the test suite sets it) leaves the cache
 off whatever the arguments.
 """
