@@ -14,6 +14,8 @@ import pytest
 from toys import CHAIN_EPS, CHAIN_SIZES, chain_data, shift_chain
 
 from hpm_jax.attacks import AutoAttack, checks, mixed_surrogate_attack, precision
+from hpm_jax.evaluation import evaluate
+from hpm_jax.models import get_model
 from hpm_jax.runtime.identity import WorkdirMismatchError
 
 TF32_NOISE = 2 * precision.TF32_UNIT  # one logit's error, relative to the logits' scale
@@ -190,3 +192,12 @@ def test_msa_runs_every_surrogate_at_the_requested_precision():
     )  # fmt: skip
     assert len(SEEN) >= 3 and set(SEEN) == {"highest"}, SEEN
     assert report.chain.precision == "highest"
+
+
+@pytest.mark.parametrize("dtype,tolerance", [(jnp.float32, 1e-5), (jnp.bfloat16, 8 * 2.0**-8)])
+def test_an_evaluation_takes_the_coarser_of_the_level_and_the_models_dtype(dtype, tolerance):
+    model = get_model("small_cnn", num_classes=10, head="fc", in_channels=1, image_size=8,
+                      dtype=dtype)  # fmt: skip
+    used = evaluate.arithmetic(evaluate.default_evaluation_config(), model)
+    assert used == {"level": "high", "backend": "cpu", "compute_dtype": jnp.dtype(dtype).name,
+                    "logit_tolerance": tolerance}  # fmt: skip

@@ -301,9 +301,9 @@ def run(
     try:
         # ---- the attacks: one row per head, then robust accuracy vs eps -------------------
         start = time.perf_counter()
-        arithmetic = _precision(ev, inputs.model)
+        used = arithmetic(ev, inputs.model)
         runner = AttackRunner(
-            ev, inputs.x, inputs.y, workdir, logger, logit_tolerance=arithmetic["logit_tolerance"]
+            ev, inputs.x, inputs.y, workdir, logger, logit_tolerance=used["logit_tolerance"]
         )
         surrogates = tuple(ev.surrogates) if inputs.want_msa else ()
         fns = models.logits_fns(inputs.model, inputs.variables, [*inputs.modes, *surrogates])
@@ -313,14 +313,14 @@ def run(
 
         # ---- the report: report.json, summary.md, plots, TensorBoard ----------------------
         report = _report(config, ev, inputs, heads, curves, runner.seconds, start)
-        report["precision"] = arithmetic
+        report["precision"] = used
         _write(report, inputs.rb_info, workdir, logger)
         return report
     finally:
         logger.close()
 
 
-def _precision(ev, model) -> dict[str, Any]:
+def arithmetic(ev: ml_collections.ConfigDict, model: Any) -> dict[str, Any]:
     """The arithmetic of every program: `evaluation.precision`, the backend, the dtype the
     backbone computes in (a bfloat16 model rounds to bfloat16 whatever the level), and the
     logit tolerance they imply (`hpm_jax.attacks.precision`: near ties are not findings)."""
