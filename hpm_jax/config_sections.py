@@ -153,6 +153,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         # RobustBench's subset and order (CIFAR's original test order, ImageNet's listed ids;
         # hpm_jax.zoo.evaluation).
         "order": "source",
+        # Float32 matmul / convolution precision of every attack program: "high" (the
+        # reference's: CPU float32, GPU TF32, TPU 3 bfloat16 passes), "highest" (float32
+        # everywhere) or "default" (TPU: 1 bfloat16 pass). hpm_jax.attacks.precision.
+        "precision": "high",
     },
 }
 # Free dicts with defaults: keys beyond the table's are kept (e.g. any HPMHead field).

@@ -20,6 +20,10 @@ if PLATFORM != "cpu":
     # The tolerances are derived for float32 arithmetic; an accelerator's default precision
     # (TF32 convolutions on NVIDIA, bf16 passes on TPU) is benchmarks/gpu_check.py's subject.
     jax.config.update("jax_default_matmul_precision", "highest")
+# The programs turn JAX's persistent compilation cache on (hpm_jax.runtime.compilation_cache);
+# in the suite (in-process and in subprocesses) it stays off, so no test writes to the
+# user's cache or loads another run's programs; tests/test_compilation_cache.py turns it on.
+os.environ.setdefault("JAX_ENABLE_COMPILATION_CACHE", "false")
 
 
 @pytest.fixture(autouse=True, scope="module")

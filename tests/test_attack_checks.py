@@ -128,7 +128,7 @@ def test_perturbation_check_flags_leaving_the_ball_the_box_or_nans():
 def test_final_reevaluation_counts_changed_verdicts():
     chain = np.array([True, True, False, False])
     r = checks.check_final_reevaluation(chain, np.array([True, False, True, False]))
-    assert r.flagged and r.details == {"lost": 1, "regained": 1}
+    assert r.flagged and r.details == {"lost": 1, "regained": 1, "near_ties": 0}
     assert not checks.check_final_reevaluation(chain, chain).flagged
 
 

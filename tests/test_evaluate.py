@@ -71,6 +71,11 @@ def test_report_fields_and_consistency(evaluated):
             assert saved["x_adv"].min() >= 0 and saved["x_adv"].max() <= 1
     msa = report["heads"]["hpm"]["msa"]
     assert list(msa["per_surrogate"]) == ["fc", "ste"]
+    # The default precision, float32's tolerance, in the report, every attack and provenance.
+    assert report["precision"] == {"level": "high", "backend": "cpu",
+                                   "compute_dtype": "float32", "logit_tolerance": 1e-5}  # fmt: skip
+    assert report["provenance"]["matmul_precision"] == "high"
+    assert {msa["chain"]["precision"], msa["chain"]["logit_tolerance"]} == {"high", 1e-5}
     assert list(msa["robust_accuracy_after"]) == ["apgd-ce@fc", "apgd-ce@ste", "square"]
     # HPM is a dynamic, batch-coupled defense: the naive evaluation's checks must say so.
     naive = report["heads"]["hpm"]["naive_autoattack"]
@@ -157,6 +162,8 @@ def test_errors_name_the_problem_and_the_fix(checkpoints, tmp_path):
         evaluate.run(tiny_config(loop="python"), checkpoints["hpm"], str(tmp_path), log=None)
     with pytest.raises(evaluate.EvaluationSetupError, match="multiple of the 4 devices"):
         evaluate.run(tiny_config(batch_size=6), checkpoints["hpm"], str(tmp_path), log=None)
+    with pytest.raises(evaluate.EvaluationSetupError, match=r"precision='tf32' is not one of"):
+        evaluate.run(tiny_config(precision="tf32"), checkpoints["hpm"], str(tmp_path), log=None)
     config = tiny_config()
     with config.unlocked():
         config.evaluation.typo = 1

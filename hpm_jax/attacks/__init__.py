@@ -14,7 +14,8 @@ puts attacks of your own into an AutoAttack chain. Each iterative attack is an i
 finish triple (`ApgdSteps`, `FabSteps`, `SquareSteps`) run by the one `driver`, which owns
 the restarts, the shrinking to the points still robust and the host or `lax` loop. The
 geometry (norms, projections, random starts, per-row keys) is `geometry`, the batching
-(buckets, rows) `batching`, the argument checks and traced logits functions `contract`.
+(buckets, rows) `batching`, the argument checks and traced logits functions `contract`,
+the matmul precision of the programs and the logit tolerance it implies `precision`.
 
 Prefer pytree logits functions (`hpm_jax.models.logits_fn(model, variables)` or
 `jax.tree_util.Partial(model.apply, variables)`): their weights are traced arguments of the

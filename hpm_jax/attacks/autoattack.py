@@ -36,7 +36,12 @@ Resume. With `state_path`, the state (robust flags, adversarial images, batches 
 fingerprint of the data and configuration) is written atomically after every (attack,
 batch); a run killed at any point and started again with the same arguments continues at
 the batch it was in and ends with the same report. A state file of another evaluation raises
-`WorkdirMismatchError` naming the difference.
+`WorkdirMismatchError` naming the difference, and so does a clean verdict that changed, unless
+at a near tie (rounding in another process, `precision`): the saved verdict stands there.
+
+Precision. Every program of a run is traced at `precision` (default "high", the reference's
+arithmetic: float32 on the CPU, TF32 on a GPU; `precision.PRECISIONS`), which the report and
+the state file record; its `logit_tolerance` decides what a near tie is for the checks and a resume.
 
 Batch-dependent judges (HPM): with compact (the default) the attacks judge a point inside
 its bucket (other robust points and repeats). With compact=False every model call sees
@@ -71,6 +76,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from hpm_jax.attacks import batching, checks, contract, driver, versions
+from hpm_jax.attacks import precision as precision_lib
 from hpm_jax.attacks.resume import ChainState, StateStore, data_hash
 from hpm_jax.attacks.versions import AttackSpec
 from hpm_jax.runtime.identity import WorkdirMismatchError
@@ -101,7 +107,10 @@ class AutoAttackReport:
     final_accuracy: the judge's accuracy on x_adv alone, re-evaluated in the original batches.
     robust_accuracy_after: robust accuracy after each attack of the chain, in order (before
     the final re-evaluation); times: seconds spent in each attack (summed over resumes).
-    checks: the sanity checks; `flagged` lists the suspicious ones."""
+    checks: the sanity checks; `flagged` lists the suspicious ones.
+    precision: the matmul / convolution precision every program ran at; logit_tolerance:
+    the relative decision margin under which a changed verdict was a near tie (checks,
+    resume; `precision`)."""
 
     x_adv: np.ndarray
     robust: np.ndarray
@@ -125,6 +134,8 @@ class AutoAttackReport:
     resumed: bool = False
     rand_verdict: str | None = None
     loop: str = "auto"
+    precision: str = precision_lib.DEFAULT
+    logit_tolerance: float = precision_lib.FLOAT32_FLOOR
 
     @property
     def flagged(self) -> list[checks.CheckResult]:
@@ -148,7 +159,9 @@ class AutoAttackReport:
 
 @functools.partial(jit, static_argnames="randomized")
 def _judge_correct(fn, x, y, key, *, randomized):
-    return jnp.argmax(contract.call(fn, x, key, randomized), axis=-1) == y
+    """(correct, relative decision margin) per row (`precision.decision_margin`)."""
+    logits = contract.call(fn, x, key, randomized)
+    return jnp.argmax(logits, axis=-1) == y, precision_lib.decision_margin(logits, y)
 
 
 def _put(a: np.ndarray, sharding) -> jax.Array:
@@ -225,6 +238,11 @@ class AutoAttack:
         jitted `lax` loop (the default on GPU and TPU), "host" as one jitted call per
         iteration (the default for gradient attacks on CPU). Both give the same results
         (within float rounding); the report records the setting.
+    precision: float32 matmul / convolution precision of every program ("high", "highest",
+        "default": `precision.PRECISIONS`); "highest" computes in float32 on every backend.
+    logit_tolerance: the relative decision margin within which a changed verdict is a near
+        tie (not flagged by the checks, no reason to refuse a resume); default
+        `precision.logit_tolerance(precision, platform)`. Pass it for a bfloat16 model.
     run_checks: run the sanity checks on the first batch.
     log: receives each log line (default print; None: the `hpm_jax.autoattack` logger only).
     on_progress(attack, batch, n_batches): called after each batch is done and saved.
@@ -247,6 +265,8 @@ class AutoAttack:
         compact: bool = True,
         rand_verdict: str = "rerun",
         loop: str = "auto",
+        precision: str = precision_lib.DEFAULT,
+        logit_tolerance: float | None = None,
         run_checks: bool = True,
         log: Callable[[str], Any] | None = print,
         on_progress: Callable[[str, int, int], Any] | None = None,
@@ -282,6 +302,13 @@ class AutoAttack:
                 f"rand_verdict must be one of {tuple(RAND_VERDICTS)}, got {rand_verdict!r}."
             )
         self.rand_verdict = rand_verdict if self.randomized else None
+        self.precision = precision_lib.check_precision(precision)
+        platform = self.mesh.devices.flat[0].platform
+        self.tolerance = float(
+            precision_lib.logit_tolerance(precision, platform)
+            if logit_tolerance is None
+            else logit_tolerance
+        )
         self.run_checks, self.log, self.on_progress = run_checks, log, on_progress
         self.version = version if isinstance(version, str) else "custom"
         self.attacks = versions.build_chain(
@@ -314,15 +341,17 @@ class AutoAttack:
         fits = a.shape[0] % self.mesh.devices.size == 0
         return _put(a, data_sharding(self.mesh) if fits else replicated(self.mesh))
 
-    def _judged_correct(self, x, y, plan: _Plan, tag: int) -> np.ndarray:
+    def _judged_correct(self, x, y, plan: _Plan, tag: int) -> tuple[np.ndarray, np.ndarray]:
         """The judge's verdict on x, batch by batch in the original batches (with compact,
-        the last padded by repeating its points to the largest bucket, one compiled shape)."""
+        the last padded by repeating its points to the largest bucket, one compiled shape),
+        and where it is a near tie (decision margin within the tolerance)."""
         judge = contract.traced(self.judge_fn)  # already on the mesh
         out = np.zeros(len(x), bool)
+        near_tie = np.zeros(len(x), bool)
         for b, idx in enumerate(plan.batches):
             rows = self._rows(idx, plan.sizes[:1])
             key = jax.random.fold_in(jax.random.fold_in(self._root_key(), tag), b)
-            correct = _judge_correct(
+            correct, margin = _judge_correct(
                 judge,
                 self._place(x[rows.index]),
                 self._place(y[rows.index]),
@@ -330,7 +359,8 @@ class AutoAttack:
                 randomized=self.randomized,
             )
             out[idx] = batching.to_host(correct)[: rows.n]
-        return out
+            near_tie[idx] = batching.to_host(margin)[: rows.n] <= self.tolerance
+        return out, near_tie
 
     def _checks(self, x, y) -> list[checks.CheckResult]:
         key = jax.random.fold_in(self._root_key(), _CHECK_TAG)
@@ -346,7 +376,7 @@ class AutoAttack:
         results.append(checks.check_zero_gradients(loss_fn, xj, yj))
         results.append(checks.check_dynamic(loss_fn, xj))
         if not self.randomized:
-            results.append(checks.check_batch_dependence(judge, xj))
+            results.append(checks.check_batch_dependence(judge, xj, tolerance=self.tolerance))
         return results
 
     # --------------------------------------------------------------------------------- run
@@ -359,7 +389,12 @@ class AutoAttack:
         state_path: str | Path | None = None,
     ) -> AutoAttackReport:
         """Evaluate (x, y): x (n, H, W, C) float in [0, 1], y (n,) int labels. With
-        `state_path`, progress is saved after every batch and a killed run resumes there."""
+        `state_path`, progress is saved after every batch and a killed run resumes there.
+        Every program runs at `precision`."""
+        with precision_lib.applied(self.precision):
+            return self._run(x, y, batch_size, state_path)
+
+    def _run(self, x, y, batch_size, state_path) -> AutoAttackReport:
         x, y = np.asarray(x), np.asarray(y)
         if x.ndim < 1 or len(x) == 0:
             raise ValueError(f"x must hold at least one image, got shape {x.shape}.")
@@ -378,7 +413,7 @@ class AutoAttack:
             if r.flagged:
                 self._log(r.message, logging.WARNING)
 
-        clean = self._judged_correct(x, y, plan, _CLEAN_TAG)
+        clean, near_tie = self._judged_correct(x, y, plan, _CLEAN_TAG)
         if state is None:
             state = ChainState.new(plan.fingerprint, clean)
             if store is not None:
@@ -386,7 +421,7 @@ class AutoAttack:
             self._log(f"initial accuracy: {clean.mean():.2%}")
             x_adv = x.copy()
         else:
-            x_adv = self._restore(state, store, clean, x, y, plan)
+            x_adv = self._restore(state, store, clean, near_tie, x, y, plan)
 
         for a, spec in enumerate(plan.specs):
             if state.batches_done.get(spec.name, 0) == len(plan.batches):
@@ -448,6 +483,7 @@ class AutoAttack:
             "randomized": self.randomized,
             "compact": self.compact,
             "rand_verdict": self.rand_verdict,
+            "precision": self.precision,
         }
         return _Plan(
             batch_size=int(batch_size),
@@ -459,13 +495,23 @@ class AutoAttack:
             num_devices=int(n_dev),
         )
 
-    def _restore(self, state, store, clean, x, y, plan) -> np.ndarray:
-        changed = int((clean != state.clean).sum())
-        if changed and not self.randomized:
+    def _restore(self, state, store, clean, near_tie, x, y, plan) -> np.ndarray:
+        """Resume from `state`. A clean verdict that changed refuses the resume (another
+        model), unless it is a near tie (`near_tie`: its decision margin now is within the
+        tolerance, so rounding in another process or kernel can flip it): the saved verdict
+        stands then, so the resumed run ends as the uninterrupted one."""
+        changed = clean != state.clean
+        real = int((changed & ~near_tie).sum())
+        if real and not self.randomized:
             raise WorkdirMismatchError(
-                f"the model classifies {changed} clean points differently from when the state "
+                f"the model classifies {real} clean points differently from when the state "
                 f"file {store.path} was written: a different model or parameters. Pass the "
                 "same model, or another state_path, or delete the file."
+            )
+        if changed.any() and not self.randomized:
+            self._log(
+                f"{int(changed.sum())} clean verdict(s) changed at near ties (decision "
+                f"margin within {self.tolerance:.3g}): the saved verdicts stand."
             )
         done = [s for s in plan.names if state.batches_done.get(s, 0) == len(plan.batches)]
         if done:
@@ -552,9 +598,9 @@ class AutoAttack:
             )
             robust_b = res.robust
             if self.rand_verdict == "rerun":  # the reference: one run on the output decides
-                robust_b = _judge_correct(contract.traced(self.judge_fn), res.x_adv, yb,
-                                          jax.random.fold_in(key, _RERUN_TAG),
-                                          randomized=True)  # fmt: skip
+                robust_b, _ = _judge_correct(contract.traced(self.judge_fn), res.x_adv, yb,
+                                             jax.random.fold_in(key, _RERUN_TAG),
+                                             randomized=True)  # fmt: skip
             # Only the first bucket.n rows are real points; the padding is never read.
             # Newly broken only: a point already broken keeps its first adversarial image.
             newly = ~batching.to_host(robust_b)[: bucket.n].astype(bool) & robust[idx]
@@ -564,14 +610,14 @@ class AutoAttack:
 
     def _report(self, x, y, x_adv, state, plan, results) -> AutoAttackReport:
         """Re-judge x_adv in the original batches, run the closing checks, log, report."""
-        final = self._judged_correct(x_adv, y, plan, _FINAL_TAG)
+        final, final_near_tie = self._judged_correct(x_adv, y, plan, _FINAL_TAG)
         # The composed batch is one more judged batch (every image within eps), except for a
         # randomized model judged as the reference, where it is only reported beside.
         robust = state.robust if self.rand_verdict == "rerun" else state.robust & final
         after = {s.name: state.accuracy_after[s.name] for s in plan.specs}
         closing = [
             checks.check_square({"clean": float(state.clean.mean()), **after}),
-            checks.check_final_reevaluation(state.robust, final),
+            checks.check_final_reevaluation(state.robust, final, final_near_tie),
             checks.check_perturbation(x_adv, x, norm=self.norm, eps=self.eps),
         ]
         for r in closing:
@@ -602,4 +648,6 @@ class AutoAttack:
             resumed=state.resumed,
             rand_verdict=self.rand_verdict,
             loop=self.loop,
+            precision=self.precision,
+            logit_tolerance=self.tolerance,
         )

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from hpm_jax.attacks import contract, types, versions
+from hpm_jax.attacks import precision as precision_lib
 from hpm_jax.attacks.autoattack import AutoAttack, AutoAttackReport
 from hpm_jax.runtime.sharding import make_mesh
 
@@ -176,6 +177,8 @@ def mixed_surrogate_attack(
     loop: str = "auto",
     run_checks: bool = True,
     log: Callable[[str], Any] | None = print,
+    precision: str = precision_lib.DEFAULT,
+    logit_tolerance: float | None = None,
 ) -> MSAReport:
     """Run MSA on (x, y): x (n, H, W, C) in [0, 1], y (n,) int labels, in fixed batches of
     `batch_size` in the given order (a multiple of the device count splits each batch over the
@@ -186,7 +189,8 @@ def mixed_surrogate_attack(
     version: the AutoAttack version whose attacks MSA runs ("standard": APGD-CE, APGD-T,
         FAB-T through each surrogate, Square against the target) or a list of names.
     state_path: a resumable state file, as AutoAttack's; loop ("auto", "lax", "host"): how
-        every attack iterates, as AutoAttack's; the rest as AutoAttack.
+        every attack iterates, as AutoAttack's; the rest (precision and logit_tolerance
+        included: every program of every surrogate runs at `precision`) as AutoAttack.
     """
     mesh = make_mesh() if mesh is None else mesh
     # The weights replicated on the mesh once (one copy of the arrays the surrogates share
@@ -207,6 +211,8 @@ def mixed_surrogate_attack(
         loop=loop,
         run_checks=run_checks,
         log=log,
+        precision=precision,
+        logit_tolerance=logit_tolerance,
     )
     report = chain.run(x, y, batch_size=batch_size, state_path=state_path)
     after = dict(report.robust_accuracy_after)

@@ -23,13 +23,14 @@ ConfigDicts and paths. A program:
 
 `run` takes the `--config.KEY=VALUE` arguments out of argv (`config_lib.split_overrides`:
 keys split at dots only, so `--config.evaluation.attack_options.apgd-ce.n_iter=10` works, as
-does `apgd_ce`) and runs `main` under absl. Every user error (a bad or missing flag, a config
-file, variant or key that does not exist, a value of the wrong type, and the `user_errors`
-the program names: a missing dataset, a checkpoint of another architecture, settings changed
-under an existing state file...) ends the program with one line on stderr, `PROG: error:
-MESSAGE`, naming the fix, and exit code 2 (`EXIT_USER_ERROR`), without a traceback. The
-programs check what they are asked for before they write anything, so such an error never
-loses output.
+does `apgd_ce`), turns JAX's persistent compilation cache on (`--compilation_cache_dir`,
+every program's flag: `hpm_jax.runtime.compilation_cache`) and runs `main` under absl.
+Every user error (a bad or missing flag, a config file, variant or key that does not exist, a
+value of the wrong type, and the `user_errors` the program names: a missing dataset, a
+checkpoint of another architecture, settings changed under an existing state file...) ends
+the program with one line on stderr, `PROG: error: MESSAGE`, naming the fix, and exit code 2
+(`EXIT_USER_ERROR`), without a traceback. The programs check what they are asked for before
+they write anything, so such an error never loses output.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from typing import NoReturn
 from absl import app, flags
 
 from hpm_jax import config_lib
-from hpm_jax.runtime import integrity
+from hpm_jax.runtime import compilation_cache, integrity
 
 EXIT_USER_ERROR = 2
 # Errors of what the user asked for, in every program (each program adds its own), and the
@@ -57,6 +58,12 @@ COMMON_USER_ERRORS: tuple[type[BaseException], ...] = (
     app.UsageError,
 )
 _MAX_LISTED = 3
+# Every program's: compiled programs are kept on disk (`hpm_jax.runtime.compilation_cache`).
+_COMPILATION_CACHE_DIR = flags.DEFINE_string(
+    "compilation_cache_dir", None, "JAX's persistent compilation cache: a resumed or repeated "
+    "run loads its compiled programs from here. Default: JAX_COMPILATION_CACHE_DIR, else "
+    f"~/.cache/{compilation_cache.SUBDIRECTORY} ($XDG_CACHE_HOME); '' turns it off.",
+)  # fmt: skip
 
 
 class UserError(ValueError):
@@ -129,6 +136,7 @@ def run(
         if len(args) > 1:
             fail(prog, f"unexpected arguments {args[1:]}; flags look like --name=value.")
         try:
+            compilation_cache.enable(_COMPILATION_CACHE_DIR.value)  # before anything compiles
             main(args, overrides)
         except errors as error:
             fail(prog, one_line(error))
@@ -164,8 +172,9 @@ def define_config_flag(name: str = "config", help_string: str = "") -> flags.Fla
 
 
 def show_in_help(module_name: str, *holders: flags.FlagHolder) -> None:
-    """Make the flags defined by `module_name` (pass `__name__`) and `holders` (flags defined
-    elsewhere, like `--config`) key flags of the main module, so that `--help` lists them.
+    """Make the flags defined by `module_name` (pass `__name__`), `holders` (flags defined
+    elsewhere, like `--config`) and `--compilation_cache_dir` key flags of the main module, so
+    that `--help` lists them.
 
     absl's `--help` prints the "key flags" of the main module, which it finds by the name
     `sys.argv[0]`, and a flag is key to the module whose code defined it. So `--config`
@@ -175,7 +184,8 @@ def show_in_help(module_name: str, *holders: flags.FlagHolder) -> None:
     main = sys.argv[0]
     # absl registers the flags of the module run as __main__ under sys.argv[0].
     defined = values.flags_by_module_dict().get(main if module_name == "__main__" else module_name)
-    for flag in [*(defined or []), *(values[holder.name] for holder in holders)]:
+    shared = (*holders, _COMPILATION_CACHE_DIR)  # every program's flags defined here
+    for flag in [*(defined or []), *(values[holder.name] for holder in shared)]:
         values.register_key_flag_for_module(main, flag)
 
 

@@ -20,11 +20,12 @@ The evaluation set is the first `evaluation.num_examples` of the eval split, cut
 batches of `evaluation.batch_size` in order: HPM classifies a point in its batch's context,
 so batch size and order are part of the result and are recorded. Attack settings come from
 `config.evaluation` (see `default_evaluation_config`; a config without that section gets
-those defaults) and are written into the report. WORKDIR receives `report.json`,
-`summary.md`, `robustness.png` (and `eps_curves.png` with `evaluation.curve_eps`),
-`adversarial/*.npz` (x_adv and per-sample robust flags) and `state/` (the attacks' resumable
-state files: a killed evaluation started again with the same arguments continues where it
-stopped and ends with the same report).
+those defaults) and are written into the report; `evaluation.precision` is the matmul
+precision of every program (report.json's `precision`, with the logit tolerance it
+implies). WORKDIR receives `report.json`, `summary.md`, `robustness.png` (and
+`eps_curves.png` with `evaluation.curve_eps`), `adversarial/*.npz` (x_adv and per-sample
+robust flags) and `state/` (the attacks' resumable state files: a killed evaluation started
+again with the same arguments continues where it stopped and ends with the same report).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import ml_collections
 import numpy as np
 
 from hpm_jax import config_sections, models
+from hpm_jax.attacks import precision
 from hpm_jax.attacks.driver import LOOPS
 from hpm_jax.attacks.resume import data_hash
 from hpm_jax.evaluation import log as evaluation_log
@@ -160,6 +162,11 @@ def evaluation_config(config: ml_collections.ConfigDict) -> ml_collections.Confi
     if ev.loop not in LOOPS:
         raise EvaluationSetupError(
             f"evaluation.loop={ev.loop!r} is not one of {LOOPS}; e.g. --config.evaluation.loop=lax."
+        )
+    if ev.precision not in precision.PRECISIONS:
+        raise EvaluationSetupError(
+            f"evaluation.precision={ev.precision!r} is not one of {tuple(precision.PRECISIONS)}; "
+            "e.g. --config.evaluation.precision=highest (float32 on every backend)."
         )
     if int(ev.batch_size) < 1 or int(ev.num_examples) < 0:
         raise EvaluationSetupError(
@@ -299,18 +306,38 @@ def run(
     try:
         # ---- the attacks: one row per head, then robust accuracy vs eps -------------------
         start = time.perf_counter()
-        runner = AttackRunner(ev, inputs.x, inputs.y, workdir, logger)
+        used = arithmetic(ev, inputs.model)
+        runner = AttackRunner(
+            ev, inputs.x, inputs.y, workdir, logger, logit_tolerance=used["logit_tolerance"]
+        )
         surrogates = tuple(ev.surrogates) if inputs.want_msa else ()
         fns = models.logits_fns(inputs.model, inputs.variables, [*inputs.modes, *surrogates])
-        heads, row_fns = _head_rows(ev, inputs, runner, fns)
-        curves = _curves(ev, inputs.want_msa, heads, row_fns, fns, runner)
+        with precision.applied(ev.precision):  # clean passes too; the attacks set it again
+            heads, row_fns = _head_rows(ev, inputs, runner, fns)
+            curves = _curves(ev, inputs.want_msa, heads, row_fns, fns, runner)
 
         # ---- the report: report.json, summary.md, plots, TensorBoard ----------------------
         report = _report(config, ev, inputs, heads, curves, runner.seconds, start)
+        report["precision"] = used
         _write(report, inputs.rb_info, workdir, logger)
         return report
     finally:
         logger.close()
+
+
+def arithmetic(ev: ml_collections.ConfigDict, model: Any) -> dict[str, Any]:
+    """The arithmetic of every program: `evaluation.precision`, the backend, the dtype the
+    backbone computes in (a bfloat16 model rounds to bfloat16 whatever the level), and the
+    logit tolerance they imply (`hpm_jax.attacks.precision`: near ties are not findings)."""
+    backbone = getattr(model, "backbone", model)
+    dtype = str(np.dtype(getattr(backbone, "dtype", np.float32)))
+    backend = jax.default_backend()
+    return {
+        "level": str(ev.precision),
+        "backend": backend,
+        "compute_dtype": dtype,
+        "logit_tolerance": precision.logit_tolerance(str(ev.precision), backend, dtype),
+    }
 
 
 def _head_rows(ev, inputs: _Inputs, runner: AttackRunner, fns: dict[str, Callable]):
@@ -396,7 +423,9 @@ def _report(config, ev, inputs: _Inputs, heads, curves, seconds, start: float) -
         },
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
         "total_seconds": round(time.perf_counter() - start, 1),
-        "provenance": provenance.record(inputs.x, inputs.y, inputs.variables),
+        "provenance": provenance.record(
+            inputs.x, inputs.y, inputs.variables, matmul_precision=str(ev.precision)
+        ),
     }
 
 

@@ -1,7 +1,8 @@
 """What a result needs beside its numbers: software versions, devices, host, date, fingerprints.
 
     from hpm_jax.evaluation import provenance
-    provenance.record(x, y, variables)   # {"versions": {...}, "devices": {...}, "date": ...,
+    provenance.record(x, y, variables, matmul_precision="highest")
+                                         # {"versions": {...}, "devices": {...}, "date": ...,
                                          #  "data_sha256": ..., "variables_sha256": ...}
     provenance.versions()                # {"jax": "0.10.0", "jaxlib": ..., "hpm-jax": ...}
     provenance.hardware_summary()        # two lines for a benchmark's output
@@ -103,11 +104,16 @@ def now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
-def record(x: np.ndarray, y: np.ndarray, variables: Any) -> dict[str, Any]:
-    """Versions, devices, host, date and the data / model fingerprints of one evaluation."""
+def record(
+    x: np.ndarray, y: np.ndarray, variables: Any, *, matmul_precision: str | None = None
+) -> dict[str, Any]:
+    """Versions, devices, host, date and the data / model fingerprints of one evaluation;
+    `matmul_precision`: the float32 matmul / convolution precision its programs ran at
+    (None: the backend's default, JAX's `jax_default_matmul_precision` as set)."""
     return {
         "versions": versions(),
         "devices": devices(),
+        "matmul_precision": matmul_precision or jax.config.jax_default_matmul_precision,
         "host": host(),
         "date": now(),
         "data_sha256": data_hash(np.asarray(x), np.asarray(y)),

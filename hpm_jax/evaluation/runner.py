@@ -71,8 +71,11 @@ def _msa_entry(report) -> dict[str, Any]:
 class AttackRunner:
     """Runs the sections of one evaluation, each with its state file, saving x_adv."""
 
-    def __init__(self, ev, x, y, workdir: str, log):
+    def __init__(self, ev, x, y, workdir: str, log, *, logit_tolerance: float | None = None):
         self.ev, self.x, self.y, self.workdir, self.log = ev, x, y, workdir, log
+        # evaluation.precision for every attack; the tolerance of its near ties (None: the
+        # attacks derive it from the precision and the backend).
+        self.precision = {"precision": str(ev.precision), "logit_tolerance": logit_tolerance}
         os.makedirs(os.path.join(workdir, STATE_DIR), exist_ok=True)
         os.makedirs(os.path.join(workdir, ADV_DIR), exist_ok=True)
         self.seconds: dict[str, float] = {}
@@ -115,6 +118,7 @@ class AttackRunner:
             run_checks=bool(self.ev.run_checks),
             log=self.log,
             on_progress=on_progress,
+            **self.precision,
         ).run(self.x, self.y, batch_size=int(self.ev.batch_size), state_path=self._state(name))
 
     def msa(self, name: str, target, surrogates, *, version=None, eps=None) -> dict[str, Any]:
@@ -143,6 +147,7 @@ class AttackRunner:
             loop=str(self.ev.loop),
             run_checks=bool(self.ev.run_checks),
             log=self.log,
+            **self.precision,
         )
 
 

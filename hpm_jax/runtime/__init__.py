@@ -8,6 +8,7 @@ of a directory a run resumes in.
 
 Modules: `integrity` (atomic checksummed files), `identity` (one workdir-identity check and
 its `WorkdirMismatchError`), `sharding` (mesh and shardings), `xla_options` (`jit` with the
-CPU compiler options), `progress` (bars or plain lines), `extras` (an optional package, or an
-ImportError naming the extra that installs it).
+CPU compiler options), `compilation_cache` (JAX's persistent cache, on in the programs),
+`progress` (bars or plain lines), `extras` (an optional package, or an ImportError naming the
+extra that installs it).
 """
