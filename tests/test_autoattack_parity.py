@@ -79,6 +79,8 @@ from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted  # noqa: E
 from pyautoattack.fab_pt import FABAttack_PT  # noqa: E402
 from pyautoattack.square import SquareAttack  # noqa: E402
 
+pytestmark = pytest.mark.slow  # pyautoattack on the same model and points
+
 N_POINTS = 300
 EPS = {"Linf": 0.1, "L2": 1.5, "L1": 5.0}  # robust accuracy ~45-70% for this model
 N_TARGETS = 2  # APGD-T and FAB-T; standard: 9

@@ -131,9 +131,13 @@ PROGRAMS = {
     "demo": ("hpm_jax.demo", "hpm-demo"),
 }
 
-pytestmark = pytest.mark.skipif(
-    not offline.fashion_mnist_files_present(), reason="needs apt-get install dataset-fashion-mnist"
-)
+pytestmark = [
+    pytest.mark.slow,  # runs the programs on bad input end to end
+    pytest.mark.skipif(
+        not offline.fashion_mnist_files_present(),
+        reason="needs apt-get install dataset-fashion-mnist",
+    ),
+]
 
 
 def _command(program: str, args: list[str]) -> list[str]:

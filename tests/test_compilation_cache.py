@@ -33,6 +33,8 @@ counts = collections.Counter()
 jax.monitoring.register_event_listener(lambda event, **kw: counts.update([event]))
 out, sys.argv = sys.argv[1], ["hpm-evaluate", *sys.argv[2:]]
 from hpm_jax.cli import evaluate
+
+pytestmark = pytest.mark.slow  # two evaluations in fresh processes
 try:
     evaluate.console_main()
 finally:

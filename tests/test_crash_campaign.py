@@ -54,6 +54,8 @@ from crash_support import MODES, Killed, count_commits, damage, install_kill, ki
 from hpm_jax import cli
 from hpm_jax.runtime import integrity
 
+pytestmark = pytest.mark.slow  # kills and resumes real runs
+
 # ---- the AutoAttack chain (library): cheap, so every commit is a kill moment -------------
 
 KINDS = {

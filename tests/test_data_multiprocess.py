@@ -18,6 +18,8 @@ from platform_support import cpu_only
 from hpm_jax import data
 from hpm_jax.runtime.sharding import make_mesh
 
+pytestmark = pytest.mark.slow  # two processes on localhost
+
 REPO = Path(__file__).resolve().parents[1]
 NUM_EXAMPLES, BATCH, SEED, TRAIN_STEPS = 37, 8, 5, 3
 

@@ -19,9 +19,13 @@ from hpm_jax.evaluation import evaluate
 from hpm_jax.models.export import save_model
 from hpm_jax.runtime import integrity
 
-pytestmark = pytest.mark.skipif(
-    not offline.fashion_mnist_files_present(), reason="needs apt-get install dataset-fashion-mnist"
-)
+pytestmark = [
+    pytest.mark.slow,  # trains and evaluates a model end to end
+    pytest.mark.skipif(
+        not offline.fashion_mnist_files_present(),
+        reason="needs apt-get install dataset-fashion-mnist",
+    ),
+]
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,8 @@ from hpm_jax.evaluation import provenance
 from hpm_jax.evaluation import robustbench as rb_eval
 from hpm_jax.runtime import integrity
 
+pytestmark = pytest.mark.slow  # evaluates converted RobustBench models
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAME = "Andriushchenko2020Understanding"  # PreActResNet-18: the smallest CIFAR-10 Linf entry
 TINY = [

@@ -31,6 +31,8 @@ from hpm_jax.attacks import (
 )
 from hpm_jax.runtime.sharding import data_sharding, make_mesh
 
+pytestmark = pytest.mark.slow  # every attack with both loops on a conv net
+
 B, SIZE, CLASSES, CHANNELS = 16, 8, 10, (4, 8)
 BUCKETS = (16,)  # compact without shrinking: no second set of programs at a smaller size
 SHRINK = ("apgd-t", "square")  # ... except here: (16, 8), between targets and inside a run

@@ -29,6 +29,8 @@ from hpm_jax.models.imagenet_resnet import ResNet50, torch_max_pool  # noqa: E40
 from hpm_jax.models.layers import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from hpm_jax.runtime.sharding import data_sharding, make_mesh, replicated  # noqa: E402
 
+pytestmark = pytest.mark.slow  # ResNet-50 in float64
+
 NUM_CLASSES = 10
 BATCH, SIZE = 4, 64
 

@@ -20,6 +20,8 @@ from hpm_jax.models import get_model
 from hpm_jax.models.layers import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
 from hpm_jax.runtime.sharding import data_sharding, make_mesh, replicated
 
+pytestmark = pytest.mark.slow  # builds RobustBench's architectures in both frameworks
+
 
 @pytest.fixture(scope="module")
 def ref():

@@ -18,6 +18,8 @@ from hpm_jax.attacks import (
 from hpm_jax.attacks.square_attack import square_run
 from hpm_jax.runtime.sharding import make_mesh
 
+pytestmark = pytest.mark.slow  # MSA on 1, 2 and 4 devices
+
 FAST = {  # the standard chain with fewer iterations, so the suite stays fast on 2 cores
     "apgd-ce": {"n_iter": 10},
     "apgd-t": {"n_iter": 10, "n_target_classes": 2},

@@ -233,9 +233,13 @@ def _download_hosts_reachable() -> bool:
     )
 
 
-pytestmark = pytest.mark.skipif(
-    not offline.fashion_mnist_files_present(), reason="needs apt-get install dataset-fashion-mnist"
-)
+pytestmark = [
+    pytest.mark.slow,  # runs README's blocks, the tiny demo included
+    pytest.mark.skipif(
+        not offline.fashion_mnist_files_present(),
+        reason="needs apt-get install dataset-fashion-mnist",
+    ),
+]
 
 
 @pytest.fixture(scope="module")

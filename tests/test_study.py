@@ -18,6 +18,8 @@ from hpm_jax.experiments import study
 from hpm_jax.runtime.identity import WorkdirMismatchError
 from hpm_jax.training import train
 
+pytestmark = pytest.mark.slow  # runs a design-space study end to end
+
 needs_data = pytest.mark.skipif(
     not offline.fashion_mnist_files_present(), reason="needs apt-get install dataset-fashion-mnist"
 )

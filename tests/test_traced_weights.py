@@ -29,6 +29,8 @@ from hpm_jax.attacks.apgd_attack import ApgdSteps
 from hpm_jax.attacks.apgd_steps import ApgdConfig
 from hpm_jax.models import forward, get_model, head_logits_fn, logits_fn, logits_fns
 
+pytestmark = pytest.mark.slow  # whole chains with weights as arguments
+
 N, SIZE, EPS = 8, 8, 1e-3  # a small eps: most points stay robust under the first weights
 
 

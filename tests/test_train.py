@@ -43,6 +43,8 @@ from hpm_jax.runtime.identity import WorkdirMismatchError
 from hpm_jax.runtime.sharding import make_mesh
 from hpm_jax.training import metrics, model_init, train, train_checkpoints
 
+pytestmark = pytest.mark.slow  # trains end to end
+
 STEPS, BATCH = 3, 8  # the FC run's; the reference run trains REFERENCE_STEPS
 REFERENCE_STEPS = 4
 SUPPORT = os.path.join(os.path.dirname(__file__), "train_support.py")

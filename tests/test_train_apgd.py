@@ -24,6 +24,8 @@ from hpm_jax.attacks import apgd_attack, apgd_steps, contract, driver
 from hpm_jax.models import get_model
 from hpm_jax.training import metrics, objectives
 
+pytestmark = pytest.mark.slow  # trains end to end
+
 SHAPE = (4, 4, 3)
 STEPS = 4  # the training runs': checkpoints at 2 and 4, so a kill at 3 resumes from 2
 
