@@ -175,6 +175,7 @@ def mixed_surrogate_attack(
     mesh=None,
     run_checks: bool = True,
     log: Callable[[str], Any] | None = print,
+    first_batch: int = 0,
 ) -> MSAReport:
     """Run MSA on (x, y): x (n, H, W, C) in [0, 1], y (n,) int labels, in fixed batches of
     `batch_size` in the given order (a multiple of the device count splits each batch over the
@@ -184,7 +185,8 @@ def mixed_surrogate_attack(
     surrogates: {name: logits_fn} supplying loss and gradient, in the order they run.
     version: the AutoAttack version whose attacks MSA runs ("standard": APGD-CE, APGD-T,
         FAB-T through each surrogate, Square against the target) or a list of names.
-    state_path: a resumable state file, as AutoAttack's; the rest as AutoAttack.
+    state_path: a resumable state file, as AutoAttack's; first_batch (the index of x's first
+        batch in a larger evaluation) and the rest as AutoAttack.
     """
     mesh = make_mesh() if mesh is None else mesh
     # The weights replicated on the mesh once (one copy of the arrays the surrogates share
@@ -205,7 +207,7 @@ def mixed_surrogate_attack(
         run_checks=run_checks,
         log=log,
     )
-    report = chain.run(x, y, batch_size=batch_size, state_path=state_path)
+    report = chain.run(x, y, batch_size=batch_size, state_path=state_path, first_batch=first_batch)
     after = dict(report.robust_accuracy_after)
     per_surrogate = {
         name: after[[s.name for s in specs if s.name.endswith(f"@{name}")][-1]]

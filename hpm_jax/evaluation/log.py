@@ -67,23 +67,26 @@ class _Section:
 
 
 class EvaluationLog:
-    """A `log` callable for the attacks: each line to log.txt and to `console`."""
+    """A `log` callable for the attacks: each line to log.txt and to `console`. Without a
+    workdir (the processes of a multi-host run other than the writer): to `console` only."""
 
-    def __init__(self, workdir: str, *, console: Callable[[str], Any] | None = print,
+    def __init__(self, workdir: str | None, *, console: Callable[[str], Any] | None = print,
                  progress: str | None = "auto"):  # fmt: skip
         # print would write through live bars; echo writes above them
         self.console = progress_echo if console is print else console
         self.progress = "off" if progress is None else progress
-        self.path = os.path.join(workdir, LOG)
-        self._file = open(self.path, "a")
-        self._file.write(f"# {provenance.now()} evaluation (hpm-jax "
-                         f"{provenance.package_version('hpm-jax')})\n")  # fmt: skip
-        self._file.flush()
+        self.path = None if workdir is None else os.path.join(workdir, LOG)
+        self._file = None if self.path is None else open(self.path, "a")
+        if self._file is not None:
+            self._file.write(f"# {provenance.now()} evaluation (hpm-jax "
+                             f"{provenance.package_version('hpm-jax')})\n")  # fmt: skip
+            self._file.flush()
         self._section: _Section | None = None
 
     def __call__(self, text: str) -> None:
-        self._file.write(text + "\n")
-        self._file.flush()
+        if self._file is not None:
+            self._file.write(text + "\n")
+            self._file.flush()
         if self._section is not None:
             self._section.line(text)
         if self.console is not None:
@@ -96,7 +99,8 @@ class EvaluationLog:
     def close(self) -> None:
         if self._section is not None:
             self._section._close()
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
 
 
 class _Sectioned:
