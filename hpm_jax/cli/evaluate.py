@@ -4,13 +4,18 @@
     hpm-evaluate --config=configs/fashion_mnist.py --checkpoint=DIR --workdir=OUT \\
         --baseline_checkpoint=/tmp/fmnist_at/model --config.evaluation.num_examples=1000
     hpm-evaluate --robustbench Carmon2019Unlabeled --workdir /tmp/carmon_eval
+    # several hosts (a pod): the same command on each, plus --multihost or
+    #   --coordinator_address=HOST0:1234 --num_processes=N --process_id=I   (hpm_jax.cli.multihost)
+    # each host attacks its share of the fixed batches; process 0 writes the report.
 """
 
 from __future__ import annotations
 
+import jax
 from absl import flags
 
 from hpm_jax import cli
+from hpm_jax.cli import multihost
 from hpm_jax.models.export import CheckpointMismatchError
 from hpm_jax.runtime.identity import WorkdirMismatchError
 
@@ -63,6 +68,7 @@ def main(argv: list[str], overrides: list[str]) -> None:
         config = evaluate.load_evaluation_config(_CONFIG.value, overrides)
     cli.default_verbosity()  # WARNING unless --verbosity/-v says otherwise (Orbax's INFO)
     cli.quiet_attack_logger()
+    multihost.initialize()
     try:
         report = evaluate.run(config, _CHECKPOINT.value, _WORKDIR.value, robustbench=rb,
                               baseline_checkpoint=_BASELINE.value, overwrite=_OVERWRITE.value,
@@ -72,13 +78,15 @@ def main(argv: list[str], overrides: list[str]) -> None:
         if "--overwrite" not in message:  # a state file the workdir's identity did not cover
             message += " Or pass --overwrite to discard it."
         cli.fail(PROG, message)
-    print(reports.table(report))
+    if jax.process_index() == 0:
+        print(reports.table(report))
 
 
 def console_main() -> None:
     """The `hpm-evaluate` console script. User errors are one line on stderr and exit code 2
     (`hpm_jax.cli`); nothing is written before them."""
-    cli.show_in_help(__name__, _CONFIG)  # else --help lists neither --config nor, as a script, any
+    # else --help lists neither --config nor, as a script, any flag
+    cli.show_in_help(__name__, _CONFIG, *multihost.FLAGS)
     errors = (evaluate.EvaluationSetupError, data.DatasetNotFoundError, CheckpointMismatchError)
     cli.run(PROG, main, user_errors=errors)
 
