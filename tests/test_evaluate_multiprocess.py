@@ -10,12 +10,14 @@
   two: the same report.
 """
 
+import os
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,6 +31,8 @@ from hpm_jax.evaluation import batches, evaluate
 from hpm_jax.evaluation.processes import Processes
 from hpm_jax.models.export import save_model
 from hpm_jax.runtime import integrity
+
+REPO = Path(__file__).resolve().parents[1]
 
 # ---------------------------------------------------------------- batches merged, in-process
 
@@ -204,3 +208,49 @@ def test_killed_evaluations_resume_with_another_process_count(
     _kill_inside_msa(_start(model_dir, one_then_two, 1, compile_cache), one_then_two)
     _finish(_start(model_dir, one_then_two, 2, compile_cache))
     _same_results(integrity.read_json(one_then_two / "report.json"), one_then_two, reference)
+
+
+# ---------------------------------------------------------------- launch/tpu.sh --program=evaluate
+
+
+def _tpu_sh(tmp_path, *args):
+    """launch/tpu.sh with a gcloud stub on PATH that records any call it gets."""
+    stub = tmp_path / "bin" / "gcloud"
+    stub.parent.mkdir(exist_ok=True)
+    stub.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "gcloud_calls"}\n')
+    stub.chmod(0o755)
+    where = ["--tpu=hpm", "--zone=us-central2-b", "--accelerator=v4-32", "--bucket=my-bucket"]
+    return subprocess.run(
+        ["bash", str(REPO / "launch" / "tpu.sh"), *where, *args],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+        env={**os.environ, "PATH": f"{stub.parent}{os.pathsep}{os.environ['PATH']}",
+             "HPM_PYTHON": sys.executable, "PYTHONWARNINGS": "ignore"},
+    )  # fmt: skip
+
+
+def test_tpu_launch_runs_an_evaluation_on_every_worker(tmp_path):
+    """--program=evaluate --dry-run: the config checked here (hpm-evaluate --check_config),
+    then the commands printed, none run; on every worker hpm_jax.evaluate --multihost with
+    the checkpoint and workdir in the mounted bucket."""
+    result = _tpu_sh(tmp_path, "--program=evaluate", "--config=configs/cifar10.py",
+                     "--workdir=runs/c10_eval", "--checkpoint=runs/c10/model", "--dry-run",
+                     "--", "--config.evaluation.num_examples=1000")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "hpm-evaluate: config OK: configs/cifar10.py: cifar10, Linf" in result.stdout
+    run = [line for line in result.stdout.splitlines() if "hpm_jax.evaluate" in line]
+    assert len(run) == 1 and "--worker=all" in run[0], result.stdout
+    for part in ("-m\\ hpm_jax.evaluate\\ --multihost", "--workdir=/mnt/my-bucket/runs/c10_eval",
+                 "--checkpoint=/mnt/my-bucket/runs/c10/model",
+                 "--config.evaluation.num_examples=1000"):  # fmt: skip
+        assert part in run[0], (part, run[0])
+    assert not (tmp_path / "gcloud_calls").exists()
+    # Without a model, or with a bad evaluation setting: one line, before any gcloud command.
+    result = _tpu_sh(tmp_path, "--program=evaluate", "--config=configs/cifar10.py",
+                     "--workdir=runs/c10_eval")  # fmt: skip
+    assert result.returncode == 2 and "needs --checkpoint=DIR" in result.stderr
+    result = _tpu_sh(tmp_path, "--program=evaluate", "--config=configs/cifar10.py",
+                     "--workdir=runs/c10_eval", "--checkpoint=runs/c10/model",
+                     "--", "--config.evaluation.norm=Linf2")  # fmt: skip
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1].startswith("hpm-evaluate: error: evaluation.norm")
+    assert not (tmp_path / "gcloud_calls").exists()
