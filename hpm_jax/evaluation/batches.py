@@ -32,6 +32,7 @@ import json
 import os
 import shutil
 import zipfile
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -56,11 +57,16 @@ class BatchResults:
     def state_path(self, batch: int) -> str:
         return os.path.join(self.directory, f"batch_{batch:05d}.json")
 
-    def done(self, batch: int) -> bool:
-        """Whether batch `batch` has a readable result (a damaged one is redone)."""
+    def done(self, batch: int, log: Callable[[str], Any] | None = None) -> bool:
+        """Whether batch `batch` has a readable result; a damaged one is named to `log` and
+        counts as not done (the batch is attacked again)."""
         try:
             self.load(batch)
-        except (FileNotFoundError, integrity.DamagedFileError):
+        except FileNotFoundError:
+            return False
+        except integrity.DamagedFileError as e:
+            if log is not None:
+                log(f"[evaluate] {e.path} is damaged ({e.reason}); batch {batch} is attacked again")
             return False
         return True
 
@@ -85,7 +91,7 @@ class BatchResults:
                 meta, x_adv = json.loads(str(f["meta"])), f["x_adv"]
         except FileNotFoundError:
             raise
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as e:
             raise integrity.DamagedFileError(
                 path, f"{type(e).__name__}: {e}", "delete it and run again: that batch is redone"
             ) from None
@@ -115,7 +121,7 @@ def run_by_batches(
     each batch). `on_batch(i, n)`: this process's i-th batch of n is done."""
     n_batches = -(-len(x) // batch_size)
     mine = [b for b in range(n_batches) if processes.owns(b)]
-    todo = [b for b in mine if not results.done(b)]
+    todo = [b for b in mine if not results.done(b, log)]
     for i, b in enumerate(todo):
         rows = slice(b * batch_size, (b + 1) * batch_size)
         report, x_adv = attack(x[rows], y[rows], first_batch=b, state_path=results.state_path(b),
