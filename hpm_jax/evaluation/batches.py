@@ -118,17 +118,20 @@ def run_by_batches(
 ) -> tuple[dict[str, Any], np.ndarray, list[int]]:
     """Attack this process's batches that have no result yet, wait for the other processes'
     results, merge. Returns (the merged report, x_adv of all points, the process that attacked
-    each batch). `on_batch(i, n)`: this process's i-th batch of n is done."""
+    each batch). `on_batch(done, n)`: `done` of this process's n batches are done (called
+    before the first and after each)."""
     n_batches = -(-len(x) // batch_size)
     mine = [b for b in range(n_batches) if processes.owns(b)]
     todo = [b for b in mine if not results.done(b, log)]
+    if on_batch is not None:
+        on_batch(len(mine) - len(todo), len(mine))
     for i, b in enumerate(todo):
         rows = slice(b * batch_size, (b + 1) * batch_size)
         report, x_adv = attack(x[rows], y[rows], first_batch=b, state_path=results.state_path(b),
                                run_checks=b == 0)  # fmt: skip
         results.save(b, report, x_adv, processes.index)
         if on_batch is not None:
-            on_batch(len(mine) - len(todo) + i, len(mine))
+            on_batch(len(mine) - len(todo) + i + 1, len(mine))
     paths = [results.result_path(b) for b in range(n_batches)]
     processes.wait_for(paths, f"batch results in {results.directory}", log)
     loaded = [results.load(b) for b in range(n_batches)]

@@ -113,11 +113,21 @@ class AttackRunner:
                           log=lambda line: self.log(f"{tag} {line}"), **kwargs)  # fmt: skip
 
         results = BatchResults(os.path.join(self.workdir, STATE_DIR, name))
-        with self.log.section(name) as on_progress:
+        bars = []
+
+        def on_batch(done: int, total: int) -> None:  # first call: before the first batch
+            if not bars:
+                bars.append(self.log.bar(name, total, initial=done))
+            bars[0].set(done, total=total)
+
+        try:
             report, x_adv, self.owners[name] = run_by_batches(
                 one_batch, self.x, self.y, batch_size, results, self.processes, merge,
-                log=self.log, on_batch=lambda i, n: on_progress("batches", i, n),
+                log=self.log, on_batch=on_batch,
             )  # fmt: skip
+        finally:
+            for bar in bars:
+                bar.close()
         self.seconds[name] = time.perf_counter() - t0
         self._save(name, x_adv, report["robust"])
         chain = report.get("chain", report)
