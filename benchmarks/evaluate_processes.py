@@ -5,12 +5,17 @@
 An evaluation split by whole batches (`hpm_jax.evaluation.processes`): each process attacks
 its share of the fixed batches on its own device, process 0 writes the report. This script
 makes a small HPM model on Fashion-MNIST (a few SGD steps of CE on the FC logits, class-mean
-prototypes; or takes --checkpoint), warms one JAX compilation cache with a 1-process run
-(not timed, so every timed process loads compiled programs instead of compiling them), then
-runs the same evaluation on each process count into a fresh workdir and times it from the
-start of the processes to the exit of the last. It checks that every run's report has the
-figures of the 1-process run and prints wall times, speed-ups and scaling efficiency
-(speed-up / processes). A CPU with fewer cores than processes cannot scale past its cores.
+prototypes; or takes --checkpoint), then for each process count runs the same evaluation
+twice, each into a fresh workdir: the first fills a JAX compilation cache (programs compiled
+for N processes are others than for one, so each count warms its own), the second, timed
+from the start of the processes to the exit of the last, loads them instead of compiling.
+It checks that every run's report has the figures of the first count's and prints wall
+times, speed-ups and scaling efficiency (speed-up / processes).
+
+Each process is pinned to one core (process i to core i mod the cores this script may use),
+so that a process stands for a host: unpinned, one XLA:CPU process already spreads its work
+over every core, and more processes on the same cores only add their start-up. So a machine
+with fewer cores than processes cannot scale past its cores (--nopin: no pinning).
 """
 
 from __future__ import annotations
@@ -81,7 +86,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def evaluate(checkpoint: str, workdir: str, processes: int, overrides: list[str], cache: str):
+def _pinned(index: int, pin: bool) -> list[str]:
+    """The command prefix that pins process `index` to one core (taskset; none unpinned). Not
+    a preexec_fn: this process runs JAX's threads, and forking it to run Python is unsafe."""
+    if not pin:
+        return []
+    cores = sorted(os.sched_getaffinity(0))
+    return ["taskset", "-c", str(cores[index % len(cores)])]
+
+
+def evaluate(checkpoint: str, workdir: str, processes: int, overrides: list[str], cache: str,
+             pin: bool = True) -> float:  # fmt: skip
     """Seconds from starting `processes` hpm-evaluate processes to the last one's exit."""
     command = [sys.executable, "-m", "hpm_jax.cli.evaluate", f"--config={CONFIG}",
                f"--checkpoint={checkpoint}", f"--workdir={workdir}",
@@ -94,8 +109,10 @@ def evaluate(checkpoint: str, workdir: str, processes: int, overrides: list[str]
     joined = [f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={processes}"]
     start = time.perf_counter()
     children = [
-        subprocess.Popen(command + ([*joined, f"--process_id={i}"] if processes > 1 else []),
-                         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        subprocess.Popen(
+            _pinned(i, pin) + command + ([*joined, f"--process_id={i}"] if processes > 1 else []),
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
         for i in range(processes)
     ]  # fmt: skip
     logs = [c.communicate()[0] for c in children]
@@ -131,6 +148,7 @@ def main() -> None:
     parser.add_argument("--n_iter", type=int, default=10, help="APGD-CE iterations")
     parser.add_argument("--checkpoint", default=None, help="Default: a model made here.")
     parser.add_argument("--workdir", default=None, help="Default: a temporary directory.")
+    parser.add_argument("--nopin", action="store_true", help="Do not pin processes to cores.")
     args = parser.parse_args()
     root = args.workdir or tempfile.mkdtemp(prefix="evaluate_processes_")
     checkpoint = args.checkpoint or make_model(os.path.join(root, "model"))
@@ -144,22 +162,23 @@ def main() -> None:
         "evaluation.naive_autoattack=False",
     ]
     cache = os.path.join(root, "jax_cache")
-    print(hardware_summary())
+    print(hardware_summary(), flush=True)
     print(f"{args.num_examples} Fashion-MNIST points in batches of {args.batch_size}; "
           f"AutoAttack (APGD-CE, {args.n_iter} iterations) on FC and l2-EMA, MSA (fc, ste) on "
-          "HPM; one CPU device per process")  # fmt: skip
-    warm = evaluate(checkpoint, os.path.join(root, "warm"), 1, overrides, cache)
-    print(f"warm-up (1 process, fills the compilation cache): {warm:.1f} s")
+          f"HPM; one CPU device per process, {'unpinned' if args.nopin else 'one core each'}; "
+          f"{len(os.sched_getaffinity(0))} cores")  # fmt: skip
     counts = [int(p) for p in args.processes.split(",")]
     results, reference = {}, None
     for p in counts:
+        warm = evaluate(checkpoint, os.path.join(root, f"warm{p}"), p, overrides, cache,
+                        pin=not args.nopin)  # fmt: skip
         workdir = os.path.join(root, f"p{p}")
-        results[p] = evaluate(checkpoint, workdir, p, overrides, cache)
+        results[p] = evaluate(checkpoint, workdir, p, overrides, cache, pin=not args.nopin)
         got = figures(workdir)
-        reference = reference or figures(os.path.join(root, "warm"))
-        same = got == reference
-        print(f"{p} process(es): {results[p]:.1f} s, report equal to 1 process's: {same}",
-              flush=True)  # fmt: skip
+        reference = reference or got
+        same = got == reference == figures(os.path.join(root, f"warm{p}"))
+        print(f"{p} process(es): {results[p]:.1f} s (first run, compiling: {warm:.1f} s), "
+              f"report equal to {counts[0]} process(es)'s: {same}", flush=True)  # fmt: skip
         if not same:
             raise SystemExit(f"the report differs on {p} processes")
     print(f"| processes | wall s | speed-up over {counts[0]} | efficiency |")

@@ -28,7 +28,7 @@ continues where it stopped and ends with the same report).
 
 Several processes (`jax.distributed`, one per host of a pod; `hpm-evaluate --multihost`) run
 `run` together on one workdir that all hosts see: each attacks its share of the fixed
-batches on its own devices (`evaluation.processes`), and the report is the one a single
+batches on its own devices (`hpm_jax.evaluation.processes`), and the report is the one a single
 process writes. Only process 0 writes the report, summary, plots, TensorBoard, log.txt and
 model_info; every process returns the report.
 """

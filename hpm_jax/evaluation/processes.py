@@ -32,7 +32,7 @@ from jax.sharding import Mesh
 
 from hpm_jax.runtime.sharding import make_mesh
 
-_POLL_SECONDS = (0.05, 2.0)  # first and longest pause between looks at the files
+_POLL_SECONDS = (0.05, 0.5)  # first and longest pause between looks at the files
 _SAY_EVERY_SECONDS = 60.0
 
 
@@ -70,14 +70,17 @@ class Processes:
         self, paths: Sequence[str], what: str, log: Callable[[str], Any] | None = None
     ) -> None:
         """Return once every file of `paths` exists (the other processes write them); say
-        every minute what is still missing."""
-        missing = [p for p in paths if not os.path.exists(p)]
+        every minute what is still missing. One look per pause, at the first file missing
+        (a shared filesystem's metadata calls can be slow and billed)."""
+        missing = list(paths)
         pause, start, said = _POLL_SECONDS[0], time.monotonic(), time.monotonic()
         while missing:
+            if os.path.exists(missing[0]):
+                missing.pop(0)
+                continue
             if log is not None and time.monotonic() - said > _SAY_EVERY_SECONDS:
                 said = time.monotonic()
                 log(f"[evaluate] process {self.index}: waiting for {len(missing)} {what} from "
                     f"other processes ({time.monotonic() - start:.0f} s so far)")  # fmt: skip
             time.sleep(pause)
             pause = min(2 * pause, _POLL_SECONDS[1])
-            missing = [p for p in missing if not os.path.exists(p)]

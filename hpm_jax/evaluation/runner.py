@@ -83,7 +83,6 @@ class AttackRunner:
         self.processes = Processes.current() if processes is None else processes
         self.mesh = self.processes.mesh()
         self.seconds: dict[str, float] = {}
-        self.owners: dict[str, list[int]] = {}  # section: the process that attacked each batch
 
     def _save(self, name: str, x_adv: np.ndarray, robust: list[bool]) -> None:
         # Atomic: a kill leaves the old file or the new one. A zip checks itself (its
@@ -121,7 +120,7 @@ class AttackRunner:
             bars[0].set(done, total=total)
 
         try:
-            report, x_adv, self.owners[name] = run_by_batches(
+            report, x_adv, _ = run_by_batches(
                 one_batch, self.x, self.y, batch_size, results, self.processes, merge,
                 log=self.log, on_batch=on_batch,
             )  # fmt: skip
