@@ -2,8 +2,8 @@
 own result file, the batches shared out over the processes, the results merged in batch order.
 
     results = BatchResults(os.path.join(workdir, "state", "msa_hpm"))
-    report, x_adv = run_by_batches(attack, x, y, batch_size, results, processes, merge_msa,
-                                   log=log, on_batch=bar)
+    report, x_adv, owners = run_by_batches(attack, x, y, batch_size, results, processes,
+                                           merge_msa, log=log, on_batch=bar)
     # attack(x_b, y_b, first_batch=b, state_path=..., run_checks=b == 0) -> (report dict, x_adv_b)
 
 A batch's attack is `AutoAttack.run` / `mixed_surrogate_attack` on that batch alone with
