@@ -5,12 +5,14 @@
 An evaluation split by whole batches (`hpm_jax.evaluation.processes`): each process attacks
 its share of the fixed batches on its own device, process 0 writes the report. This script
 makes a small HPM model on Fashion-MNIST (a few SGD steps of CE on the FC logits, class-mean
-prototypes; or takes --checkpoint), then for each process count runs the same evaluation
-twice, each into a fresh workdir: the first fills a JAX compilation cache (programs compiled
-for N processes are others than for one, so each count warms its own), the second, timed
-from the start of the processes to the exit of the last, loads them instead of compiling.
-It checks that every run's report has the figures of the first count's and prints wall
-times, speed-ups and scaling efficiency (speed-up / processes).
+prototypes; or takes --checkpoint), then runs the same evaluation on each process count
+(--rounds times, the counts in turn, so a shared machine's drift hits every count alike),
+each into a fresh workdir, timed from the start of the processes to the exit of the last,
+compilation included: every process compiles its programs, as every host of a pod does
+(JAX's persistent cache would not level this: its entries name the devices, so the
+processes other than 0 found none and compiled anyway). It checks that every run's report
+has the figures of the first and prints the median wall times, speed-ups and scaling
+efficiency (speed-up / processes).
 
 Each process is pinned to one core (process i to core i mod the cores this script may use),
 so that a process stands for a host: unpinned, one XLA:CPU process already spreads its work
@@ -95,8 +97,8 @@ def _pinned(index: int, pin: bool) -> list[str]:
     return ["taskset", "-c", str(cores[index % len(cores)])]
 
 
-def evaluate(checkpoint: str, workdir: str, processes: int, overrides: list[str], cache: str,
-             pin: bool = True) -> float:  # fmt: skip
+def evaluate(checkpoint: str, workdir: str, processes: int, overrides: list[str],
+             pin: bool) -> float:  # fmt: skip
     """Seconds from starting `processes` hpm-evaluate processes to the last one's exit."""
     command = [sys.executable, "-m", "hpm_jax.cli.evaluate", f"--config={CONFIG}",
                f"--checkpoint={checkpoint}", f"--workdir={workdir}",
@@ -104,7 +106,6 @@ def evaluate(checkpoint: str, workdir: str, processes: int, overrides: list[str]
     port = _free_port()
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
                PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]),
-               JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                HPM_PROGRESS="off")  # fmt: skip
     joined = [f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={processes}"]
     start = time.perf_counter()
@@ -149,6 +150,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", default=None, help="Default: a model made here.")
     parser.add_argument("--workdir", default=None, help="Default: a temporary directory.")
     parser.add_argument("--nopin", action="store_true", help="Do not pin processes to cores.")
+    parser.add_argument("--rounds", type=int, default=1, help="Timed runs per count.")
     args = parser.parse_args()
     root = args.workdir or tempfile.mkdtemp(prefix="evaluate_processes_")
     checkpoint = args.checkpoint or make_model(os.path.join(root, "model"))
@@ -161,32 +163,33 @@ def main() -> None:
         "evaluation.surrogates=('fc', 'ste')",
         "evaluation.naive_autoattack=False",
     ]
-    cache = os.path.join(root, "jax_cache")
     print(hardware_summary(), flush=True)
     print(f"{args.num_examples} Fashion-MNIST points in batches of {args.batch_size}; "
           f"AutoAttack (APGD-CE, {args.n_iter} iterations) on FC and l2-EMA, MSA (fc, ste) on "
           f"HPM; one CPU device per process, {'unpinned' if args.nopin else 'one core each'}; "
           f"{len(os.sched_getaffinity(0))} cores")  # fmt: skip
     counts = [int(p) for p in args.processes.split(",")]
-    results, reference = {}, None
+    times, reference = {p: [] for p in counts}, None
+    for r in range(args.rounds):  # the counts in turn, so a shared machine's drift hits all
+        for p in counts if r % 2 == 0 else counts[::-1]:
+            workdir = os.path.join(root, f"p{p}_r{r}")
+            times[p].append(evaluate(checkpoint, workdir, p, overrides, not args.nopin))
+            got = figures(workdir)
+            reference = reference or got
+            print(f"round {r}: {p} process(es) {times[p][-1]:.1f} s; report equal to the "
+                  f"first run's: {got == reference}", flush=True)  # fmt: skip
+            if got != reference:
+                raise SystemExit(f"the report differs on {p} processes")
+    median = {p: float(np.median(t)) for p, t in times.items()}
+    print(f"| processes | wall s (median of {args.rounds}) | each round | speed-up over "
+          f"{counts[0]} | efficiency |")  # fmt: skip
+    print("|---|---|---|---|---|")
     for p in counts:
-        warm = evaluate(checkpoint, os.path.join(root, f"warm{p}"), p, overrides, cache,
-                        pin=not args.nopin)  # fmt: skip
-        workdir = os.path.join(root, f"p{p}")
-        results[p] = evaluate(checkpoint, workdir, p, overrides, cache, pin=not args.nopin)
-        got = figures(workdir)
-        reference = reference or got
-        same = got == reference == figures(os.path.join(root, f"warm{p}"))
-        print(f"{p} process(es): {results[p]:.1f} s (first run, compiling: {warm:.1f} s), "
-              f"report equal to {counts[0]} process(es)'s: {same}", flush=True)  # fmt: skip
-        if not same:
-            raise SystemExit(f"the report differs on {p} processes")
-    print(f"| processes | wall s | speed-up over {counts[0]} | efficiency |")
-    print("|---|---|---|---|")
-    for p in counts:
-        speedup = results[counts[0]] / results[p]
-        print(f"| {p} | {results[p]:.1f} | {speedup:.2f} | {speedup / p * counts[0]:.0%} |")
-    print(json.dumps({"seconds": results}))
+        speedup = median[counts[0]] / median[p]
+        rounds = ", ".join(f"{t:.1f}" for t in times[p])
+        print(f"| {p} | {median[p]:.1f} | {rounds} | {speedup:.2f} | "
+              f"{speedup / p * counts[0]:.0%} |")  # fmt: skip
+    print(json.dumps({"seconds": times}))
 
 
 if __name__ == "__main__":
