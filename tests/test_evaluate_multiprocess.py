@@ -59,10 +59,12 @@ def test_batches_attacked_apart_merge_to_one_run(tmp_path):
         out[index] = batches.run_by_batches(attack, x, y, 8, results, Processes(index, 2),
                                             batches.merge_autoattack)  # fmt: skip
 
-    other = threading.Thread(target=process, args=(1,))
-    other.start()
-    process(0)
-    other.join()
+    threads = [threading.Thread(target=process, args=(i,), daemon=True) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:  # an error in one would leave the other waiting: fail, do not hang
+        t.join(timeout=300)
+    assert sorted(out) == [0, 1], "a simulated process failed (its traceback is above)"
     merged, x_adv, owners = out[0]
     assert owners == [0, 1, 0, 1, 0, 1] and out[1][2] == owners
     np.testing.assert_array_equal(x_adv, whole.x_adv)
