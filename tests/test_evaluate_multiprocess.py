@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from evaluation_support import ARCH, EVAL_CONFIG, comparable, train_tiny
+from platform_support import cpu_only
 from toys import CHAIN_EPS, chain_data, mean_model, shift_chain
 from train_support import child_env
 
@@ -182,6 +183,7 @@ def _same_results(report, workdir, reference) -> None:
 
 @needs_data
 @pytest.mark.slow
+@cpu_only("2 processes on localhost, each with 4 fake CPU devices (XLA_FLAGS)")
 def test_two_processes_write_the_report_of_one(model_dir, reference, compile_cache, tmp_path):
     _finish(_start(model_dir, tmp_path, processes=2, cache=compile_cache))
     report = integrity.read_json(tmp_path / "report.json")
@@ -199,6 +201,7 @@ def test_two_processes_write_the_report_of_one(model_dir, reference, compile_cac
 
 @needs_data
 @pytest.mark.slow
+@cpu_only("2 processes on localhost, each with 4 fake CPU devices (XLA_FLAGS)")
 def test_killed_evaluations_resume_with_another_process_count(
     model_dir, reference, compile_cache, tmp_path
 ):
