@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
-# Train on a Cloud TPU VM or pod slice: create it, install hpm-jax on every worker, mount
-# the bucket that holds the data and the workdir, run hpm_jax.train on all workers at once
-# (one JAX process per host, joined by jax.distributed), then delete the TPU.
+# Train or evaluate on a Cloud TPU VM or pod slice: create it, install hpm-jax on every
+# worker, mount the bucket that holds the data and the workdir, run hpm_jax.train (or
+# hpm_jax.evaluate) on all workers at once (one JAX process per host, joined by
+# jax.distributed), then delete the TPU.
 #
 #   launch/tpu.sh --tpu=hpm-v4 --zone=us-central2-b --accelerator=v4-32 --bucket=my-bucket \
 #       --config=configs/cifar10.py --workdir=runs/c10_wrn_hpm \
 #       -- --config.init.checkpoint=/mnt/my-bucket/carmon2019
+#   launch/tpu.sh --program=evaluate --checkpoint=runs/c10_wrn_hpm/model ... \
+#       --config=configs/cifar10.py --workdir=runs/c10_wrn_hpm_eval    # AutoAttack / MSA
 #   launch/tpu.sh ... --dry-run        # check the config here, print the commands, run nothing
 #   launch/tpu.sh ... --keep           # leave the TPU up afterwards (rerun to resume)
+#
+# An evaluation splits the fixed batches over the hosts (each attacks whole batches on its
+# own chips; process 0 writes the report); --checkpoint is the model directory inside the
+# bucket, or pass `-- --robustbench=NAME --model_dir=/mnt/BUCKET/models` instead.
 #
 # The bucket is mounted with gcsfuse at /mnt/BUCKET on every worker: --workdir and
 # --data_dir are paths inside it (TFDS datasets prepared as array_record under
@@ -18,12 +25,13 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 TPU="" ZONE="" PROJECT="" ACCELERATOR="v4-8" VERSION="tpu-ubuntu2204-base" BUCKET=""
 CONFIG="" WORKDIR="" DATA_DIR="tensorflow_datasets" DRY_RUN=0 KEEP=0 SPOT=0
+PROGRAM="train" CHECKPOINT=""
 EXTRA=()
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit "${1:-0}"; }
 while [ "$#" -gt 0 ]; do
   arg="$1"; shift
   case "$arg" in
-    --) EXTRA=("$@"); break ;;  # the rest goes to hpm_jax.train
+    --) EXTRA=("$@"); break ;;  # the rest goes to hpm_jax.train / hpm_jax.evaluate
     --tpu=*) TPU="${arg#*=}" ;;
     --zone=*) ZONE="${arg#*=}" ;;
     --project=*) PROJECT="${arg#*=}" ;;
@@ -33,6 +41,8 @@ while [ "$#" -gt 0 ]; do
     --config=*) CONFIG="${arg#*=}" ;;
     --workdir=*) WORKDIR="${arg#*=}" ;;
     --data_dir=*) DATA_DIR="${arg#*=}" ;;
+    --program=*) PROGRAM="${arg#*=}" ;;
+    --checkpoint=*) CHECKPOINT="${arg#*=}" ;;
     --spot) SPOT=1 ;;
     --keep) KEEP=1 ;;
     --dry-run) DRY_RUN=1 ;;
@@ -47,6 +57,21 @@ for required in TPU ZONE BUCKET CONFIG WORKDIR; do
   fi
 done
 case "$CONFIG" in configs/*) ;; *) echo "tpu.sh: --config must be a file under configs/" >&2; exit 2 ;; esac
+case "$PROGRAM" in
+  train)
+    if [ -n "$CHECKPOINT" ]; then
+      echo "tpu.sh: --checkpoint is for --program=evaluate; training starts from" \
+        "-- --config.init.checkpoint=/mnt/$BUCKET/DIR" >&2
+      exit 2
+    fi ;;
+  evaluate)
+    if [ -z "$CHECKPOINT" ] && [[ " ${EXTRA[*]-} " != *" --robustbench"* ]]; then
+      echo "tpu.sh: --program=evaluate needs --checkpoint=DIR (the model directory inside" \
+        "the bucket, e.g. runs/c10_wrn_hpm/model) or -- --robustbench=NAME" >&2
+      exit 2
+    fi ;;
+  *) echo "tpu.sh: --program must be train or evaluate, got '$PROGRAM'" >&2; exit 2 ;;
+esac
 
 # 0. The config, loaded and checked here before anything is created (--dry-run included): a
 # misspelt key, a bad value or a missing --config.init.checkpoint fails now, in seconds, as one
@@ -64,7 +89,7 @@ if ! (cd "$ROOT" && "$PY" -c "$HAS") >/dev/null 2>&1; then
     "created: run '. launch/_env.sh' (or pip install -e '.[train]'), or set HPM_PYTHON." >&2
   exit 2
 fi
-(cd "$ROOT" && "$PY" -m hpm_jax.cli.train --check_config --config="$CONFIG" \
+(cd "$ROOT" && "$PY" -m "hpm_jax.cli.$PROGRAM" --check_config --config="$CONFIG" \
   --config.dataset.data_dir="/mnt/$BUCKET/$DATA_DIR" ${EXTRA[@]+"${EXTRA[@]}"}) || exit 2
 
 MOUNT="/mnt/$BUCKET"
@@ -114,8 +139,10 @@ fi
 sudo mkdir -p $MOUNT && sudo chown \$USER $MOUNT
 mountpoint -q $MOUNT || gcsfuse --implicit-dirs --rename-dir-limit=100000 $BUCKET $MOUNT"
 
-# 4. Train on every worker; jax.distributed finds the other hosts by itself (--multihost).
+# 4. Train (or evaluate) on every worker; jax.distributed finds the other hosts by itself
+# (--multihost).
 printf -v EXTRA_ARGS ' %q' "${EXTRA[@]}"
 [ "${#EXTRA[@]}" -eq 0 ] && EXTRA_ARGS=""
-on_all_workers "cd ~/hpm-jax && ~/hpm-venv/bin/python -m hpm_jax.train --multihost \
+[ -n "$CHECKPOINT" ] && EXTRA_ARGS=" --checkpoint=$MOUNT/$CHECKPOINT$EXTRA_ARGS"
+on_all_workers "cd ~/hpm-jax && ~/hpm-venv/bin/python -m hpm_jax.$PROGRAM --multihost \
 --config=$CONFIG --workdir=$MOUNT/$WORKDIR --config.dataset.data_dir=$MOUNT/$DATA_DIR$EXTRA_ARGS"

@@ -117,7 +117,8 @@ def test_summary_and_plots_written(evaluated):
     assert set(report["files"]) == {"robustness", "summary"}
     # The attacks' lines reach log.txt even with log=None; results reach TensorBoard.
     log = (workdir / "log.txt").read_text()
-    assert "initial accuracy:" in log and "robust accuracy:" in log and "apgd-ce@fc - 1/3 - " in log
+    assert "initial accuracy:" in log and "robust accuracy:" in log
+    assert "[msa_hpm batch 3/3] apgd-ce@fc - 1/1 - " in log
     assert any(n.startswith("events.out.tfevents") for n in os.listdir(workdir / "tensorboard"))
     assert report["provenance"]["devices"]["count"] == 4
 
@@ -135,7 +136,7 @@ def test_interrupted_evaluation_resumes_to_the_same_report(evaluated, checkpoint
         # a point is robust (the HPM model classifies ~2/3 of the 24 points correctly; 0 of 24
         # would need every one wrong). A later attack's line, as this test once used, never
         # comes where the first attack already broke every point.
-        if line.startswith("apgd-ce@fc - 1/3 - "):
+        if line.startswith("[msa_hpm batch 1/3] apgd-ce@fc - 1/1 - "):
             raise _Stop
 
     # Without the naive AutoAttack (a section of its own, with its own state and seeds, so
@@ -144,7 +145,7 @@ def test_interrupted_evaluation_resumes_to_the_same_report(evaluated, checkpoint
     with pytest.raises(_Stop):
         evaluate.run(config, checkpoints["hpm"], str(tmp_path), log=stop_inside_msa)
     assert not (tmp_path / "report.json").exists()
-    assert (tmp_path / "state" / "msa_hpm.json").exists()
+    assert (tmp_path / "state" / "msa_hpm" / "batch_00000.json").exists()
     resumed = evaluate.run(config, checkpoints["hpm"], str(tmp_path), log=None)
     assert resumed["heads"]["hpm"]["msa"]["chain"]["resumed"] is True
     assert "naive_autoattack" not in resumed["heads"]["hpm"]

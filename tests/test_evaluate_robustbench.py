@@ -92,12 +92,14 @@ def test_log_file_progress_and_tensorboard(evaluated):
     _, workdir, result, _ = evaluated
     log = (workdir / "log.txt").read_text()
     assert "initial accuracy:" in log and "robust accuracy:" in log
-    assert "initial accuracy: 100.00%" in log and "apgd-ce - 2/2 - " in log
+    assert "initial accuracy: 100.00%" in log
+    assert "[autoattack_fc batch 2/2] apgd-ce - 1/1 - " in log
     # Progress lines (no terminal here): after the first batch, with rate and ETA.
-    assert "[progress] autoattack_fc apgd-ce: 1/2 batch, " in result.stderr
+    assert "[progress] autoattack_fc: 1/2 batch, " in result.stderr
     assert "ETA 0:" in result.stderr
     # Each log line once on the console (the logger no longer repeats them through absl).
-    assert result.stdout.count("robust accuracy:") == 1
+    # (each batch's "robust accuracy:" and the section's over all batches).
+    assert result.stdout.count("robust accuracy:") == log.count("robust accuracy:") == 3
     assert "robust accuracy:" not in result.stderr
     events = os.listdir(workdir / "tensorboard")
     assert any(name.startswith("events.out.tfevents") for name in events)

@@ -19,7 +19,10 @@ import pytest
 
 PROGRAMS = {
     "hpm-train": ("hpm_jax.cli.train", ["--config", "--workdir", "--multihost"]),
-    "hpm-evaluate": ("hpm_jax.cli.evaluate", ["--config", "--checkpoint", "--workdir"]),
+    "hpm-evaluate": (
+        "hpm_jax.cli.evaluate",
+        ["--config", "--checkpoint", "--workdir", "--multihost", "--coordinator_address"],
+    ),
     "hpm-demo": ("hpm_jax.cli.demo", ["--config", "--workdir"]),
     "hpm-study": ("hpm_jax.cli.study", ["--config", "--workdir"]),
     "hpm-analysis": ("hpm_jax.cli.analysis", ["--checkpoint", "--out", "--heads"]),

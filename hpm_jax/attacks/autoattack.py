@@ -200,6 +200,7 @@ class _Plan:
     settings: dict[str, dict[str, Any]]
     fingerprint: dict[str, Any]
     num_devices: int
+    first_batch: int  # the index of batches[0] among the evaluation's batches (the keys')
 
     @property
     def names(self) -> list[str]:
@@ -350,7 +351,8 @@ class AutoAttack:
         near_tie = np.zeros(len(x), bool)
         for b, idx in enumerate(plan.batches):
             rows = self._rows(idx, plan.sizes[:1])
-            key = jax.random.fold_in(jax.random.fold_in(self._root_key(), tag), b)
+            key = jax.random.fold_in(jax.random.fold_in(self._root_key(), tag),
+                                     plan.first_batch + b)  # fmt: skip
             correct, margin = _judge_correct(
                 judge,
                 self._place(x[rows.index]),
@@ -387,19 +389,25 @@ class AutoAttack:
         *,
         batch_size: int,
         state_path: str | Path | None = None,
+        first_batch: int = 0,
     ) -> AutoAttackReport:
         """Evaluate (x, y): x (n, H, W, C) float in [0, 1], y (n,) int labels. With
         `state_path`, progress is saved after every batch and a killed run resumes there.
+
+        `first_batch`: the index of x's first batch among the fixed batches of a larger
+        evaluation of which (x, y) is a run of whole batches (`hpm_jax.evaluation` runs each
+        batch on its own, on whichever process): the keys derive from that index, so each
+        batch gets the randomness, and the result, it gets in one run over all the data.
         Every program runs at `precision`."""
         with precision_lib.applied(self.precision):
-            return self._run(x, y, batch_size, state_path)
+            return self._run(x, y, batch_size, state_path, first_batch)
 
-    def _run(self, x, y, batch_size, state_path) -> AutoAttackReport:
+    def _run(self, x, y, batch_size, state_path, first_batch) -> AutoAttackReport:
         x, y = np.asarray(x), np.asarray(y)
         if x.ndim < 1 or len(x) == 0:
             raise ValueError(f"x must hold at least one image, got shape {x.shape}.")
         _check_data(x, y, self.norm, self.eps, self.num_classes)
-        plan = self._plan(x, y, batch_size)
+        plan = self._plan(x, y, batch_size, first_batch)
         store = None
         if state_path is not None:  # notes on damaged state files go where the log goes
             store = StateStore(state_path, log=lambda m: self._log(m, logging.WARNING))
@@ -439,10 +447,12 @@ class AutoAttack:
             )
         return self._report(x, y, x_adv, state, plan, results)
 
-    def _plan(self, x: np.ndarray, y: np.ndarray, batch_size: int) -> _Plan:
+    def _plan(self, x: np.ndarray, y: np.ndarray, batch_size: int, first_batch: int) -> _Plan:
         """Buckets, batches, the attacks fitted to the number of classes, the fingerprint."""
         if not isinstance(batch_size, int | np.integer) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        if not isinstance(first_batch, int | np.integer) or first_batch < 0:
+            raise ValueError(f"first_batch must be an integer >= 0, got {first_batch!r}.")
         n_dev = self.mesh.devices.size
         if self.compact:
             step = batching.ladder_step(self.mesh.devices.flat)
@@ -477,6 +487,7 @@ class AutoAttack:
             "eps": self.eps,
             "seed": self.seed,
             "batch_size": int(batch_size),
+            "first_batch": int(first_batch),
             "bucket_sizes": list(sizes),
             "attacks": [[s.name, versions.fn_name(s.fn), settings[s.name]] for s in specs],
             "separate_judge": self.separate_judge,
@@ -493,6 +504,7 @@ class AutoAttack:
             settings=settings,
             fingerprint=fingerprint,
             num_devices=int(n_dev),
+            first_batch=int(first_batch),
         )
 
     def _restore(self, state, store, clean, near_tie, x, y, plan) -> np.ndarray:
@@ -584,7 +596,8 @@ class AutoAttack:
         images = x[:0]
         if n_robust:
             bucket = self._rows(idx, plan.sizes)
-            key = jax.random.fold_in(jax.random.fold_in(self._root_key(), a), b)
+            key = jax.random.fold_in(jax.random.fold_in(self._root_key(), a),
+                                     plan.first_batch + b)  # fmt: skip
             yb = self._place(y[bucket.index])
             res = spec.fn(
                 self.logits_fn,

@@ -179,6 +179,7 @@ def mixed_surrogate_attack(
     log: Callable[[str], Any] | None = print,
     precision: str = precision_lib.DEFAULT,
     logit_tolerance: float | None = None,
+    first_batch: int = 0,
 ) -> MSAReport:
     """Run MSA on (x, y): x (n, H, W, C) in [0, 1], y (n,) int labels, in fixed batches of
     `batch_size` in the given order (a multiple of the device count splits each batch over the
@@ -189,8 +190,9 @@ def mixed_surrogate_attack(
     version: the AutoAttack version whose attacks MSA runs ("standard": APGD-CE, APGD-T,
         FAB-T through each surrogate, Square against the target) or a list of names.
     state_path: a resumable state file, as AutoAttack's; loop ("auto", "lax", "host"): how
-        every attack iterates, as AutoAttack's; the rest (precision and logit_tolerance
-        included: every program of every surrogate runs at `precision`) as AutoAttack.
+        every attack iterates, as AutoAttack's; first_batch: the index of x's first batch in a
+        larger evaluation; the rest (precision and logit_tolerance included: every program of
+        every surrogate runs at `precision`) as AutoAttack.
     """
     mesh = make_mesh() if mesh is None else mesh
     # The weights replicated on the mesh once (one copy of the arrays the surrogates share
@@ -214,7 +216,7 @@ def mixed_surrogate_attack(
         precision=precision,
         logit_tolerance=logit_tolerance,
     )
-    report = chain.run(x, y, batch_size=batch_size, state_path=state_path)
+    report = chain.run(x, y, batch_size=batch_size, state_path=state_path, first_batch=first_batch)
     after = dict(report.robust_accuracy_after)
     per_surrogate = {
         name: after[[s.name for s in specs if s.name.endswith(f"@{name}")][-1]]

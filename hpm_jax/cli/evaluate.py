@@ -4,13 +4,19 @@
     hpm-evaluate --config=configs/fashion_mnist.py --checkpoint=DIR --workdir=OUT \\
         --baseline_checkpoint=/tmp/fmnist_at/model --config.evaluation.num_examples=1000
     hpm-evaluate --robustbench Carmon2019Unlabeled --workdir /tmp/carmon_eval
+    hpm-evaluate --config=configs/cifar10.py --check_config   # the config alone; writes nothing
+    # several hosts (a pod): the same command on each, plus --multihost or
+    #   --coordinator_address=HOST0:1234 --num_processes=N --process_id=I   (hpm_jax.cli.multihost)
+    # each host attacks its share of the fixed batches; process 0 writes the report.
 """
 
 from __future__ import annotations
 
+import jax
 from absl import flags
 
 from hpm_jax import cli
+from hpm_jax.cli import multihost
 from hpm_jax.models.export import CheckpointMismatchError
 from hpm_jax.runtime.identity import WorkdirMismatchError
 
@@ -40,6 +46,11 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "report.json, summary.md, plots,
 _BASELINE = flags.DEFINE_string(
     "baseline_checkpoint", None, "Optional separate FC model, evaluated with AutoAttack."
 )
+_CHECK_CONFIG = flags.DEFINE_bool(
+    "check_config", False, "Only load and check the config and its evaluation settings, print "
+    "one line and exit: loads no model or data, writes nothing, needs no --checkpoint or "
+    "--workdir. launch/tpu.sh --program=evaluate runs it locally before it creates a TPU.",
+)  # fmt: skip
 _OVERWRITE = flags.DEFINE_bool(
     "overwrite", False, "Discard the workdir's state and report when they belong to an "
     "evaluation with other settings (instead of stopping with an error).",
@@ -52,17 +63,25 @@ def main(argv: list[str], overrides: list[str]) -> None:
     if _ROBUSTBENCH.value:
         if _CHECKPOINT.value:
             cli.fail(PROG, "give --checkpoint or --robustbench, not both.")
-        cli.require(PROG, workdir=_WORKDIR.value)
+        cli.require(PROG, **({} if _CHECK_CONFIG.value else {"workdir": _WORKDIR.value}))
         rb = {"name": _ROBUSTBENCH.value, "dataset": _DATASET.value,
               "threat_model": _THREAT_MODEL.value, "model_dir": _MODEL_DIR.value,
               "download": _DOWNLOAD.value}  # fmt: skip
         config = evaluate.load_robustbench_config(rb, _CONFIG.value, overrides)
     else:
-        cli.require(PROG, config=_CONFIG.value, checkpoint=_CHECKPOINT.value,
-                    workdir=_WORKDIR.value)  # fmt: skip
+        run = {} if _CHECK_CONFIG.value else {"checkpoint": _CHECKPOINT.value,
+                                              "workdir": _WORKDIR.value}  # fmt: skip
+        cli.require(PROG, config=_CONFIG.value, **run)
         config = evaluate.load_evaluation_config(_CONFIG.value, overrides)
+    if _CHECK_CONFIG.value:
+        ev = evaluate.evaluation_config(config)
+        print(f"{PROG}: config OK: {_CONFIG.value or 'robustbench'}: {config.dataset.name}, "
+              f"{ev.norm} eps={float(ev.eps):g}, {ev.version}, {ev.num_examples or 'all'} "
+              f"points in batches of {ev.batch_size}")  # fmt: skip
+        return
     cli.default_verbosity()  # WARNING unless --verbosity/-v says otherwise (Orbax's INFO)
     cli.quiet_attack_logger()
+    multihost.initialize()
     try:
         report = evaluate.run(config, _CHECKPOINT.value, _WORKDIR.value, robustbench=rb,
                               baseline_checkpoint=_BASELINE.value, overwrite=_OVERWRITE.value,
@@ -72,13 +91,15 @@ def main(argv: list[str], overrides: list[str]) -> None:
         if "--overwrite" not in message:  # a state file the workdir's identity did not cover
             message += " Or pass --overwrite to discard it."
         cli.fail(PROG, message)
-    print(reports.table(report))
+    if jax.process_index() == 0:
+        print(reports.table(report))
 
 
 def console_main() -> None:
     """The `hpm-evaluate` console script. User errors are one line on stderr and exit code 2
     (`hpm_jax.cli`); nothing is written before them."""
-    cli.show_in_help(__name__, _CONFIG)  # else --help lists neither --config nor, as a script, any
+    # else --help lists neither --config nor, as a script, any flag
+    cli.show_in_help(__name__, _CONFIG, *multihost.FLAGS)
     errors = (evaluate.EvaluationSetupError, data.DatasetNotFoundError, CheckpointMismatchError)
     cli.run(PROG, main, user_errors=errors)
 

@@ -13,50 +13,21 @@ from __future__ import annotations
 import json
 
 import jax
-from absl import app, flags
+from absl import flags
 
 from hpm_jax import cli, config_lib
+from hpm_jax.cli import multihost
 
 PROG = "hpm-train"
 with cli.program_imports(PROG):  # the core install: one line naming the extra
     from hpm_jax.training import train
 _CONFIG = cli.define_config_flag()
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and the final model go here.")
-_COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", None, "host:port of process 0, for multi-host runs."
-)
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-host run.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0..N-1.")
-_MULTIHOST = flags.DEFINE_bool(
-    "multihost", False, "jax.distributed.initialize() with settings detected from the "
-    "environment (Cloud TPU pods, SLURM); instead of the three flags above."
-)  # fmt: skip
 _CHECK_CONFIG = flags.DEFINE_bool(
     "check_config", False, "Only load and check the config (sections, keys, values, the model "
     "it builds, init.checkpoint named), print one line and exit: reads no data, writes "
     "nothing, needs no --workdir. launch/tpu.sh runs it locally before it creates a TPU."
 )  # fmt: skip
-_CPU_COLLECTIVES = flags.DEFINE_string(
-    "cpu_collectives", "gloo", "Collectives of the CPU backend in multi-process runs."
-)
-
-
-def initialize_distributed() -> None:
-    """Join the processes of a multi-host run (before anything touches a device)."""
-    explicit = [_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value]
-    if any(v is not None for v in explicit):
-        if any(v is None for v in explicit):
-            raise app.UsageError(
-                "Give all of --coordinator_address, --num_processes and --process_id, or none."
-            )
-        jax.config.update("jax_cpu_collectives_implementation", _CPU_COLLECTIVES.value)
-        jax.distributed.initialize(
-            coordinator_address=_COORDINATOR.value,
-            num_processes=_NUM_PROCESSES.value,
-            process_id=_PROCESS_ID.value,
-        )
-    elif _MULTIHOST.value:
-        jax.distributed.initialize()
 
 
 def main(argv: list[str], overrides: list[str]) -> None:
@@ -72,7 +43,7 @@ def main(argv: list[str], overrides: list[str]) -> None:
     cli.require(PROG, config=_CONFIG.value, workdir=_WORKDIR.value)
     config = config_lib.load_config(_CONFIG.value, overrides)
     cli.default_verbosity()  # WARNING unless --verbosity/-v is given: Orbax logs reads at INFO
-    initialize_distributed()
+    multihost.initialize()
     summary = train.run(config, _WORKDIR.value)
     if jax.process_index() == 0:
         print(json.dumps(summary, indent=2), flush=True)
@@ -80,7 +51,8 @@ def main(argv: list[str], overrides: list[str]) -> None:
 
 def console_main() -> None:
     """The `hpm-train` console script: setup errors as one line, exit code 2 (hpm_jax.cli)."""
-    cli.show_in_help(__name__, _CONFIG)  # else --help lists neither --config nor, as hpm-train, any
+    # else --help lists neither --config nor, as hpm-train, any flag
+    cli.show_in_help(__name__, _CONFIG, *multihost.FLAGS)
     cli.run(PROG, main, user_errors=train.SETUP_ERRORS)
 
 

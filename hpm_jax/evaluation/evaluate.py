@@ -24,8 +24,15 @@ those defaults) and are written into the report; `evaluation.precision` is the m
 precision of every program (report.json's `precision`, with the logit tolerance it
 implies). WORKDIR receives `report.json`, `summary.md`, `robustness.png` (and
 `eps_curves.png` with `evaluation.curve_eps`), `adversarial/*.npz` (x_adv and per-sample
-robust flags) and `state/` (the attacks' resumable state files: a killed evaluation started
-again with the same arguments continues where it stopped and ends with the same report).
+robust flags) and `state/` (the attacks' resumable state files, per section and batch: a
+killed evaluation started again with the same arguments continues where it stopped and ends
+with the same report).
+
+Several processes (`jax.distributed`, one per host of a pod; `hpm-evaluate --multihost`) run
+`run` together on one workdir that all hosts see: each attacks its share of the fixed
+batches on its own devices (`hpm_jax.evaluation.processes`), and the report is the one a single
+process writes. Only process 0 writes the report, summary, plots, TensorBoard, log.txt and
+model_info; every process returns the report.
 """
 
 from __future__ import annotations
@@ -56,6 +63,7 @@ from hpm_jax.evaluation.inputs import (  # noqa: F401  (re-exported: evaluate.lo
     load_robustbench_for_evaluation,
     model_identity,
 )
+from hpm_jax.evaluation.processes import Processes
 from hpm_jax.evaluation.runner import AttackRunner, attack_list, clean_accuracy  # noqa: F401
 from hpm_jax.evaluation.workdir import (  # noqa: F401  (re-exported: evaluate.REPORT etc.)
     ADV_DIR,
@@ -223,10 +231,11 @@ def _load_inputs(config, ev, checkpoint, baseline_checkpoint, robustbench) -> _I
     want_msa = _want_msa(ev, modes, directory)
     if want_msa:
         _check_surrogates(tuple(ev.surrogates), modes)
-    n_dev = jax.device_count()
+    n_dev = jax.local_device_count()  # a batch runs on the devices of one process
     if int(ev.batch_size) % n_dev:
         raise EvaluationSetupError(
-            f"evaluation.batch_size={ev.batch_size} must be a multiple of the {n_dev} devices."
+            f"evaluation.batch_size={ev.batch_size} must be a multiple of the {n_dev} devices"
+            f"{' of each process' if jax.process_count() > 1 else ''}."
         )
     x, y, order = load_eval_subset(config, int(ev.num_examples), str(ev.data_file), str(ev.order))
     check_model_takes(model, variables, x, y, directory)
@@ -300,16 +309,24 @@ def run(
         "data": data_hash(inputs.x, inputs.y),
         "settings": json.loads(ev.to_json()),
     }
-    prepare_workdir(workdir, identity, overwrite=overwrite)  # the first write
+    processes = Processes.current()
+    # Every process checks (and refuses another evaluation's workdir alike); the writer
+    # writes (or clears) it, and no process goes on before it has.
+    prepare_workdir(workdir, identity, overwrite=overwrite, write=processes.writer)
+    processes.barrier("hpm_jax.evaluate: workdir ready")
     progress = progress or ("auto" if log is not None else "off")
-    logger = evaluation_log.EvaluationLog(workdir, console=log, progress=progress)
+    logger = evaluation_log.EvaluationLog(
+        workdir if processes.writer else None, console=log,
+        progress=progress if processes.writer else "off",
+    )  # fmt: skip
     try:
         # ---- the attacks: one row per head, then robust accuracy vs eps -------------------
         start = time.perf_counter()
         used = arithmetic(ev, inputs.model)
         runner = AttackRunner(
-            ev, inputs.x, inputs.y, workdir, logger, logit_tolerance=used["logit_tolerance"]
-        )
+            ev, inputs.x, inputs.y, workdir, logger, processes,
+            logit_tolerance=used["logit_tolerance"],
+        )  # fmt: skip
         surrogates = tuple(ev.surrogates) if inputs.want_msa else ()
         fns = models.logits_fns(inputs.model, inputs.variables, [*inputs.modes, *surrogates])
         with precision.applied(ev.precision):  # clean passes too; the attacks set it again
@@ -319,7 +336,9 @@ def run(
         # ---- the report: report.json, summary.md, plots, TensorBoard ----------------------
         report = _report(config, ev, inputs, heads, curves, runner.seconds, start)
         report["precision"] = used
-        _write(report, inputs.rb_info, workdir, logger)
+        if processes.writer:
+            _write(report, inputs.rb_info, workdir, logger)
+        processes.barrier("hpm_jax.evaluate: report written")  # all end when it is there
         return report
     finally:
         logger.close()
@@ -411,6 +430,7 @@ def _report(config, ev, inputs: _Inputs, heads, curves, seconds, start: float) -
         "batch_size": batch_size,
         "order": f"{inputs.order}, fixed batches of {batch_size}",
         "devices": jax.device_count(),
+        "processes": jax.process_count(),
         "threat_model": {"norm": ev.norm, "eps": float(ev.eps)},
         "settings": json.loads(ev.to_json()),
         "heads": heads,

@@ -1,23 +1,21 @@
 """The evaluation's console, log file, progress bars and TensorBoard record.
 
     log = EvaluationLog(workdir, console=print, progress="auto")   # appends to workdir/log.txt
-    with log.section("autoattack_fc") as on_progress:
-        AutoAttack(fn, ..., log=log, on_progress=on_progress).run(x, y, batch_size=250)
+    AutoAttack(fn, ..., log=log).run(x, y, batch_size=250)
+    with log.bar("autoattack_fc", total=40, initial=0) as bar:   # one per section, per batch
+        bar.set(1)
     log.close()
     write_tensorboard(report, workdir)      # results and settings: workdir/tensorboard
 
-Every line the attacks log (AutoAttack's wording: "initial accuracy: ...", "apgd-ce - 2/4 -
-...", "robust accuracy: ...") goes to `log.txt` and to `console`. One progress bar per attack
-of a section, per batch, with rate and ETA (`hpm_jax.runtime.progress`): AutoAttack calls the
-section's
-`on_progress(attack, batch, n_batches)` hook; MSA, whose function takes no hook, drives it by
-its per-batch log lines (`line_progress=True`).
+Every line the attacks log (AutoAttack's wording: "initial accuracy: ...", "apgd-ce - 1/1 -
+...", "robust accuracy: ...") goes to `log.txt` and to `console`. One progress bar per
+section (AutoAttack on a head, MSA), per batch this process attacks, with rate and ETA
+(`hpm_jax.runtime.progress`).
 """
 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -26,90 +24,38 @@ from hpm_jax.runtime import progress
 
 LOG = "log.txt"
 TENSORBOARD = "tensorboard"  # as the training's (hpm_jax.training.metrics)
-_RUNNING = re.compile(r"^running (\S+)$")
-_BATCH = re.compile(r"^(\S+) - (\d+)/(\d+) - ")
-
-
-class _Section:
-    def __init__(self, owner: EvaluationLog, name: str, line_progress: bool):
-        self.owner, self.name, self.line_progress = owner, name, line_progress
-        self.bar: progress.Bar | None = None
-        self.attack: str | None = None
-
-    def on_progress(self, attack: str, batch: int, n_batches: int) -> None:
-        """AutoAttack's hook: `batch` (0-based) of attack `attack` is done."""
-        if self.bar is None or attack != self.attack:
-            self._open(attack, n_batches, initial=batch)
-        self.bar.set(batch + 1, total=n_batches)
-        if batch + 1 == n_batches:
-            self._close()
-
-    def _open(self, attack: str, total: int | None, initial: int = 0) -> None:
-        self._close()
-        self.attack = attack
-        self.bar = progress.Bar(f"{self.name} {attack}", total, unit="batch", initial=initial,
-                                mode=self.owner.progress)  # fmt: skip
-
-    def _close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        self.bar, self.attack = None, None
-
-    def line(self, text: str) -> None:
-        running = _RUNNING.match(text)
-        if running:  # the attack starts: its bar's clock starts now, before the first batch
-            self._open(running.group(1), None)
-            return
-        batch = _BATCH.match(text)
-        if batch and self.line_progress:
-            b, n = int(batch.group(2)), int(batch.group(3))
-            self.on_progress(batch.group(1), b - 1, n)
 
 
 class EvaluationLog:
-    """A `log` callable for the attacks: each line to log.txt and to `console`."""
+    """A `log` callable for the attacks: each line to log.txt and to `console`. Without a
+    workdir (the processes of a multi-host run other than the writer): to `console` only."""
 
-    def __init__(self, workdir: str, *, console: Callable[[str], Any] | None = print,
+    def __init__(self, workdir: str | None, *, console: Callable[[str], Any] | None = print,
                  progress: str | None = "auto"):  # fmt: skip
         # print would write through live bars; echo writes above them
         self.console = progress_echo if console is print else console
         self.progress = "off" if progress is None else progress
-        self.path = os.path.join(workdir, LOG)
-        self._file = open(self.path, "a")
-        self._file.write(f"# {provenance.now()} evaluation (hpm-jax "
-                         f"{provenance.package_version('hpm-jax')})\n")  # fmt: skip
-        self._file.flush()
-        self._section: _Section | None = None
+        self.path = None if workdir is None else os.path.join(workdir, LOG)
+        self._file = None if self.path is None else open(self.path, "a")
+        if self._file is not None:
+            self._file.write(f"# {provenance.now()} evaluation (hpm-jax "
+                             f"{provenance.package_version('hpm-jax')})\n")  # fmt: skip
+            self._file.flush()
 
     def __call__(self, text: str) -> None:
-        self._file.write(text + "\n")
-        self._file.flush()
-        if self._section is not None:
-            self._section.line(text)
+        if self._file is not None:
+            self._file.write(text + "\n")
+            self._file.flush()
         if self.console is not None:
             self.console(text)
 
-    def section(self, name: str, *, line_progress: bool = False) -> _Sectioned:
-        """A context for one attack run: yields its `on_progress` hook; closes its bars."""
-        return _Sectioned(self, name, line_progress)
+    def bar(self, name: str, total: int, initial: int = 0) -> progress.Bar:
+        """A progress bar (in this log's mode) over `total` batches, `initial` done before."""
+        return progress.Bar(name, total, unit="batch", initial=initial, mode=self.progress)
 
     def close(self) -> None:
-        if self._section is not None:
-            self._section._close()
-        self._file.close()
-
-
-class _Sectioned:
-    def __init__(self, owner: EvaluationLog, name: str, line_progress: bool):
-        self.owner, self.section = owner, _Section(owner, name, line_progress)
-
-    def __enter__(self) -> Callable[[str, int, int], None]:
-        self.owner._section = self.section
-        return self.section.on_progress
-
-    def __exit__(self, *exc) -> None:
-        self.section._close()
-        self.owner._section = None
+        if self._file is not None:
+            self._file.close()
 
 
 def progress_echo(text: str) -> None:

@@ -28,10 +28,13 @@ OUTPUTS = (REPORT, SUMMARY, STATE_DIR, ADV_DIR, "robustness.png", "eps_curves.pn
            evaluation_log.LOG, evaluation_log.TENSORBOARD)  # fmt: skip
 
 
-def prepare_workdir(workdir: str, identity: dict[str, Any], *, overwrite: bool = False) -> None:
+def prepare_workdir(
+    workdir: str, identity: dict[str, Any], *, overwrite: bool = False, write: bool = True
+) -> None:
     """Make `workdir` ready for the evaluation `identity` describes. Its state and report are
     resumed when they belong to the same evaluation; another evaluation's are an
-    WorkdirMismatchError (nothing is touched) or, with `overwrite`, deleted."""
+    WorkdirMismatchError (nothing is touched) or, with `overwrite`, deleted. `write=False`
+    only checks (the processes of a multi-host run other than the writer)."""
     import shutil
 
     path = os.path.join(workdir, STATE_DIR, IDENTITY)
@@ -54,6 +57,8 @@ def prepare_workdir(workdir: str, identity: dict[str, Any], *, overwrite: bool =
             "discard it, or another --workdir.",
             inline=4,
         )
+    if not write:
+        return
     if overwrite:
         for name in OUTPUTS:
             target = os.path.join(workdir, name)
