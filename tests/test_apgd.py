@@ -138,6 +138,7 @@ def test_sparse_direction_keeps_the_top_fraction():
 
 # L2 shares the schedule, momentum and restarts with Linf (only the step direction and the
 # projection differ) and has its known-answer test; its float64 compile is left out for time.
+@pytest.mark.slow
 @pytest.mark.parametrize("norm,eps", [("Linf", 0.05), ("L1", 0.5)])
 def test_single_run_matches_reference_from_the_same_start(norm, eps, loss="ce"):
     """The reference's attack_single_run from our start point, 100 iterations: momentum,
@@ -398,6 +399,7 @@ def _ignore_key(u, key):
     return MODEL(u)
 
 
+@pytest.mark.slow
 def test_eot_averages_gradients_over_fresh_draws():
     """A randomized model whose gradient is drowned in noise: z_y gets a * (v·x) - a *
     stop_gradient(v·x) with a fresh a ~ N(0, 8^2) per call (logits unchanged, gradient
@@ -420,6 +422,7 @@ def test_eot_averages_gradients_over_fresh_draws():
     assert np.asarray(single.robust)[must_break].sum() >= 3  # the noise does defeat one draw
 
 
+@pytest.mark.slow
 def test_one_and_four_devices_agree():
     x = apgd_batch(15)
     y = MODEL.labels(x)

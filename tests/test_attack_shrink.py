@@ -79,6 +79,7 @@ def test_square_feeds_only_unbroken_points_in_the_smallest_bucket():
 
 @pytest.mark.parametrize("norm, x, y, eps", [("Linf", SQUARE_X_LINF, SQUARE_Y_LINF, 0.02),
                                              ("L2", SQUARE_X_BOX, SQUARE_Y_BOX, 0.5)])  # fmt: skip
+@pytest.mark.slow
 def test_square_compacted_equals_whole_batch_and_agrees_on_1_2_and_4_devices(norm, x, y, eps):
     key = jax.random.key(4)
     kw = dict(key=key, norm=norm, eps=eps, n_queries=SQUARE_Q, n_restarts=2)
@@ -180,6 +181,7 @@ def test_the_chain_passes_compact_to_fab_and_square_and_msa_keeps_the_whole_batc
     assert seen and seen_surrogate and set(seen) == set(seen_surrogate) == {16}
 
 
+@pytest.mark.slow
 def test_apgd_t_attacks_only_the_points_still_robust_and_agrees_on_1_2_and_4_devices():
     x = apgd_batch(7)
     y = APGD_MODEL.labels(x)

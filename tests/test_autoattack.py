@@ -322,6 +322,7 @@ def test_any_number_of_batches_compiles_once_per_bucket_size():
     assert {k[2] for k in counts} <= set(CHAIN_SIZES)
 
 
+@pytest.mark.slow
 def test_the_same_seed_gives_the_same_report_on_1_and_4_devices():
     x, y, _ = chain_data(45, seed=1)
     chain = shift_chain(noise=True)

@@ -23,6 +23,8 @@ from hpm_jax.models import get_model
 from hpm_jax.models.export import save_model
 from hpm_jax.runtime import integrity
 
+pytestmark = pytest.mark.slow  # two evaluations in fresh processes
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARCH = dict(in_channels=1, image_size=8, channels=[4, 4, 4], num_features=8)
 # The program with a listener on JAX's compilation-cache events; their counts go to argv[1].
@@ -33,8 +35,6 @@ counts = collections.Counter()
 jax.monitoring.register_event_listener(lambda event, **kw: counts.update([event]))
 out, sys.argv = sys.argv[1], ["hpm-evaluate", *sys.argv[2:]]
 from hpm_jax.cli import evaluate
-
-pytestmark = pytest.mark.slow  # two evaluations in fresh processes
 try:
     evaluate.console_main()
 finally:

@@ -134,6 +134,7 @@ ATTACKS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,attack,settings", ATTACKS, ids=[a[0] for a in ATTACKS])
 @pytest.mark.parametrize("compact", [True, False])
 @pytest.mark.parametrize("judge", ["self", "other"])

@@ -315,6 +315,7 @@ def test_batch_coupled_judge_verdict_is_on_the_returned_batch():
 # ---------------------------------------------------------------- devices and errors
 
 
+@pytest.mark.slow
 def test_one_and_four_devices_agree():
     x = jnp.asarray(0.2 + 0.6 * np.random.default_rng(11).random((8, 1, 2, 1)), jnp.float32)
     y = jnp.argmax(MLP(x), 1)

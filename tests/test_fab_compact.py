@@ -73,6 +73,7 @@ def test_only_points_not_yet_broken_are_fed_to_later_targets():
     assert np.all(moved[~np.asarray(res.robust)] <= eps)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("attack", ["fab-t", "fab"])
 def test_compacted_restarts_agree_with_whole_batches_and_on_1_2_and_4_devices(attack):
     """Random restarts draw per point (keyed by its row), so a point's runs do not depend on

@@ -139,6 +139,7 @@ def test_untargeted_judge_decides_success_on_the_whole_batch():
     np.testing.assert_array_equal(judged.x_adv[2:], plain.x_adv[2:])
 
 
+@pytest.mark.slow
 def test_untargeted_one_and_four_devices_agree():
     x = jnp.asarray(0.2 + 0.6 * np.random.default_rng(11).random((8, 1, 2, 1)), jnp.float32)
     y = jnp.argmax(MLP(x), 1)
@@ -178,6 +179,7 @@ def test_untargeted_bad_inputs_raise_clear_errors(change, message):
 CHUNK_CLASSES = 7  # chunks of 1, 3 (the last one padded) and 7 (all at once)
 
 
+@pytest.mark.slow
 def test_untargeted_chunks_give_the_all_at_once_result():
     """The C backward passes in chunks of 1 or 3 (a scan keeping the closest boundary so far,
     ties to the lowest class) choose the same boundary with the same gradient as all 7 at

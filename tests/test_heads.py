@@ -394,6 +394,7 @@ def _train_step(model, variables, x, y):
     return loss, out, updates, grads
 
 
+@pytest.mark.slow
 def test_same_results_on_1_and_4_devices():
     model = get_model("small_cnn", num_classes=C, head="hpm", channels=(8, 8, 8), num_features=D)
     x = jax.random.uniform(jax.random.key(0), (16, 28, 28, 1))

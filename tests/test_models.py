@@ -18,6 +18,7 @@ from hpm_jax.models import BACKBONES, get_model
         ("resnet18", {}, (8, 32, 32, 3), 512),
     ],
 )
+@pytest.mark.slow
 def test_forward_backward_same_on_1_and_4_devices(name, kwargs, shape, features):
     model = get_model(name, num_classes=10, **kwargs)
     x = jax.random.uniform(jax.random.key(0), shape)
@@ -39,6 +40,7 @@ def test_forward_backward_same_on_1_and_4_devices(name, kwargs, shape, features)
     jax.tree.map(same_stats, stats1, stats4)  # batch statistics are over the global batch
 
 
+@pytest.mark.slow
 def test_sharding_changes_nothing_but_rounding_in_float64():
     with jax.enable_x64(True):
         model = get_model("resnet18", num_classes=10, dtype=jnp.float64)

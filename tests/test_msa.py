@@ -217,6 +217,7 @@ def _robust_data(n=16):
     return x.astype(np.float32), y
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm", ["Linf", "L2"])
 def test_every_attack_judged_by_a_provably_robust_target_reports_it_robust(norm):
     x, y = _robust_data()
@@ -241,6 +242,7 @@ def test_every_attack_judged_by_a_provably_robust_target_reports_it_robust(norm)
         assert float(np.mean(attack().robust)) <= 0.25, name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm", ["Linf", "L2"])
 def test_msa_of_a_provably_robust_target_reports_it_fully_robust(norm):
     x, y = _robust_data()

@@ -456,6 +456,7 @@ def test_broken_points_are_frozen_and_the_loop_stops_when_all_are_broken():
             assert any(np.any(calls[t][i] != calls[0][i]) for t in range(1, q))
 
 
+@pytest.mark.slow
 def test_one_and_four_devices_give_the_same_result():
     sharded = jax.device_put(SQUARE_X_LINF, data_sharding(make_mesh()))
     assert len(sharded.sharding.device_set) == 4
