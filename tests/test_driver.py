@@ -137,24 +137,21 @@ ATTACKS = [
 @pytest.mark.slow
 @pytest.mark.parametrize("name,attack,settings", ATTACKS, ids=[a[0] for a in ATTACKS])
 @pytest.mark.parametrize("compact", [True, False])
-@pytest.mark.parametrize("judge", ["self", "other"])
-def test_every_attack_gives_the_same_result_with_either_loop(name, attack, settings, compact,
-                                                             judge):  # fmt: skip
+def test_every_attack_gives_the_same_result_with_either_loop(name, attack, settings, compact):
     """The lax loop (the GPU/TPU default) and the host loop (the CPU default) run the same
     iterates: the programs differ only in where the loop is, and each elementwise operation
     rounds the same way in both (a linear-tanh model has no convolution whose algorithm
-    could differ), so the results are identical, on a batch split over two devices."""
+    could differ), so the results are identical, on a batch split over two devices, with a
+    judge that ranks the classes unlike the model (the model as its own judge, on a conv
+    net: tests/test_lax_host.py)."""
     x = jnp.asarray(np.random.default_rng(1).uniform(0, 1, (20, 4, 4, 3)), jnp.float32)
     y = jnp.argmax(_model(x), 1)
     sharding = data_sharding(make_mesh(take_devices(2)))
     x, y = jax.device_put(x, sharding), jax.device_put(y, sharding)
-    kw = dict(key=jax.random.key(3), eps=0.05, compact=compact, **settings)
-    if judge == "other":
-        kw["judge_fn"] = _other
+    kw = dict(key=jax.random.key(3), eps=0.05, compact=compact, judge_fn=_other, **settings)
     results = [attack(_model, x, y, loop=loop, **kw) for loop in ("lax", "host")]
     robust = [np.asarray(r.robust) for r in results]
     np.testing.assert_array_equal(robust[0], robust[1])
-    assert 0 < robust[0].sum() < len(robust[0]) or judge == "other"
     np.testing.assert_array_equal(np.asarray(results[0].x_adv), np.asarray(results[1].x_adv))
 
 
