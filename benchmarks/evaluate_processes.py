@@ -36,50 +36,18 @@ from common import hardware_summary
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "fashion_mnist.py")
-ARCH = dict(in_channels=1, image_size=28, channels=[8, 16, 16], num_features=32)
 
 
 def make_model(directory: str, steps: int = 40, batch: int = 64) -> str:
     """A weak but real HPM model: SGD on the FC logits, then P_ema = the class means."""
-    import jax
-    import jax.numpy as jnp
-    import optax
+    sys.path.insert(0, os.path.join(REPO, "tests"))
+    from evaluation_support import ARCH as arch
+    from evaluation_support import train_tiny
 
-    from hpm_jax import data
-    from hpm_jax.models import get_model
     from hpm_jax.models.export import save_model
-    from hpm_jax.models.prototypes import init_prototypes
 
-    model = get_model("small_cnn", num_classes=10, head="hpm", **ARCH)
-    source = data.get_source("fashion_mnist", "train")
-    n = steps * batch // 4
-    x = np.stack([source[i]["image"] for i in range(n)]).astype(np.float32) / 255.0
-    x = x.reshape(-1, 28, 28, 1)
-    y = np.asarray([source[i]["label"] for i in range(n)], np.int32)
-    variables = model.init(jax.random.key(0), jnp.asarray(x[:2]))
-    opt = optax.sgd(0.1, momentum=0.9)
-
-    @jax.jit
-    def step(params, stats, opt_state, xb, yb):
-        def loss(p):
-            logits, upd = model.apply({**variables, "params": p, "batch_stats": stats}, xb,
-                                      train=True, mode="fc", mutable=["batch_stats"])  # fmt: skip
-            return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean(), upd
-
-        (_, upd), g = jax.value_and_grad(loss, has_aux=True)(params)
-        updates, opt_state = opt.update(g, opt_state)
-        return optax.apply_updates(params, updates), upd["batch_stats"], opt_state
-
-    params, stats = variables["params"], variables["batch_stats"]
-    opt_state = opt.init(params)
-    for i in range(steps):
-        rows = slice((i * batch) % n, (i * batch) % n + batch)
-        params, stats, opt_state = step(params, stats, opt_state, x[rows], y[rows])
-    variables = {**variables, "params": params, "batch_stats": stats}
-    batches = [{"image": jnp.asarray(x[i : i + 128]), "label": jnp.asarray(y[i : i + 128])}
-               for i in range(0, n, 128)]  # fmt: skip
-    variables = init_prototypes(model, variables, batches)
-    return save_model(directory, variables, arch="small_cnn", num_classes=10, head="hpm", **ARCH)
+    _, variables = train_tiny(n_steps=steps, batch=batch)
+    return save_model(directory, variables, arch="small_cnn", num_classes=10, head="hpm", **arch)
 
 
 def _free_port() -> int:
