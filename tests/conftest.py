@@ -19,6 +19,8 @@ if PLATFORM != "cpu":
 
     # The tolerances are derived for float32 arithmetic; an accelerator's default precision
     # (TF32 convolutions on NVIDIA, bf16 passes on TPU) is benchmarks/gpu_check.py's subject.
+    # AutoAttack, MSA and hpm-evaluate still run at their own `precision` (default "high"),
+    # and their checks use that precision's tolerance.
     jax.config.update("jax_default_matmul_precision", "highest")
 # The programs turn JAX's persistent compilation cache on (hpm_jax.runtime.compilation_cache);
 # in the suite (in-process and in subprocesses) it stays off, so no test writes to the
