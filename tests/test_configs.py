@@ -156,3 +156,14 @@ def test_evaluation_section_is_the_evaluators_defaults():
     assert config_sections.evaluation().to_dict() == evaluate.default_evaluation_config().to_dict()
     with pytest.raises(TypeError, match=r"evaluation: unknown key\(s\) \['epss'\]"):
         config_sections.evaluation(epss=0.1)
+
+
+def test_the_demo_runs_on_its_default_config_without_a_config_flag():
+    """`hpm-demo --workdir=W` (no --config) loads configs/fashion_mnist.py and its :hpm variant
+    (the default's path broke once when the demo moved into hpm_jax/experiments/)."""
+    from hpm_jax.experiments import demo
+
+    assert os.path.samefile(demo.DEFAULT_CONFIG, os.path.join(CONFIG_DIR, "fashion_mnist.py"))
+    at_config, hpm_config = demo.stage_configs()
+    assert at_config.dataset.name == hpm_config.dataset.name == "fashion_mnist"
+    assert at_config.model.head == "fc" and hpm_config.model.head == "hpm"

@@ -39,7 +39,10 @@ from hpm_jax import config_lib
 from hpm_jax.evaluation import evaluate, reports
 from hpm_jax.runtime import integrity
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "fashion_mnist.py")
+# The repository's configs/ (an editable install or a checkout; a wheel holds no configs).
+DEFAULT_CONFIG = os.path.normpath(
+    os.path.join(os.path.dirname(__file__), "..", "..", "configs", "fashion_mnist.py")
+)
 SUMMARY = "summary.json"
 # The demo's own choice for its training stages, before the user's overrides: the held-out
 # PGD evaluation at the end of training runs on 1000 test images, not all 10000 (that pass
