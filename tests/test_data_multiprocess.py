@@ -5,7 +5,6 @@ batch and `make_array_from_process_local_data` assembles the global arrays.
 """
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from platform_support import cpu_only
+from train_support import free_port
 
 from hpm_jax import data
 from hpm_jax.runtime.sharding import make_mesh
@@ -59,16 +59,10 @@ def _worker(process_id: int, port: int, data_dir: str, out: str) -> None:
         np.savez(out, **{f"{i}_{k}": v for i, b in enumerate(batches) for k, v in b.items()})
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 @cpu_only("2 processes on localhost, each with 2 fake CPU devices (XLA_FLAGS)")
 def test_two_processes_build_the_same_global_batches(tmp_path):
-    port, out = _free_port(), tmp_path / "batches.npz"
+    port, out = free_port(), tmp_path / "batches.npz"
     env = dict(
         os.environ,
         XLA_FLAGS="--xla_force_host_platform_device_count=2",

@@ -12,7 +12,6 @@
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,7 +23,7 @@ import pytest
 from evaluation_support import ARCH, EVAL_CONFIG, comparable, train_tiny
 from platform_support import cpu_only
 from toys import CHAIN_EPS, chain_data, mean_model, shift_chain
-from train_support import child_env
+from train_support import child_env, free_port
 
 from hpm_jax.attacks import AutoAttack
 from hpm_jax.data import offline
@@ -113,12 +112,6 @@ def reference(model_dir, tmp_path_factory):
     return evaluate.run(config, model_dir, str(workdir), log=None), workdir
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def compile_cache(tmp_path_factory):
     """One JAX compilation cache for every child: process 0 (or a lone process) loads what an
@@ -131,7 +124,7 @@ def _start(model_dir, workdir, processes: int, cache: str) -> list[subprocess.Po
     command = [sys.executable, "-m", "hpm_jax.cli.evaluate", f"--config={EVAL_CONFIG}",
                f"--checkpoint={model_dir}", f"--workdir={workdir}",
                *[f"--config.{o}" for o in OVERRIDES]]  # fmt: skip
-    port = _free_port()
+    port = free_port()
     joined = [f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={processes}"]
     return [
         subprocess.Popen(

@@ -10,7 +10,6 @@ uninterrupted result bit for bit, HPM fine-tuning from an FC checkpoint, and cle
 
 import json
 import os
-import socket
 import struct
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from train_support import (
     assert_close,
     child_env,
     final_params,
+    free_port,
     kill_at_step,
     load,
     run,
@@ -169,17 +169,11 @@ def test_one_device_trains_the_same_model_as_four(reference, tmp_path):
     assert one["eval_clean_accuracy"] == summary["eval_clean_accuracy"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 @cpu_only("2 processes on localhost, each with 2 fake CPU devices (XLA_FLAGS)")
 def test_two_processes_train_the_same_model_as_one(reference, tmp_path):
     _, root, summary, expected = reference
-    port, workdir = _free_port(), tmp_path / "work"
+    port, workdir = free_port(), tmp_path / "work"
     env = child_env(XLA_FLAGS="--xla_force_host_platform_device_count=2")
     args = [str(port), str(workdir), str(root), json.dumps(reference_overrides(root))]
     workers = [

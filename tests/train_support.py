@@ -10,6 +10,7 @@ must set it up itself):
 import json
 import logging
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -124,6 +125,13 @@ def child_env(**extra) -> dict[str, str]:
     """The environment of a subprocess that imports this repository's hpm_jax."""
     path = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
     return dict(os.environ, PYTHONPATH=path, **extra)
+
+
+def free_port() -> int:
+    """A TCP port free on localhost now (for a jax.distributed coordinator)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def kill_at_step(workdir, data_dir, overrides, *, step: int, total: int) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from absl import flags, logging
 
 from hpm_jax import cli
+from hpm_jax.cli import multihost
 from hpm_jax.models import export as model_export
 
 PROG = "hpm-demo"
@@ -33,12 +34,13 @@ def main(argv: list[str], overrides: list[str]) -> None:
     at_config, hpm_config = demo.stage_configs(_CONFIG.value or demo.DEFAULT_CONFIG, overrides)
     logging.set_verbosity(logging.WARNING)  # Orbax logs every read and write at INFO
     cli.quiet_attack_logger()
+    multihost.initialize()  # several hosts: the same command on each (hpm_jax.cli.multihost)
     demo.run(at_config, hpm_config, _WORKDIR.value)
 
 
 def console_main() -> None:
     """The demo's command line: user errors are one line and exit code 2 (`hpm_jax.cli`)."""
-    cli.show_in_help(__name__, _CONFIG)
+    cli.show_in_help(__name__, _CONFIG, *multihost.FLAGS)
     errors = (*train.SETUP_ERRORS, evaluate.EvaluationSetupError, data.DatasetNotFoundError,
               model_export.CheckpointMismatchError)  # fmt: skip
     cli.run(PROG, main, user_errors=errors)

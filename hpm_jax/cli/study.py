@@ -9,6 +9,7 @@ from __future__ import annotations
 from absl import flags, logging
 
 from hpm_jax import cli
+from hpm_jax.cli import multihost
 from hpm_jax.models import export as model_export
 
 PROG = "hpm-study"
@@ -31,12 +32,14 @@ def main(argv: list[str], overrides: list[str]) -> None:
     cli.require(PROG, config=_CONFIG.value, workdir=_WORKDIR.value)
     logging.set_verbosity(logging.WARNING)  # Orbax logs every read and write at INFO
     cli.quiet_attack_logger()
-    study.run(study.load_study_config(_CONFIG.value, overrides), _WORKDIR.value)
+    config = study.load_study_config(_CONFIG.value, overrides)
+    multihost.initialize()  # several hosts: the same command on each (hpm_jax.cli.multihost)
+    study.run(config, _WORKDIR.value)
 
 
 def console_main() -> None:
     """`hpm-study`: user errors are one line and exit code 2 (`hpm_jax.cli`)."""
-    cli.show_in_help(__name__, _CONFIG)
+    cli.show_in_help(__name__, _CONFIG, *multihost.FLAGS)
     errors = (study.StudyError, *train.SETUP_ERRORS, evaluate.EvaluationSetupError,
               data.DatasetNotFoundError, model_export.CheckpointMismatchError)  # fmt: skip
     cli.run(PROG, main, user_errors=errors)

@@ -24,6 +24,13 @@ damaged "done" file is named and its stage runs again, resumed):
 `stage_configs` applies the config overrides (`--config.a.b=v` on the command line) to both
 training stages and the evaluation, after the demo's own `DEMO_OVERRIDES` (held-out PGD
 evaluation of training on 1000 images).
+
+Several processes (`jax.distributed`, one per host; `hpm-demo --multihost` or the three
+explicit flags of `hpm_jax.cli.multihost`) run `run` together on one workdir all hosts see:
+the training stages train on every host's devices, the evaluation shares out its batches
+(`hpm_jax.evaluation.processes`), and process 0 alone writes the analysis, the summary and
+every report. Whether a stage is done is process 0's look at its files, so that all
+processes run or skip it together.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ import ml_collections
 
 from hpm_jax import config_lib
 from hpm_jax.evaluation import evaluate, reports
+from hpm_jax.evaluation.processes import Processes
 from hpm_jax.runtime import integrity
 
 # The repository's configs/ (an editable install or a checkout; a wheel holds no configs).
@@ -84,26 +92,25 @@ def check_settings(config: ml_collections.ConfigDict) -> None:
         )
 
 
-def _marker(directory: str, name: str, log) -> dict[str, Any] | None:
-    """The content of a stage's "done" file, or None when it is absent or damaged (named in
-    one line: the stage then runs again, resuming from its own state)."""
-    what = "the stage runs again (it resumes from its own state)"
-    return integrity.read_json_or_none(os.path.join(directory, name), log, what)
+_AGAIN = "the stage runs again (it resumes from its own state)"
 
 
-def _train(config, directory: str, log) -> dict[str, Any]:
+def _train(config, directory: str, log, processes: Processes) -> dict[str, Any]:
     from hpm_jax.training import train  # jax and the training stack, imported on use
 
-    summary = _marker(directory, train.SUMMARY, log)
-    if summary is not None and _marker(directory, "model/model.json", log) is not None:
+    summary = processes.read_done(os.path.join(directory, train.SUMMARY), log, _AGAIN)
+    model = processes.read_done(os.path.join(directory, "model", "model.json"), log, _AGAIN)
+    if summary is not None and model is not None:
         log(f"[demo] {directory} is complete; skipped.")
         return summary
-    return train.run(config, directory)
+    return train.run(config, directory)  # every process: it trains on all hosts' devices
 
 
-def _analysis(config, checkpoint: str, directory: str, log) -> dict[str, Any]:
-    """The sensitivity analysis of the HPM model on the evaluation points and batches."""
-    done = _marker(directory, "summary.json", log)
+def _analysis(config, checkpoint: str, directory: str, log, processes: Processes) -> dict:
+    """The sensitivity analysis of the HPM model on the evaluation points and batches. Every
+    process computes it on its own devices (it is deterministic, and short beside the
+    evaluation that follows); process 0 writes it."""
+    done = processes.read_done(os.path.join(directory, "summary.json"), log, _AGAIN)
     if done is not None:
         log(f"[demo] {directory} is complete; skipped.")
         return done
@@ -129,8 +136,10 @@ def _analysis(config, checkpoint: str, directory: str, log) -> dict[str, Any]:
     result = analysis.analyze(model, variables, batches, seed=int(ev.seed))
     summary = result["summary"]
     summary.update(checkpoint=checkpoint, batch_size=batch_size, num_examples=n)
-    analysis.write_figures(result, directory)
-    integrity.write_json(os.path.join(directory, "summary.json"), summary, indent=2)  # last
+    if processes.writer:
+        analysis.write_figures(result, directory)
+        integrity.write_json(os.path.join(directory, "summary.json"), summary, indent=2)  # last
+    processes.barrier("hpm_jax.demo: analysis written")
     return summary
 
 
@@ -160,6 +169,7 @@ def run(
     returns the summary (also WORKDIR/summary.json). The HPM stage fine-tunes the first
     stage's model, whatever `hpm_config.init.checkpoint` says."""
     workdir = os.path.abspath(workdir)
+    processes = Processes.current()
     dirs = {stage: os.path.join(workdir, stage) for stage in STAGES}
     at_model, hpm_model = (os.path.join(dirs[s], "model") for s in ("at", "hpm"))
     hpm_config = hpm_config.copy_and_resolve_references()
@@ -178,15 +188,17 @@ def run(
         return out
 
     at = stage("at", "adversarial training (PGD-AT, FC head)",
-               lambda: _train(at_config, dirs["at"], log))  # fmt: skip
-    hpm = stage("hpm", "HPM fine-tuning", lambda: _train(hpm_config, dirs["hpm"], log))
+               lambda: _train(at_config, dirs["at"], log, processes))  # fmt: skip
+    hpm = stage("hpm", "HPM fine-tuning",
+                lambda: _train(hpm_config, dirs["hpm"], log, processes))  # fmt: skip
+    analysis_dir = dirs["analysis"]
     sens = stage("analysis", "sensitivity of the FC, l2 and HPM heads",
-                 lambda: _analysis(at_config, hpm_model, dirs["analysis"], log))  # fmt: skip
+                 lambda: _analysis(at_config, hpm_model, analysis_dir, log, processes))  # fmt: skip
     for line in analysis_lines(sens):
         log(line)
 
     def run_eval():
-        done = _marker(dirs["eval"], evaluate.REPORT, log)
+        done = processes.read_done(os.path.join(dirs["eval"], evaluate.REPORT), log, _AGAIN)
         if done is not None:
             log(f"[demo] {dirs['eval']} is complete; skipped.")
             return done
@@ -213,7 +225,8 @@ def run(
         "stage_seconds": seconds,  # this invocation; a skipped stage takes ~0
         "total_seconds": round(time.perf_counter() - start, 1),
     }
-    integrity.write_json(os.path.join(workdir, SUMMARY), summary, indent=2)
+    if processes.writer:
+        integrity.write_json(os.path.join(workdir, SUMMARY), summary, indent=2)
     log("\n" + reports.table(report))
     log(f"report: {summary['report']}\nsummary: {summary['summary_md']}")
     log("plots: " + ", ".join(summary["plots"]))

@@ -30,6 +30,11 @@ its directory). The results:
 WORKDIR/study.json, study.md (mean and a 95% Student-t interval over seeds of each figure,
 and each point's difference to the `default` point paired by seed) and study.png (clean vs
 MSA robust accuracy, FC baseline marked).
+
+On several hosts (`hpm-study --multihost`, as hpm-train and hpm-evaluate; one workdir all
+hosts see), every process runs every stage together: each point trains on all devices and
+its evaluation shares out its batches. Process 0 writes point.json and the table, and its
+look at a point's files decides for all whether a stage is done.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ import ml_collections
 
 from hpm_jax import config_lib
 from hpm_jax.evaluation import evaluate
+from hpm_jax.evaluation.processes import Processes
 from hpm_jax.experiments.study_report import (  # noqa: F401  (re-exported: study.interval etc.)
     REFERENCE,
     STUDY_JSON,
@@ -199,9 +205,9 @@ def _figures(report: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _check_point(directory: str, record: dict[str, Any]) -> None:
-    """Write point.json, or refuse when the directory holds another point under this name:
-    other overrides, seed, or a base config value changed since it ran."""
+def _check_point(directory: str, record: dict[str, Any], processes: Processes) -> None:
+    """Write point.json (process 0), or refuse when the directory holds another point under
+    this name: other overrides, seed, or a base config value changed since it ran."""
     path = os.path.join(directory, POINT_JSON)
     record = json.loads(json.dumps(record))
     if os.path.isfile(path):
@@ -222,12 +228,16 @@ def _check_point(directory: str, record: dict[str, Any]) -> None:
             inline=3,
         )
         return
-    os.makedirs(directory, exist_ok=True)
-    integrity.write_json(path, record)
+    if processes.writer:
+        os.makedirs(directory, exist_ok=True)
+        integrity.write_json(path, record)
 
 
-def run_point(config: ml_collections.ConfigDict, directory: str, log: Callable) -> dict:
-    """Fine-tune and evaluate one point and seed in `directory` (skipped when done)."""
+def run_point(
+    config: ml_collections.ConfigDict, directory: str, log: Callable, processes: Processes
+) -> dict:
+    """Fine-tune and evaluate one point and seed in `directory` (skipped when done); with
+    several processes, each stage is run or skipped by all together (`processes.read_done`)."""
     from hpm_jax.training import train
 
     report_path = os.path.join(directory, "eval", evaluate.REPORT)
@@ -235,8 +245,8 @@ def run_point(config: ml_collections.ConfigDict, directory: str, log: Callable) 
     seconds = {}
     # The two markers of a finished point; a damaged one is named and its stage runs again,
     # resuming from its own state (the checkpoints, the attacks' state files).
-    report = integrity.read_json_or_none(report_path, log, "the evaluation runs again (resumed)")
-    trained = integrity.read_json_or_none(
+    report = processes.read_done(report_path, log, "the evaluation runs again (resumed)")
+    trained = processes.read_done(
         os.path.join(directory, "train", train.SUMMARY), log, "the training runs again (resumed)"
     )
     if trained is None:  # written after the model: with it, the model is whole
@@ -284,6 +294,7 @@ def run(
     if not os.path.isfile(os.path.join(checkpoint, "model.json")):
         raise StudyError(f"init.checkpoint={checkpoint} holds no model.json (no saved model).")
     workdir = os.path.abspath(workdir)
+    processes = Processes.current()  # each stage on every process; process 0 writes the table
     names = point_names(study)
     seeds = [int(s) for s in study.seeds]
     # Every point's config is built (and so checked) before the first one trains.
@@ -299,7 +310,7 @@ def run(
         log(f"\n[study] FC baseline: AutoAttack on {checkpoint}")
         t0 = time.perf_counter()
         base_dir = os.path.join(workdir, "baseline")
-        report = integrity.read_json_or_none(
+        report = processes.read_done(
             os.path.join(base_dir, evaluate.REPORT), log, "the evaluation runs again (resumed)"
         )
         if report is None:
@@ -328,13 +339,15 @@ def run(
                     "seed": seed,
                     "config": json.loads(point.to_json()),
                 },
+                processes,
             )
-            result = run_point(point, directory, log)
+            result = run_point(point, directory, log, processes)
             seconds[f"{name}/seed_{seed}"] = result.pop("seconds")
             per_seed.setdefault(name, {})[seed] = result
     table = summarize(study, names, seeds, per_seed, baseline)
     table["seconds"] = {"total": round(time.perf_counter() - start, 1), **seconds}
-    write(table, workdir)
+    if processes.writer:
+        write(table, workdir)
     log("\n" + markdown(table))
     return table
 

@@ -28,6 +28,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from hpm_jax.models import PROTOTYPES, Classifier, abstract_variables
 from hpm_jax.models.export import CheckpointMismatchError
+from hpm_jax.runtime.sharding import global_replicated, host_values
 
 # Leaves a head conversion may create (fresh init) or drop (FC -> l2 has no `fc`).
 _NEW_HEAD_STATE = (("params", "head", "log_scale"), (PROTOTYPES, "head"))
@@ -123,13 +124,15 @@ def init_prototypes(
             sharding = getattr(images, "sharding", None)
             if isinstance(sharding, NamedSharding):
                 replicated = NamedSharding(sharding.mesh, PartitionSpec())
-                variables, sums, counts = jax.device_put((variables, sums, counts), replicated)
+                # The mesh may span processes (multi-host training): not a device_put.
+                variables, sums, counts = global_replicated((variables, sums, counts), replicated)
+                protos = variables[PROTOTYPES]["head"]
             placed = True
         sums, counts = step(variables, sums, counts, images, labels, mask)
     if not placed:
         raise ValueError("init_prototypes got no batches; pass an iterator over the training data.")
 
-    counts_host = np.asarray(counts)
+    counts_host = host_values(counts)
     absent = np.flatnonzero(counts_host == 0)
     if absent.size:
         warnings.warn(

@@ -2,7 +2,8 @@
 
     mesh = make_mesh()                          # all devices, axis "data"
     x = jax.device_put(batch, data_sharding(mesh))
-    params = jax.device_put(params, replicated(mesh))
+    params = jax.device_put(params, replicated(mesh))       # one process
+    params = global_replicated(params, replicated(mesh))  # a mesh over several processes too
 
 Batches are split along their leading axis; parameters and model state are replicated.
 Under `jax.jit` the compiler then inserts the cross-device reductions, so batch
@@ -12,6 +13,7 @@ statistics are over the global batch whatever the number of devices.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -44,3 +46,25 @@ def check_batch_divisible(batch_size: int, mesh: Mesh) -> None:
             f"The global batch size {batch_size} is not divisible by the {n} devices of the "
             f"mesh; use a multiple of {n} (e.g. {max(n, batch_size // n * n)})."
         )
+
+
+def global_replicated(tree: Any, sharding: NamedSharding) -> Any:
+    """Values every process holds alike (host arrays, or jax arrays on its own devices) ->
+    arrays placed by the replicated `sharding`, whose mesh may span processes.
+
+    `jax.device_put` cannot move a process's local arrays onto other hosts' devices; here each
+    process supplies its own devices' copies. Leaves already placed so stay as they are."""
+
+    def place(leaf):
+        if isinstance(leaf, jax.Array) and leaf.sharding.is_equivalent_to(sharding, leaf.ndim):
+            return leaf
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            leaf = leaf.addressable_data(0)  # replicated elsewhere: any local copy is the value
+        return jax.make_array_from_process_local_data(sharding, np.asarray(leaf))
+
+    return jax.tree.map(place, tree)
+
+
+def host_values(tree: Any) -> Any:
+    """Replicated device values -> NumPy on this host (works across processes too)."""
+    return jax.tree.map(lambda a: np.asarray(a.addressable_data(0)), tree)

@@ -28,7 +28,6 @@ from typing import Any, NamedTuple
 
 import jax
 import ml_collections
-import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
@@ -39,7 +38,14 @@ from hpm_jax.models.export import CheckpointMismatchError, save_model
 from hpm_jax.runtime import identity as identity_lib
 from hpm_jax.runtime import integrity, progress
 from hpm_jax.runtime.identity import WorkdirMismatchError
-from hpm_jax.runtime.sharding import check_batch_divisible, data_sharding, make_mesh, replicated
+from hpm_jax.runtime.sharding import (
+    check_batch_divisible,
+    data_sharding,
+    global_replicated,
+    host_values,
+    make_mesh,
+    replicated,
+)
 from hpm_jax.training import metrics as metrics_lib
 from hpm_jax.training import model_init, objectives, steps
 from hpm_jax.training import train_checkpoints as checkpoints_lib
@@ -80,27 +86,6 @@ def identity(config: ml_collections.ConfigDict) -> dict[str, Any]:
     )
 
 
-def _host(tree: Any) -> Any:
-    """Replicated device values -> NumPy on this host (works across processes too)."""
-    return jax.tree.map(lambda a: np.asarray(a.addressable_data(0)), tree)
-
-
-def _global(tree: Any, sharding: NamedSharding) -> Any:
-    """Values every process holds alike -> global arrays placed by `sharding` (replicated).
-
-    `jax.device_put` cannot do this across processes; leaves already placed so stay as they are.
-    """
-
-    def place(leaf):
-        if isinstance(leaf, jax.Array) and leaf.sharding.is_equivalent_to(sharding, leaf.ndim):
-            return leaf
-        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
-            leaf = leaf.addressable_data(0)  # replicated elsewhere: any local copy is the value
-        return jax.make_array_from_process_local_data(sharding, np.asarray(leaf))
-
-    return jax.tree.map(place, tree)
-
-
 def _global_key(seed: int, stream: int, sharding: NamedSharding) -> jax.Array:
     """The key of one random stream of the run, replicated over the mesh (any process count)."""
     make = jax.jit(lambda: jax.random.fold_in(jax.random.key(seed), stream), out_shardings=sharding)
@@ -130,7 +115,7 @@ def evaluate(
     totals = {"clean_correct": 0, "adv_correct": 0, "count": 0}
     batches = data.eval_iterator(source, batch_size=config.eval.batch_size, mesh=mesh)
     for i, batch in enumerate(batches):
-        counts = _host(eval_fn(variables, batch, key, i))
+        counts = host_values(eval_fn(variables, batch, key, i))
         for name in totals:
             totals[name] += int(counts[name])
     n = max(totals["count"], 1)
@@ -400,7 +385,7 @@ def _initial_state(
         state = jax.jit(
             functools.partial(state_lib.create_state, optimizer=setup.optimizer, ema=use_ema),
             out_shardings=rep,
-        )(_global(variables, rep))
+        )(global_replicated(variables, rep))
         return 0, state
     changed = identity_lib.differences(stored["config"], run_info["config"])
     _print(f"Resuming from {checkpoints.directory} at step {start}.")
@@ -505,7 +490,7 @@ def _evaluate_and_log(
 
 def _log_step(step, num_steps, step_metrics, meter, schedule, writer, bar) -> None:
     """The step's scalars, images/s and learning rate: to the writer, the bar and the console."""
-    scalars = _host(step_metrics)  # waits for the step
+    scalars = host_values(step_metrics)  # waits for the step
     meter.stop()
     rate = meter.rate()
     if rate is not None:
