@@ -382,11 +382,13 @@ class AutoAttack:
         y: np.ndarray | jax.Array,
         *,
         batch_size: int,
-        state_path: str | Path | None = None,
+        state_path: str | Path | StateStore | None = None,
         first_batch: int = 0,
     ) -> AutoAttackReport:
         """Evaluate (x, y): x (n, H, W, C) float in [0, 1], y (n,) int labels. With
-        `state_path`, progress is saved after every batch and a killed run resumes there.
+        `state_path`, progress is saved after every batch and a killed run resumes there; a
+        `resume.StateStore` instead of a path says how (processes that attack a batch
+        together: one writes, all read).
 
         `first_batch`: the index of x's first batch among the fixed batches of a larger
         evaluation of which (x, y) is a run of whole batches (`hpm_jax.evaluation` runs each
@@ -402,8 +404,8 @@ class AutoAttack:
             raise ValueError(f"x must hold at least one image, got shape {x.shape}.")
         _check_data(x, y, self.norm, self.eps, self.num_classes)
         plan = self._plan(x, y, batch_size, first_batch)
-        store = None
-        if state_path is not None:  # notes on damaged state files go where the log goes
+        store = state_path if isinstance(state_path, StateStore) else None
+        if state_path is not None and store is None:  # damaged files' notes go to the log
             store = StateStore(state_path, log=lambda m: self._log(m, logging.WARNING))
         state = store.load(plan.fingerprint) if store is not None else None
 
