@@ -31,8 +31,14 @@ with the same report).
 Several processes (`jax.distributed`, one per host of a pod; `hpm-evaluate --multihost`) run
 `run` together on one workdir that all hosts see: each attacks its share of the fixed
 batches on its own devices (`hpm_jax.evaluation.processes`), and the report is the one a single
-process writes. Only process 0 writes the report, summary, plots, TensorBoard, log.txt and
-model_info; every process returns the report.
+process writes. With `evaluation.batch_sharding="global"` every batch is instead split over all
+devices of all processes and attacked by all of them together (for a model or batch too big
+for one host's devices; `batch_size` must be a multiple of `jax.device_count()`). The knob
+changes who computes, not what (a batch gives what one process with its mesh's devices gives:
+the same, but for AutoAttack's bucket sizes where the device counts differ, `processes`): it
+is not part of the workdir's identity (a run killed in one mode resumes in the other) nor of
+report.json's `settings`, and is recorded beside `processes`. Only process 0 writes the
+report, summary, plots, TensorBoard, log.txt and model_info; every process returns the report.
 """
 
 from __future__ import annotations

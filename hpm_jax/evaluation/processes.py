@@ -10,9 +10,14 @@ through the workdir.
     me.wait_for(paths, what, log)         # until the other processes' result files are there
     me.agree(done)                        # process 0's verdicts, on every process
 
-`evaluation.batch_sharding` says how the processes share the work; neither changes the
-result (a batch gives what it gives on its mesh's device count, whoever attacks it), so a
-run killed in one mode resumes in the other.
+`evaluation.batch_sharding` says how the processes share the work. A batch gives what one
+process with the devices of its mesh gives, whoever attacks it, so a run killed in one mode
+resumes in the other. The mesh's device count matters in one place only: AutoAttack's
+bucket sizes are multiples of lcm(4, devices) (`batching.bucket_sizes`), so its rows (not
+MSA's exact batches) may differ where the modes' meshes differ in that (2 hosts of 4
+devices: 4 per batch in process mode, 8 in global mode), and an AutoAttack batch killed
+midway is then not resumed in the other mode: its state file names other bucket_sizes
+(WorkdirMismatchError; delete that batch_NNNNN.json and the batch is redone).
 
 "process" (the default): an evaluation's fixed batches are its unit of work: batch b belongs
 to process b mod N and runs on that process's devices alone (HPM judges a point in its batch,
