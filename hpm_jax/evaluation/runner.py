@@ -3,7 +3,7 @@
     runner = AttackRunner(ev, x, y, workdir, log)          # ev: evaluate.evaluation_config
     row = runner.autoattack("autoattack_fc", fn)           # WORKDIR/state/autoattack_fc/
     row = runner.msa("msa_hpm", target, {"fc": fc, "ste": ste})
-    correct = clean_accuracy(fn, x, y, batch_size)         # per sample, the fixed batches
+    correct = clean_accuracy(fn, x, y, batch_size, mesh)   # per sample, the fixed batches
 
 Each section runs its attack on each fixed batch on its own (`batches.run_by_batches`): the
 batches are shared out over the processes of a multi-host run (`processes`), each on its own
