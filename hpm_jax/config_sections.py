@@ -157,6 +157,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         # reference's: CPU float32, GPU TF32, TPU 3 bfloat16 passes), "highest" (float32
         # everywhere) or "default" (TPU: 1 bfloat16 pass). hpm_jax.attacks.precision.
         "precision": "high",
+        # How a multi-process run (one process per host) shares out the batches, never the
+        # result (hpm_jax.evaluation.processes): "process", each batch on one process's
+        # devices; "global", each batch over every device of every process, all attacking
+        # it together (a model or batch too big for one host's devices).
+        "batch_sharding": "process",
     },
 }
 # Free dicts with defaults: keys beyond the table's are kept (e.g. any HPMHead field).

@@ -8,9 +8,15 @@
   and images equal an in-process run's: AutoAttack on the FC and l2-EMA heads and MSA on HPM.
 * Two processes killed inside MSA, resumed as one process; one process killed, resumed as
   two: the same report.
+* `evaluation.batch_sharding=global`: two processes of 2 fake CPU devices each attack every
+  batch together on one mesh of 4 devices (the reference's count), killed inside MSA, then
+  resumed in process mode here and in global mode again: the reference's report, flags and
+  images, to the bit. The knob's errors, its absence from the workdir identity, and a state
+  store that only reads are checked without processes.
 """
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +24,7 @@ import threading
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 from evaluation_support import ARCH, EVAL_CONFIG, comparable, train_tiny
@@ -26,9 +33,10 @@ from toys import CHAIN_EPS, chain_data, mean_model, shift_chain
 from train_support import child_env, free_port
 
 from hpm_jax.attacks import AutoAttack
+from hpm_jax.attacks.resume import ChainState, StateStore
 from hpm_jax.data import offline
 from hpm_jax.evaluation import batches, evaluate
-from hpm_jax.evaluation.processes import Processes
+from hpm_jax.evaluation.processes import ALL, Processes
 from hpm_jax.models.export import save_model
 from hpm_jax.runtime import integrity
 
@@ -85,8 +93,10 @@ needs_data = pytest.mark.skipif(
     not offline.fashion_mnist_files_present(), reason="needs apt-get install dataset-fashion-mnist"
 )
 OVERRIDES = [
-    "evaluation.num_examples=24",
-    "evaluation.batch_size=8",  # 3 batches: process 0 attacks 0 and 2, process 1 batch 1
+    "evaluation.num_examples=21",
+    # 3 batches, the last of 5 (MSA runs it replicated, exactly 5 rows): process 0 attacks 0
+    # and 2, process 1 batch 1
+    "evaluation.batch_size=8",
     "evaluation.eps=0.02",  # the tiny model keeps some points robust
     "evaluation.version='apgd-ce'",
     "evaluation.attack_options.apgd-ce.n_iter=3",
@@ -120,17 +130,24 @@ def compile_cache(tmp_path_factory):
     return str(tmp_path_factory.mktemp("jax_cache"))
 
 
-def _start(model_dir, workdir, processes: int, cache: str) -> list[subprocess.Popen]:
+def _start(model_dir, workdir, processes: int, cache: str, *, devices: int | None = None,
+           overrides=()) -> list[subprocess.Popen]:  # fmt: skip
+    """hpm-evaluate as `processes` processes, each with `devices` fake CPU devices (default:
+    this process's XLA_FLAGS), `overrides` after OVERRIDES."""
     command = [sys.executable, "-m", "hpm_jax.cli.evaluate", f"--config={EVAL_CONFIG}",
                f"--checkpoint={model_dir}", f"--workdir={workdir}",
-               *[f"--config.{o}" for o in OVERRIDES]]  # fmt: skip
+               *[f"--config.{o}" for o in [*OVERRIDES, *overrides]]]  # fmt: skip
+    flags = {} if devices is None else {
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}  # fmt: skip
     port = free_port()
     joined = [f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={processes}"]
     return [
         subprocess.Popen(
             command + ([*joined, f"--process_id={i}"] if processes > 1 else []),
             env=child_env(
-                JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0"
+                JAX_COMPILATION_CACHE_DIR=cache,
+                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                **flags,
             ),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -145,11 +162,12 @@ def _finish(children) -> None:
     assert all(c.returncode == 0 for c in children), "\n".join(log[-3000:] for log in logs)
 
 
-def _kill_inside_msa(children, workdir) -> None:
-    """SIGKILL every child once MSA has started (its first batch's state file is there)."""
+def _kill_inside_msa(children, workdir, pattern: str = "*") -> None:
+    """SIGKILL every child once MSA has started (its first batch's state file is there), or
+    once a file matching `pattern` is in its state directory."""
     msa = workdir / "state" / "msa_hpm"
     try:
-        while not (msa.is_dir() and any(msa.iterdir())):
+        while not (msa.is_dir() and any(msa.glob(pattern))):
             assert all(c.poll() is None for c in children), [c.communicate()[0] for c in children]
             time.sleep(0.05)
     finally:
@@ -164,8 +182,8 @@ def _same_results(report, workdir, reference) -> None:
     expected, ref_dir = reference
 
     def figures(r):
-        return {k: v for k, v in comparable(r).items() if k not in ("devices", "processes",
-                                                                     "provenance")}  # fmt: skip
+        return {k: v for k, v in comparable(r).items()
+                if k not in ("devices", "processes", "batch_sharding", "provenance")}  # fmt: skip
 
     assert figures(report) == figures(expected)
     for name in SECTIONS:
@@ -254,3 +272,109 @@ def test_tpu_launch_runs_an_evaluation_on_every_worker(tmp_path):
     assert result.returncode == 2, result.stderr[-3000:]
     assert result.stderr.strip().splitlines()[-1].startswith("hpm-evaluate: error: evaluation.norm")
     assert not (tmp_path / "gcloud_calls").exists()
+
+
+# ---------------------------------------------------------------- batch_sharding=global
+
+GLOBAL = ["evaluation.batch_sharding='global'"]
+
+
+@needs_data
+@pytest.mark.slow
+@cpu_only("2 processes on localhost, each with 2 fake CPU devices (XLA_FLAGS)")
+def test_global_batches_span_both_processes_and_resume_in_either_mode(
+    model_dir, reference, compile_cache, tmp_path
+):
+    """Every batch on one mesh of both processes' 4 devices, attacked by both together. The
+    mesh has the reference's 4 devices, each holding the same rows (2 per device, or the whole
+    replicated last batch) as there; only the cross-device reductions (HPM's batch statistics)
+    now also cross processes (gloo). They give the same bits here (measured), so the
+    comparison is exact, flags and images; were a reduction's order to differ, only points
+    at a near tie (decision margin within `report["precision"]["logit_tolerance"]`) could
+    change verdict."""
+    workdir, elsewhere = tmp_path / "global", tmp_path / "process"
+    # Killed in MSA's last batch (the partial one), so that each batch is attacked globally
+    # once and every program compiled once (the second run loads them from the cache).
+    _kill_inside_msa(_start(model_dir, workdir, 2, compile_cache, devices=2, overrides=GLOBAL),
+                     workdir, "batch_00002.json")  # fmt: skip
+    for name in SECTIONS:  # done before the kill, by both processes together
+        results = batches.BatchResults(str(workdir / "state" / name))
+        done = 2 if name == "msa_hpm" else 3
+        assert [results.load(b)[2] for b in range(done)] == [ALL] * done, name
+    shutil.copytree(workdir, elsewhere)
+
+    # Resumed in the default mode, by this one process: the knob is not the workdir's identity.
+    config = evaluate.load_evaluation_config(EVAL_CONFIG, OVERRIDES)
+    resumed = evaluate.run(config, model_dir, str(elsewhere), log=None)
+    assert resumed["heads"]["hpm"]["msa"]["chain"]["resumed"] is True
+    assert resumed["batch_sharding"] == "process"
+    _same_results(resumed, elsewhere, reference)
+
+    # Resumed in global mode: both processes read the state of the batch MSA was in, and
+    # attack the partial batch (5 rows replicated on the 4 devices) together.
+    _finish(_start(model_dir, workdir, 2, compile_cache, devices=2, overrides=GLOBAL))
+    report = integrity.read_json(workdir / "report.json")
+    _same_results(report, workdir, reference)
+    assert (report["batch_sharding"], report["processes"], report["devices"]) == ("global", 2, 4)
+    assert report["heads"]["hpm"]["msa"]["chain"]["resumed"] is True
+    assert report["heads"]["hpm"]["msa"]["chain"]["num_devices"] == 4  # the global mesh
+    assert "batch_sharding" not in report["settings"]
+
+
+def test_batch_sharding_is_checked_and_is_not_the_workdir_identity():
+    def ev(*overrides):
+        return evaluate.evaluation_config(
+            evaluate.load_evaluation_config(EVAL_CONFIG, [*OVERRIDES, *overrides])
+        )
+
+    with pytest.raises(evaluate.EvaluationSetupError,
+                       match=r"batch_sharding='pod' is not one of \('process', 'global'\); "
+                             r"e\.g\. --config\.evaluation\.batch_sharding=global"):  # fmt: skip
+        ev("evaluation.batch_sharding='pod'")
+    assert ev().batch_sharding == "process"
+    settings = evaluate.result_settings(ev(*GLOBAL))
+    assert "batch_sharding" not in settings and settings == evaluate.result_settings(ev())
+    # A global batch splits over every device of every process (here: this one's 4).
+    alone, everyone = Processes(0, 2), Processes(1, 2, "global")
+    with pytest.raises(evaluate.EvaluationSetupError,
+                       match=r"batch_size=6 must be a multiple of the 4 devices of all processes "
+                             r"together \(batch_sharding=global\); e\.g\. "
+                             r"--config\.evaluation\.batch_size=4"):  # fmt: skip
+        evaluate._check_batch_size(6, everyone)
+    with pytest.raises(evaluate.EvaluationSetupError, match="4 devices of each process"):
+        evaluate._check_batch_size(6, alone)
+    evaluate._check_batch_size(8, everyone)
+    with pytest.raises(ValueError, match="sharding must be one of"):
+        Processes(0, 1, "pod")
+    # Who does what: all attack every batch, process 0 alone writes its files.
+    assert [everyone.owns(b) for b in range(3)] == [True] * 3 and everyone.attacker == ALL
+    assert not everyone.writes_batches and Processes(0, 2, "global").writes_batches
+    assert [alone.owns(b) for b in range(3)] == [True, False, True] and alone.writes_batches
+    assert everyone.mesh().devices.size == len(jax.devices())
+
+
+def test_a_state_store_that_reads_keeps_the_writers_state_and_writes_nothing(tmp_path):
+    """The processes that attack a batch together: the writer's files, the same state in
+    memory everywhere; `loaded` once per load (a barrier in an evaluation)."""
+    path, calls = tmp_path / "batch_00000.json", []
+    writer = StateStore(path, loaded=lambda: calls.append("writer"))
+    reader = StateStore(path, write=False, loaded=lambda: calls.append("reader"))
+    clean = np.array([True, True, False, True])
+    images = np.full((2, 3, 3, 1), 0.5, np.float32)
+    assert writer.load({"run": 1}) is None and reader.load({"run": 1}) is None  # all read first
+    states = []
+    for store in (writer, reader):
+        state = ChainState.new({"run": 1}, clean)
+        store.save_images(state, attack=0, batch=0, indices=np.array([0, 3]), images=images)
+        state.robust[[0, 3]] = False
+        store.save(state)
+        states.append(state)
+        if store is writer:
+            files = sorted(p.name for p in tmp_path.rglob("*"))
+    assert sorted(p.name for p in tmp_path.rglob("*")) == files  # the reader added nothing
+    assert states[0].to_json() == states[1].to_json()  # the same entries, sha256 included
+    loaded = reader.load({"run": 1})
+    assert loaded.to_json() == states[0].to_json() and loaded.resumed
+    x_adv = reader.load_images(loaded, np.zeros((4, 3, 3, 1), np.float32))
+    np.testing.assert_array_equal(x_adv[[0, 3]], images)
+    assert calls == ["writer", "reader", "reader"]

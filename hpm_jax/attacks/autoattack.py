@@ -73,14 +73,15 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from hpm_jax.attacks import batching, checks, contract, driver, versions
 from hpm_jax.attacks import precision as precision_lib
 from hpm_jax.attacks.resume import ChainState, StateStore, data_hash
 from hpm_jax.attacks.versions import AttackSpec
+from hpm_jax.runtime import sharding
 from hpm_jax.runtime.identity import WorkdirMismatchError
-from hpm_jax.runtime.sharding import data_sharding, make_mesh, replicated
+from hpm_jax.runtime.sharding import make_mesh
 from hpm_jax.runtime.xla_options import jit
 
 logger = logging.getLogger("hpm_jax.autoattack")
@@ -162,12 +163,6 @@ def _judge_correct(fn, x, y, key, *, randomized):
     """(correct, relative decision margin) per row (`precision.decision_margin`)."""
     logits = contract.call(fn, x, key, randomized)
     return jnp.argmax(logits, axis=-1) == y, precision_lib.decision_margin(logits, y)
-
-
-def _put(a: np.ndarray, sharding) -> jax.Array:
-    """A host array as a global array split over the mesh; every process holds all of `a`
-    and contributes the rows of its own devices (works on one host and on many)."""
-    return jax.make_array_from_callback(a.shape, sharding, lambda index: a[index])
 
 
 def _check_data(x: np.ndarray, y: np.ndarray, norm: str, eps: float, num_classes) -> None:
@@ -339,8 +334,7 @@ class AutoAttack:
     def _place(self, a: np.ndarray) -> jax.Array:
         """Rows split over the mesh, or replicated on it when they do not split evenly (an
         exact batch is never padded to fit the devices)."""
-        fits = a.shape[0] % self.mesh.devices.size == 0
-        return _put(a, data_sharding(self.mesh) if fits else replicated(self.mesh))
+        return sharding.put(a, sharding.rows_sharding(a.shape[0], self.mesh))
 
     def _judged_correct(self, x, y, plan: _Plan, tag: int) -> tuple[np.ndarray, np.ndarray]:
         """The judge's verdict on x, batch by batch in the original batches (with compact,
@@ -370,7 +364,7 @@ class AutoAttack:
         loss_fn = bind(self.logits_fn)
         judge = bind(self.judge_fn)
         # Beside the weights: replicated on the mesh.
-        xj, yj = jax.device_put((x, y), NamedSharding(self.mesh, PartitionSpec()))
+        xj, yj = (sharding.put(a, sharding.replicated(self.mesh)) for a in (x, y))
         results = []
         if not self.randomized and self.version != "rand":
             results.append(checks.check_randomized(judge, xj))
@@ -388,11 +382,13 @@ class AutoAttack:
         y: np.ndarray | jax.Array,
         *,
         batch_size: int,
-        state_path: str | Path | None = None,
+        state_path: str | Path | StateStore | None = None,
         first_batch: int = 0,
     ) -> AutoAttackReport:
         """Evaluate (x, y): x (n, H, W, C) float in [0, 1], y (n,) int labels. With
-        `state_path`, progress is saved after every batch and a killed run resumes there.
+        `state_path`, progress is saved after every batch and a killed run resumes there; a
+        `resume.StateStore` instead of a path says how (processes that attack a batch
+        together: one writes, all read).
 
         `first_batch`: the index of x's first batch among the fixed batches of a larger
         evaluation of which (x, y) is a run of whole batches (`hpm_jax.evaluation` runs each
@@ -408,8 +404,8 @@ class AutoAttack:
             raise ValueError(f"x must hold at least one image, got shape {x.shape}.")
         _check_data(x, y, self.norm, self.eps, self.num_classes)
         plan = self._plan(x, y, batch_size, first_batch)
-        store = None
-        if state_path is not None:  # notes on damaged state files go where the log goes
+        store = state_path if isinstance(state_path, StateStore) else None
+        if state_path is not None and store is None:  # damaged files' notes go to the log
             store = StateStore(state_path, log=lambda m: self._log(m, logging.WARNING))
         state = store.load(plan.fingerprint) if store is not None else None
 

@@ -48,6 +48,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
+from hpm_jax.runtime.sharding import put as put_host
+
 
 def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
@@ -287,9 +289,10 @@ def exact(indices: np.ndarray, *, batch: int = 0) -> Rows:
 
 
 def place_like(a: np.ndarray, like: jax.Array) -> jax.Array:
-    """The host array `a` (batch, ...) on the devices of the batch `like`, split as it is."""
-    sharding = _like(like)
-    return jnp.asarray(a) if sharding is None else jax.device_put(a, sharding)
+    """The host array `a` (batch, ...) on the devices of the batch `like`, split as it is
+    (`like` over several processes' devices: each puts its own parts, `put_host`)."""
+    target = _like(like)
+    return jnp.asarray(a) if target is None else put_host(a, target)
 
 
 def to_host(a: jax.Array) -> np.ndarray:

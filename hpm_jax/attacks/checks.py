@@ -32,7 +32,7 @@ import jax.extend
 import jax.numpy as jnp
 import numpy as np
 
-from hpm_jax.attacks import precision
+from hpm_jax.attacks import batching, precision
 from hpm_jax.attacks.losses import cross_entropy
 
 LogitsFn = Callable[[jax.Array], jax.Array]
@@ -57,7 +57,8 @@ class CheckResult:
 
 
 def _np(a) -> np.ndarray:
-    return np.asarray(jax.device_get(a), dtype=np.float64)
+    """On the host in float64; an array over several processes' devices gathered first."""
+    return np.asarray(batching.to_host(a), dtype=np.float64)
 
 
 def check_randomized(fn: LogitsFn, x: jax.Array, *, n: int = 5, alpha: float = 1e-4) -> CheckResult:

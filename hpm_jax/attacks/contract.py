@@ -39,6 +39,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from hpm_jax.attacks import types
+from hpm_jax.runtime import sharding
 
 
 # ------------------------------------------------------------------------------ traced fns
@@ -149,9 +150,10 @@ def place(fn: types.LogitsFn, like: Any, memo: dict[int, Any] | None = None) -> 
             return leaf
         if isinstance(leaf, jax.Array) and leaf.sharding.is_equivalent_to(target, leaf.ndim):
             return leaf
-        if id(leaf) not in memo:
-            value = leaf if target.is_fully_addressable else np.asarray(leaf)  # multi-process
-            memo[id(leaf)] = (leaf, jax.device_put(value, target))  # keeps id(leaf) unique
+        if id(leaf) not in memo:  # several processes: each puts its own devices' copies
+            moved = (jax.device_put(leaf, target) if target.is_fully_addressable
+                     else sharding.put(np.asarray(leaf), target))  # fmt: skip
+            memo[id(leaf)] = (leaf, moved)  # keeps id(leaf) unique
         return memo[id(leaf)][1]
 
     leaves, tree = jax.tree_util.tree_flatten(fn)

@@ -43,6 +43,7 @@ import numpy as np
 from hpm_jax.attacks import contract, types, versions
 from hpm_jax.attacks import precision as precision_lib
 from hpm_jax.attacks.autoattack import AutoAttack, AutoAttackReport
+from hpm_jax.attacks.resume import StateStore
 from hpm_jax.runtime.sharding import make_mesh
 
 # The surrogates of an HPM model, as head modes: backbone + FC head, l2 against the EMA
@@ -171,7 +172,7 @@ def mixed_surrogate_attack(
     version: str | Sequence[str] = "standard",
     seed: int = 0,
     attack_options: Mapping[str, Mapping[str, Any]] | None = None,
-    state_path: str | Path | None = None,
+    state_path: str | Path | StateStore | None = None,
     num_classes: int | None = None,
     mesh=None,
     loop: str = "auto",
@@ -189,10 +190,11 @@ def mixed_surrogate_attack(
     surrogates: {name: logits_fn} supplying loss and gradient, in the order they run.
     version: the AutoAttack version whose attacks MSA runs ("standard": APGD-CE, APGD-T,
         FAB-T through each surrogate, Square against the target) or a list of names.
-    state_path: a resumable state file, as AutoAttack's; loop ("auto", "lax", "host"): how
-        every attack iterates, as AutoAttack's; first_batch: the index of x's first batch in a
-        larger evaluation; the rest (precision and logit_tolerance included: every program of
-        every surrogate runs at `precision`) as AutoAttack.
+    state_path: a resumable state file (or its `resume.StateStore`), as AutoAttack's; loop
+        ("auto", "lax", "host"): how every attack iterates, as AutoAttack's; first_batch: the
+        index of x's first batch in a larger evaluation; the rest (precision and
+        logit_tolerance included: every program of every surrogate runs at `precision`) as
+        AutoAttack.
     """
     mesh = make_mesh() if mesh is None else mesh
     # The weights replicated on the mesh once (one copy of the arrays the surrogates share

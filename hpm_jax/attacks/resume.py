@@ -24,6 +24,13 @@ checksums (`runtime.integrity`) and named in one line to `log`: an image file is
 `load_images` sets its entry aside (`state.damaged`) and `recompute_damaged` runs that one
 (attack, batch) again; a damaged JSON falls back to `<state>.prev`, the copy saved one batch
 earlier (that batch is then redone); with neither readable the attack starts afresh.
+
+Several processes attacking one batch together (an evaluation with
+`evaluation.batch_sharding="global"`) each hold a store of the same files: one writes
+(`write=True`), the others only read (`write=False`: every save is skipped, the state in
+memory is kept the same), and `loaded` (a barrier) returns from `load` only once every
+process has read the files, so that no process resumes from a state another has already
+moved on.
 """
 
 from __future__ import annotations
@@ -131,18 +138,35 @@ Compute = Callable[[int, int, np.ndarray], tuple[np.ndarray, np.ndarray]]
 class StateStore:
     """Reads and writes one evaluation's state at `path` (JSON) and `<path>.adv/` (images).
     `log` receives the one-line notes on damaged files (default: the `hpm_jax.autoattack`
-    logger's warnings)."""
+    logger's warnings). `write=False`: a reader of files another process writes (nothing is
+    written, the state in memory is updated all the same); `loaded`: called at the end of
+    every `load` (a barrier of the processes sharing the files; see the module)."""
 
-    def __init__(self, path: str | os.PathLike, log: Callable[[str], Any] | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        log: Callable[[str], Any] | None = None,
+        *,
+        write: bool = True,
+        loaded: Callable[[], Any] | None = None,
+    ):
         self.path = Path(path)
         self.prev = Path(str(self.path) + ".prev")
         self.image_dir = Path(str(self.path) + ".adv")
         self.log = log or logging.getLogger("hpm_jax.autoattack").warning
+        self.write, self.loaded = bool(write), loaded
 
     def load(self, fingerprint: Mapping[str, Any]) -> ChainState | None:
         """The saved state, or None when there is none (or no undamaged copy: named in one
         line). Raises WorkdirMismatchError naming the differences when the file belongs to
         another evaluation."""
+        try:
+            return self._load(fingerprint)
+        finally:
+            if self.loaded is not None:
+                self.loaded()
+
+    def _load(self, fingerprint: Mapping[str, Any]) -> ChainState | None:
         found = False
         for candidate in (self.path, self.prev):
             if not candidate.exists():
@@ -156,7 +180,8 @@ class StateStore:
             state = self._check(candidate, d, fingerprint)
             if candidate == self.prev:
                 # The next save must not move the damaged copy over this good one.
-                self.path.unlink(missing_ok=True)
+                if self.write:
+                    self.path.unlink(missing_ok=True)
                 self.log(f"resuming from {self.prev}, saved a batch earlier: that batch is redone.")
             return state
         if found:
@@ -182,6 +207,8 @@ class StateStore:
 
     def save(self, state: ChainState) -> None:
         """Write `state` atomically, the copy it replaces kept as `<path>.prev`."""
+        if not self.write:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         integrity.write_json(self.path, state.to_json(), previous=self.prev)
 
@@ -193,9 +220,13 @@ class StateStore:
         indices = np.asarray(indices, np.int64)
         if indices.size == 0:
             return
-        self.image_dir.mkdir(parents=True, exist_ok=True)
         name = f"attack{attack}_batch{batch}.npy"
-        digest = integrity.write_bytes(self.image_dir / name, integrity.npy_bytes(images))
+        data = integrity.npy_bytes(images)
+        if self.write:
+            self.image_dir.mkdir(parents=True, exist_ok=True)
+            digest = integrity.write_bytes(self.image_dir / name, data)
+        else:  # the entry the writer lists
+            digest = hashlib.sha256(data).hexdigest()
         state.images.append({"file": name, "attack": int(attack), "batch": int(batch),
                              "indices": indices.tolist(), "sha256": digest})  # fmt: skip
 

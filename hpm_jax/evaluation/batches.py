@@ -10,15 +10,18 @@ A batch's attack is `AutoAttack.run` / `mixed_surrogate_attack` on that batch al
 `first_batch=b`, which keys its randomness by the batch's index in the whole evaluation: each
 batch gets exactly what one run over all the data gives it (a batch's attacks never look at
 another batch), so the merged report equals that run's whatever the number of processes, and
-whichever process attacked which batch.
+whichever process attacked which batch. With `evaluation.batch_sharding="global"` every process
+attacks every batch, together, and the writer alone writes the files below; which batches are
+done is the writer's verdict (`Processes.agree`), so that all attack the same ones.
 
 Files, in the section's directory (`WORKDIR/state/NAME/`):
 * `batch_00012.json` (+ `.prev`, `.adv/`): the AutoAttack state of batch 12 while it runs; a
   killed run resumes it there (`hpm_jax.attacks.resume`), on whichever process owns the
   batch in the new run. Deleted once the batch's result is written.
-* `batch_00012.npz`: the batch's result, written atomically by the one process that owned it:
-  x_adv and the attack's report (JSON, per-point flags included). A batch with a result is
-  done; a run restarted with another number of processes skips it.
+* `batch_00012.npz`: the batch's result, written atomically by the one process that owned it
+  (global mode: by the writer): x_adv and the attack's report (JSON, per-point flags
+  included). A batch with a result is done; a run restarted with another number of processes,
+  or in the other mode, skips it.
 
 `merge_autoattack` / `merge_msa` put the batches' reports together as one run's: per-point
 flags concatenated, accuracies counted over all points, times summed; the opening sanity
@@ -71,7 +74,8 @@ class BatchResults:
         return True
 
     def save(self, batch: int, report: dict[str, Any], x_adv: np.ndarray, process: int) -> None:
-        """The batch's result, atomically; then its attack state, no longer needed, goes."""
+        """The batch's result, atomically; then its attack state, no longer needed, goes.
+        `process`: who attacked it (`Processes.attacker`: an index, or `processes.ALL`)."""
         os.makedirs(self.directory, exist_ok=True)
         meta = {"batch": batch, "process": process, "report": report}
         with integrity.atomic_file(self.result_path(batch)) as f:
@@ -83,7 +87,8 @@ class BatchResults:
         shutil.rmtree(state + ".adv", ignore_errors=True)
 
     def load(self, batch: int) -> tuple[dict[str, Any], np.ndarray, int]:
-        """(report, x_adv, the process that attacked it). A zip checks itself (a CRC per
+        """(report, x_adv, the process that attacked it, `processes.ALL` for all of them
+        together). A zip checks itself (a CRC per
         member, its directory at the end): a torn or edited file is a DamagedFileError."""
         path = self.result_path(batch)
         try:
@@ -119,17 +124,22 @@ def run_by_batches(
     """Attack this process's batches that have no result yet, wait for the other processes'
     results, merge. Returns (the merged report, x_adv of all points, the process that attacked
     each batch). `on_batch(done, n)`: `done` of this process's n batches are done (called
-    before the first and after each)."""
+    before the first and after each). In global mode every process attacks every batch not
+    done by the writer's account, and the writer alone saves the results."""
     n_batches = -(-len(x) // batch_size)
     mine = [b for b in range(n_batches) if processes.owns(b)]
-    todo = [b for b in mine if not results.done(b, log)]
+    done = [results.done(b, log) for b in mine]
+    if processes.is_global:  # all attack every batch together: all skip the same ones
+        done = processes.agree(done)
+    todo = [b for b, d in zip(mine, done, strict=True) if not d]
     if on_batch is not None:
         on_batch(len(mine) - len(todo), len(mine))
     for i, b in enumerate(todo):
         rows = slice(b * batch_size, (b + 1) * batch_size)
         report, x_adv = attack(x[rows], y[rows], first_batch=b, state_path=results.state_path(b),
                                run_checks=b == 0)  # fmt: skip
-        results.save(b, report, x_adv, processes.index)
+        if processes.writes_batches:
+            results.save(b, report, x_adv, processes.attacker)
         if on_batch is not None:
             on_batch(len(mine) - len(todo) + i + 1, len(mine))
     paths = [results.result_path(b) for b in range(n_batches)]

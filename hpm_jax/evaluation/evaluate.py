@@ -31,8 +31,14 @@ with the same report).
 Several processes (`jax.distributed`, one per host of a pod; `hpm-evaluate --multihost`) run
 `run` together on one workdir that all hosts see: each attacks its share of the fixed
 batches on its own devices (`hpm_jax.evaluation.processes`), and the report is the one a single
-process writes. Only process 0 writes the report, summary, plots, TensorBoard, log.txt and
-model_info; every process returns the report.
+process writes. With `evaluation.batch_sharding="global"` every batch is instead split over all
+devices of all processes and attacked by all of them together (for a model or batch too big
+for one host's devices; `batch_size` must be a multiple of `jax.device_count()`). The knob
+changes who computes, not what (a batch gives what one process with its mesh's devices gives:
+the same, but for AutoAttack's bucket sizes where the device counts differ, `processes`): it
+is not part of the workdir's identity (a run killed in one mode resumes in the other) nor of
+report.json's `settings`, and is recorded beside `processes`. Only process 0 writes the
+report, summary, plots, TensorBoard, log.txt and model_info; every process returns the report.
 """
 
 from __future__ import annotations
@@ -63,7 +69,7 @@ from hpm_jax.evaluation.inputs import (  # noqa: F401  (re-exported: evaluate.lo
     load_robustbench_for_evaluation,
     model_identity,
 )
-from hpm_jax.evaluation.processes import Processes
+from hpm_jax.evaluation.processes import BATCH_SHARDINGS, Processes
 from hpm_jax.evaluation.runner import AttackRunner, attack_list, clean_accuracy  # noqa: F401
 from hpm_jax.evaluation.workdir import (  # noqa: F401  (re-exported: evaluate.REPORT etc.)
     ADV_DIR,
@@ -79,6 +85,9 @@ from hpm_jax.runtime import integrity
 
 FORMAT = "hpm_jax.evaluate/1"
 NORMS = ("Linf", "L2", "L1")
+# Knobs that say how the work is shared out, never what it gives: not part of the workdir's
+# identity (a run killed in one way resumes in the other) nor of report.json's settings.
+PLACEMENT = ("batch_sharding",)
 
 
 def default_evaluation_config(config: ml_collections.ConfigDict | None = None):
@@ -176,6 +185,12 @@ def evaluation_config(config: ml_collections.ConfigDict) -> ml_collections.Confi
             f"evaluation.precision={ev.precision!r} is not one of {tuple(precision.PRECISIONS)}; "
             "e.g. --config.evaluation.precision=highest (float32 on every backend)."
         )
+    if ev.batch_sharding not in BATCH_SHARDINGS:
+        raise EvaluationSetupError(
+            f"evaluation.batch_sharding={ev.batch_sharding!r} is not one of {BATCH_SHARDINGS}; "
+            "e.g. --config.evaluation.batch_sharding=global to split every batch over all "
+            "devices of all processes (process: each batch on one process's devices)."
+        )
     if int(ev.batch_size) < 1 or int(ev.num_examples) < 0:
         raise EvaluationSetupError(
             f"evaluation.batch_size={ev.batch_size} must be >= 1 and evaluation.num_examples="
@@ -219,7 +234,8 @@ class _Inputs:
     spec: dict[str, Any] | None = None  # model.json's content, for RobustBench models
 
 
-def _load_inputs(config, ev, checkpoint, baseline_checkpoint, robustbench) -> _Inputs:
+def _load_inputs(config, ev, checkpoint, baseline_checkpoint, robustbench,
+                 processes: Processes) -> _Inputs:  # fmt: skip
     """The model (a directory or RobustBench's), the images and the baseline, each checked
     against `ev` and the others (EvaluationSetupError naming the fix); nothing is written."""
     rb_info = spec = None
@@ -231,17 +247,28 @@ def _load_inputs(config, ev, checkpoint, baseline_checkpoint, robustbench) -> _I
     want_msa = _want_msa(ev, modes, directory)
     if want_msa:
         _check_surrogates(tuple(ev.surrogates), modes)
-    n_dev = jax.local_device_count()  # a batch runs on the devices of one process
-    if int(ev.batch_size) % n_dev:
-        raise EvaluationSetupError(
-            f"evaluation.batch_size={ev.batch_size} must be a multiple of the {n_dev} devices"
-            f"{' of each process' if jax.process_count() > 1 else ''}."
-        )
+    _check_batch_size(int(ev.batch_size), processes)
     x, y, order = load_eval_subset(config, int(ev.num_examples), str(ev.data_file), str(ev.order))
     check_model_takes(model, variables, x, y, directory)
     baseline = _load_baseline(baseline_checkpoint, x, y) if baseline_checkpoint else None
     return _Inputs(model, variables, directory, modes, want_msa, x, y, order, baseline,
                    rb_info, spec)  # fmt: skip
+
+
+def _check_batch_size(batch_size: int, processes: Processes) -> None:
+    """A batch splits evenly over the devices it runs on: one process's, or in global mode
+    all of them."""
+    n_dev = processes.mesh().devices.size
+    if batch_size % n_dev == 0:
+        return
+    if processes.is_global:
+        where = f"the {n_dev} devices of all processes together (batch_sharding=global)"
+    else:
+        where = f"the {n_dev} devices{' of each process' if processes.count > 1 else ''}"
+    raise EvaluationSetupError(
+        f"evaluation.batch_size={batch_size} must be a multiple of {where}; e.g. "
+        f"--config.evaluation.batch_size={max(n_dev, batch_size // n_dev * n_dev)}."
+    )
 
 
 def _want_msa(ev, modes, directory: str) -> bool:
@@ -299,7 +326,8 @@ def run(
     # ---- check: everything asked for is loaded and checked before the first write ----------
     ev = evaluation_config(config)
     workdir = os.path.abspath(workdir)
-    inputs = _load_inputs(config, ev, checkpoint, baseline_checkpoint, robustbench)
+    processes = Processes.current(str(ev.batch_sharding))
+    inputs = _load_inputs(config, ev, checkpoint, baseline_checkpoint, robustbench, processes)
 
     # ---- the workdir: this evaluation's state resumed, another's refused (or discarded) ----
     identity = {
@@ -307,9 +335,8 @@ def run(
         "model": model_identity(inputs.directory, inputs.variables, inputs.spec),
         "baseline_checkpoint": inputs.baseline[2] if inputs.baseline else None,
         "data": data_hash(inputs.x, inputs.y),
-        "settings": json.loads(ev.to_json()),
+        "settings": result_settings(ev),
     }
-    processes = Processes.current()
     # Every process checks (and refuses another evaluation's workdir alike); the writer
     # writes (or clears) it, and no process goes on before it has.
     prepare_workdir(workdir, identity, overwrite=overwrite, write=processes.writer)
@@ -334,7 +361,7 @@ def run(
             curves = _curves(ev, inputs.want_msa, heads, row_fns, fns, runner)
 
         # ---- the report: report.json, summary.md, plots, TensorBoard ----------------------
-        report = _report(config, ev, inputs, heads, curves, runner.seconds, start)
+        report = _report(config, ev, inputs, heads, curves, runner.seconds, start, processes)
         report["precision"] = used
         if processes.writer:
             _write(report, inputs.rb_info, workdir, logger)
@@ -362,7 +389,6 @@ def arithmetic(ev: ml_collections.ConfigDict, model: Any) -> dict[str, Any]:
 def _head_rows(ev, inputs: _Inputs, runner: AttackRunner, fns: dict[str, Callable]):
     """({row name: row}, {row name: its logits function}): clean accuracy and AutoAttack on
     the FC and l2-EMA heads and the baseline; on HPM, clean accuracy, MSA and naive AutoAttack."""
-    x, y, batch_size = inputs.x, inputs.y, int(ev.batch_size)
     heads: dict[str, dict[str, Any]] = {}
     row_fns: dict[str, Callable] = {}  # the logits function of each row
     for mode in ("fc", "ema_l2"):
@@ -371,7 +397,7 @@ def _head_rows(ev, inputs: _Inputs, runner: AttackRunner, fns: dict[str, Callabl
             heads[mode] = {
                 "mode": mode,
                 "model": inputs.directory,
-                "clean_accuracy": float(clean_accuracy(fns[mode], x, y, batch_size).mean()),
+                "clean_accuracy": float(runner.clean_accuracy(fns[mode]).mean()),
                 "autoattack": runner.autoattack(f"autoattack_{mode}", fns[mode]),
             }
     if inputs.baseline:
@@ -380,7 +406,7 @@ def _head_rows(ev, inputs: _Inputs, runner: AttackRunner, fns: dict[str, Callabl
         heads["baseline"] = {
             "mode": "fc",
             "model": b_dir,
-            "clean_accuracy": float(clean_accuracy(b_fn, x, y, batch_size).mean()),
+            "clean_accuracy": float(runner.clean_accuracy(b_fn).mean()),
             "autoattack": runner.autoattack("autoattack_baseline", b_fn),
         }
     if "hpm" in inputs.modes:
@@ -388,7 +414,7 @@ def _head_rows(ev, inputs: _Inputs, runner: AttackRunner, fns: dict[str, Callabl
         row: dict[str, Any] = {
             "mode": "hpm",
             "model": inputs.directory,
-            "clean_accuracy": float(clean_accuracy(fns["hpm"], x, y, batch_size).mean()),
+            "clean_accuracy": float(runner.clean_accuracy(fns["hpm"]).mean()),
         }
         if inputs.want_msa:
             surrogates = {s: fns[s] for s in ev.surrogates}
@@ -416,7 +442,13 @@ def _curves(ev, want_msa: bool, heads, row_fns, fns, runner) -> dict[str, dict[s
     return curves
 
 
-def _report(config, ev, inputs: _Inputs, heads, curves, seconds, start: float) -> dict[str, Any]:
+def result_settings(ev: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The evaluation settings that decide its result: all but `PLACEMENT`."""
+    return {k: v for k, v in json.loads(ev.to_json()).items() if k not in PLACEMENT}
+
+
+def _report(config, ev, inputs: _Inputs, heads, curves, seconds, start: float,
+            processes: Processes) -> dict[str, Any]:  # fmt: skip
     """report.json's content: the rows, curves and flags with the settings that made them."""
     batch_size = int(ev.batch_size)
     return {
@@ -430,9 +462,10 @@ def _report(config, ev, inputs: _Inputs, heads, curves, seconds, start: float) -
         "batch_size": batch_size,
         "order": f"{inputs.order}, fixed batches of {batch_size}",
         "devices": jax.device_count(),
-        "processes": jax.process_count(),
+        "processes": processes.count,
+        "batch_sharding": processes.sharding,  # one process's devices per batch, or all
         "threat_model": {"norm": ev.norm, "eps": float(ev.eps)},
-        "settings": json.loads(ev.to_json()),
+        "settings": result_settings(ev),
         "heads": heads,
         "curves": curves,
         "flagged": {

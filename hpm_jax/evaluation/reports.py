@@ -18,6 +18,13 @@ from typing import Any
 ROW_NAMES = {"fc": "FC", "ema_l2": "l2-EMA", "hpm": "HPM", "baseline": "FC baseline"}
 
 
+def _processes(report: dict[str, Any]) -> str:
+    """How several processes shared the batches out ("" for one process)."""
+    if report.get("processes", 1) == 1:
+        return ""
+    return f" ({report['processes']} processes, batch_sharding {report.get('batch_sharding')})"
+
+
 def _pct(v: float | None) -> str:
     return "n/a" if v is None else f"{100 * v:.1f}%"
 
@@ -145,7 +152,7 @@ def markdown(report: Mapping[str, Any], files: Mapping[str, str] | None = None) 
         for attack, opts in entry["attack_settings"].items():
             out.append(f"{attack}: {opts}")
     out += [
-        f"devices: {report['devices']}",
+        f"devices: {report['devices']}{_processes(report)}",
         f"order: {report['order']}",
         "```",
         "",

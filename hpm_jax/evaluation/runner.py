@@ -3,15 +3,17 @@
     runner = AttackRunner(ev, x, y, workdir, log)          # ev: evaluate.evaluation_config
     row = runner.autoattack("autoattack_fc", fn)           # WORKDIR/state/autoattack_fc/
     row = runner.msa("msa_hpm", target, {"fc": fc, "ste": ste})
-    correct = clean_accuracy(fn, x, y, batch_size)         # per sample, the fixed batches
+    correct = clean_accuracy(fn, x, y, batch_size, mesh)   # per sample, the fixed batches
 
 Each section runs its attack on each fixed batch on its own (`batches.run_by_batches`): the
 batches are shared out over the processes of a multi-host run (`processes`), each on its own
-devices, and each batch's result and resume state are files of WORKDIR/state/NAME/ (a killed
-evaluation started again, with any number of processes, continues there). The merged
-report equals one run over all the data. The writer (process 0) saves x_adv and the
-per-sample robust flags in WORKDIR/adversarial/NAME.npz; every process returns the report
-entry without per-sample lists.
+devices, or with `evaluation.batch_sharding="global"` every batch runs over all devices of
+all processes, attacked by all together; each batch's result and resume state are files of
+WORKDIR/state/NAME/ (a killed evaluation started again, with any number of processes and in
+either mode, continues there). The merged report equals one run over all the data. The writer
+(process 0) saves x_adv and the per-sample robust flags in WORKDIR/adversarial/NAME.npz; every
+process returns the report entry without per-sample lists. The clean accuracies run on the
+attacks' mesh too (`AttackRunner.clean_accuracy`).
 """
 
 from __future__ import annotations
@@ -24,22 +26,30 @@ from typing import Any
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.sharding import Mesh
 
-from hpm_jax.attacks import AutoAttack, contract, mixed_surrogate_attack, versions
+from hpm_jax.attacks import AutoAttack, batching, contract, mixed_surrogate_attack, versions
+from hpm_jax.attacks.resume import StateStore
 from hpm_jax.evaluation.batches import BatchResults, merge_autoattack, merge_msa, run_by_batches
 from hpm_jax.evaluation.processes import Processes
 from hpm_jax.evaluation.workdir import ADV_DIR, STATE_DIR
-from hpm_jax.runtime import integrity
+from hpm_jax.runtime import integrity, sharding
 from hpm_jax.runtime.xla_options import jit
 
 
-def clean_accuracy(fn: Callable, x: np.ndarray, y: np.ndarray, batch_size: int) -> np.ndarray:
-    """Per-sample correctness of `fn` on the fixed batches (the last one as it is)."""
-    fn = contract.traced(fn)
-    out = [
-        np.asarray(_predict(fn, x[i : i + batch_size])) == y[i : i + batch_size]
-        for i in range(0, len(x), batch_size)
-    ]
+def clean_accuracy(
+    fn: Callable, x: np.ndarray, y: np.ndarray, batch_size: int, mesh: Mesh | None = None
+) -> np.ndarray:
+    """Per-sample correctness of `fn` on the fixed batches (the last one as it is), each on
+    `mesh` (split over its devices, or replicated where it does not split evenly; a mesh over
+    several processes' devices too) or, without one, on jax's default device."""
+    fn = contract.traced(fn if mesh is None else contract.place(fn, mesh))
+    out = []
+    for i in range(0, len(x), batch_size):
+        xb = x[i : i + batch_size]
+        if mesh is not None:
+            xb = sharding.put(xb, sharding.rows_sharding(len(xb), mesh))
+        out.append(batching.to_host(_predict(fn, xb)) == y[i : i + batch_size])
     return np.concatenate(out)
 
 
@@ -76,7 +86,8 @@ def _msa_entry(report: dict[str, Any]) -> dict[str, Any]:
 
 class AttackRunner:
     """Runs the sections of one evaluation batch by batch, each with its files, saving x_adv.
-    `processes`: this process's share in a multi-host run (default: this process alone)."""
+    `processes`: this process's share in a multi-host run and how a batch is placed (default:
+    this process alone); the mesh of every attack is `processes.mesh()`."""
 
     def __init__(self, ev, x, y, workdir: str, log, processes: Processes | None = None, *,
                  logit_tolerance: float | None = None):  # fmt: skip
@@ -88,6 +99,22 @@ class AttackRunner:
         self.settings = {"loop": str(ev.loop), "precision": str(ev.precision),
                          "logit_tolerance": logit_tolerance}  # fmt: skip
         self.seconds: dict[str, float] = {}
+
+    def clean_accuracy(self, fn: Callable) -> np.ndarray:
+        """Per-sample correctness of `fn` on the fixed batches, on the attacks' mesh."""
+        return clean_accuracy(fn, self.x, self.y, int(self.ev.batch_size), self.mesh)
+
+    def _store(self, state_path: str, log: Callable[[str], Any]) -> StateStore:
+        """The attack state of one batch: written by the process(es) that write the batch's
+        files, read by all; in global mode, no process goes on from `load` before every
+        process has read the files."""
+
+        def loaded() -> None:
+            self.processes.barrier("hpm_jax.evaluate: attack state read")
+
+        return StateStore(state_path, log=lambda line: log(f"Warning: {line}"),
+                          write=self.processes.writes_batches,
+                          loaded=loaded if self.processes.is_global else None)  # fmt: skip
 
     def _save(self, name: str, x_adv: np.ndarray, robust: list[bool]) -> None:
         # Atomic: a kill leaves the old file or the new one. A zip checks itself (its
@@ -159,8 +186,8 @@ class AttackRunner:
                 run_checks=run_checks and bool(self.ev.run_checks),
                 log=log,
                 **self.settings,
-            ).run(xb, yb, batch_size=int(self.ev.batch_size), state_path=state_path,
-                  first_batch=first_batch)  # fmt: skip
+            ).run(xb, yb, batch_size=int(self.ev.batch_size),
+                  state_path=self._store(state_path, log), first_batch=first_batch)  # fmt: skip
             return report.to_dict(), report.x_adv
 
         return _autoattack_entry(self._section(name, attack, merge_autoattack))
@@ -184,7 +211,7 @@ class AttackRunner:
                 version=version,
                 seed=int(self.ev.seed),
                 attack_options=self._options(version),
-                state_path=state_path,
+                state_path=self._store(state_path, log),
                 mesh=self.mesh,
                 run_checks=run_checks and bool(self.ev.run_checks),
                 log=log,

@@ -2,8 +2,8 @@
 
     mesh = make_mesh()                          # all devices, axis "data"
     x = jax.device_put(batch, data_sharding(mesh))
-    params = jax.device_put(params, replicated(mesh))       # one process
-    params = global_replicated(params, replicated(mesh))  # a mesh over several processes too
+    params = global_replicated(params, replicated(mesh))         # a mesh over several hosts too
+    xb = put(host_batch, rows_sharding(len(host_batch), mesh))   # split, or replicated
 
 Batches are split along their leading axis; parameters and model state are replicated.
 Under `jax.jit` the compiler then inserts the cross-device reductions, so batch
@@ -38,6 +38,24 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
+def rows_sharding(rows: int, mesh: Mesh) -> NamedSharding:
+    """`data_sharding` for a batch of `rows` that splits evenly over the mesh, else
+    `replicated` (an exact batch, never padded to fit the devices)."""
+    return data_sharding(mesh) if rows % mesh.devices.size == 0 else replicated(mesh)
+
+
+def put(a: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:
+    """A host array that every process holds whole (the same values) as a global array on
+    `sharding`: each process contributes the parts on its own devices. Works on one host and
+    on many, with no transfer between hosts and no collective (`jax.device_put` onto devices
+    of several processes first checks, by gathering the value, that they all passed the same:
+    for a model's weights, a copy of the model across hosts at every placement)."""
+    a = np.asarray(a)
+    if sharding.is_fully_addressable:
+        return jax.device_put(a, sharding)
+    return jax.make_array_from_callback(a.shape, sharding, lambda index: a[index])
+
+
 def check_batch_divisible(batch_size: int, mesh: Mesh) -> None:
     """Raise a clear error when a global batch cannot be split evenly over the mesh."""
     n = mesh.devices.size
@@ -60,7 +78,7 @@ def global_replicated(tree: Any, sharding: NamedSharding) -> Any:
             return leaf
         if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
             leaf = leaf.addressable_data(0)  # replicated elsewhere: any local copy is the value
-        return jax.make_array_from_process_local_data(sharding, np.asarray(leaf))
+        return put(np.asarray(leaf), sharding)
 
     return jax.tree.map(place, tree)
 
