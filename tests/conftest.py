@@ -8,11 +8,11 @@ tests that need 4 devices or hold only on the CPU skip with their reason
 import os
 
 import pytest
+from platform_support import PLATFORM, cpu_xla_flags
 
 # Must be set before JAX initialises its backends, i.e. before any test imports jax.
-PLATFORM = os.environ.get("HPM_TEST_PLATFORM", "cpu").lower()
 if PLATFORM == "cpu":
-    os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+    os.environ.setdefault("XLA_FLAGS", cpu_xla_flags(4))
 os.environ.setdefault("JAX_PLATFORMS", PLATFORM)
 if PLATFORM != "cpu":
     import jax

@@ -18,6 +18,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from platform_support import cpu_xla_flags
 
 from hpm_jax.models import get_model
 from hpm_jax.models.export import save_model
@@ -64,7 +65,7 @@ def inputs(tmp_path_factory):
 def _evaluate(inputs, workdir, cache, *, via_flag: bool):
     root, model_dir = inputs
     env = {**os.environ, "PYTHONPATH": ROOT, "JAX_ENABLE_COMPILATION_CACHE": "true",
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}  # fmt: skip
+           "XLA_FLAGS": cpu_xla_flags(1)}  # fmt: skip
     env.pop("JAX_COMPILATION_CACHE_DIR", None)
     flags = [f"--compilation_cache_dir={cache}"] if via_flag else []
     if not via_flag:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from platform_support import cpu_only
+from platform_support import cpu_only, cpu_xla_flags
 from train_support import free_port
 
 from hpm_jax import data
@@ -65,7 +65,7 @@ def test_two_processes_build_the_same_global_batches(tmp_path):
     port, out = free_port(), tmp_path / "batches.npz"
     env = dict(
         os.environ,
-        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+        XLA_FLAGS=cpu_xla_flags(2),
         PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
     )
     workers = [

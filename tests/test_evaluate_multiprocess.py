@@ -28,7 +28,7 @@ import jax
 import numpy as np
 import pytest
 from evaluation_support import ARCH, EVAL_CONFIG, comparable, train_tiny
-from platform_support import cpu_only
+from platform_support import cpu_only, cpu_xla_flags
 from toys import CHAIN_EPS, chain_data, mean_model, shift_chain
 from train_support import child_env, free_port
 
@@ -138,7 +138,7 @@ def _start(model_dir, workdir, processes: int, cache: str, *, devices: int | Non
                f"--checkpoint={model_dir}", f"--workdir={workdir}",
                *[f"--config.{o}" for o in [*OVERRIDES, *overrides]]]  # fmt: skip
     flags = {} if devices is None else {
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}  # fmt: skip
+        "XLA_FLAGS": cpu_xla_flags(devices)}  # fmt: skip
     port = free_port()
     joined = [f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={processes}"]
     return [

@@ -18,7 +18,7 @@ import sys
 
 import pytest
 from evaluation_support import TINY_STUDY
-from platform_support import cpu_only
+from platform_support import cpu_only, cpu_xla_flags
 from train_support import child_env, free_port
 
 from hpm_jax.data import offline
@@ -49,7 +49,7 @@ def cache(tmp_path_factory):
 def _run_two(module: str, args: list[str], cache: str) -> list[str]:
     """`python -m MODULE ARGS` as processes 0 and 1; their outputs, once both exit 0."""
     joined = [f"--coordinator_address=127.0.0.1:{free_port()}", "--num_processes=2"]
-    env = child_env(XLA_FLAGS="--xla_force_host_platform_device_count=2",
+    env = child_env(XLA_FLAGS=cpu_xla_flags(2),
                     JAX_COMPILATION_CACHE_DIR=cache,
                     JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")  # fmt: skip
     children = [

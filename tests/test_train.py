@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from platform_support import cpu_only, take_devices
+from platform_support import cpu_only, cpu_xla_flags, take_devices
 from tensorboardX.proto import event_pb2
 from train_support import (
     CONFIG,
@@ -174,7 +174,7 @@ def test_one_device_trains_the_same_model_as_four(reference, tmp_path):
 def test_two_processes_train_the_same_model_as_one(reference, tmp_path):
     _, root, summary, expected = reference
     port, workdir = free_port(), tmp_path / "work"
-    env = child_env(XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    env = child_env(XLA_FLAGS=cpu_xla_flags(2))
     args = [str(port), str(workdir), str(root), json.dumps(reference_overrides(root))]
     workers = [
         subprocess.Popen(
