@@ -517,26 +517,29 @@ def test_a_torn_study_marker_reruns_its_stage_to_the_same_table(
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("marker", ["summary.json", "model/model.json"])
 def test_a_torn_demo_marker_reruns_its_stage(marker, mode, tmp_path, monkeypatch):
+    from hpm_jax.evaluation.processes import Processes
     from hpm_jax.experiments import demo
     from hpm_jax.training import train
 
+    alone = Processes(0, 1)
     stage = tmp_path / "at"
     (stage / "model").mkdir(parents=True)
     integrity.write_json(stage / "summary.json", {"steps": 3})
     integrity.write_bytes(stage / "model" / "model.json", b'{"arch": "small_cnn", "kwargs": {}}')
     runs, lines = [], []
     monkeypatch.setattr(train, "run", lambda config, directory: runs.append(directory) or {})
-    assert demo._train(None, str(stage), lines.append) == {"steps": 3}  # whole: skipped
+    assert demo._train(None, str(stage), lines.append, alone) == {"steps": 3}  # whole: skipped
     assert runs == []
     damage(stage / marker, mode)
-    demo._train(None, str(stage), lines.append)
+    demo._train(None, str(stage), lines.append, alone)
     assert runs == [str(stage)]  # train.run resumes from the stage's checkpoints
     assert sum(f"{marker} is damaged" in line for line in lines) == 1, lines
     for name in ("summary.json", "report.json"):  # the analysis and evaluation stages' markers
         integrity.write_json(tmp_path / name, {"done": True})
-        assert demo._marker(str(tmp_path), name, lines.append) == {"done": True}
+        path = str(tmp_path / name)
+        assert alone.read_done(path, lines.append, "runs again") == {"done": True}
         damage(tmp_path / name, mode)
-        assert demo._marker(str(tmp_path), name, lines.append) is None
+        assert alone.read_done(path, lines.append, "runs again") is None
         assert sum(f"{name} is damaged" in line for line in lines) >= 1
 
 
