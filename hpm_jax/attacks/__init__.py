@@ -26,7 +26,8 @@ are the functions.
 """
 
 from hpm_jax.attacks.apgd_attack import apgd, apgd_targeted
-from hpm_jax.attacks.autoattack import AutoAttack, AutoAttackReport
+from hpm_jax.attacks.autoattack import AutoAttack
+from hpm_jax.attacks.chain_report import AutoAttackReport
 from hpm_jax.attacks.checks import CheckResult
 from hpm_jax.attacks.fab_attack import fab, fab_targeted
 from hpm_jax.attacks.msa import MSAReport, mixed_surrogate_attack

@@ -61,9 +61,7 @@ rule (a break by any draw during the attack, confirmed by the final re-evaluatio
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -75,9 +73,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from hpm_jax.attacks import batching, checks, contract, driver, versions
+from hpm_jax.attacks import batching, chain_plan, checks, contract, driver, versions
 from hpm_jax.attacks import precision as precision_lib
-from hpm_jax.attacks.resume import ChainState, StateStore, data_hash
+from hpm_jax.attacks.chain_plan import ChainPlan
+from hpm_jax.attacks.chain_report import RAND_VERDICTS, AutoAttackReport
+from hpm_jax.attacks.resume import ChainState, StateStore
 from hpm_jax.attacks.versions import AttackSpec
 from hpm_jax.runtime import sharding
 from hpm_jax.runtime.identity import WorkdirMismatchError
@@ -88,74 +88,6 @@ logger = logging.getLogger("hpm_jax.autoattack")
 
 # Key tags for the passes that are not attacks; attack a uses fold_in(root, a), a small int.
 _CLEAN_TAG, _FINAL_TAG, _CHECK_TAG, _RERUN_TAG = 2**31 - 1, 2**31 - 2, 2**31 - 3, 2**31 - 4
-# How a randomized model's points are judged (`rand_verdict`).
-RAND_VERDICTS = {
-    "rerun": "the model re-run once on each attack's output decides (the reference's rule)",
-    "any_draw": "a break by any random draw during an attack counts, and the final "
-    "re-evaluation must agree (stricter than the reference)",
-}
-
-
-@dataclasses.dataclass
-class AutoAttackReport:
-    """The result of `AutoAttack.run`.
-
-    robust: (n,) bool, the per-sample worst case (correct on the clean image, after every
-    attack and in the final re-evaluation of x_adv); robust_accuracy is its mean. For a
-    randomized model, `rand_verdict` says how it was judged (RAND_VERDICTS): by default, as
-    the reference, by one run of the model on each attack's output, the final re-evaluation
-    reported beside.
-    final_accuracy: the judge's accuracy on x_adv alone, re-evaluated in the original batches.
-    robust_accuracy_after: robust accuracy after each attack of the chain, in order (before
-    the final re-evaluation); times: seconds spent in each attack (summed over resumes).
-    checks: the sanity checks; `flagged` lists the suspicious ones.
-    precision: the matmul / convolution precision every program ran at; logit_tolerance:
-    the relative decision margin under which a changed verdict was a near tie (checks,
-    resume; `precision`)."""
-
-    x_adv: np.ndarray
-    robust: np.ndarray
-    clean: np.ndarray
-    clean_accuracy: float
-    robust_accuracy: float
-    final_accuracy: float
-    robust_accuracy_after: dict[str, float]
-    times: dict[str, float]
-    attacks: list[str]
-    attack_settings: dict[str, dict[str, Any]]
-    version: str
-    norm: str
-    eps: float
-    seed: int
-    batch_size: int
-    bucket_sizes: tuple[int, ...]
-    num_examples: int
-    num_devices: int
-    checks: list[checks.CheckResult]
-    resumed: bool = False
-    rand_verdict: str | None = None
-    loop: str = "auto"
-    precision: str = precision_lib.DEFAULT
-    logit_tolerance: float = precision_lib.FLOAT32_FLOOR
-
-    @property
-    def flagged(self) -> list[checks.CheckResult]:
-        return [c for c in self.checks if c.flagged]
-
-    def to_dict(self) -> dict[str, Any]:
-        """Everything but x_adv (save that with np.save(path, report.x_adv))."""
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "x_adv"}
-        d["robust"] = np.asarray(self.robust, bool).tolist()
-        d["clean"] = np.asarray(self.clean, bool).tolist()
-        d["bucket_sizes"] = list(self.bucket_sizes)
-        d["checks"] = [c.to_dict() for c in self.checks]
-        return json.loads(json.dumps(d, default=versions.jsonable))
-
-    def to_json(self, path: str | Path | None = None) -> str:
-        text = json.dumps(self.to_dict(), indent=1)
-        if path is not None:
-            Path(path).write_text(text)
-        return text
 
 
 @functools.partial(jit, static_argnames="randomized")
@@ -163,43 +95,6 @@ def _judge_correct(fn, x, y, key, *, randomized):
     """(correct, relative decision margin) per row (`precision.decision_margin`)."""
     logits = contract.call(fn, x, key, randomized)
     return jnp.argmax(logits, axis=-1) == y, precision_lib.decision_margin(logits, y)
-
-
-def _check_data(x: np.ndarray, y: np.ndarray, norm: str, eps: float, num_classes) -> None:
-    """The contract's checks of shapes and dtypes on the first image (as every attack checks
-    them), the value ranges of the whole dataset in NumPy (it never goes to the device whole)."""
-    if y.shape != (len(x),):
-        raise ValueError(f"y must hold one label per image, shape ({len(x)},), got {y.shape}.")
-    contract.check_norm(norm)
-    contract.check_eps(eps, 1)
-    contract.check_images(x[:1], y[:1])
-    lo, hi = float(np.min(x)), float(np.max(x))
-    if not (0 <= lo and hi <= 1):  # also catches NaN
-        raise ValueError(
-            f"x must be images in [0, 1], got values in [{lo:.4g}, {hi:.4g}]. Pass raw images "
-            "and put any normalisation inside logits_fn (the models do it themselves)."
-        )
-    if num_classes is not None and not 0 <= int(np.min(y)) <= int(np.max(y)) < num_classes:
-        raise ValueError(
-            f"labels must lie in [0, {num_classes - 1}], got values in "
-            f"[{int(np.min(y))}, {int(np.max(y))}]."
-        )
-
-
-@dataclasses.dataclass(frozen=True)
-class _Plan:
-    batch_size: int
-    sizes: tuple[int, ...]
-    batches: list[np.ndarray]
-    specs: list[AttackSpec]
-    settings: dict[str, dict[str, Any]]
-    fingerprint: dict[str, Any]
-    num_devices: int
-    first_batch: int  # the index of batches[0] among the evaluation's batches (the keys')
-
-    @property
-    def names(self) -> list[str]:
-        return [s.name for s in self.specs]
 
 
 class AutoAttack:
@@ -336,7 +231,7 @@ class AutoAttack:
         exact batch is never padded to fit the devices)."""
         return sharding.put(a, sharding.rows_sharding(a.shape[0], self.mesh))
 
-    def _judged_correct(self, x, y, plan: _Plan, tag: int) -> tuple[np.ndarray, np.ndarray]:
+    def _judged_correct(self, x, y, plan: ChainPlan, tag: int) -> tuple[np.ndarray, np.ndarray]:
         """The judge's verdict on x, batch by batch in the original batches (with compact,
         the last padded by repeating its points to the largest bucket, one compiled shape),
         and where it is a near tie (decision margin within the tolerance)."""
@@ -402,8 +297,8 @@ class AutoAttack:
         x, y = np.asarray(x), np.asarray(y)
         if x.ndim < 1 or len(x) == 0:
             raise ValueError(f"x must hold at least one image, got shape {x.shape}.")
-        _check_data(x, y, self.norm, self.eps, self.num_classes)
-        plan = self._plan(x, y, batch_size, first_batch)
+        contract.check_dataset(x, y, self.norm, self.eps, self.num_classes)
+        plan = chain_plan.make_plan(self, x, y, batch_size, first_batch)
         store = state_path if isinstance(state_path, StateStore) else None
         if state_path is not None and store is None:  # damaged files' notes go to the log
             store = StateStore(state_path, log=lambda m: self._log(m, logging.WARNING))
@@ -442,66 +337,6 @@ class AutoAttack:
                 f"(total time {sum(state.times.values()):.1f} s)"
             )
         return self._report(x, y, x_adv, state, plan, results)
-
-    def _plan(self, x: np.ndarray, y: np.ndarray, batch_size: int, first_batch: int) -> _Plan:
-        """Buckets, batches, the attacks fitted to the number of classes, the fingerprint."""
-        if not isinstance(batch_size, int | np.integer) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-        if not isinstance(first_batch, int | np.integer) or first_batch < 0:
-            raise ValueError(f"first_batch must be an integer >= 0, got {first_batch!r}.")
-        n_dev = self.mesh.devices.size
-        if self.compact:
-            step = batching.ladder_step(self.mesh.devices.flat)
-            sizes = self.bucket_sizes or batching.bucket_sizes(int(batch_size), n_dev, step=step)
-            batching.check_bucket_sizes(sizes, batch_size, n_dev)
-            sizes = tuple(sorted(set(sizes), reverse=True))
-        else:  # the exact batches: batch_size rows, the last batch its own size
-            sizes = (int(batch_size),)
-        probe = jax.ShapeDtypeStruct((sizes[0], *x.shape[1:]), x.dtype)
-        num_classes = contract.output_classes(self.judge_fn, probe, "judge_fn",
-                                              randomized=self.randomized)  # fmt: skip
-        if self.separate_judge:
-            loss_classes = contract.output_classes(self.logits_fn, probe, "logits_fn",
-                                                   randomized=self.randomized)  # fmt: skip
-            if loss_classes != num_classes:
-                raise ValueError(
-                    f"judge_fn scores {num_classes} classes but logits_fn {loss_classes}."
-                )
-        if self.num_classes is not None and self.num_classes != num_classes:
-            raise ValueError(
-                f"num_classes={self.num_classes} but the model outputs {num_classes} logits."
-            )
-        # Against the model's own classes (num_classes is optional): a label >= C is never
-        # predicted, so every point would count as broken, a silent robust accuracy of 0.
-        contract.check_labels(y, num_classes)
-        specs = versions.fit_to_classes(self.attacks, num_classes)
-        settings = {s.name: {k: versions.jsonable(v) for k, v in s.kwargs.items()} for s in specs}
-        fingerprint = {
-            "data": data_hash(x, y),
-            "num_examples": len(x),
-            "norm": self.norm,
-            "eps": self.eps,
-            "seed": self.seed,
-            "batch_size": int(batch_size),
-            "first_batch": int(first_batch),
-            "bucket_sizes": list(sizes),
-            "attacks": [[s.name, versions.fn_name(s.fn), settings[s.name]] for s in specs],
-            "separate_judge": self.separate_judge,
-            "randomized": self.randomized,
-            "compact": self.compact,
-            "rand_verdict": self.rand_verdict,
-            "precision": self.precision,
-        }
-        return _Plan(
-            batch_size=int(batch_size),
-            sizes=sizes,
-            batches=batching.batch_slices(len(x), int(batch_size)),
-            specs=specs,
-            settings=settings,
-            fingerprint=fingerprint,
-            num_devices=int(n_dev),
-            first_batch=int(first_batch),
-        )
 
     def _restore(self, state, store, clean, near_tie, x, y, plan) -> np.ndarray:
         """Resume from `state`. A clean verdict that changed refuses the resume (another
@@ -544,7 +379,7 @@ class AutoAttack:
         if store is not None:
             store.save(state)
 
-    def _chain_options(self, attack, plan: _Plan) -> dict[str, Any]:
+    def _chain_options(self, attack, plan: ChainPlan) -> dict[str, Any]:
         """What the chain passes to `attack` besides the contract, where it declares it takes
         it (`types.Attack`): compact and the chain's bucket sizes to attacks that can shrink
         (compact=False keeps every point in its batch for every model call), and the loop to

@@ -306,3 +306,27 @@ def validate(
     check_labels(y, num_classes)
     eps = jnp.broadcast_to(jnp.asarray(eps, x.dtype), x.shape[:1])
     return Checked(eps, num_classes, judge_fn)
+
+
+def check_dataset(
+    x: np.ndarray, y: np.ndarray, norm: str, eps: float, num_classes: int | None
+) -> None:
+    """A whole evaluation set (AutoAttack.run's): the checks of shapes and dtypes on the first
+    image (as every attack checks them), the value ranges of all images and labels in NumPy
+    (the set never goes to the device whole)."""
+    if y.shape != (len(x),):
+        raise ValueError(f"y must hold one label per image, shape ({len(x)},), got {y.shape}.")
+    check_norm(norm)
+    check_eps(eps, 1)
+    check_images(x[:1], y[:1])
+    lo, hi = float(np.min(x)), float(np.max(x))
+    if not (0 <= lo and hi <= 1):  # also catches NaN
+        raise ValueError(
+            f"x must be images in [0, 1], got values in [{lo:.4g}, {hi:.4g}]. Pass raw images "
+            "and put any normalisation inside logits_fn (the models do it themselves)."
+        )
+    if num_classes is not None and not 0 <= int(np.min(y)) <= int(np.max(y)) < num_classes:
+        raise ValueError(
+            f"labels must lie in [0, {num_classes - 1}], got values in "
+            f"[{int(np.min(y))}, {int(np.max(y))}]."
+        )

@@ -42,7 +42,8 @@ import numpy as np
 
 from hpm_jax.attacks import contract, types, versions
 from hpm_jax.attacks import precision as precision_lib
-from hpm_jax.attacks.autoattack import AutoAttack, AutoAttackReport
+from hpm_jax.attacks.autoattack import AutoAttack
+from hpm_jax.attacks.chain_report import AutoAttackReport
 from hpm_jax.attacks.resume import StateStore
 from hpm_jax.runtime.sharding import make_mesh
 
