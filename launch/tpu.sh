@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Train or evaluate on a Cloud TPU VM or pod slice: create it, install hpm-jax on every
-# worker, mount the bucket that holds the data and the workdir, run hpm_jax.train (or
-# hpm_jax.evaluate) on all workers at once (one JAX process per host, joined by
-# jax.distributed), then delete the TPU.
+# Train, evaluate or run a study on a Cloud TPU VM or pod slice: create it, install hpm-jax
+# on every worker, mount the bucket that holds the data and the workdir, run hpm_jax.train
+# (or hpm_jax.evaluate, hpm_jax.study) on all workers at once (one JAX process per host,
+# joined by jax.distributed), then delete the TPU.
 #
 #   launch/tpu.sh --tpu=hpm-v4 --zone=us-central2-b --accelerator=v4-32 --bucket=my-bucket \
 #       --config=configs/cifar10.py --workdir=runs/c10_wrn_hpm \
 #       -- --config.init.checkpoint=/mnt/my-bucket/carmon2019
 #   launch/tpu.sh --program=evaluate --checkpoint=runs/c10_wrn_hpm/model ... \
 #       --config=configs/cifar10.py --workdir=runs/c10_wrn_hpm_eval    # AutoAttack / MSA
+#   launch/tpu.sh --program=study --config=configs/fashion_mnist_study.py ... \
+#       --workdir=runs/study -- --config.init.checkpoint=/mnt/my-bucket/runs/at/model
 #   launch/tpu.sh ... --dry-run        # check the config here, print the commands, run nothing
 #   launch/tpu.sh ... --keep           # leave the TPU up afterwards (rerun to resume)
 #
@@ -31,7 +33,7 @@ usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' 
 while [ "$#" -gt 0 ]; do
   arg="$1"; shift
   case "$arg" in
-    --) EXTRA=("$@"); break ;;  # the rest goes to hpm_jax.train / hpm_jax.evaluate
+    --) EXTRA=("$@"); break ;;  # the rest goes to hpm_jax.PROGRAM
     --tpu=*) TPU="${arg#*=}" ;;
     --zone=*) ZONE="${arg#*=}" ;;
     --project=*) PROJECT="${arg#*=}" ;;
@@ -70,7 +72,13 @@ case "$PROGRAM" in
         "the bucket, e.g. runs/c10_wrn_hpm/model) or -- --robustbench=NAME" >&2
       exit 2
     fi ;;
-  *) echo "tpu.sh: --program must be train or evaluate, got '$PROGRAM'" >&2; exit 2 ;;
+  study)
+    if [ -n "$CHECKPOINT" ]; then
+      echo "tpu.sh: --program=study fine-tunes -- --config.init.checkpoint=/mnt/$BUCKET/DIR" \
+        "(the FC model every point starts from), not --checkpoint" >&2
+      exit 2
+    fi ;;
+  *) echo "tpu.sh: --program must be train, evaluate or study, got '$PROGRAM'" >&2; exit 2 ;;
 esac
 
 # 0. The config, loaded and checked here before anything is created (--dry-run included): a
@@ -139,7 +147,7 @@ fi
 sudo mkdir -p $MOUNT && sudo chown \$USER $MOUNT
 mountpoint -q $MOUNT || gcsfuse --implicit-dirs --rename-dir-limit=100000 $BUCKET $MOUNT"
 
-# 4. Train (or evaluate) on every worker; jax.distributed finds the other hosts by itself
+# 4. Train (evaluate, study) on every worker; jax.distributed finds the other hosts by itself
 # (--multihost).
 printf -v EXTRA_ARGS ' %q' "${EXTRA[@]}"
 [ "${#EXTRA[@]}" -eq 0 ] && EXTRA_ARGS=""

@@ -276,6 +276,29 @@ def test_tpu_launch_runs_an_evaluation_on_every_worker(tmp_path):
 
 # ---------------------------------------------------------------- batch_sharding=global
 
+
+def test_tpu_launch_runs_a_study_on_every_worker(tmp_path):
+    """--program=study --dry-run: every point's config checked here (hpm-study
+    --check_config), then hpm_jax.study --multihost on every worker; a --checkpoint (the
+    study fine-tunes init.checkpoint) or a bad point override is one line, before gcloud."""
+    study = ["--program=study", "--config=configs/fashion_mnist_study.py", "--workdir=runs/st"]
+    init = "--config.init.checkpoint=/mnt/my-bucket/runs/at/model"
+    result = _tpu_sh(tmp_path, *study, "--dry-run", "--", init)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "hpm-study: config OK: configs/fashion_mnist_study.py:" in result.stdout
+    run = [line for line in result.stdout.splitlines() if "hpm_jax.study" in line]
+    assert len(run) == 1 and "--worker=all" in run[0], result.stdout
+    for part in ("-m\\ hpm_jax.study\\ --multihost", "--workdir=/mnt/my-bucket/runs/st",
+                 "--config.init.checkpoint=/mnt/my-bucket/runs/at/model"):  # fmt: skip
+        assert part in run[0], (part, run[0])
+    result = _tpu_sh(tmp_path, *study, "--checkpoint=runs/at/model", "--", init)
+    assert result.returncode == 2 and "not --checkpoint" in result.stderr
+    result = _tpu_sh(tmp_path, *study, "--", init, "--config.study.run=('bad',)",
+                     "--config.study.points={'bad': ('train.lrr=0.1',)}")  # fmt: skip
+    assert result.returncode == 2 and "lrr" in result.stderr.splitlines()[-1], result.stderr
+    assert not (tmp_path / "gcloud_calls").exists()
+
+
 GLOBAL = ["evaluation.batch_sharding='global'"]
 
 

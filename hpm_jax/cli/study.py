@@ -2,6 +2,9 @@
 
     hpm-study --config=configs/fashion_mnist_study.py --workdir=/tmp/study \\
         --config.init.checkpoint=/tmp/hpm_demo/at/model           # the demo's PGD-AT model
+    hpm-study --config=configs/fashion_mnist_study.py --check_config  # the config alone
+
+On several hosts: the same command on each, plus `hpm_jax.cli.multihost`'s flags.
 """
 
 from __future__ import annotations
@@ -25,10 +28,23 @@ _CONFIG = cli.define_config_flag(
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "points/NAME/seed_S/, baseline/, study.json, study.md and study.png."
 )
+_CHECK_CONFIG = flags.DEFINE_bool(
+    "check_config", False, "Only build and check every point's config (training and "
+    "evaluation), print one line and exit: reads no data or model, writes nothing, needs no "
+    "--workdir. launch/tpu.sh --program=study runs it locally before it creates a TPU.",
+)  # fmt: skip
 
 
 def main(argv: list[str], overrides: list[str]) -> None:
     del argv  # cli.run refuses positional arguments
+    if _CHECK_CONFIG.value:
+        cli.require(PROG, config=_CONFIG.value)
+        config = study.load_study_config(_CONFIG.value, overrides)
+        points = study.point_configs(config)
+        print(f"{PROG}: config OK: {_CONFIG.value}: {len(config.study.points)} point(s), "
+              f"{len(points)} run(s) of point x seed, init.checkpoint="
+              f"{config.init.checkpoint!r}")  # fmt: skip
+        return
     cli.require(PROG, config=_CONFIG.value, workdir=_WORKDIR.value)
     logging.set_verbosity(logging.WARNING)  # Orbax logs every read and write at INFO
     cli.quiet_attack_logger()

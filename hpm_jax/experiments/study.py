@@ -188,6 +188,22 @@ def point_config(
     return c
 
 
+def point_configs(config: ml_collections.ConfigDict) -> dict[tuple[str, int], Any]:
+    """{(point, seed): its fine-tuning config} for every point `study.run` names and every
+    seed, each checked as a training config (`train.check_config`: reads no data or
+    checkpoint, uses no device) and as an evaluation. `hpm-study --check_config` (and
+    `launch/tpu.sh --program=study`, before it creates a TPU) stops here."""
+    from hpm_jax.training import train
+
+    study = study_config(config)
+    configs = {}
+    for name in point_names(study):
+        for seed in (int(s) for s in study.seeds):
+            configs[name, seed] = point_config(config, tuple(study.points[name]), seed)
+            train.check_config(configs[name, seed])
+    return configs
+
+
 # ---- one point ----------------------------------------------------------------------------
 
 
@@ -297,12 +313,7 @@ def run(
     processes = Processes.current()  # each stage on every process; process 0 writes the table
     names = point_names(study)
     seeds = [int(s) for s in study.seeds]
-    # Every point's config is built (and so checked) before the first one trains.
-    configs = {
-        (name, seed): point_config(config, tuple(study.points[name]), seed)
-        for name in names
-        for seed in seeds
-    }
+    configs = point_configs(config)  # every one built, so checked, before the first trains
     start = time.perf_counter()
     seconds: dict[str, dict[str, float]] = {}
     baseline = None
