@@ -226,3 +226,22 @@ def test_every_head_knob_is_overridable_and_fashion_mnist_gets_a_default_study()
     assert point.seed == 3 and "study" not in point
     kw = point.model.head_kwargs
     assert (kw.lam, kw.squared, kw.ste_temperature, kw.mixing) == (0.3, True, 2.0, "count")
+
+
+def test_a_point_resumes_under_another_batch_sharding_but_not_another_eps(tmp_path):
+    """point.json records what decides a point's result: evaluation.batch_sharding (who
+    computes) is left out, as in the evaluation's own workdir identity; eps is not."""
+    from hpm_jax.evaluation.processes import Processes
+
+    point = study.point_config(tiny_study_config("/no/model"), (), 0)
+    alone, directory = Processes(0, 1), str(tmp_path / "point")
+
+    def record(**evaluation):
+        config = point.copy_and_resolve_references()
+        config.evaluation.update(evaluation)
+        return {"overrides": [], "seed": 0, "config": study._result_config(config)}
+
+    study._check_point(directory, record(), alone)  # writes point.json
+    study._check_point(directory, record(batch_sharding="global"), alone)  # the same point
+    with pytest.raises(WorkdirMismatchError, match="eps"):
+        study._check_point(directory, record(eps=0.2), alone)

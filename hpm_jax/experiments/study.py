@@ -249,6 +249,15 @@ def _check_point(directory: str, record: dict[str, Any], processes: Processes) -
         integrity.write_json(path, record)
 
 
+def _result_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The config as point.json records it: without the evaluation's placement knobs
+    (`evaluate.PLACEMENT`), which say who computes, not what, so a point resumes under
+    another batch sharding as its evaluation does."""
+    record = json.loads(config.to_json())
+    record["evaluation"] = evaluate.result_settings(config.evaluation)
+    return record
+
+
 def run_point(
     config: ml_collections.ConfigDict, directory: str, log: Callable, processes: Processes
 ) -> dict:
@@ -348,7 +357,7 @@ def run(
                 {
                     "overrides": list(study.points[name]),
                     "seed": seed,
-                    "config": json.loads(point.to_json()),
+                    "config": _result_config(point),
                 },
                 processes,
             )
