@@ -28,9 +28,9 @@ import jax
 import numpy as np
 import pytest
 from evaluation_support import ARCH, EVAL_CONFIG, comparable, train_tiny
-from platform_support import cpu_only, cpu_xla_flags
+from platform_support import cpu_only
 from toys import CHAIN_EPS, chain_data, mean_model, shift_chain
-from train_support import child_env, free_port
+from train_support import finish_processes, start_processes
 
 from hpm_jax.attacks import AutoAttack
 from hpm_jax.attacks.resume import ChainState, StateStore
@@ -134,32 +134,9 @@ def _start(model_dir, workdir, processes: int, cache: str, *, devices: int | Non
            overrides=()) -> list[subprocess.Popen]:  # fmt: skip
     """hpm-evaluate as `processes` processes, each with `devices` fake CPU devices (default:
     this process's XLA_FLAGS), `overrides` after OVERRIDES."""
-    command = [sys.executable, "-m", "hpm_jax.cli.evaluate", f"--config={EVAL_CONFIG}",
-               f"--checkpoint={model_dir}", f"--workdir={workdir}",
-               *[f"--config.{o}" for o in [*OVERRIDES, *overrides]]]  # fmt: skip
-    flags = {} if devices is None else {
-        "XLA_FLAGS": cpu_xla_flags(devices)}  # fmt: skip
-    port = free_port()
-    joined = [f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={processes}"]
-    return [
-        subprocess.Popen(
-            command + ([*joined, f"--process_id={i}"] if processes > 1 else []),
-            env=child_env(
-                JAX_COMPILATION_CACHE_DIR=cache,
-                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-                **flags,
-            ),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for i in range(processes)
-    ]
-
-
-def _finish(children) -> None:
-    logs = [c.communicate(timeout=600)[0] for c in children]
-    assert all(c.returncode == 0 for c in children), "\n".join(log[-3000:] for log in logs)
+    args = [f"--config={EVAL_CONFIG}", f"--checkpoint={model_dir}", f"--workdir={workdir}",
+            *[f"--config.{o}" for o in [*OVERRIDES, *overrides]]]  # fmt: skip
+    return start_processes("hpm_jax.cli.evaluate", args, processes, cache=cache, devices=devices)
 
 
 def _kill_inside_msa(children, workdir, pattern: str = "*") -> None:
@@ -196,7 +173,7 @@ def _same_results(report, workdir, reference) -> None:
 @pytest.mark.slow
 @cpu_only("2 processes on localhost, each with 4 fake CPU devices (XLA_FLAGS)")
 def test_two_processes_write_the_report_of_one(model_dir, reference, compile_cache, tmp_path):
-    _finish(_start(model_dir, tmp_path, processes=2, cache=compile_cache))
+    finish_processes(_start(model_dir, tmp_path, processes=2, cache=compile_cache))
     report = integrity.read_json(tmp_path / "report.json")
     _same_results(report, tmp_path, reference)
     assert report["processes"] == 2 and report["devices"] == 8
@@ -224,7 +201,7 @@ def test_killed_evaluations_resume_with_another_process_count(
     _same_results(resumed, two_then_one, reference)
 
     _kill_inside_msa(_start(model_dir, one_then_two, 1, compile_cache), one_then_two)
-    _finish(_start(model_dir, one_then_two, 2, compile_cache))
+    finish_processes(_start(model_dir, one_then_two, 2, compile_cache))
     _same_results(integrity.read_json(one_then_two / "report.json"), one_then_two, reference)
 
 
@@ -335,7 +312,7 @@ def test_global_batches_span_both_processes_and_resume_in_either_mode(
 
     # Resumed in global mode: both processes read the state of the batch MSA was in, and
     # attack the partial batch (5 rows replicated on the 4 devices) together.
-    _finish(_start(model_dir, workdir, 2, compile_cache, devices=2, overrides=GLOBAL))
+    finish_processes(_start(model_dir, workdir, 2, compile_cache, devices=2, overrides=GLOBAL))
     report = integrity.read_json(workdir / "report.json")
     _same_results(report, workdir, reference)
     assert (report["batch_sharding"], report["processes"], report["devices"]) == ("global", 2, 4)

@@ -13,13 +13,10 @@ A decision that only one process takes (a stage run by one, skipped by the other
 other waiting in a collective: these tests would then fail on their timeout, not pass.
 """
 
-import subprocess
-import sys
-
 import pytest
 from evaluation_support import TINY_STUDY
-from platform_support import cpu_only, cpu_xla_flags
-from train_support import child_env, free_port
+from platform_support import cpu_only
+from train_support import finish_processes, start_processes
 
 from hpm_jax.data import offline
 from hpm_jax.evaluation import batches, reports
@@ -48,22 +45,7 @@ def cache(tmp_path_factory):
 
 def _run_two(module: str, args: list[str], cache: str) -> list[str]:
     """`python -m MODULE ARGS` as processes 0 and 1; their outputs, once both exit 0."""
-    joined = [f"--coordinator_address=127.0.0.1:{free_port()}", "--num_processes=2"]
-    env = child_env(XLA_FLAGS=cpu_xla_flags(2),
-                    JAX_COMPILATION_CACHE_DIR=cache,
-                    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")  # fmt: skip
-    children = [
-        subprocess.Popen([sys.executable, "-m", module, *args, *joined, f"--process_id={i}"],
-                         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for i in (0, 1)
-    ]  # fmt: skip
-    try:
-        logs = [c.communicate(timeout=TIMEOUT)[0] for c in children]
-    finally:
-        for c in children:
-            c.kill()
-    assert all(c.returncode == 0 for c in children), "\n".join(log[-4000:] for log in logs)
-    return logs
+    return finish_processes(start_processes(module, args, 2, cache=cache, devices=2), TIMEOUT)
 
 
 @pytest.fixture(scope="module")

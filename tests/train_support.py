@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -132,6 +133,39 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def start_processes(
+    module: str, args: list[str], count: int, *, cache: str, devices: int | None = None
+) -> list[subprocess.Popen]:
+    """`python -m MODULE ARGS` as `count` processes joined by jax.distributed on localhost (a
+    lone process: as it is), each with `devices` fake CPU devices (default: this process's
+    XLA_FLAGS) and the JAX compilation cache in `cache`, which process 0 (or a lone process)
+    of a later program loads from (the entries name the devices); stdout and stderr merged."""
+    from platform_support import cpu_xla_flags
+
+    joined = [f"--coordinator_address=127.0.0.1:{free_port()}", f"--num_processes={count}"]
+    devices_flags = {} if devices is None else {"XLA_FLAGS": cpu_xla_flags(devices)}
+    env = child_env(JAX_COMPILATION_CACHE_DIR=cache,
+                    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", **devices_flags)  # fmt: skip
+    command = [sys.executable, "-m", module, *args]
+    return [
+        subprocess.Popen(command + ([*joined, f"--process_id={i}"] if count > 1 else []),
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for i in range(count)
+    ]  # fmt: skip
+
+
+def finish_processes(children: list[subprocess.Popen], timeout: float = 900) -> list[str]:
+    """The children's outputs once every one exits 0 (an assertion with their output's tails
+    otherwise); any still running after `timeout` seconds is killed, not left behind."""
+    try:
+        logs = [c.communicate(timeout=timeout)[0] for c in children]
+    finally:
+        for c in children:
+            c.kill()
+    assert all(c.returncode == 0 for c in children), "\n".join(log[-4000:] for log in logs)
+    return logs
 
 
 def kill_at_step(workdir, data_dir, overrides, *, step: int, total: int) -> None:
